@@ -1,0 +1,214 @@
+//! The one error type of en-auth.
+//!
+//! Every variant carries what a caller needs to act on it — the HTTP status, the identity
+//! provider's `error` / `error_description`, when a rate limit resets — and never a secret:
+//! no client secret, password, access token or refresh token is ever put into an `Error`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Result alias used across en-auth.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while obtaining, refreshing or using a token.
+///
+/// Use [`Error::is_transient`] to tell failures worth retrying (rate limits, 5xx, timeouts)
+/// from permanent ones (wrong secret, disallowed scope), and [`Error::retry_after`] for the
+/// delay the server asked for.
+///
+/// ```
+/// use en_auth_core::Error;
+/// let err = Error::MissingConfiguration { setting: "EN_AUTH_CLIENT_ID".into() };
+/// assert_eq!(err.to_string(), "missing configuration: EN_AUTH_CLIENT_ID is not set");
+/// assert!(!err.is_transient());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The identity provider does not accept the client id / secret (OAuth2 `invalid_client`).
+    #[error("invalid client{}: check the client id and secret", fmt_status(*.status))]
+    InvalidClient {
+        /// HTTP status of the provider's answer, when there was one.
+        status: Option<u16>,
+        /// The provider's `error_description`, if it sent one.
+        description: Option<String>,
+    },
+
+    /// The user name or password was refused. The message is the same for an unknown user
+    /// and a wrong password, so it cannot be used to find out which users exist.
+    #[error("invalid credentials: the user name or password is wrong")]
+    InvalidCredentials,
+
+    /// The provider refused to authorize (`invalid_scope`, `invalid_target`,
+    /// `unauthorized_client`, …) or answered with another error status.
+    #[error("authorization failed{}: {error}{}", fmt_status(*.status), fmt_description(.description))]
+    Authorization {
+        /// HTTP status of the provider's answer, when there was one.
+        status: Option<u16>,
+        /// The provider's `error` code, such as `invalid_scope`.
+        error: String,
+        /// The provider's `error_description`.
+        description: Option<String>,
+        /// The provider's `error_uri`.
+        error_uri: Option<String>,
+    },
+
+    /// The provider answered 429 (or its own throttling error) and retries did not get through.
+    #[error("rate limited by the identity provider{}", fmt_reset(*.retry_after, *.reset_at))]
+    RateLimited {
+        /// How long the provider asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+        /// When the limit resets (`X-RateLimit-Reset`, or now + `Retry-After`).
+        reset_at: Option<DateTime<Utc>>,
+    },
+
+    /// The provider failed with a server error (5xx); usually worth retrying.
+    #[error("identity provider unavailable: HTTP {status}")]
+    ServerError {
+        /// The HTTP status code (500–599).
+        status: u16,
+        /// How long the provider asked us to wait (`Retry-After`), if it said.
+        retry_after: Option<Duration>,
+    },
+
+    /// A required setting is absent, such as an environment variable.
+    #[error("missing configuration: {setting} is not set")]
+    MissingConfiguration {
+        /// The name of the missing setting, e.g. `EN_AUTH_CLIENT_SECRET`.
+        setting: String,
+    },
+
+    /// A setting is present but unusable (malformed URL, plain-http remote token endpoint, …).
+    #[error("invalid configuration: {setting}: {reason}")]
+    InvalidConfiguration {
+        /// The name of the setting.
+        setting: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// The identity provider asked for a step a machine cannot take (a new password, MFA).
+    #[error(
+        "the identity provider requires the `{challenge}` challenge, which en-auth cannot answer"
+    )]
+    UnsupportedChallenge {
+        /// The challenge name, e.g. `NEW_PASSWORD_REQUIRED`.
+        challenge: String,
+    },
+
+    /// The request did not complete: connection refused or reset, DNS, TLS, timeout.
+    #[error("transport error{}: {message}", if *.timeout { " (timed out)" } else { "" })]
+    Transport {
+        /// What went wrong, without secrets.
+        message: String,
+        /// Whether the failure was a timeout.
+        timeout: bool,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The provider answered something we cannot use: HTML error page, malformed JSON, a
+    /// redirect, a token type we do not support.
+    #[error("invalid response from the identity provider{}: {reason}", fmt_status(*.status))]
+    InvalidResponse {
+        /// HTTP status of the answer, when there was one.
+        status: Option<u16>,
+        /// What was wrong with it (never the body of a successful token response).
+        reason: String,
+    },
+
+    /// A token store (e.g. Redis) failed.
+    #[error("token store error: {message}")]
+    Store {
+        /// What went wrong.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same request later may succeed: rate limits, server errors,
+    /// timeouts and connection failures. Configuration and credential errors are permanent.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. } | Error::ServerError { .. } | Error::Transport { .. }
+        )
+    }
+
+    /// The delay the server asked for before the next attempt, if it named one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited {
+                retry_after,
+                reset_at,
+            } => retry_after.or_else(|| reset_at.and_then(|at| (at - Utc::now()).to_std().ok())),
+            Error::ServerError { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the identity provider's answer, when the error came from one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::InvalidClient { status, .. }
+            | Error::Authorization { status, .. }
+            | Error::InvalidResponse { status, .. } => *status,
+            Error::ServerError { status, .. } => Some(*status),
+            Error::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// A transport error from any source, with the message taken from it.
+    pub fn transport(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Transport {
+            message: source.to_string(),
+            timeout: false,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A store error from any source.
+    pub fn store(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Store {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(err: reqwest::Error) -> Self {
+        // Token URLs carry no secrets (credentials go in headers or the form body), so the
+        // URL reqwest includes is kept: it tells the operator which endpoint failed.
+        Error::Transport {
+            message: err.to_string(),
+            timeout: err.is_timeout(),
+            source: Some(Box::new(err)),
+        }
+    }
+}
+
+fn fmt_status(status: Option<u16>) -> String {
+    status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+}
+
+fn fmt_description(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default()
+}
+
+fn fmt_reset(retry_after: Option<Duration>, reset_at: Option<DateTime<Utc>>) -> String {
+    match (retry_after, reset_at) {
+        (_, Some(at)) => format!("; the limit resets at {}", at.to_rfc3339()),
+        (Some(d), None) => format!("; retry after {} s", d.as_secs_f64()),
+        (None, None) => String::new(),
+    }
+}

@@ -1,0 +1,54 @@
+//! Core of en-auth: the [`Authorizer`] trait, tokens, the token lifecycle ([`TokenCache`]),
+//! shared token stores and the `reqwest-middleware` adapter ([`AuthMiddleware`]).
+//!
+//! Most users depend on the `en-auth` facade instead, which re-exports everything here and
+//! adds ready-made authorizers behind features.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use en_auth_core::{AuthMiddleware, Authorizer, BearerToken, ClientInfo, Error};
+//!
+//! struct MyIdp { info: ClientInfo }
+//!
+//! #[async_trait::async_trait]
+//! impl Authorizer for MyIdp {
+//!     type Token = BearerToken;
+//!     fn client_info(&self) -> &ClientInfo { &self.info }
+//!     async fn authorize(&self) -> Result<BearerToken, Error> {
+//!         Ok(BearerToken::new("from-my-idp", Some(Duration::from_secs(3600))))
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = AuthMiddleware::new(MyIdp { info: ClientInfo::new("id", "secret") });
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+//! client.get("https://api.example.com/").send().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod authorizer;
+mod credentials;
+mod error;
+mod lifecycle;
+mod middleware;
+mod retry;
+mod store;
+mod token;
+
+pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
+pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
+pub use error::{Error, Result};
+pub use lifecycle::{CachedToken, LifecyclePolicy, TokenCache, TokenCacheBuilder, TokenStats};
+pub use middleware::AuthMiddleware;
+pub use retry::RetryPolicy;
+pub use store::{MemoryTokenStore, StoreLock, TokenStore};
+pub use token::{
+    AccessToken, BearerToken, EXPIRATION_GAP, deserialize_optional_secret, expires_within,
+    serialize_optional_secret, serialize_secret,
+};
+
+/// Re-exported so that implementors of [`Authorizer`] need not add the dependency themselves.
+pub use async_trait::async_trait;
+pub use secrecy;

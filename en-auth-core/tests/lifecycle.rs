@@ -1,0 +1,356 @@
+//! The token lifecycle through `AuthMiddleware`, against a local identity provider that counts
+//! the token requests it receives.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use en_auth_core::{
+    AuthMiddleware, ClientInfo, Error, LifecyclePolicy, MemoryTokenStore, RetryPolicy, TokenCache,
+    TokenStore,
+};
+use en_auth_testkit::{Fault, IdpConfig};
+use support::{Rig, TestAuthorizer, quick_policy};
+
+async fn burst(rig: &Rig, n: usize) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let client = rig.client.clone();
+        let url = rig.api.url("/data");
+        tasks.spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut statuses = Vec::with_capacity(n);
+    while let Some(result) = tasks.join_next().await {
+        statuses.push(result.expect("task ran").expect("request completed"));
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
+    let rig = Rig::start(Some(Duration::from_secs(4)), LifecyclePolicy::default()).await;
+
+    let statuses = burst(&rig, 1000).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "all 1000 requests authorized"
+    );
+    assert_eq!(
+        rig.idp.token_requests(),
+        1,
+        "1000 concurrent cold requests -> 1 token request"
+    );
+
+    tokio::time::sleep(Duration::from_millis(4200)).await; // past the token's expiry
+    let statuses = burst(&rig, 1000).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert_eq!(
+        rig.idp.token_requests(),
+        2,
+        "exactly one more token request after expiry"
+    );
+    assert_eq!(rig.auth.stats().refreshes, 1);
+}
+
+#[tokio::test]
+async fn a_short_token_is_refreshed_ahead_of_expiry_but_still_used() {
+    // A 4-second token: the 60 s gap is clamped to half its life, so it is used for ~2 s.
+    let rig = Rig::start(Some(Duration::from_secs(4)), LifecyclePolicy::default()).await;
+    assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(
+        rig.idp.token_requests(),
+        1,
+        "still within the first half of its life"
+    );
+    assert_eq!(rig.token_seen(0), rig.token_seen(1));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // 2.3 s: inside the clamped gap, not yet expired
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 2, "refreshed ahead of expiry");
+    assert_ne!(
+        rig.token_seen(2),
+        rig.token_seen(0),
+        "the request near expiry used the fresh token"
+    );
+}
+
+#[tokio::test]
+async fn the_expiration_gap_can_be_overridden_per_cache() {
+    // A 1 s gap on a 4 s token: still fresh at 2.3 s, where the default gap (clamped to 2 s)
+    // would already refresh it; stale at 3.1 s.
+    let policy = LifecyclePolicy::default().with_expiration_gap(Duration::from_secs(1));
+    let rig = Rig::start(Some(Duration::from_secs(4)), policy).await;
+    assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(
+        rig.idp.token_requests(),
+        1,
+        "the shorter gap keeps the token"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 2, "refreshed within the 1 s gap");
+}
+
+#[tokio::test]
+async fn a_token_without_expiry_uses_the_default_lifetime() {
+    let policy = LifecyclePolicy::default().with_default_lifetime(Duration::from_secs(2));
+    let rig = Rig::start(None, policy).await;
+    for _ in 0..5 {
+        assert_eq!(rig.get().await, 200);
+    }
+    assert_eq!(rig.idp.token_requests(), 1, "not refetched on every call");
+    let token = rig.auth.cache().get().await.unwrap();
+    let lifetime = token.expires_at() - chrono::Utc::now();
+    assert!(
+        lifetime <= chrono::Duration::seconds(2) && lifetime > chrono::Duration::zero(),
+        "{lifetime}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await; // past the default lifetime minus its clamped gap
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 2, "not valid forever");
+}
+
+#[tokio::test]
+async fn a_401_is_replayed_once_with_a_new_token() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    assert_eq!(rig.get().await, 200);
+    rig.idp.revoke_all();
+
+    assert_eq!(
+        rig.get().await,
+        200,
+        "replayed with a new token after the 401"
+    );
+    let seen = rig.api.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!((seen[1].status, seen[2].status), (401, 200));
+    assert_eq!(
+        seen[1].token, seen[0].token,
+        "the rejected request carried the old token"
+    );
+    assert_ne!(
+        seen[2].token, seen[1].token,
+        "the replay carried the new token"
+    );
+    assert_eq!(rig.idp.token_requests(), 2);
+    assert_eq!(rig.auth.stats().replays, 1);
+    assert_eq!(rig.auth.stats().invalidations, 1);
+}
+
+#[tokio::test]
+async fn a_second_401_is_returned_to_the_caller() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    rig.api.reject_next(2);
+    assert_eq!(rig.get().await, 401);
+    assert_eq!(rig.api.requests(), 2, "one replay, no more");
+    assert_eq!(rig.idp.token_requests(), 2);
+    assert_ne!(rig.token_seen(0), rig.token_seen(1));
+}
+
+#[tokio::test]
+async fn a_streaming_body_is_not_replayed() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    rig.api.reject_next(1);
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>("chunk")]);
+    let response = rig
+        .client
+        .post(rig.api.url("/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(rig.api.requests(), 1, "not replayed");
+
+    // A buffered body is replayed and arrives intact.
+    rig.api.reject_next(1);
+    let response = rig
+        .client
+        .post(rig.api.url("/echo"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello");
+    assert_eq!(rig.api.requests(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_401s_for_one_token_cause_one_fetch() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    assert_eq!(rig.get().await, 200);
+    rig.idp.revoke_all();
+    let statuses = burst(&rig, 50).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert_eq!(
+        rig.idp.token_requests(),
+        2,
+        "one invalidation, one new token"
+    );
+}
+
+#[tokio::test]
+async fn failures_are_not_cached() {
+    let policy = quick_policy().with_retry(RetryPolicy::none());
+    let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
+    rig.idp
+        .push_faults([Fault::json(500, r#"{"error":"server_error"}"#)]);
+    let err = rig.auth.access_token().await.unwrap_err();
+    assert!(
+        matches!(err, Error::ServerError { status: 500, .. }),
+        "{err:?}"
+    );
+    assert!(
+        rig.auth.access_token().await.is_ok(),
+        "the next call tries again"
+    );
+    assert_eq!(rig.idp.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_still_valid_token_is_served_while_refresh_fails() {
+    let policy = quick_policy().with_retry(RetryPolicy::none());
+    let rig = Rig::start(Some(Duration::from_secs(4)), policy).await;
+    assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await; // stale, not expired
+    rig.idp.push_faults([Fault::json(503, "{}")]);
+    assert_eq!(rig.get().await, 200, "served the old token");
+    assert_eq!(rig.token_seen(1), rig.token_seen(0));
+    assert_eq!(rig.idp.token_requests(), 2, "a refresh was attempted");
+    assert_eq!(rig.auth.stats().failures, 1);
+    // During the cooldown the provider is not asked again.
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 2);
+    // After it, the refresh is retried and succeeds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 3);
+    assert_ne!(rig.token_seen(3), rig.token_seen(0));
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_retry_after_is_waited_out() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), quick_policy()).await;
+    rig.idp
+        .push_faults([Fault::rate_limited(1), Fault::json(503, "{}")]);
+    let started = Instant::now();
+    assert_eq!(rig.get().await, 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited out Retry-After: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.idp.token_requests(), 3, "429, 503, then success");
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_fast() {
+    let rig = Rig::start_with(
+        IdpConfig::default(),
+        |info| ClientInfo::new(info.client_id(), "wrong-secret"),
+        LifecyclePolicy::default(),
+    )
+    .await;
+    let started = Instant::now();
+    let err = rig.auth.access_token().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidClient {
+                status: Some(401),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(rig.idp.token_requests(), 1, "not retried");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Through the client, the error surfaces as a middleware error.
+    let err = rig
+        .client
+        .get(rig.api.url("/data"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid client"), "{err}");
+    assert_eq!(rig.api.requests(), 0, "nothing sent without a token");
+}
+
+#[tokio::test]
+async fn the_api_key_is_sent_only_when_configured() {
+    let with_key = Rig::start_with(
+        IdpConfig::default(),
+        |i| i.with_api_key("key-123"),
+        LifecyclePolicy::default(),
+    )
+    .await;
+    assert_eq!(with_key.get().await, 200);
+    assert_eq!(with_key.api.seen()[0].api_key.as_deref(), Some("key-123"));
+
+    let without = Rig::start(Some(Duration::from_secs(60)), LifecyclePolicy::default()).await;
+    assert_eq!(without.get().await, 200);
+    assert_eq!(without.api.seen()[0].api_key, None);
+
+    let empty = Rig::start_with(
+        IdpConfig::default(),
+        |i| i.with_api_key(""),
+        LifecyclePolicy::default(),
+    )
+    .await;
+    assert_eq!(empty.get().await, 200);
+    assert_eq!(empty.api.seen()[0].api_key, None, "an empty key is no key");
+}
+
+#[tokio::test]
+async fn caches_sharing_a_store_share_one_token() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let make = || {
+        let info = ClientInfo::new(rig.idp.client_id(), rig.idp.client_secret());
+        AuthMiddleware::from_cache(
+            TokenCache::builder(TestAuthorizer::new(info, rig.idp.token_url()))
+                .store(Arc::clone(&store))
+                .build(),
+        )
+    };
+    let (a, b) = (make(), make());
+    let ta = a.access_token().await.unwrap();
+    let tb = b.access_token().await.unwrap();
+    assert_eq!(ta, tb);
+    assert_eq!(rig.idp.token_requests(), 1);
+    assert_eq!(b.stats().store_hits, 1);
+
+    // A token rejected through one cache is removed from the store, so the other does not
+    // pick it up again.
+    let rejected = a.cache().get().await.unwrap();
+    a.cache().invalidate(&rejected).await;
+    let new_a = a.access_token().await.unwrap();
+    assert_ne!(new_a, ta);
+    assert_eq!(rig.idp.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_transport_failure_is_a_transient_typed_error() {
+    // Nothing listens on this port once the listener is dropped.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let auth = AuthMiddleware::with_policy(
+        TestAuthorizer::new(
+            ClientInfo::new("id", "secret"),
+            format!("http://127.0.0.1:{port}/token"),
+        ),
+        LifecyclePolicy::default().with_retry(RetryPolicy::none()),
+    );
+    let err = auth.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    assert!(err.is_transient());
+}

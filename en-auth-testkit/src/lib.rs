@@ -1,0 +1,19 @@
+//! Test support for en-auth: small servers on loopback that count what they receive.
+//!
+//! - [`LocalIdp`]: an OAuth2 client-credentials token endpoint issuing opaque tokens with a
+//!   chosen lifetime, with scripted faults ([`Fault`]) for what real providers won't do on
+//!   demand (429 with headers, 5xx, HTML pages, malformed JSON, slow answers, redirects).
+//! - [`ProtectedApi`]: an API that accepts only live tokens of a [`LocalIdp`] and records
+//!   every request it saw.
+//!
+//! Every server binds `127.0.0.1:0` (a free port) and stops when dropped.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod api;
+mod idp;
+mod server;
+
+pub use api::{ProtectedApi, SeenRequest};
+pub use idp::{Fault, IdpConfig, LocalIdp};
+pub use server::LoopbackServer;

@@ -1,0 +1,40 @@
+//! # en-auth
+//!
+//! Authorize outgoing HTTP requests for services and machines. Build an authorizer once,
+//! attach it to a [`reqwest_middleware`] client, and every request carries a valid token:
+//! fetched on first use, cached, refreshed before expiry, shared across tasks and threads
+//! (and, with a shared [`TokenStore`], across processes), replayed once on a 401.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use en_auth::{AuthMiddleware, Authorizer, BearerToken, ClientInfo, Error};
+//!
+//! struct MyIdp { info: ClientInfo }
+//!
+//! #[en_auth::async_trait]
+//! impl Authorizer for MyIdp {
+//!     type Token = BearerToken;
+//!     fn client_info(&self) -> &ClientInfo { &self.info }
+//!     async fn authorize(&self) -> Result<BearerToken, Error> {
+//!         // Ask your identity provider for a token here.
+//!         Ok(BearerToken::new("token", Some(Duration::from_secs(3600))))
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = AuthMiddleware::new(MyIdp { info: ClientInfo::new("id", "secret") });
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.clone())
+//!     .build();
+//! client.get("https://api.example.com/orders").send().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//! - `oauth2` (default): [`oauth2::ServiceAccountAuthorizer`], OAuth2 client credentials.
+//! - `srp`: AWS Cognito SRP login.
+//! - `verify`: verification of incoming tokens, with a tower/axum layer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use en_auth_core::*;
