@@ -38,3 +38,9 @@
 #![warn(missing_docs)]
 
 pub use en_auth_core::*;
+
+/// OAuth2 client credentials (feature `oauth2`, on by default).
+#[cfg(feature = "oauth2")]
+pub mod oauth2 {
+    pub use en_auth_oauth2::*;
+}

@@ -369,10 +369,15 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// A usable token: the cached one if fresh, otherwise one fetched (once, for all callers).
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        if let Some(token) = self.usable(Utc::now()) {
-            return Ok(token);
+        match self.cached() {
+            Some(token) => Ok(token),
+            None => self.obtain().await,
         }
-        self.obtain().await
+    }
+
+    /// The cached token if it may be used now, without waiting or fetching: the hot path.
+    pub fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
+        self.usable()
     }
 
     /// The access token string, fetching one if needed (en_auth's `access_token`).
@@ -414,27 +419,29 @@ impl<A: Authorizer> TokenCache<A> {
         self.inner.authorizer.client_info().client_id()
     }
 
-    /// Whether `entry` must be replaced at `now` (rejected, or within the refresh gap).
-    fn is_stale(&self, entry: &CachedToken<A::Token>, now: DateTime<Utc>) -> bool {
+    /// Whether `entry` must be replaced now (rejected, or within the refresh gap). Reads the
+    /// clock once.
+    fn is_stale(&self, entry: &CachedToken<A::Token>) -> bool {
         if entry.rejected.load(Ordering::Relaxed) {
             return true;
         }
         if let Some(refresh_at) = entry.fallback_refresh_at {
-            return now >= refresh_at;
+            return Utc::now() >= refresh_at;
         }
         match self.inner.policy.expiration_gap {
-            Some(gap) => expires_within(&entry.token, gap, now),
+            Some(gap) => expires_within(&entry.token, gap, Utc::now()),
             None => self.inner.authorizer.expired(&entry.token),
         }
     }
 
     /// The cached token if it may be used now: fresh, or stale-but-valid during a cooldown.
-    fn usable(&self, now: DateTime<Utc>) -> Option<Arc<CachedToken<A::Token>>> {
+    fn usable(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let current = self.inner.current.read();
         let entry = current.as_ref()?;
-        if !self.is_stale(entry, now) {
+        if !self.is_stale(entry) {
             return Some(Arc::clone(entry));
         }
+        let now = Utc::now();
         let cooling_down =
             now.timestamp_millis() < self.inner.cooldown_until_ms.load(Ordering::Relaxed);
         let still_valid = now < entry.expires_at && !entry.rejected.load(Ordering::Relaxed);
@@ -444,7 +451,7 @@ impl<A: Authorizer> TokenCache<A> {
     /// Slow path: one caller at a time fetches; the others find its result on re-check.
     async fn obtain(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         let _flight = self.inner.flight.lock().await;
-        if let Some(token) = self.usable(Utc::now()) {
+        if let Some(token) = self.usable() {
             return Ok(token);
         }
         let previous = self.inner.current.read().clone();
@@ -583,7 +590,7 @@ impl<A: Authorizer> TokenCache<A> {
             return None; // the one we are replacing
         }
         let entry = CachedToken::new(token, &self.inner.policy).ok()?;
-        if self.is_stale(&entry, Utc::now()) {
+        if self.is_stale(&entry) {
             return None;
         }
         self.inner

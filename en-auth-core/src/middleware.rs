@@ -133,7 +133,10 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let token = self.fresh_token().await?;
+        let token = match self.cache.cached() {
+            Some(token) => token,
+            None => self.fresh_token().await?,
+        };
         let replay = if self.replay_on_unauthorized {
             request.try_clone()
         } else {

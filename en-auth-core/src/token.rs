@@ -52,11 +52,7 @@ pub trait AccessToken: Clone + Send + Sync + 'static {
 /// assert!(!expires_within(&short, Duration::from_secs(60), now));
 /// assert!(expires_within(&short, Duration::from_secs(60), now + chrono::Duration::milliseconds(2100)));
 /// ```
-pub fn expires_within<T: AccessToken>(
-    token: &T,
-    gap: Duration,
-    now: DateTime<Utc>,
-) -> bool {
+pub fn expires_within<T: AccessToken>(token: &T, gap: Duration, now: DateTime<Utc>) -> bool {
     let Some(expires_at) = token.expires_at() else {
         return false;
     };

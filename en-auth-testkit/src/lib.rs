@@ -6,14 +6,18 @@
 //! - [`ProtectedApi`]: an API that accepts only live tokens of a [`LocalIdp`] and records
 //!   every request it saw.
 //!
+//! - [`OidcProvider`]: panva's `oidc-provider`, a certified OpenID provider, run with Node.
+//!
 //! Every server binds `127.0.0.1:0` (a free port) and stops when dropped.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod api;
 mod idp;
+mod peers;
 mod server;
 
 pub use api::{ProtectedApi, SeenRequest};
 pub use idp::{Fault, IdpConfig, LocalIdp};
+pub use peers::{OidcProvider, peers_dir};
 pub use server::LoopbackServer;

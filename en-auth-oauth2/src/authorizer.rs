@@ -1,0 +1,349 @@
+//! [`ServiceAccountAuthorizer`]: the OAuth2 client-credentials grant (RFC 6749 §4.4).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use en_auth_core::{Authorizer, BearerToken, CacheKey, ClientInfo, Error};
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use secrecy::ExposeSecret;
+use tokio::sync::OnceCell;
+use tracing::Instrument;
+
+use crate::endpoint::{MAX_BODY, discover_token_endpoint, secure_url, token_http_client};
+use crate::response::parse_token_response;
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuthentication {
+    /// HTTP Basic with id and secret form-encoded first, as RFC 6749 §2.3.1 requires
+    /// (`client_secret_basic`). The default.
+    #[default]
+    ClientSecretBasic,
+    /// HTTP Basic with id and secret as they are, for servers that do not decode them.
+    ClientSecretBasicUnencoded,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    ClientSecretPost,
+}
+
+enum TokenEndpoint {
+    Fixed(Result<Url, Error>),
+    Discovered {
+        issuer: String,
+        resolved: OnceCell<Url>,
+    },
+}
+
+/// Obtains tokens with the OAuth2 client-credentials grant.
+///
+/// ```no_run
+/// use en_auth_core::{AuthMiddleware, ClientInfo};
+/// use en_auth_oauth2::ServiceAccountAuthorizer;
+///
+/// let authorizer = ServiceAccountAuthorizer::new(
+///     ClientInfo::new("my-client-id", "my-client-secret"),
+///     "https://tenant.us.auth0.com/oauth/token",
+/// )
+/// .with_audience("https://api.example.com")
+/// .with_scopes(["read:orders"]);
+/// let auth = AuthMiddleware::new(authorizer);
+/// ```
+///
+/// The token URL is checked before any request: it must be `https://`, or `http://` on a
+/// loopback host. A bad URL makes `authorize` fail with [`Error::InvalidConfiguration`].
+pub struct ServiceAccountAuthorizer {
+    info: ClientInfo,
+    endpoint: TokenEndpoint,
+    audience: Option<String>,
+    resources: Vec<String>,
+    scopes: Vec<String>,
+    extra_params: Vec<(String, String)>,
+    authentication: ClientAuthentication,
+    default_lifetime: Option<Duration>,
+    http: reqwest::Client,
+}
+
+impl ServiceAccountAuthorizer {
+    /// An authorizer for `client_info` at the token endpoint `token_url`.
+    pub fn new(client_info: ClientInfo, token_url: impl AsRef<str>) -> Self {
+        Self::with_endpoint(
+            client_info,
+            TokenEndpoint::Fixed(secure_url("token_url", token_url.as_ref())),
+        )
+    }
+
+    /// An authorizer whose token endpoint is found through OIDC discovery at `issuer`
+    /// (`{issuer}/.well-known/openid-configuration`), fetched now.
+    pub async fn discover(client_info: ClientInfo, issuer: impl AsRef<str>) -> Result<Self, Error> {
+        let authorizer = Self::discover_lazily(client_info, issuer.as_ref());
+        authorizer.token_url().await?;
+        Ok(authorizer)
+    }
+
+    /// Like [`discover`](Self::discover), but the discovery happens with the first token
+    /// request (used by [`from_env`](Self::from_env), which cannot wait).
+    pub fn discover_lazily(client_info: ClientInfo, issuer: &str) -> Self {
+        Self::with_endpoint(
+            client_info,
+            TokenEndpoint::Discovered {
+                issuer: issuer.to_owned(),
+                resolved: OnceCell::new(),
+            },
+        )
+    }
+
+    fn with_endpoint(info: ClientInfo, endpoint: TokenEndpoint) -> Self {
+        Self {
+            info,
+            endpoint,
+            audience: None,
+            resources: Vec::new(),
+            scopes: Vec::new(),
+            extra_params: Vec::new(),
+            authentication: ClientAuthentication::default(),
+            default_lifetime: None,
+            http: token_http_client(),
+        }
+    }
+
+    /// Asks for a token for this API (Auth0's `audience` parameter).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Asks for a token for this resource (RFC 8707 `resource`); may be called more than once.
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Asks for these scopes (sent space-separated as `scope`).
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a form parameter to every token request (e.g. `organization`).
+    pub fn with_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_params.push((name.into(), value.into()));
+        self
+    }
+
+    /// How the client authenticates (default: [`ClientAuthentication::ClientSecretBasic`]).
+    pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
+        self.authentication = authentication;
+        self
+    }
+
+    /// Lifetime given to tokens whose response has no `expires_in`. Unset, the lifecycle's
+    /// default applies ([`LifecyclePolicy::default_lifetime`](en_auth_core::LifecyclePolicy)).
+    pub fn with_default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Uses your own HTTP client for token requests. Build it with
+    /// `redirect(reqwest::redirect::Policy::none())` and timeouts: en-auth's own client has both.
+    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Sets the token client's connect and total timeouts (defaults:
+    /// [`CONNECT_TIMEOUT`](crate::CONNECT_TIMEOUT), [`REQUEST_TIMEOUT`](crate::REQUEST_TIMEOUT)).
+    /// Replaces a client given with [`with_http_client`](Self::with_http_client).
+    pub fn with_timeouts(mut self, connect: Duration, total: Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect)
+            .timeout(total)
+            .build()
+            .unwrap_or_else(|_| token_http_client());
+        self
+    }
+
+    /// The token endpoint, discovering it first if needed.
+    pub async fn token_url(&self) -> Result<Url, Error> {
+        match &self.endpoint {
+            TokenEndpoint::Fixed(url) => url.as_ref().map(Clone::clone).map_err(clone_config_error),
+            TokenEndpoint::Discovered { issuer, resolved } => resolved
+                .get_or_try_init(|| discover_token_endpoint(&self.http, issuer))
+                .await
+                .cloned(),
+        }
+    }
+
+    fn form(&self) -> Vec<(&str, &str)> {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(audience) = &self.audience {
+            form.push(("audience", audience));
+        }
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        form.extend(
+            self.extra_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        form
+    }
+
+    fn basic_header(&self, encode: bool) -> Result<HeaderValue, Error> {
+        let (id, secret) = self.info.to_basic_auth();
+        let secret = secret.expose_secret();
+        let pair = if encode {
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            format!("{}:{}", enc(id), enc(secret))
+        } else {
+            format!("{id}:{secret}")
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        let mut value = HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| {
+            Error::InvalidConfiguration {
+                setting: "client_id".into(),
+                reason: "cannot be sent in an HTTP header".into(),
+            }
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
+        let scope = self.scopes.join(" ");
+        let mut form = self.form();
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let mut request = self.http.post(url).header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        match self.authentication {
+            ClientAuthentication::ClientSecretBasic => {
+                request = request.header(AUTHORIZATION, self.basic_header(true)?)
+            }
+            ClientAuthentication::ClientSecretBasicUnencoded => {
+                request = request.header(AUTHORIZATION, self.basic_header(false)?)
+            }
+            ClientAuthentication::ClientSecretPost => {
+                form.push(("client_id", self.info.client_id()));
+                form.push(("client_secret", self.info.client_secret().expose_secret()));
+            }
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let started = Instant::now();
+        let mut response = request.body(body).send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(Error::InvalidResponse {
+                    status: Some(status),
+                    reason: format!("response body larger than {MAX_BODY} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let span = tracing::Span::current();
+        span.record("status", status);
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        let granted = parse_token_response(status, &headers, &bytes, self.default_lifetime)?;
+        if let Some(scope) = &granted.scope {
+            tracing::debug!(granted_scope = %scope, "token granted");
+        }
+        Ok(granted.token)
+    }
+}
+
+/// `Error` is not `Clone`; configuration errors are rebuilt from their parts.
+fn clone_config_error(err: &Error) -> Error {
+    match err {
+        Error::InvalidConfiguration { setting, reason } => Error::InvalidConfiguration {
+            setting: setting.clone(),
+            reason: reason.clone(),
+        },
+        other => Error::InvalidConfiguration {
+            setting: "token_url".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl Authorizer for ServiceAccountAuthorizer {
+    type Token = BearerToken;
+
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        let url = self.token_url().await?;
+        let span = tracing::debug_span!(
+            "en_auth.token_request",
+            endpoint = %url,
+            client_id = self.info.client_id(),
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let result = self.request_token(url).instrument(span.clone()).await;
+        if let Err(err) = &result {
+            span.in_scope(|| tracing::debug!(error = %err, "token request failed"));
+        }
+        result
+    }
+
+    fn cache_key(&self) -> CacheKey {
+        let endpoint = match &self.endpoint {
+            TokenEndpoint::Fixed(Ok(url)) => url.as_str().to_owned(),
+            TokenEndpoint::Fixed(Err(_)) => String::new(),
+            TokenEndpoint::Discovered { issuer, .. } => format!("issuer:{issuer}"),
+        };
+        let mut scopes = self.scopes.clone();
+        scopes.sort();
+        let mut key = CacheKey::builder("oauth2")
+            .part("endpoint", &endpoint)
+            .part("client_id", self.info.client_id())
+            .secret("client_secret", self.info.client_secret().expose_secret())
+            .part("audience", self.audience.as_deref().unwrap_or(""))
+            .part("scopes", &scopes.join(" "));
+        for resource in &self.resources {
+            key = key.part("resource", resource);
+        }
+        for (name, value) in &self.extra_params {
+            key = key.part(name, value);
+        }
+        key.build()
+    }
+}
+
+impl fmt::Debug for ServiceAccountAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = match &self.endpoint {
+            TokenEndpoint::Fixed(Ok(url)) => url.to_string(),
+            TokenEndpoint::Fixed(Err(err)) => format!("<invalid: {err}>"),
+            TokenEndpoint::Discovered { issuer, resolved } => match resolved.get() {
+                Some(url) => url.to_string(),
+                None => format!("<discovered from {issuer}>"),
+            },
+        };
+        f.debug_struct("ServiceAccountAuthorizer")
+            .field("client_info", &self.info)
+            .field("token_url", &endpoint)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field("scopes", &self.scopes)
+            .field("authentication", &self.authentication)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,99 @@
+//! Configuration from environment variables ([`ServiceAccountAuthorizer::from_env`]).
+
+use std::time::Duration;
+
+use en_auth_core::{ClientInfo, Error};
+
+use crate::ServiceAccountAuthorizer;
+
+/// Client id (required).
+pub const CLIENT_ID: &str = "EN_AUTH_CLIENT_ID";
+/// Client secret (required).
+pub const CLIENT_SECRET: &str = "EN_AUTH_CLIENT_SECRET";
+/// Token endpoint URL (this or [`ISSUER`] is required).
+pub const TOKEN_URL: &str = "EN_AUTH_TOKEN_URL";
+/// Issuer, for OIDC discovery of the token endpoint (this or [`TOKEN_URL`] is required).
+pub const ISSUER: &str = "EN_AUTH_ISSUER";
+/// Auth0 `audience` (optional).
+pub const AUDIENCE: &str = "EN_AUTH_AUDIENCE";
+/// Scopes, separated by spaces or commas (optional).
+pub const SCOPES: &str = "EN_AUTH_SCOPES";
+/// API key sent as `X-Api-Key` (optional).
+pub const API_KEY: &str = "EN_AUTH_API_KEY";
+/// Lifetime in seconds of tokens whose response has no `expires_in` (optional).
+pub const DEFAULT_TOKEN_LIFETIME: &str = "EN_AUTH_DEFAULT_TOKEN_LIFETIME";
+
+impl ServiceAccountAuthorizer {
+    /// Builds an authorizer from `EN_AUTH_*` environment variables:
+    ///
+    /// | variable | |
+    /// |---|---|
+    /// | `EN_AUTH_CLIENT_ID` | required |
+    /// | `EN_AUTH_CLIENT_SECRET` | required |
+    /// | `EN_AUTH_TOKEN_URL` or `EN_AUTH_ISSUER` | one required; the issuer is discovered on first use |
+    /// | `EN_AUTH_AUDIENCE`, `EN_AUTH_SCOPES`, `EN_AUTH_API_KEY` | optional |
+    /// | `EN_AUTH_DEFAULT_TOKEN_LIFETIME` | optional, seconds |
+    ///
+    /// A missing (or empty) required variable is [`Error::MissingConfiguration`] naming it.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup` (for tests and
+    /// other configuration sources).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use en_auth_core::Error;
+    /// use en_auth_oauth2::ServiceAccountAuthorizer;
+    /// let vars = HashMap::from([("EN_AUTH_CLIENT_ID", "svc")]);
+    /// let err = ServiceAccountAuthorizer::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap_err();
+    /// assert!(matches!(err, Error::MissingConfiguration { ref setting } if setting == "EN_AUTH_CLIENT_SECRET"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let require = |name: &str| {
+            get(name).ok_or_else(|| Error::MissingConfiguration {
+                setting: name.to_owned(),
+            })
+        };
+        let client_id = require(CLIENT_ID)?;
+        let client_secret = require(CLIENT_SECRET)?;
+        let mut info = ClientInfo::new(client_id, client_secret);
+        if let Some(key) = get(API_KEY) {
+            info = info.with_api_key(key);
+        }
+        let mut authorizer = match (get(TOKEN_URL), get(ISSUER)) {
+            (Some(url), _) => Self::new(info, url.trim()),
+            (None, Some(issuer)) => Self::discover_lazily(info, issuer.trim()),
+            (None, None) => {
+                return Err(Error::MissingConfiguration {
+                    setting: format!("{TOKEN_URL} (or {ISSUER})"),
+                });
+            }
+        };
+        if let Some(audience) = get(AUDIENCE) {
+            authorizer = authorizer.with_audience(audience.trim());
+        }
+        if let Some(scopes) = get(SCOPES) {
+            authorizer = authorizer.with_scopes(
+                scopes
+                    .split([' ', ','])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(lifetime) = get(DEFAULT_TOKEN_LIFETIME) {
+            let seconds: u64 =
+                lifetime
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::InvalidConfiguration {
+                        setting: DEFAULT_TOKEN_LIFETIME.to_owned(),
+                        reason: format!("`{lifetime}` is not a whole number of seconds"),
+                    })?;
+            authorizer = authorizer.with_default_lifetime(Duration::from_secs(seconds));
+        }
+        Ok(authorizer)
+    }
+}

@@ -1,0 +1,337 @@
+//! Reading a token endpoint's answer (RFC 6749 §5.1 / §5.2) into a token or a typed error.
+//!
+//! | answer | result |
+//! |---|---|
+//! | 2xx with `access_token` | the token; `expires_in` as number or numeric string, missing → default lifetime |
+//! | 3xx | [`Error::InvalidResponse`]: redirects are never followed |
+//! | 429 | [`Error::RateLimited`] with `Retry-After` (seconds or HTTP date) and `X-RateLimit-Reset` |
+//! | 5xx | [`Error::ServerError`] (transient, retried) with `Retry-After` |
+//! | 4xx `invalid_client` | [`Error::InvalidClient`] |
+//! | 4xx other `error` | [`Error::Authorization`] with status, `error`, `error_description`, `error_uri` |
+//! | anything else unparseable | [`Error::InvalidResponse`] with the status; never a panic |
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use en_auth_core::{BearerToken, Error};
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+
+/// A successful token response, with the fields en-auth uses.
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: String,
+    token_type: Option<String>,
+    expires_in: Option<ExpiresIn>,
+    scope: Option<String>,
+}
+
+/// `expires_in` as some providers send it: a number or a numeric string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Number(f64),
+    Text(String),
+}
+
+impl ExpiresIn {
+    fn seconds(&self) -> Option<Duration> {
+        let value = match self {
+            ExpiresIn::Number(n) => *n,
+            ExpiresIn::Text(t) => t.trim().parse().ok()?,
+        };
+        (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value.min(1e9)))
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    error_description: Option<String>,
+    error_uri: Option<String>,
+}
+
+/// What a successful response granted, besides the token itself.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub token: BearerToken,
+    pub scope: Option<String>,
+}
+
+/// Turns a token endpoint's status, headers and body into a token or an error.
+pub(crate) fn parse_token_response(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    default_lifetime: Option<Duration>,
+) -> Result<Granted, Error> {
+    match status {
+        200..=299 => parse_success(status, body, default_lifetime),
+        300..=399 => Err(Error::InvalidResponse {
+            status: Some(status),
+            reason: format!(
+                "the token endpoint redirected{}; redirects are not followed",
+                header_str(headers, "location")
+                    .map(|l| format!(" to {l}"))
+                    .unwrap_or_default()
+            ),
+        }),
+        429 => Err(rate_limited(headers)),
+        500..=599 => Err(Error::ServerError {
+            status,
+            retry_after: retry_after(headers),
+        }),
+        _ => Err(parse_error(status, headers, body)),
+    }
+}
+
+fn parse_success(
+    status: u16,
+    body: &[u8],
+    default_lifetime: Option<Duration>,
+) -> Result<Granted, Error> {
+    let parsed: TokenBody = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
+        status: Some(status),
+        // serde_json's message names the position and the problem, not the content.
+        reason: format!(
+            "token response is not the expected JSON ({})",
+            e.classify_name()
+        ),
+    })?;
+    if let Some(kind) = parsed.token_type.as_deref() {
+        if !kind.eq_ignore_ascii_case("bearer") {
+            return Err(Error::InvalidResponse {
+                status: Some(status),
+                reason: format!("unsupported token_type `{kind}` (only Bearer is supported)"),
+            });
+        }
+    }
+    if parsed.access_token.is_empty() {
+        return Err(Error::InvalidResponse {
+            status: Some(status),
+            reason: "token response has an empty access_token".into(),
+        });
+    }
+    let lifetime = parsed
+        .expires_in
+        .as_ref()
+        .and_then(ExpiresIn::seconds)
+        .or(default_lifetime);
+    Ok(Granted {
+        token: BearerToken::new(parsed.access_token, lifetime),
+        scope: parsed.scope,
+    })
+}
+
+fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+    let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+        let kind = header_str(headers, "content-type").unwrap_or("no content type");
+        return Error::InvalidResponse {
+            status: Some(status),
+            reason: if body.is_empty() {
+                "error answer with an empty body".into()
+            } else {
+                format!("error answer that is not an OAuth2 error ({kind})")
+            },
+        };
+    };
+    match parsed.error.as_str() {
+        "invalid_client" => Error::InvalidClient {
+            status: Some(status),
+            description: parsed.error_description,
+        },
+        _ => Error::Authorization {
+            status: Some(status),
+            error: parsed.error,
+            description: parsed.error_description,
+            error_uri: parsed.error_uri,
+        },
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "missing or mistyped fields",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = header_str(headers, "retry-after")?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((at - Utc::now()).to_std().unwrap_or_default())
+}
+
+/// A 429's retry-after and reset time (`X-RateLimit-Reset`, unix seconds, as Auth0 sends).
+fn rate_limited(headers: &HeaderMap) -> Error {
+    let retry_after = retry_after(headers);
+    let reset_at = header_str(headers, "x-ratelimit-reset")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .or_else(|| {
+            retry_after
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .map(|d| Utc::now() + d)
+        });
+    Error::RateLimited {
+        retry_after,
+        reset_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use en_auth_core::AccessToken;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    fn parse(status: u16, body: &str) -> Result<Granted, Error> {
+        parse_token_response(status, &HeaderMap::new(), body.as_bytes(), None)
+    }
+
+    #[test]
+    fn expires_in_may_be_a_number_or_a_numeric_string() {
+        for body in [
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":120}"#,
+            r#"{"access_token":"t","token_type":"bearer","expires_in":"120"}"#,
+        ] {
+            let granted = parse(200, body).unwrap();
+            let lifetime = granted.token.expires_at().unwrap() - granted.token.issued_at().unwrap();
+            assert_eq!(lifetime.num_seconds(), 120, "{body}");
+        }
+    }
+
+    #[test]
+    fn missing_expires_in_takes_the_default_lifetime_or_none() {
+        let body = br#"{"access_token":"t","token_type":"Bearer","scope":"a b"}"#;
+        let granted =
+            parse_token_response(200, &HeaderMap::new(), body, Some(Duration::from_secs(90)))
+                .unwrap();
+        let lifetime = granted.token.expires_at().unwrap() - granted.token.issued_at().unwrap();
+        assert_eq!(lifetime.num_seconds(), 90);
+        assert_eq!(granted.scope.as_deref(), Some("a b"));
+        let granted = parse_token_response(200, &HeaderMap::new(), body, None).unwrap();
+        assert_eq!(
+            granted.token.expires_at(),
+            None,
+            "left to the lifecycle's default"
+        );
+    }
+
+    #[test]
+    fn oauth2_errors_are_typed() {
+        let err = parse(
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, Error::InvalidClient { status: Some(401), description: Some(ref d) } if d == "bad secret")
+        );
+        let err = parse(
+            400,
+            r#"{"error":"invalid_scope","error_description":"no","error_uri":"https://e/x"}"#,
+        )
+        .err()
+        .unwrap();
+        match err {
+            Error::Authorization {
+                status,
+                error,
+                description,
+                error_uri,
+            } => {
+                assert_eq!((status, error.as_str()), (Some(400), "invalid_scope"));
+                assert_eq!(description.as_deref(), Some("no"));
+                assert_eq!(error_uri.as_deref(), Some("https://e/x"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_invalid_response_never_a_panic() {
+        for (status, body) in [
+            (200, "<html>oops</html>"),
+            (200, ""),
+            (200, r#"{"access_token": 5}"#),
+            (200, r#"{"access_token":"t","token_type":"DPoP"}"#),
+            (200, r#"{"access_token":""}"#),
+            (200, r#"{"access_token":"t","expires_in":"soon"}"#),
+            (400, "<html>bad</html>"),
+            (403, ""),
+            (302, ""),
+        ] {
+            match parse(status, body) {
+                Err(Error::InvalidResponse {
+                    status: Some(s), ..
+                }) => assert_eq!(s, status, "{body}"),
+                Ok(g) if body.contains("soon") => assert_eq!(g.token.expires_at(), None),
+                other => panic!("{status} {body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_after_and_reset() {
+        let reset = Utc::now().timestamp() + 30;
+        let h = headers(&[
+            ("retry-after", "7"),
+            ("x-ratelimit-reset", &reset.to_string()),
+        ]);
+        match parse_token_response(429, &h, b"{}", None).err().unwrap() {
+            Error::RateLimited {
+                retry_after,
+                reset_at,
+            } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+                assert_eq!(reset_at.unwrap().timestamp(), reset);
+            }
+            other => panic!("{other:?}"),
+        }
+        let date = (Utc::now() + chrono::Duration::seconds(20))
+            .to_rfc2822()
+            .replace("+0000", "GMT");
+        let d = retry_after(&headers(&[("retry-after", &date)])).unwrap();
+        assert!(
+            d > Duration::from_secs(17) && d <= Duration::from_secs(20),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_transient() {
+        let err = parse_token_response(503, &headers(&[("retry-after", "2")]), b"<html>", None)
+            .err()
+            .unwrap();
+        assert!(err.is_transient());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    }
+}

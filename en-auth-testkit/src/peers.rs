@@ -1,0 +1,114 @@
+//! Real peers started for a test and stopped when dropped: panva's `oidc-provider`.
+//!
+//! They are installed by `./scripts/install-peers` (the test command runs it); a missing
+//! install fails the test with a message saying so.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The folder holding the Node peers and their lock file.
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers")
+}
+
+/// panva's `oidc-provider` on a free loopback port (see `tests/peers/oidc-provider.mjs` for
+/// its clients, resources and test hooks).
+pub struct OidcProvider {
+    port: u16,
+    _child: Child,
+    http: reqwest::Client,
+}
+
+impl OidcProvider {
+    /// Client `basic-client` (client_secret_basic) and its secret.
+    pub const BASIC_CLIENT: (&'static str, &'static str) = ("basic-client", "basic-secret");
+    /// Client `post-client` (client_secret_post) and its secret.
+    pub const POST_CLIENT: (&'static str, &'static str) = ("post-client", "post-secret");
+    /// A resource (audience) the provider issues JWTs for.
+    pub const API: &'static str = "https://api.example.com";
+
+    /// Starts the provider with access tokens valid for `ttl_secs`.
+    pub async fn start(ttl_secs: u64) -> Self {
+        let dir = peers_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is not installed: run ./scripts/install-peers (./scripts/test does)"
+        );
+        let mut child = Command::new("node")
+            .arg("oidc-provider.mjs")
+            .arg("--ttl")
+            .arg(ttl_secs.to_string())
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let port = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read provider output") {
+                if let Some(port) = line.strip_prefix("READY ") {
+                    return port.trim().parse::<u16>().expect("port");
+                }
+            }
+            panic!("oidc-provider exited before it was ready");
+        })
+        .await
+        .expect("oidc-provider ready within 30 s");
+        Self {
+            port,
+            _child: child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The issuer, `http://127.0.0.1:<port>`.
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer())
+    }
+
+    /// The JWKS endpoint.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks", self.issuer())
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/__stats", self.issuer()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// Tokens the provider issued (successful token responses), counted on its side.
+    pub async fn tokens_issued(&self) -> u64 {
+        self.stats().await["tokens_issued"].as_u64().unwrap_or(0)
+    }
+
+    /// Token requests the provider received, successful or not.
+    pub async fn token_requests(&self) -> u64 {
+        self.stats().await["token_requests"].as_u64().unwrap_or(0)
+    }
+
+    /// Switches to a new signing key (new `kid`), as a key rotation would.
+    pub async fn rotate_signing_key(&self) {
+        self.http
+            .post(format!("{}/__rotate", self.issuer()))
+            .send()
+            .await
+            .expect("rotate");
+    }
+}
