@@ -34,6 +34,21 @@ impl Authorizer for StaticAuthorizer {
     }
 }
 
+/// A middleware that only passes the request on: what any middleware costs.
+struct PassThrough;
+
+#[en_auth::async_trait]
+impl reqwest_middleware::Middleware for PassThrough {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(req, extensions).await
+    }
+}
+
 /// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -98,6 +113,9 @@ fn main() {
     criterion.bench_function("cached_token_read", |b| {
         b.iter(|| auth.cache().cached().unwrap())
     });
+    let passthrough = ClientBuilder::new(reqwest::Client::new())
+        .with(PassThrough)
+        .build();
     let no_replay = ClientBuilder::new(reqwest::Client::new())
         .with(auth.clone().replay_on_unauthorized(false))
         .build();
@@ -106,6 +124,7 @@ fn main() {
     let (rounds, per_round) = (10, 2_000);
     let (mut bare_wall, mut bare_cpu, mut auth_wall, mut auth_cpu) = Default::default();
     let (mut plain_wall, mut plain_cpu): (Duration, Duration) = Default::default();
+    let (mut pass_wall, mut pass_cpu): (Duration, Duration) = Default::default();
     runtime.block_on(async {
         for _ in 0..rounds {
             let (w, c) = round(&bare, &url, per_round).await;
@@ -114,6 +133,9 @@ fn main() {
             let (w, c) = round(&authorized, &url, per_round).await;
             auth_wall += w;
             auth_cpu += c;
+            let (w, c) = round(&passthrough, &url, per_round).await;
+            pass_wall += w;
+            pass_cpu += c;
             let (w, c) = round(&no_replay, &url, per_round).await;
             plain_wall += w;
             plain_cpu += c;
@@ -154,6 +176,19 @@ fn main() {
     println!(
         "  CPU-efficiency ratio (replay off)/bare: {:.4}",
         bc.as_secs_f64() / plain_cpu.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  pass-through middleware: {:.2} µs/request wall, {:.2} µs/request CPU",
+        per(pass_wall),
+        per(pass_cpu)
+    );
+    println!(
+        "  throughput ratio pass-through/bare: {:.4}",
+        bw.as_secs_f64() / pass_wall.as_secs_f64()
+    );
+    println!(
+        "  throughput ratio authorized/pass-through: {:.4}",
+        pass_wall.as_secs_f64() / aw.as_secs_f64()
     );
     criterion.final_summary();
     drop(idp_guard);

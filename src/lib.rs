@@ -44,3 +44,9 @@ pub use en_auth_core::*;
 pub mod oauth2 {
     pub use en_auth_oauth2::*;
 }
+
+/// Verification of incoming tokens, with a tower/axum layer (feature `verify`).
+#[cfg(feature = "verify")]
+pub mod verify {
+    pub use en_auth_verify::*;
+}

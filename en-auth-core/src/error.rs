@@ -119,6 +119,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// An incoming token failed verification (bad signature, expired, wrong issuer or
+    /// audience, malformed, …). The reason is for logs; callers only learn "invalid_token".
+    #[error("invalid token: {reason}")]
+    InvalidToken {
+        /// Why the token was rejected.
+        reason: String,
+    },
+
+    /// An incoming token is valid but lacks scopes or permissions the resource requires.
+    #[error("insufficient scope: requires {}", .required.join(" "))]
+    InsufficientScope {
+        /// The scopes (or permissions) required.
+        required: Vec<String>,
+    },
+
     /// A token store (e.g. Redis) failed.
     #[error("token store error: {message}")]
     Store {

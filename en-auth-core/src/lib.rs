@@ -30,6 +30,7 @@
 
 mod authorizer;
 mod credentials;
+mod endpoint;
 mod error;
 mod lifecycle;
 mod middleware;
@@ -39,6 +40,7 @@ mod token;
 
 pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
+pub use endpoint::secure_url;
 pub use error::{Error, Result};
 pub use lifecycle::{CachedToken, LifecyclePolicy, TokenCache, TokenCacheBuilder, TokenStats};
 pub use middleware::AuthMiddleware;

@@ -12,8 +12,9 @@ use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::endpoint::{MAX_BODY, discover_token_endpoint, secure_url, token_http_client};
+use crate::endpoint::{MAX_BODY, discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
+use en_auth_core::secure_url;
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

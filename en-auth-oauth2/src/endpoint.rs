@@ -1,9 +1,8 @@
 //! Where tokens come from: validated endpoint URLs, the token HTTP client, OIDC discovery.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use en_auth_core::Error;
+use en_auth_core::{Error, secure_url};
 use reqwest::Url;
 use serde::Deserialize;
 
@@ -22,33 +21,6 @@ pub fn token_http_client() -> reqwest::Client {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap_or_default()
-}
-
-/// Parses `url` for `setting` and refuses plain `http://` unless the host is loopback, so a
-/// client secret is never sent in clear over a network. Checked before any I/O.
-pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
-    let invalid = |reason: String| Error::InvalidConfiguration {
-        setting: setting.to_owned(),
-        reason,
-    };
-    let parsed = Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
-    match parsed.scheme() {
-        "https" => Ok(parsed),
-        "http" if is_loopback(&parsed) => Ok(parsed),
-        "http" => Err(invalid(
-            "plain http is refused except on loopback; use https".into(),
-        )),
-        other => Err(invalid(format!("unsupported scheme `{other}`"))),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 #[derive(Deserialize)]

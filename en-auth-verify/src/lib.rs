@@ -1,0 +1,38 @@
+//! Verification of incoming access tokens for the services that receive en-auth's requests.
+//!
+//! A [`Verifier`] checks a JWT: its signature, with keys from the issuer's JWKS (fetched once,
+//! refreshed on key rotation, rate-limited against junk `kid`s) or a shared HS256 secret; an
+//! explicit algorithm allow-list (never `none`, no RSA/HMAC confusion); `iss`, `aud`, `exp`,
+//! `nbf`, `iat` with a small leeway; and optionally `typ`, scopes/permissions and `org_id`.
+//! Presets: [`Verifier::auth0`], [`Verifier::cognito`], [`Verifier::oidc`].
+//!
+//! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
+//! handlers read the claims with the [`Authenticated`] extractor.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use en_auth_verify::{Authenticated, RequireAuth, Verifier};
+//!
+//! async fn orders(claims: Authenticated) -> String {
+//!     let customer: String = claims.custom("customerId").unwrap_or_default();
+//!     format!("orders of {customer}")
+//! }
+//!
+//! let verifier = Verifier::auth0("tenant.us.auth0.com", "https://api.example.com");
+//! let app: Router = Router::new()
+//!     .route("/orders", get(orders))
+//!     .layer(RequireAuth::new(verifier).scopes(["read:orders"]));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod claims;
+mod jwks;
+mod layer;
+mod verifier;
+
+pub use claims::Claims;
+pub use jsonwebtoken::Algorithm;
+pub use jwks::{DEFAULT_MAX_AGE, DEFAULT_MIN_REFRESH_INTERVAL};
+pub use layer::{Authenticated, RequireAuth, RequireAuthService};
+pub use verifier::{ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Verifier};
