@@ -174,7 +174,8 @@ impl ServiceAccountAuthorizer {
     /// The token endpoint, discovering it first if needed.
     pub async fn token_url(&self) -> Result<Url, Error> {
         match &self.endpoint {
-            TokenEndpoint::Fixed(url) => url.as_ref().map(Clone::clone).map_err(clone_config_error),
+            TokenEndpoint::Fixed(Ok(url)) => Ok(url.clone()),
+            TokenEndpoint::Fixed(Err(err)) => Err(clone_config_error(err)),
             TokenEndpoint::Discovered { issuer, resolved } => resolved
                 .get_or_try_init(|| discover_token_endpoint(&self.http, issuer))
                 .await
