@@ -50,3 +50,9 @@ pub mod oauth2 {
 pub mod verify {
     pub use en_auth_verify::*;
 }
+
+/// AWS Cognito SRP login (feature `srp`; compiles the AWS SDK).
+#[cfg(feature = "srp")]
+pub mod srp {
+    pub use en_auth_srp::*;
+}
