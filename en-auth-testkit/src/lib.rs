@@ -19,5 +19,5 @@ mod server;
 
 pub use api::{ProtectedApi, SeenRequest};
 pub use idp::{Fault, IdpConfig, LocalIdp};
-pub use peers::{OidcProvider, peers_dir};
+pub use peers::{MotoServer, OidcProvider, peers_dir};
 pub use server::LoopbackServer;

@@ -112,3 +112,55 @@ impl OidcProvider {
             .expect("rotate");
     }
 }
+
+/// moto's AWS emulator (`moto.server`, from tests/peers/.venv) on a free loopback port.
+pub struct MotoServer {
+    port: u16,
+    _child: Child,
+}
+
+impl MotoServer {
+    /// Starts moto and waits until it answers.
+    pub async fn start() -> Self {
+        let python = peers_dir().join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "moto is not installed: run ./scripts/install-peers (./scripts/test does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto starts");
+        let url = format!("http://127.0.0.1:{port}/moto-api/");
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if http.get(&url).send().await.is_ok() {
+                return Self {
+                    port,
+                    _child: child,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto did not answer within 30 s");
+    }
+
+    /// The endpoint URL to give AWS SDK clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
