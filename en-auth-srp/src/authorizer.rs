@@ -151,7 +151,7 @@ impl SrpAuthorizer {
         let client = self.client()?;
         let ephemeral = tokio::task::spawn_blocking(Ephemeral::random)
             .await
-            .map_err(|e| Error::transport(e))??;
+            .map_err(Error::transport)??;
         let user = self.credentials.user_name();
         let mut initiate = client
             .initiate_auth()
@@ -226,7 +226,7 @@ impl SrpAuthorizer {
             )
         })
         .await
-        .map_err(|e| Error::transport(e))??;
+        .map_err(Error::transport)??;
         let mut responses = HashMap::from([
             ("USERNAME".to_owned(), username.clone()),
             ("PASSWORD_CLAIM_SECRET_BLOCK".to_owned(), secret_block_text),

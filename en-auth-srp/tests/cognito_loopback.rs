@@ -111,6 +111,36 @@ async fn a_refused_refresh_token_logs_in_again() {
 }
 
 #[tokio::test]
+async fn throttling_is_rate_limited_and_retried_by_the_lifecycle() {
+    let pool = TestCognito::start(None).await;
+    pool.add_user("bob", "bob-id", "pw-Bob-1");
+    pool.throttle_next(1);
+    let err = authorizer(&pool, "", "bob", "pw-Bob-1")
+        .authorize()
+        .await
+        .unwrap_err();
+    assert_eq!(pool.requests(), 1, "the SDK's own retries are off");
+    assert!(
+        matches!(err, Error::RateLimited { .. }) && err.is_transient(),
+        "{err:?}"
+    );
+
+    pool.throttle_next(2);
+    let policy = LifecyclePolicy::default()
+        .with_retry(RetryPolicy::default().with_initial_backoff(Duration::from_millis(20)));
+    let auth = AuthMiddleware::with_policy(authorizer(&pool, "", "bob", "pw-Bob-1"), policy);
+    auth.access_token()
+        .await
+        .expect("retried through the throttling");
+    assert_eq!(pool.logins(), 1);
+    assert_eq!(
+        auth.stats().authorizations,
+        3,
+        "two throttled attempts, then a login"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_app_client_is_an_invalid_client() {
     let pool = TestCognito::start(None).await;
     pool.add_user("bob", "bob-id", "pw-Bob-1");
@@ -140,7 +170,7 @@ async fn the_id_token_can_go_in_the_header() {
         tokens.access_token(),
         tokens
             .id_token()
-            .map(|t| secrecy::ExposeSecret::expose_secret(t))
+            .map(secrecy::ExposeSecret::expose_secret)
             .unwrap()
     );
 }
@@ -228,5 +258,4 @@ async fn the_middleware_logs_in_once_for_concurrent_first_use() {
         "100 concurrent first requests, one SRP login"
     );
     assert_eq!(auth.stats().authorizations, 1);
-    let _ = Duration::ZERO;
 }

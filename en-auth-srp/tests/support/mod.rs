@@ -102,6 +102,8 @@ struct State {
     issued: Mutex<Vec<String>>,
     token_lifetime: AtomicU64,
     reject_refresh: std::sync::atomic::AtomicBool,
+    throttle_next: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// A user pool with proof-checking SRP on loopback.
@@ -154,6 +156,14 @@ impl TestCognito {
     pub fn set_token_lifetime(&self, seconds: u64) {
         self.state.token_lifetime.store(seconds, Ordering::SeqCst);
     }
+    /// Answers the next `n` requests with `TooManyRequestsException`.
+    pub fn throttle_next(&self, n: u64) {
+        self.state.throttle_next.store(n, Ordering::SeqCst);
+    }
+    /// Requests received, throttled ones included.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
     pub fn reject_refresh_tokens(&self) {
         self.state.reject_refresh.store(true, Ordering::SeqCst);
     }
@@ -180,7 +190,7 @@ fn ok(body: Value) -> Response {
         .into_response()
 }
 
-fn check_secret_hash(state: &State, params: &Value, username: &str) -> Result<(), Response> {
+fn check_secret_hash(state: &State, params: &Value, username: &str) -> Result<(), Box<Response>> {
     let Some(secret) = state.client_secret.lock().clone() else {
         return Ok(());
     };
@@ -190,10 +200,10 @@ fn check_secret_hash(state: &State, params: &Value, username: &str) -> Result<()
     );
     match params["SECRET_HASH"].as_str() {
         Some(got) if got == expected => Ok(()),
-        _ => Err(error(
+        _ => Err(Box::new(error(
             "NotAuthorizedException",
             &format!("Unable to verify secret hash for client {CLIENT_ID}"),
-        )),
+        ))),
     }
 }
 
@@ -222,6 +232,14 @@ fn tokens(state: &State, internal: &str, with_refresh: bool) -> Value {
 }
 
 fn handle(state: &State, headers: &HeaderMap, body: &[u8]) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let throttled = state
+        .throttle_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if throttled {
+        return error("TooManyRequestsException", "Rate exceeded");
+    }
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -254,7 +272,7 @@ fn initiate(state: &State, request: &Value) -> Response {
                 return error("NotAuthorizedException", "Invalid Refresh Token");
             };
             if let Err(e) = check_secret_hash(state, params, &internal) {
-                return e;
+                return *e;
             }
             state.refreshes.fetch_add(1, Ordering::SeqCst);
             return ok(tokens(state, &internal, false));
@@ -268,7 +286,7 @@ fn initiate(state: &State, request: &Value) -> Response {
     }
     let alias = params["USERNAME"].as_str().unwrap_or("");
     if let Err(e) = check_secret_hash(state, params, alias) {
-        return e;
+        return *e;
     }
     let users = state.users.lock();
     let Some(user) = users.get(alias) else {
@@ -330,7 +348,7 @@ fn respond(state: &State, request: &Value) -> Response {
         return error("NotAuthorizedException", "Incorrect username or password.");
     }
     if let Err(e) = check_secret_hash(state, responses, &login.internal_username) {
-        return e;
+        return *e;
     }
     let n = n();
     let u = h(&[&padded(&login.a), &padded(&login.big_b)]);
