@@ -9,6 +9,11 @@
 //! ```text
 //! cargo bench --bench hot_path
 //! ```
+//!
+//! Wall-clock ratios on a small shared machine move by several percent from run to run. For a
+//! deterministic figure, `scripts/bench-instructions` runs this binary under callgrind with
+//! `EN_AUTH_HOT_PATH=<client>:<requests>` (one client, no criterion) and compares instructions
+//! per request.
 
 use std::time::{Duration, Instant};
 

@@ -10,11 +10,17 @@
 //! - The proof: `base64(HMAC-SHA256(key, poolName ‖ userId ‖ secretBlock ‖ timestamp))`.
 //!
 //! Everything random or time-dependent (`a`, the timestamp) is an input here, so known-answer
-//! tests can fix them. All arithmetic is `num-bigint`; hashing, HMAC and HKDF are RustCrypto.
+//! tests can fix them. Arithmetic modulo `N` — every step that involves `a` or the
+//! password-derived `x` — runs in constant time in Montgomery form (`crypto-bigint`), with
+//! exponent lengths fixed by the protocol (1024 bits for `a`, 256 for `x`, 1025 for `a + u·x`),
+//! so timing reveals nothing about them. `num-bigint` only parses, pads and multiplies public or
+//! already-hashed values. Hashing, HMAC and HKDF are RustCrypto.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
+use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
+use crypto_bigint::{Encoding, Odd, U256, U1024, U1536, U3072};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use num_bigint::BigUint;
@@ -43,6 +49,48 @@ pub static G: LazyLock<BigUint> = LazyLock::new(|| BigUint::from(2u32));
 pub static K: LazyLock<BigUint> = LazyLock::new(|| hash_to_int(&[&pad(&N), &pad(&G)]));
 
 const DERIVED_KEY_INFO: &[u8] = b"Caldera Derived Key";
+
+/// Bits of `a`: 128 random bytes.
+const A_BITS: u32 = 1024;
+/// Bound on `a + u·x`: `a < 2^1024`, `u, x < 2^256`, so the sum is below `2^1025`.
+const EXPONENT_BITS: u32 = 1025;
+
+type Modular = FixedMontyForm<{ U3072::LIMBS }>;
+
+static PARAMS: LazyLock<FixedMontyParams<{ U3072::LIMBS }>> = LazyLock::new(|| {
+    FixedMontyParams::new(
+        Odd::new(to_uint::<{ U3072::LIMBS }>(&N).expect("N fits")).expect("N is odd"),
+    )
+});
+static G_MONTY: LazyLock<Modular> = LazyLock::new(|| Modular::new(&U3072::from_u8(2), &PARAMS));
+static K_MONTY: LazyLock<Modular> =
+    LazyLock::new(|| Modular::new(&to_uint::<{ U3072::LIMBS }>(&K).expect("k fits"), &PARAMS));
+
+/// `x` as a fixed-size integer, or `None` when it does not fit.
+fn to_uint<const LIMBS: usize>(x: &BigUint) -> Option<crypto_bigint::Uint<LIMBS>>
+where
+    crypto_bigint::Uint<LIMBS>: Encoding,
+{
+    let bytes = x.to_bytes_be();
+    let width = LIMBS * 8;
+    if bytes.len() > width {
+        return None;
+    }
+    let mut padded = vec![0u8; width];
+    padded[width - bytes.len()..].copy_from_slice(&bytes);
+    Some(crypto_bigint::Uint::<LIMBS>::from_be_slice(&padded))
+}
+
+fn to_biguint(x: &U3072) -> BigUint {
+    BigUint::from_bytes_be(&x.to_be_bytes())
+}
+
+fn exponent_error(what: &str) -> Error {
+    Error::InvalidConfiguration {
+        setting: "srp".into(),
+        reason: format!("{what} is out of range"),
+    }
+}
 
 /// `pad(x)` as bytes: big-endian, with a leading zero byte when the top bit is set.
 pub fn pad(x: &BigUint) -> Vec<u8> {
@@ -87,9 +135,10 @@ pub struct Ephemeral {
 }
 
 impl Ephemeral {
-    /// From a fixed secret (tests), or `Err` when `A mod N = 0`.
+    /// From a fixed secret of at most 1024 bits (tests), or `Err` when `A mod N = 0`.
     pub fn from_secret(a: BigUint) -> Result<Self, Error> {
-        let public = G.modpow(&a, &N);
+        let exponent = to_uint::<{ U1024::LIMBS }>(&a).ok_or_else(|| exponent_error("a"))?;
+        let public = to_biguint(&G_MONTY.pow_bounded_exp(&exponent, A_BITS).retrieve());
         if public == BigUint::ZERO {
             return Err(Error::InvalidResponse {
                 status: None,
@@ -153,10 +202,14 @@ pub fn session(
     }
     let identity = Sha256::digest(format!("{pool_name}{user_id}:{password}").as_bytes());
     let x = hash_to_int(&[&pad(salt), &identity]);
-    let kgx = (&*K * G.modpow(&x, &N)) % &*N;
-    let base = ((b % &*N) + &*N - kgx) % &*N;
-    let exponent = &ephemeral.a + &u * &x;
-    let s = base.modpow(&exponent, &N);
+    // S = (B − k·g^x)^(a + u·x), all in Montgomery form.
+    let x_fixed = to_uint::<{ U256::LIMBS }>(&x).ok_or_else(|| exponent_error("x"))?;
+    let b_fixed = to_uint::<{ U3072::LIMBS }>(&(b % &*N)).ok_or_else(|| exponent_error("B"))?;
+    let kgx = *K_MONTY * G_MONTY.pow_bounded_exp(&x_fixed, 256);
+    let base = Modular::new(&b_fixed, &PARAMS) - kgx;
+    let exponent = to_uint::<{ U1536::LIMBS }>(&(&ephemeral.a + &u * &x))
+        .ok_or_else(|| exponent_error("a + u·x"))?;
+    let s = to_biguint(&base.pow_bounded_exp(&exponent, EXPONENT_BITS).retrieve());
     let mut key = [0u8; 16];
     Hkdf::<Sha256>::new(Some(&pad(&u)), &pad(&s))
         .expand(DERIVED_KEY_INFO, &mut key)
