@@ -101,6 +101,46 @@ fn main() {
         .with(auth.clone())
         .build();
     runtime.block_on(auth.access_token()).expect("token cached");
+    let passthrough = ClientBuilder::new(reqwest::Client::new())
+        .with(PassThrough)
+        .build();
+    let no_replay = ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone().replay_on_unauthorized(false))
+        .build();
+    // The same header set once as a default header: what sending a token costs by itself.
+    let token = auth.cache().cached().expect("cached token");
+    let static_header = ClientBuilder::new(
+        reqwest::Client::builder()
+            .default_headers(
+                [(http::header::AUTHORIZATION, token.authorization().clone())]
+                    .into_iter()
+                    .collect(),
+            )
+            .build()
+            .expect("client"),
+    )
+    .build();
+
+    if let Ok(spec) = std::env::var("EN_AUTH_HOT_PATH") {
+        // Instruction-count mode: one warm-up request, then N requests through one client.
+        let (mode, n) = spec
+            .split_once(':')
+            .expect("EN_AUTH_HOT_PATH=<client>:<requests>");
+        let client = match mode {
+            "bare" => &bare,
+            "passthrough" => &passthrough,
+            "authorized" => &authorized,
+            "authorized-no-replay" => &no_replay,
+            "static-header" => &static_header,
+            other => panic!("unknown client {other}"),
+        };
+        let n: u32 = n.parse().expect("request count");
+        runtime.block_on(async {
+            round(client, &url, 1).await;
+            round(client, &url, n).await;
+        });
+        return;
+    }
 
     let mut criterion = Criterion::default()
         .configure_from_args()
@@ -118,13 +158,6 @@ fn main() {
     criterion.bench_function("cached_token_read", |b| {
         b.iter(|| auth.cache().cached().unwrap())
     });
-    let passthrough = ClientBuilder::new(reqwest::Client::new())
-        .with(PassThrough)
-        .build();
-    let no_replay = ClientBuilder::new(reqwest::Client::new())
-        .with(auth.clone().replay_on_unauthorized(false))
-        .build();
-
     // Interleaved rounds: the ratio, with noise shared by both sides.
     let (rounds, per_round) = (10, 2_000);
     let (mut bare_wall, mut bare_cpu, mut auth_wall, mut auth_cpu) = Default::default();

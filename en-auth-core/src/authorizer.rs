@@ -1,11 +1,10 @@
 //! The [`Authorizer`] trait: how a token is obtained and refreshed.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::{AccessToken, ClientInfo, EXPIRATION_GAP, Error, expires_within};
+use crate::{AccessToken, ClientInfo, EXPIRATION_GAP, Error, expires_within_now};
 
 /// Obtains tokens from one identity provider for one client.
 ///
@@ -48,7 +47,7 @@ pub trait Authorizer: Send + Sync + 'static {
     /// Whether `token` must be replaced before use. Default: it expires within
     /// [`EXPIRATION_GAP`] (clamped to half its lifetime, see [`expires_within`]).
     fn expired(&self, token: &Self::Token) -> bool {
-        expires_within(token, EXPIRATION_GAP, Utc::now())
+        expires_within_now(token, EXPIRATION_GAP)
     }
 
     /// Renews `token`. Default: [`authorize`](Authorizer::authorize) again.

@@ -1,4 +1,5 @@
-//! The endpoint policy shared by every client en-auth runs: https, or http on loopback only.
+//! Talking to identity providers: the endpoint policy shared by every client en-auth runs
+//! (https, or http on loopback only), bounded reads, JSON documents and OIDC discovery.
 
 use std::net::IpAddr;
 
@@ -38,4 +39,83 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     }
+}
+
+/// Largest JSON document (discovery, JWKS, token response) read from an identity provider.
+pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
+/// Reads `response`'s body, refusing more than `max` bytes (a hostile or broken server cannot
+/// make en-auth buffer without bound).
+pub async fn read_body_limited(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, Error> {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(Error::InvalidResponse {
+                status: Some(status),
+                reason: format!("response body larger than {max} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// GETs a JSON document (OIDC discovery, JWKS): 429 and 5xx are transient
+/// [`Error::ServerError`]s, other failures [`Error::InvalidResponse`]; the body is bounded by
+/// [`MAX_DOCUMENT_BYTES`].
+pub async fn get_document(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> {
+    let mut response = http.get(url).send().await?;
+    let status = response.status().as_u16();
+    if !response.status().is_success() {
+        return Err(if status >= 500 || status == 429 {
+            Error::ServerError {
+                status,
+                retry_after: None,
+            }
+        } else {
+            Error::InvalidResponse {
+                status: Some(status),
+                reason: format!("GET {url} failed"),
+            }
+        });
+    }
+    read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await
+}
+
+/// The parts of an OpenID provider's configuration en-auth uses.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct OpenIdConfiguration {
+    /// The issuer, as the provider names itself.
+    pub issuer: Option<String>,
+    /// Where client credentials are exchanged for tokens.
+    pub token_endpoint: Option<String>,
+    /// Where the provider publishes its signing keys.
+    pub jwks_uri: Option<String>,
+}
+
+/// Fetches `{issuer}/.well-known/openid-configuration` and checks that it names `issuer`
+/// (trailing slashes aside). The issuer URL must pass [`secure_url`].
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<OpenIdConfiguration, Error> {
+    let base = secure_url("issuer", issuer)?;
+    let trimmed = base.as_str().trim_end_matches('/');
+    let url = format!("{trimmed}/.well-known/openid-configuration");
+    let body = get_document(http, &url).await?;
+    let config: OpenIdConfiguration =
+        serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
+            status: Some(200),
+            reason: format!("OIDC discovery document is not valid: {e}"),
+        })?;
+    if let Some(found) = &config.issuer {
+        if found.trim_end_matches('/') != trimmed {
+            return Err(Error::InvalidResponse {
+                status: Some(200),
+                reason: format!("discovery document names issuer `{found}`, expected `{issuer}`"),
+            });
+        }
+    }
+    Ok(config)
 }

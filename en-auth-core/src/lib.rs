@@ -40,7 +40,9 @@ mod token;
 
 pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
-pub use endpoint::secure_url;
+pub use endpoint::{
+    MAX_DOCUMENT_BYTES, OpenIdConfiguration, discover, get_document, read_body_limited, secure_url,
+};
 pub use error::{Error, Result};
 pub use lifecycle::{CachedToken, LifecyclePolicy, TokenCache, TokenCacheBuilder, TokenStats};
 pub use middleware::AuthMiddleware;
@@ -48,7 +50,7 @@ pub use retry::RetryPolicy;
 pub use store::{MemoryTokenStore, StoreLock, TokenStore};
 pub use token::{
     AccessToken, BearerToken, EXPIRATION_GAP, deserialize_optional_secret, expires_within,
-    serialize_optional_secret, serialize_secret,
+    expires_within_now, serialize_optional_secret, serialize_secret,
 };
 
 /// Re-exported so that implementors of [`Authorizer`] need not add the dependency themselves.

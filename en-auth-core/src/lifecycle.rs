@@ -38,7 +38,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{AccessToken, Authorizer, CacheKey, Error, RetryPolicy, TokenStore, expires_within};
+use crate::token::now_millis;
+use crate::{
+    AccessToken, Authorizer, CacheKey, Error, RetryPolicy, TokenStore, expires_within_now,
+};
 
 /// The tunable parts of the lifecycle, with defaults that suit most services.
 ///
@@ -114,8 +117,9 @@ pub struct CachedToken<T> {
     authorization: HeaderValue,
     /// Hard expiry: the token's own, or obtained-at + default lifetime.
     expires_at: DateTime<Utc>,
-    /// For tokens without an expiry: when to refresh (default lifetime minus the gap).
-    fallback_refresh_at: Option<DateTime<Utc>>,
+    /// For tokens without an expiry: when to refresh (default lifetime minus the gap), in
+    /// milliseconds since the epoch, so the per-request check is an integer comparison.
+    fallback_refresh_at_ms: Option<i64>,
     rejected: AtomicBool,
 }
 
@@ -128,7 +132,7 @@ impl<T: AccessToken> CachedToken<T> {
         })?;
         authorization.set_sensitive(true);
         let now = Utc::now();
-        let (expires_at, fallback_refresh_at) = match token.expires_at() {
+        let (expires_at, fallback_refresh_at_ms) = match token.expires_at() {
             Some(at) => (at, None),
             None => {
                 let lifetime = chrono::Duration::from_std(policy.default_lifetime)
@@ -138,14 +142,17 @@ impl<T: AccessToken> CachedToken<T> {
                 )
                 .unwrap_or_default()
                 .min(lifetime / 2);
-                (now + lifetime, Some(now + lifetime - gap))
+                (
+                    now + lifetime,
+                    Some((now + lifetime - gap).timestamp_millis()),
+                )
             }
         };
         Ok(Self {
             token,
             authorization,
             expires_at,
-            fallback_refresh_at,
+            fallback_refresh_at_ms,
             rejected: AtomicBool::new(false),
         })
     }
@@ -425,11 +432,11 @@ impl<A: Authorizer> TokenCache<A> {
         if entry.rejected.load(Ordering::Relaxed) {
             return true;
         }
-        if let Some(refresh_at) = entry.fallback_refresh_at {
-            return Utc::now() >= refresh_at;
+        if let Some(refresh_at_ms) = entry.fallback_refresh_at_ms {
+            return now_millis() >= refresh_at_ms;
         }
         match self.inner.policy.expiration_gap {
-            Some(gap) => expires_within(&entry.token, gap, Utc::now()),
+            Some(gap) => expires_within_now(&entry.token, gap),
             None => self.inner.authorizer.expired(&entry.token),
         }
     }

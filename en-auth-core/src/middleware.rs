@@ -138,7 +138,7 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
             None => self.fresh_token().await?,
         };
         let replay = if self.replay_on_unauthorized {
-            request.try_clone()
+            replayable_copy(&request)
         } else {
             None
         };
@@ -164,4 +164,22 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         drop(response);
         next.run(replay, extensions).await
     }
+}
+
+/// A copy of `request` to replay after a 401, or `None` when its body cannot be cloned (a
+/// stream). Body-less requests — the common case — are copied field by field, which is what
+/// `Request::try_clone` does, minus the per-request config map it allocates even when no
+/// timeout is set. (In reqwest 0.13 the timeout is the only per-request config; the test
+/// `a_replayed_request_keeps_its_method_headers_and_timeout` guards this.)
+fn replayable_copy(request: &Request) -> Option<Request> {
+    if request.body().is_some() {
+        return request.try_clone();
+    }
+    let mut copy = Request::new(request.method().clone(), request.url().clone());
+    *copy.headers_mut() = request.headers().clone();
+    *copy.version_mut() = request.version();
+    if let Some(timeout) = request.timeout() {
+        *copy.timeout_mut() = Some(*timeout);
+    }
+    Some(copy)
 }

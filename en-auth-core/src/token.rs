@@ -53,17 +53,33 @@ pub trait AccessToken: Clone + Send + Sync + 'static {
 /// assert!(expires_within(&short, Duration::from_secs(60), now + chrono::Duration::milliseconds(2100)));
 /// ```
 pub fn expires_within<T: AccessToken>(token: &T, gap: Duration, now: DateTime<Utc>) -> bool {
+    expires_within_millis(token, gap, now.timestamp_millis())
+}
+
+/// [`expires_within`] against the system clock. This runs on every request, so it works in
+/// integer milliseconds since the epoch rather than calendar types.
+pub fn expires_within_now<T: AccessToken>(token: &T, gap: Duration) -> bool {
+    expires_within_millis(token, gap, now_millis())
+}
+
+/// Milliseconds since the epoch, from the system clock.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn expires_within_millis<T: AccessToken>(token: &T, gap: Duration, now_ms: i64) -> bool {
     let Some(expires_at) = token.expires_at() else {
         return false;
     };
-    let mut gap = chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX);
+    let expires_ms = expires_at.timestamp_millis();
+    let mut gap_ms = i64::try_from(gap.as_millis()).unwrap_or(i64::MAX);
     if let Some(issued_at) = token.issued_at() {
-        let half_life = (expires_at - issued_at) / 2;
-        if half_life < gap {
-            gap = half_life.max(chrono::Duration::zero());
-        }
+        let half_life_ms = (expires_ms.saturating_sub(issued_at.timestamp_millis()) / 2).max(0);
+        gap_ms = gap_ms.min(half_life_ms);
     }
-    expires_at - gap <= now
+    expires_ms.saturating_sub(gap_ms) <= now_ms
 }
 
 /// A bearer token with an optional lifetime: the token most authorizers return.

@@ -144,6 +144,38 @@ async fn a_401_is_replayed_once_with_a_new_token() {
 }
 
 #[tokio::test]
+async fn a_replayed_request_keeps_its_method_headers_and_timeout() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    rig.api.reject_next(1);
+    let response = rig
+        .client
+        .delete(rig.api.url("/orders/7"))
+        .header("x-request-id", "r-1")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let seen = rig.api.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].method, "DELETE");
+    assert_eq!(seen[1].path, "/orders/7");
+    assert_eq!(seen[1].request_id.as_deref(), Some("r-1"));
+
+    // The replay keeps the request's own timeout: a slow answer to it times out.
+    rig.api.reject_next(1);
+    let err = rig
+        .client
+        .get(rig.api.url("/slow"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(rig.api.requests(), 4, "rejected once, replayed once");
+}
+
+#[tokio::test]
 async fn a_second_401_is_returned_to_the_caller() {
     let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
     rig.api.reject_next(2);

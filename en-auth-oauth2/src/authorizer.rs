@@ -12,9 +12,9 @@ use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::endpoint::{MAX_BODY, discover_token_endpoint, token_http_client};
+use crate::endpoint::{discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
-use en_auth_core::secure_url;
+use en_auth_core::{MAX_DOCUMENT_BYTES, read_body_limited, secure_url};
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,16 +246,7 @@ impl ServiceAccountAuthorizer {
         let mut response = request.body(body).send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if bytes.len() + chunk.len() > MAX_BODY {
-                return Err(Error::InvalidResponse {
-                    status: Some(status),
-                    reason: format!("response body larger than {MAX_BODY} bytes"),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
         let span = tracing::Span::current();
         span.record("status", status);
         span.record("duration_ms", started.elapsed().as_millis() as u64);

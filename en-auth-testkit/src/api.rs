@@ -22,6 +22,12 @@ pub struct SeenRequest {
     pub api_key: Option<String>,
     /// The status the API answered.
     pub status: u16,
+    /// The HTTP method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// Its `X-Request-Id`, if any.
+    pub request_id: Option<String>,
 }
 
 struct ApiState {
@@ -32,7 +38,8 @@ struct ApiState {
 }
 
 /// A protected API on loopback: every path answers 200 (echoing a POST body) to a live token
-/// of its [`LocalIdp`], 401 with `WWW-Authenticate: Bearer` otherwise.
+/// of its [`LocalIdp`], 401 with `WWW-Authenticate: Bearer` otherwise. Paths under `/slow`
+/// answer after 1.5 s.
 pub struct ProtectedApi {
     server: LoopbackServer,
     state: Arc<ApiState>,
@@ -77,7 +84,13 @@ impl ProtectedApi {
     }
 }
 
-async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<ApiState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let token = headers
         .get(header::AUTHORIZATION)
@@ -102,7 +115,16 @@ async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: By
         token,
         api_key,
         status: status.as_u16(),
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
+    if ok && uri.path().starts_with("/slow") {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
     if ok {
         (status, body).into_response()
     } else {

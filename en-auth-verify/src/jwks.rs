@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use en_auth_core::{Error, secure_url};
+use en_auth_core::{Error, discover, get_document, secure_url};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::{Mutex, RwLock};
-use serde::Deserialize;
 
 /// A key a token may be verified with.
 pub(crate) struct VerificationKey {
@@ -159,7 +158,7 @@ impl JwksCache {
 
     async fn fetch(&self) -> Result<KeySet, Error> {
         let url = self.url().await?;
-        let body = get_json_bytes(&self.http, url).await?;
+        let body = get_document(&self.http, url).await?;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
             status: Some(200),
             reason: format!("JWKS is not valid: {e}"),
@@ -207,53 +206,11 @@ fn lookup(set: &KeySet, kid: Option<&str>) -> Option<Arc<VerificationKey>> {
     }
 }
 
-const MAX_DOCUMENT: usize = 512 * 1024;
-
-async fn get_json_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> {
-    let mut response = http.get(url).send().await?;
-    let status = response.status().as_u16();
-    if !response.status().is_success() {
-        return Err(if status >= 500 || status == 429 {
-            Error::ServerError {
-                status,
-                retry_after: None,
-            }
-        } else {
-            Error::InvalidResponse {
-                status: Some(status),
-                reason: format!("GET {url} failed"),
-            }
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(Error::InvalidResponse {
-                status: Some(status),
-                reason: format!("{url} is larger than {MAX_DOCUMENT} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-#[derive(Deserialize)]
-struct Discovery {
-    jwks_uri: String,
-}
-
 async fn discover_jwks_uri(http: &reqwest::Client, issuer: &str) -> Result<String, Error> {
-    let base = secure_url("issuer", issuer)?;
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        base.as_str().trim_end_matches('/')
-    );
-    let body = get_json_bytes(http, &url).await?;
-    let discovery: Discovery =
-        serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
-            status: Some(200),
-            reason: format!("OIDC discovery document has no usable jwks_uri: {e}"),
-        })?;
-    Ok(secure_url("jwks_uri", &discovery.jwks_uri)?.to_string())
+    let config = discover(http, issuer).await?;
+    let uri = config.jwks_uri.ok_or_else(|| Error::InvalidResponse {
+        status: Some(200),
+        reason: "OIDC discovery document has no jwks_uri".into(),
+    })?;
+    Ok(secure_url("jwks_uri", &uri)?.to_string())
 }

@@ -1,7 +1,8 @@
 //! A Cognito user pool on loopback speaking the AWS JSON 1.1 protocol for `InitiateAuth` and
 //! `RespondToAuthChallenge`, which verifies the SRP proof for real with the server side of
 //! the protocol: `v = g^x`, `B = k·v + g^b`, `S = (A·v^u)^b`. Its maths is written here,
-//! independently of the client's `maths` module, so the two check each other.
+//! independently of the client's `maths` module (only the group prime is shared), so the two
+//! check each other.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -23,22 +24,10 @@ use sha2::{Digest, Sha256};
 pub const POOL_ID: &str = "eu-west-1_TestPool1";
 pub const CLIENT_ID: &str = "srp-test-client";
 
+/// The group prime: a published constant (RFC 3526), so it is shared; the server's padding,
+/// hashing and proof check below are its own.
 fn n() -> BigUint {
-    BigUint::parse_bytes(
-        concat!(
-            "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD",
-            "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
-            "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F",
-            "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B",
-            "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510",
-            "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7",
-            "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C",
-            "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF"
-        )
-        .as_bytes(),
-        16,
-    )
-    .unwrap()
+    en_auth_srp::maths::N.clone()
 }
 
 /// Server-side padding: hex string, even length, `00` before a leading digit ≥ 8.
