@@ -164,3 +164,32 @@ async fn the_middleware_authorizes_with_moto_tokens() {
     assert_eq!(auth.access_token().await.unwrap(), token, "cached");
     assert_eq!(auth.stats().authorizations, 1);
 }
+
+#[tokio::test]
+async fn moto_access_tokens_verify_with_the_cognito_preset_and_moto_jwks() {
+    let moto = MotoServer::start().await;
+    let admin = admin(&moto);
+    let pool = pool(&admin, false).await;
+    user(&admin, &pool, "dave", "Dave-Pa55!", true).await;
+    let tokens = authorizer(&moto, &pool, "dave", "Dave-Pa55!")
+        .authorize()
+        .await
+        .unwrap();
+
+    let jwks = format!("{}/{}/.well-known/jwks.json", moto.endpoint(), pool.id);
+    let verifier = en_auth_verify::Verifier::cognito("us-east-1", &pool.id, &pool.client_id)
+        .with_jwks_url(&jwks);
+    let verified = verifier
+        .verify(tokens.access_token())
+        .await
+        .expect("moto's access token verifies");
+    assert_eq!(verified.token_use.as_deref(), Some("access"));
+    assert_eq!(verified.client_id.as_deref(), Some(pool.client_id.as_str()));
+
+    // The ID token is not an access token; another app client's verifier refuses it too.
+    let id_token = secrecy::ExposeSecret::expose_secret(tokens.id_token().unwrap()).to_owned();
+    assert!(verifier.verify(&id_token).await.is_err());
+    let other = en_auth_verify::Verifier::cognito("us-east-1", &pool.id, "another-client")
+        .with_jwks_url(&jwks);
+    assert!(other.verify(tokens.access_token()).await.is_err());
+}
