@@ -138,9 +138,9 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
             None => self.fresh_token().await?,
         };
         let replay = if self.replay_on_unauthorized {
-            replayable_copy(&request)
+            Replay::prepare(&request)
         } else {
-            None
+            Replay::Impossible
         };
         self.authorize_request(&mut request, &token);
         let response = next.clone().run(request, extensions).await?;
@@ -149,8 +149,10 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         }
 
         self.cache.invalidate(&token).await;
-        let Some(mut replay) = replay else {
-            tracing::debug!("401 not replayed: the request body cannot be cloned");
+        let Some(mut replay) = replay.into_request(&response) else {
+            tracing::debug!(
+                "401 not replayed: the body cannot be cloned, or the request was redirected"
+            );
             return Ok(response);
         };
         let new_token = self.fresh_token().await?;
@@ -166,20 +168,69 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
     }
 }
 
-/// A copy of `request` to replay after a 401, or `None` when its body cannot be cloned (a
-/// stream). Body-less requests — the common case — are copied field by field, which is what
-/// `Request::try_clone` does, minus the per-request config map it allocates even when no
-/// timeout is set. (In reqwest 0.13 the timeout is the only per-request config; the test
-/// `a_replayed_request_keeps_its_method_headers_and_timeout` guards this.)
-fn replayable_copy(request: &Request) -> Option<Request> {
-    if request.body().is_some() {
-        return request.try_clone();
+/// What it takes to send a request again after a 401, saved before the request is sent.
+///
+/// A request with a body is cloned (when the body allows it: a stream does not). A body-less
+/// request — the common case — keeps only its method, version, timeout and headers: the URL
+/// comes back with the 401 response, so nothing is allocated per request unless the request
+/// carries headers of its own. A fingerprint of the URL makes sure the response's URL is the
+/// request's (a redirect would change it; such a request is not replayed).
+enum Replay {
+    Cloned(Request),
+    BodyLess {
+        method: http::Method,
+        version: http::Version,
+        timeout: Option<std::time::Duration>,
+        headers: http::HeaderMap,
+        url_fingerprint: u64,
+    },
+    Impossible,
+}
+
+impl Replay {
+    fn prepare(request: &Request) -> Self {
+        if request.body().is_some() {
+            return request
+                .try_clone()
+                .map_or(Replay::Impossible, Replay::Cloned);
+        }
+        Replay::BodyLess {
+            method: request.method().clone(),
+            version: request.version(),
+            timeout: request.timeout().copied(),
+            headers: request.headers().clone(),
+            url_fingerprint: fingerprint(request.url()),
+        }
     }
-    let mut copy = Request::new(request.method().clone(), request.url().clone());
-    *copy.headers_mut() = request.headers().clone();
-    *copy.version_mut() = request.version();
-    if let Some(timeout) = request.timeout() {
-        *copy.timeout_mut() = Some(*timeout);
+
+    /// The request to send again, if there is one. (In reqwest 0.13 the timeout is the only
+    /// per-request config; `a_replayed_request_keeps_its_method_headers_and_timeout` guards
+    /// that nothing else is lost.)
+    fn into_request(self, response: &Response) -> Option<Request> {
+        match self {
+            Replay::Cloned(request) => Some(request),
+            Replay::BodyLess {
+                method,
+                version,
+                timeout,
+                headers,
+                url_fingerprint,
+            } => {
+                if fingerprint(response.url()) != url_fingerprint {
+                    return None;
+                }
+                let mut request = Request::new(method, response.url().clone());
+                *request.headers_mut() = headers;
+                *request.version_mut() = version;
+                *request.timeout_mut() = timeout;
+                Some(request)
+            }
+            Replay::Impossible => None,
+        }
     }
-    Some(copy)
+}
+
+fn fingerprint(url: &reqwest::Url) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(url.as_str())
 }

@@ -176,6 +176,23 @@ async fn a_replayed_request_keeps_its_method_headers_and_timeout() {
 }
 
 #[tokio::test]
+async fn a_401_after_a_redirect_is_not_replayed_to_the_redirect_target() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    rig.api.reject_next(1);
+    let response = rig.client.get(rig.api.url("/moved")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(rig.api.requests(), 2, "/moved, then /data; no replay");
+    assert_eq!(
+        rig.auth.stats().invalidations,
+        1,
+        "the token was still dropped"
+    );
+    // The next request uses a new token.
+    assert_eq!(rig.get().await, 200);
+    assert_eq!(rig.idp.token_requests(), 2);
+}
+
+#[tokio::test]
 async fn a_second_401_is_returned_to_the_caller() {
     let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
     rig.api.reject_next(2);

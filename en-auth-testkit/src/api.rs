@@ -39,7 +39,7 @@ struct ApiState {
 
 /// A protected API on loopback: every path answers 200 (echoing a POST body) to a live token
 /// of its [`LocalIdp`], 401 with `WWW-Authenticate: Bearer` otherwise. Paths under `/slow`
-/// answer after 1.5 s.
+/// answer after 1.5 s; `/moved` redirects (307) to `/data`.
 pub struct ProtectedApi {
     server: LoopbackServer,
     state: Arc<ApiState>,
@@ -92,6 +92,13 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if uri.path() == "/moved" {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, "/data")],
+        )
+            .into_response();
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
