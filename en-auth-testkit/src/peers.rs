@@ -44,22 +44,47 @@ impl OidcProvider {
             .arg(ttl_secs.to_string())
             .current_dir(&dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("node starts");
         let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read provider output") {
-                if let Some(port) = line.strip_prefix("READY ") {
-                    return port.trim().parse::<u16>().expect("port");
+        let stderr = child.stderr.take().expect("stderr piped");
+        // Keep the provider's warnings and errors for the failure message.
+        let errors = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+        let sink = errors.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut all = sink.lock();
+                if all.len() < 16 * 1024 {
+                    all.push_str(&line);
+                    all.push('\n');
                 }
             }
-            panic!("oidc-provider exited before it was ready");
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        // Generous: on a loaded 2-core machine Node takes a while to load the provider.
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(port) = line.strip_prefix("READY ") {
+                    return port.trim().parse::<u16>().ok();
+                }
+            }
+            None
         })
-        .await
-        .expect("oidc-provider ready within 30 s");
+        .await;
+        let Ok(Some(port)) = ready else {
+            panic!(
+                "oidc-provider did not become ready ({}); its stderr:\n{}",
+                if ready.is_err() {
+                    "timed out after 120 s"
+                } else {
+                    "exited"
+                },
+                errors.lock()
+            );
+        };
         Self {
             port,
             _child: child,
@@ -147,7 +172,7 @@ impl MotoServer {
             .expect("moto starts");
         let url = format!("http://127.0.0.1:{port}/moto-api/");
         let http = reqwest::Client::new();
-        for _ in 0..300 {
+        for _ in 0..1200 {
             if http.get(&url).send().await.is_ok() {
                 return Self {
                     port,
@@ -156,7 +181,7 @@ impl MotoServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("moto did not answer within 30 s");
+        panic!("moto did not answer within 120 s");
     }
 
     /// The endpoint URL to give AWS SDK clients.
