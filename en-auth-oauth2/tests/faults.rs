@@ -33,6 +33,14 @@ fn no_retries() -> LifecyclePolicy {
     LifecyclePolicy::default().with_retry(RetryPolicy::none())
 }
 
+/// The error of one token fetch from `idp`, without retries.
+async fn first_error(idp: &LocalIdp) -> Error {
+    AuthMiddleware::with_policy(authorizer(idp), no_retries())
+        .access_token()
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn a_429_with_retry_after_is_waited_out() {
     let idp = idp().await;
@@ -105,10 +113,7 @@ async fn an_html_502_page_is_a_server_error_with_its_status() {
         headers: vec![("content-type".into(), "text/html".into())],
         body: "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
     }]);
-    let err = AuthMiddleware::with_policy(authorizer(&idp), no_retries())
-        .access_token()
-        .await
-        .unwrap_err();
+    let err = first_error(&idp).await;
     assert!(
         matches!(err, Error::ServerError { status: 502, .. }),
         "{err:?}"
@@ -124,10 +129,7 @@ async fn an_html_page_with_a_4xx_is_an_invalid_response() {
         headers: vec![("content-type".into(), "text/html".into())],
         body: "<html>not found</html>".into(),
     }]);
-    let err = AuthMiddleware::with_policy(authorizer(&idp), no_retries())
-        .access_token()
-        .await
-        .unwrap_err();
+    let err = first_error(&idp).await;
     assert!(
         matches!(
             err,
@@ -148,10 +150,7 @@ async fn malformed_json_is_an_invalid_response() {
         200,
         r#"{"access_token": "abc", "expires_in": "#,
     )]);
-    let err = AuthMiddleware::with_policy(authorizer(&idp), no_retries())
-        .access_token()
-        .await
-        .unwrap_err();
+    let err = first_error(&idp).await;
     assert!(
         matches!(
             err,
@@ -194,10 +193,7 @@ async fn a_redirect_is_not_followed() {
         headers: vec![("location".into(), idp.token_url())],
         body: String::new(),
     }]);
-    let err = AuthMiddleware::with_policy(authorizer(&idp), no_retries())
-        .access_token()
-        .await
-        .unwrap_err();
+    let err = first_error(&idp).await;
     assert!(
         matches!(
             err,
