@@ -82,6 +82,23 @@ impl JwksCache {
         }
     }
 
+    /// A new, empty cache for the same key set with the same settings, changed by `change`
+    /// (used when a shared verifier is reconfigured: its clones keep the old cache).
+    pub(crate) fn reconfigured(
+        &self,
+        location: Option<JwksLocation>,
+        change: impl FnOnce(&mut Self),
+    ) -> Self {
+        let mut fresh = Self::new(
+            location.unwrap_or_else(|| self.location.clone()),
+            self.http.clone(),
+        );
+        fresh.min_refresh_interval = self.min_refresh_interval;
+        fresh.max_age = self.max_age;
+        change(&mut fresh);
+        fresh
+    }
+
     /// JWKS documents fetched so far (attempts, failed ones included).
     pub(crate) fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)

@@ -209,10 +209,8 @@ impl Verifier {
     /// server). Keeps issuer, audience and other checks.
     pub fn with_jwks_url(mut self, jwks_url: impl Into<String>) -> Self {
         if let Keys::Jwks(cache) = &self.keys {
-            let mut fresh = JwksCache::new(JwksLocation::Url(jwks_url.into()), jwks_http_client());
-            fresh.min_refresh_interval = cache.min_refresh_interval;
-            fresh.max_age = cache.max_age;
-            self.keys = Keys::Jwks(Arc::new(fresh));
+            let location = JwksLocation::Url(jwks_url.into());
+            self.keys = Keys::Jwks(Arc::new(cache.reconfigured(Some(location), |_| {})));
         }
         self
     }
@@ -262,10 +260,9 @@ impl Verifier {
 
     /// At most one JWKS refetch for unknown `kid`s per `interval` (default 10 s).
     pub fn with_jwks_refresh_interval(mut self, interval: Duration) -> Self {
-        if let Keys::Jwks(cache) = &mut self.keys {
-            if let Some(cache) = Arc::get_mut(cache) {
-                cache.min_refresh_interval = interval;
-            }
+        if let Keys::Jwks(cache) = &self.keys {
+            let fresh = cache.reconfigured(None, |c| c.min_refresh_interval = interval);
+            self.keys = Keys::Jwks(Arc::new(fresh));
         }
         self
     }

@@ -228,6 +228,28 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_interval() {
 }
 
 #[tokio::test]
+async fn the_refresh_interval_applies_to_a_verifier_that_was_already_cloned() {
+    let jwks = JwksServer::start().await;
+    let shared = verifier(&jwks);
+    let _clone_elsewhere = shared.clone();
+    let v = shared.with_jwks_refresh_interval(Duration::from_millis(1));
+    v.verify(&rs256(&claims(json!({})))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let unknown = sign(
+        Algorithm::RS256,
+        "rotated-kid",
+        &rsa_key(),
+        &claims(json!({})),
+    );
+    assert_invalid(v.verify(&unknown).await, "unknown kid");
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "the 1 ms interval is in force: one refetch"
+    );
+}
+
+#[tokio::test]
 async fn cached_keys_are_served_while_the_jwks_endpoint_is_down() {
     let jwks = JwksServer::start().await;
     let v = verifier(&jwks).with_jwks_refresh_interval(Duration::from_millis(1));
