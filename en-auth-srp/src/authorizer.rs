@@ -10,7 +10,7 @@ use aws_sdk_cognitoidentityprovider::Client;
 use aws_sdk_cognitoidentityprovider::config::{
     BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig,
 };
-use aws_sdk_cognitoidentityprovider::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cognitoidentityprovider::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cognitoidentityprovider::types::{
     AuthFlowType, AuthenticationResultType, ChallengeNameType,
 };
@@ -416,11 +416,20 @@ where
         _ => None,
     };
     let Some((code, message)) = service else {
+        // The SdkError is not kept as the source: a response error carries the raw HTTP
+        // response, which may hold tokens. Connection failures keep their error chain as text.
         let timeout = matches!(err, SdkError::TimeoutError(_));
+        let detail = match &err {
+            SdkError::DispatchFailure(_) => format!(": {}", DisplayErrorContext(&err)),
+            _ => String::new(),
+        };
         return Error::Transport {
-            message: format!("Cognito request failed: {}", describe_transport(&err)),
+            message: format!(
+                "Cognito request failed: {}{detail}",
+                describe_transport(&err)
+            ),
             timeout,
-            source: Some(Box::new(err)),
+            source: None,
         };
     };
     let code = code.unwrap_or_default();

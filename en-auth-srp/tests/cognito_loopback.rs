@@ -210,6 +210,7 @@ async fn an_unreachable_pool_is_a_transient_transport_error() {
         matches!(err, Error::Transport { .. }) && err.is_transient(),
         "{err:?}"
     );
+    assert!(err.to_string().contains("could not connect"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
