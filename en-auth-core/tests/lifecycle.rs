@@ -29,7 +29,7 @@ async fn burst(rig: &Rig, n: usize) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
-    let rig = Rig::start(Some(Duration::from_secs(4)), LifecyclePolicy::default()).await;
+    let rig = Rig::start(Some(Duration::from_secs(6)), LifecyclePolicy::default()).await;
 
     let statuses = burst(&rig, 1000).await;
     assert!(
@@ -42,7 +42,7 @@ async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
         "1000 concurrent cold requests -> 1 token request"
     );
 
-    tokio::time::sleep(Duration::from_millis(4200)).await; // past the token's expiry
+    tokio::time::sleep(Duration::from_millis(6200)).await; // past the token's expiry
     let statuses = burst(&rig, 1000).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(
