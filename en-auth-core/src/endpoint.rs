@@ -2,6 +2,7 @@
 //! (https, or http on loopback only), bounded reads, JSON documents and OIDC discovery.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use reqwest::Url;
 
@@ -39,6 +40,23 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     }
+}
+
+/// Connect timeout towards an identity provider: one that cannot be reached in 5 s is down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Total timeout of one request to an identity provider (token request, login step), body
+/// included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An HTTP client for talking to identity providers: it follows no redirects (a redirect
+/// could carry credentials elsewhere) and has its own connect and total timeouts.
+pub fn provider_http_client(connect: Duration, total: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect)
+        .timeout(total)
+        .build()
+        .unwrap_or_default()
 }
 
 /// Largest JSON document (discovery, JWKS, token response) read from an identity provider.

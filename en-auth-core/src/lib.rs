@@ -41,7 +41,8 @@ mod token;
 pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
-    MAX_DOCUMENT_BYTES, OpenIdConfiguration, discover, get_document, read_body_limited, secure_url,
+    CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,
+    get_document, provider_http_client, read_body_limited, secure_url,
 };
 pub use error::{Error, Result};
 pub use lifecycle::{CachedToken, LifecyclePolicy, TokenCache, TokenCacheBuilder, TokenStats};

@@ -172,6 +172,11 @@ impl<T: AccessToken> CachedToken<T> {
         self.expires_at
     }
 
+    /// Whether the token may still be sent at `now`: not expired and not rejected by an API.
+    fn valid_at(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at && !self.rejected.load(Ordering::Relaxed)
+    }
+
     /// Whether `other` carries the same access token.
     pub fn same_token(&self, other: &Self) -> bool {
         self.token.access_token() == other.token.access_token()
@@ -382,11 +387,6 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
-    /// The cached token if it may be used now, without waiting or fetching: the hot path.
-    pub fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
-        self.usable()
-    }
-
     /// The access token string, fetching one if needed (en_auth's `access_token`).
     pub async fn access_token(&self) -> Result<String, Error> {
         Ok(self.get().await?.token().access_token().to_owned())
@@ -441,8 +441,9 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
-    /// The cached token if it may be used now: fresh, or stale-but-valid during a cooldown.
-    fn usable(&self) -> Option<Arc<CachedToken<A::Token>>> {
+    /// The cached token if it may be used now — fresh, or stale but still valid during a
+    /// refresh cooldown — without waiting or fetching: the hot path.
+    pub fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let current = self.inner.current.read();
         let entry = current.as_ref()?;
         if !self.is_stale(entry) {
@@ -451,14 +452,13 @@ impl<A: Authorizer> TokenCache<A> {
         let now = Utc::now();
         let cooling_down =
             now.timestamp_millis() < self.inner.cooldown_until_ms.load(Ordering::Relaxed);
-        let still_valid = now < entry.expires_at && !entry.rejected.load(Ordering::Relaxed);
-        (cooling_down && still_valid).then(|| Arc::clone(entry))
+        (cooling_down && entry.valid_at(now)).then(|| Arc::clone(entry))
     }
 
     /// Slow path: one caller at a time fetches; the others find its result on re-check.
     async fn obtain(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         let _flight = self.inner.flight.lock().await;
-        if let Some(token) = self.usable() {
+        if let Some(token) = self.cached() {
             return Ok(token);
         }
         let previous = self.inner.current.read().clone();
@@ -474,9 +474,7 @@ impl<A: Authorizer> TokenCache<A> {
             Err(err) => {
                 self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
                 let now = Utc::now();
-                if let Some(previous) =
-                    previous.filter(|p| now < p.expires_at && !p.rejected.load(Ordering::Relaxed))
-                {
+                if let Some(previous) = previous.filter(|p| p.valid_at(now)) {
                     let cooldown = chrono::Duration::from_std(self.inner.policy.failure_cooldown)
                         .unwrap_or_default();
                     self.inner

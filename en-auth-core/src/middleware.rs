@@ -133,10 +133,7 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let token = match self.cache.cached() {
-            Some(token) => token,
-            None => self.fresh_token().await?,
-        };
+        let token = self.fresh_token().await?;
         let replay = if self.replay_on_unauthorized {
             Replay::prepare(&request)
         } else {
@@ -222,7 +219,9 @@ impl Replay {
                 let mut request = Request::new(method, response.url().clone());
                 *request.headers_mut() = headers;
                 *request.version_mut() = version;
-                *request.timeout_mut() = timeout;
+                if timeout.is_some() {
+                    *request.timeout_mut() = timeout;
+                }
                 Some(request)
             }
             Replay::Impossible => None,

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::endpoint::{discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
-use en_auth_core::{MAX_DOCUMENT_BYTES, read_body_limited, secure_url};
+use en_auth_core::{MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url};
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,7 +31,9 @@ pub enum ClientAuthentication {
 }
 
 enum TokenEndpoint {
-    Fixed(Result<Url, Error>),
+    /// A URL as given; checked with [`secure_url`] before each use, so a bad one fails the
+    /// token request before any I/O.
+    Fixed(String),
     Discovered {
         issuer: String,
         resolved: OnceCell<Url>,
@@ -72,7 +74,7 @@ impl ServiceAccountAuthorizer {
     pub fn new(client_info: ClientInfo, token_url: impl AsRef<str>) -> Self {
         Self::with_endpoint(
             client_info,
-            TokenEndpoint::Fixed(secure_url("token_url", token_url.as_ref())),
+            TokenEndpoint::Fixed(token_url.as_ref().to_owned()),
         )
     }
 
@@ -162,20 +164,14 @@ impl ServiceAccountAuthorizer {
     /// [`CONNECT_TIMEOUT`](crate::CONNECT_TIMEOUT), [`REQUEST_TIMEOUT`](crate::REQUEST_TIMEOUT)).
     /// Replaces a client given with [`with_http_client`](Self::with_http_client).
     pub fn with_timeouts(mut self, connect: Duration, total: Duration) -> Self {
-        self.http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect)
-            .timeout(total)
-            .build()
-            .unwrap_or_else(|_| token_http_client());
+        self.http = provider_http_client(connect, total);
         self
     }
 
     /// The token endpoint, discovering it first if needed.
     pub async fn token_url(&self) -> Result<Url, Error> {
         match &self.endpoint {
-            TokenEndpoint::Fixed(Ok(url)) => Ok(url.clone()),
-            TokenEndpoint::Fixed(Err(err)) => Err(clone_config_error(err)),
+            TokenEndpoint::Fixed(url) => secure_url("token_url", url),
             TokenEndpoint::Discovered { issuer, resolved } => resolved
                 .get_or_try_init(|| discover_token_endpoint(&self.http, issuer))
                 .await
@@ -258,20 +254,6 @@ impl ServiceAccountAuthorizer {
     }
 }
 
-/// `Error` is not `Clone`; configuration errors are rebuilt from their parts.
-fn clone_config_error(err: &Error) -> Error {
-    match err {
-        Error::InvalidConfiguration { setting, reason } => Error::InvalidConfiguration {
-            setting: setting.clone(),
-            reason: reason.clone(),
-        },
-        other => Error::InvalidConfiguration {
-            setting: "token_url".into(),
-            reason: other.to_string(),
-        },
-    }
-}
-
 #[async_trait]
 impl Authorizer for ServiceAccountAuthorizer {
     type Token = BearerToken;
@@ -298,8 +280,7 @@ impl Authorizer for ServiceAccountAuthorizer {
 
     fn cache_key(&self) -> CacheKey {
         let endpoint = match &self.endpoint {
-            TokenEndpoint::Fixed(Ok(url)) => url.as_str().to_owned(),
-            TokenEndpoint::Fixed(Err(_)) => String::new(),
+            TokenEndpoint::Fixed(url) => url.clone(),
             TokenEndpoint::Discovered { issuer, .. } => format!("issuer:{issuer}"),
         };
         let mut scopes = self.scopes.clone();
@@ -323,8 +304,7 @@ impl Authorizer for ServiceAccountAuthorizer {
 impl fmt::Debug for ServiceAccountAuthorizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let endpoint = match &self.endpoint {
-            TokenEndpoint::Fixed(Ok(url)) => url.to_string(),
-            TokenEndpoint::Fixed(Err(err)) => format!("<invalid: {err}>"),
+            TokenEndpoint::Fixed(url) => url.clone(),
             TokenEndpoint::Discovered { issuer, resolved } => match resolved.get() {
                 Some(url) => url.to_string(),
                 None => format!("<discovered from {issuer}>"),

@@ -1,23 +1,14 @@
 //! Where tokens come from: validated endpoint URLs, the token HTTP client, OIDC discovery.
 
-use std::time::Duration;
-
-use en_auth_core::{Error, discover, secure_url};
+use en_auth_core::{
+    CONNECT_TIMEOUT, Error, REQUEST_TIMEOUT, discover, provider_http_client, secure_url,
+};
 use reqwest::Url;
 
-/// Connect timeout of the token client: a provider that cannot be reached in 5 s is down.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Total timeout of one token request, body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The HTTP client en-auth uses for token requests: no redirects, its own timeouts.
+/// The HTTP client en-auth uses for token requests: no redirects, [`CONNECT_TIMEOUT`] and
+/// [`REQUEST_TIMEOUT`].
 pub fn token_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap_or_default()
+    provider_http_client(CONNECT_TIMEOUT, REQUEST_TIMEOUT)
 }
 
 /// Fetches `{issuer}/.well-known/openid-configuration` and returns its `token_endpoint`.

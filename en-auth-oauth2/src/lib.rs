@@ -24,5 +24,5 @@ pub mod env;
 mod response;
 
 pub use authorizer::{ClientAuthentication, ServiceAccountAuthorizer};
-pub use en_auth_core::secure_url;
-pub use endpoint::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, token_http_client};
+pub use en_auth_core::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
+pub use endpoint::token_http_client;

@@ -14,7 +14,10 @@ use aws_sdk_cognitoidentityprovider::error::{DisplayErrorContext, ProvideErrorMe
 use aws_sdk_cognitoidentityprovider::types::{
     AuthFlowType, AuthenticationResultType, ChallengeNameType,
 };
-use en_auth_core::{Authorizer, CacheKey, ClientInfo, Error, UserCredentials, secure_url};
+use en_auth_core::{
+    Authorizer, CONNECT_TIMEOUT, CacheKey, ClientInfo, Error, REQUEST_TIMEOUT, UserCredentials,
+    secure_url,
+};
 use num_bigint::BigUint;
 use secrecy::ExposeSecret;
 use tracing::Instrument;
@@ -48,7 +51,8 @@ pub struct SrpAuthorizer {
     pool_id: String,
     pool_name: String,
     region: String,
-    endpoint: Option<Result<String, String>>,
+    /// As given; checked with [`secure_url`] when the SDK client is built, before any I/O.
+    endpoint: Option<String>,
     header: HeaderToken,
     client: OnceLock<Client>,
 }
@@ -77,11 +81,7 @@ impl SrpAuthorizer {
     /// Sends requests to `url` instead of AWS (a local emulator, a test server). Plain
     /// `http://` is accepted on loopback only; anything else fails before any I/O.
     pub fn with_endpoint_url(mut self, url: impl AsRef<str>) -> Self {
-        self.endpoint = Some(
-            secure_url("endpoint_url", url.as_ref())
-                .map(|u| u.as_str().trim_end_matches('/').to_owned())
-                .map_err(|e| e.to_string()),
-        );
+        self.endpoint = Some(url.as_ref().to_owned());
         self.client = OnceLock::new();
         self
     }
@@ -117,19 +117,13 @@ impl SrpAuthorizer {
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(15))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(REQUEST_TIMEOUT)
                     .build(),
             );
-        match &self.endpoint {
-            Some(Ok(url)) => config = config.endpoint_url(url),
-            Some(Err(reason)) => {
-                return Err(Error::InvalidConfiguration {
-                    setting: "endpoint_url".into(),
-                    reason: reason.clone(),
-                });
-            }
-            None => {}
+        if let Some(url) = &self.endpoint {
+            let url = secure_url("endpoint_url", url)?;
+            config = config.endpoint_url(url.as_str().trim_end_matches('/'));
         }
         Ok(self
             .client
@@ -338,13 +332,7 @@ impl Authorizer for SrpAuthorizer {
     fn cache_key(&self) -> CacheKey {
         CacheKey::builder("srp")
             .part("pool", &self.pool_id)
-            .part(
-                "endpoint",
-                self.endpoint
-                    .as_ref()
-                    .and_then(|e| e.as_ref().ok())
-                    .map_or("", String::as_str),
-            )
+            .part("endpoint", self.endpoint.as_deref().unwrap_or(""))
             .part("client_id", self.info.client_id())
             .secret("client_secret", self.info.client_secret().expose_secret())
             .part("user", self.credentials.user_name())

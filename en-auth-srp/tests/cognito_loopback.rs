@@ -189,6 +189,12 @@ async fn a_plain_http_remote_endpoint_is_refused_before_any_io() {
         matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "endpoint_url"),
         "{err:?}"
     );
+    assert_eq!(
+        err.to_string().matches("invalid configuration").count(),
+        1,
+        "one clear message: {err}"
+    );
+    assert!(err.to_string().contains("loopback"), "{err}");
 }
 
 #[tokio::test]

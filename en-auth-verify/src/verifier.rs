@@ -363,14 +363,10 @@ pub(crate) fn check_scopes(claims: &Claims, required: &[String]) -> Result<(), E
     Ok(())
 }
 
-/// The client used for JWKS and discovery: no redirects, short timeouts.
+/// The client used for JWKS and discovery: no redirects; a key fetch holds requests up, so
+/// its total timeout is shorter than a token request's.
 fn jwks_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default()
+    en_auth_core::provider_http_client(en_auth_core::CONNECT_TIMEOUT, Duration::from_secs(10))
 }
 
 fn invalid(reason: String) -> Error {
