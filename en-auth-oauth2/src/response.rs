@@ -95,7 +95,7 @@ fn parse_success(
         // serde_json's message names the position and the problem, not the content.
         reason: format!(
             "token response is not the expected JSON ({})",
-            e.classify_name()
+            json_problem(&e)
         ),
     })?;
     if let Some(kind) = parsed.token_type.as_deref() {
@@ -149,18 +149,13 @@ fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
     }
 }
 
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "read error",
-            serde_json::error::Category::Syntax => "malformed JSON",
-            serde_json::error::Category::Data => "missing or mistyped fields",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
+/// What kind of problem serde_json found, without quoting the content.
+fn json_problem(err: &serde_json::Error) -> &'static str {
+    match err.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "missing or mistyped fields",
+        serde_json::error::Category::Eof => "truncated JSON",
     }
 }
 

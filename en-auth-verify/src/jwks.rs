@@ -124,7 +124,8 @@ impl JwksCache {
         let refreshed = self.refresh_if_allowed().await.unwrap_or(set);
         lookup(&refreshed, kid).ok_or_else(|| Error::InvalidToken {
             reason: match kid {
-                Some(kid) => format!("no key with kid `{kid}` in the issuer's key set"),
+                // Escaped: the kid comes from the token and ends up in logs.
+                Some(kid) => format!("no key with kid {kid:?} in the issuer's key set"),
                 None => "token has no kid and the key set has several keys".into(),
             },
         })

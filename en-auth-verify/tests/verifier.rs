@@ -155,6 +155,18 @@ async fn the_attack_suite_is_rejected() {
     bad_sig.push(if good.ends_with('A') { 'B' } else { 'A' });
     assert_invalid(v.verify(&bad_sig).await, "tampered signature");
 
+    // A kid crafted to forge log lines is rejected, and escaped in the (logged) reason.
+    let forged = sign(
+        Algorithm::RS256,
+        "x\nlevel=ERROR forged",
+        &rsa_key(),
+        &claims(json!({})),
+    );
+    match v.verify(&forged).await {
+        Err(Error::InvalidToken { reason }) => assert!(!reason.contains('\n'), "{reason}"),
+        other => panic!("forged kid: {other:?}"),
+    }
+
     // Oversized.
     let huge = rs256(&claims(json!({"padding": "x".repeat(100_000)})));
     assert_invalid(v.verify(&huge).await, "oversized");
