@@ -4,6 +4,7 @@
 //! provider's `error` / `error_description`, when a rate limit resets — and never a secret:
 //! no client secret, password, access token or refresh token is ever put into an `Error`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -147,12 +148,38 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same request later may succeed: rate limits, server errors,
-    /// timeouts and connection failures. Configuration and credential errors are permanent.
+    /// timeouts and connection failures. Configuration and credential errors are permanent,
+    /// and so are TLS certificate failures (a wrong or untrusted certificate does not fix
+    /// itself within a retry budget).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::RateLimited { .. } | Error::ServerError { .. } | Error::Transport { .. }
-        )
+        match self {
+            Error::RateLimited { .. } | Error::ServerError { .. } => true,
+            Error::Transport { .. } => !self.is_certificate_failure(),
+            _ => false,
+        }
+    }
+
+    /// Whether this is a transport failure caused by the server's TLS certificate (untrusted
+    /// issuer, wrong name, expired), judged from the error chain.
+    pub fn is_certificate_failure(&self) -> bool {
+        let Error::Transport { message, .. } = self else {
+            return false;
+        };
+        let mentions_certificate = |text: &str| {
+            let text = text.to_ascii_lowercase();
+            text.contains("certificate") || text.contains("unknownissuer")
+        };
+        if mentions_certificate(message) {
+            return true;
+        }
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            if mentions_certificate(&err.to_string()) {
+                return true;
+            }
+            cause = err.source();
+        }
+        false
     }
 
     /// The delay the server asked for before the next attempt, if it named one.
@@ -206,6 +233,119 @@ impl From<reqwest::Error> for Error {
             timeout: err.is_timeout(),
             source: Some(Box::new(err)),
         }
+    }
+}
+
+impl Error {
+    /// A copy of a shared error, for one more caller waiting on the same fetch. The copy
+    /// keeps the message and the chain of causes (shared, not cloned).
+    pub(crate) fn shared_copy(self: &Arc<Self>) -> Error {
+        let shared_source = || -> Option<Box<dyn std::error::Error + Send + Sync>> {
+            std::error::Error::source(&**self)
+                .map(|_| Box::new(SharedSource(Arc::clone(self))) as Box<_>)
+        };
+        match &**self {
+            Error::InvalidClient {
+                status,
+                description,
+            } => Error::InvalidClient {
+                status: *status,
+                description: description.clone(),
+            },
+            Error::InvalidCredentials => Error::InvalidCredentials,
+            Error::Authorization {
+                status,
+                error,
+                description,
+                error_uri,
+            } => Error::Authorization {
+                status: *status,
+                error: error.clone(),
+                description: description.clone(),
+                error_uri: error_uri.clone(),
+            },
+            Error::RateLimited {
+                retry_after,
+                reset_at,
+            } => Error::RateLimited {
+                // A remembered 429 counts down: what is left of the wait is what matters.
+                retry_after: reset_at
+                    .and_then(|at| (at - Utc::now()).to_std().ok())
+                    .or(*retry_after),
+                reset_at: *reset_at,
+            },
+            Error::ServerError {
+                status,
+                retry_after,
+            } => Error::ServerError {
+                status: *status,
+                retry_after: *retry_after,
+            },
+            Error::MissingConfiguration { setting } => Error::MissingConfiguration {
+                setting: setting.clone(),
+            },
+            Error::InvalidConfiguration { setting, reason } => Error::InvalidConfiguration {
+                setting: setting.clone(),
+                reason: reason.clone(),
+            },
+            Error::UnsupportedChallenge { challenge } => Error::UnsupportedChallenge {
+                challenge: challenge.clone(),
+            },
+            Error::Transport {
+                message, timeout, ..
+            } => Error::Transport {
+                message: message.clone(),
+                timeout: *timeout,
+                source: shared_source(),
+            },
+            Error::InvalidResponse { status, reason } => Error::InvalidResponse {
+                status: *status,
+                reason: reason.clone(),
+            },
+            Error::InvalidToken { reason } => Error::InvalidToken {
+                reason: reason.clone(),
+            },
+            Error::InsufficientScope { required } => Error::InsufficientScope {
+                required: required.clone(),
+            },
+            Error::Store { message, .. } => Error::Store {
+                message: message.clone(),
+                source: shared_source(),
+            },
+        }
+    }
+}
+
+/// Stands in for the source of a shared error: shows it and continues its chain.
+struct SharedSource(Arc<Error>);
+
+impl SharedSource {
+    fn original(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}
+
+impl std::fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.original() {
+            Some(source) => std::fmt::Display::fmt(source, f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.original() {
+            Some(source) => std::fmt::Debug::fmt(source, f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.original().and_then(std::error::Error::source)
     }
 }
 

@@ -45,7 +45,9 @@ pub use endpoint::{
     get_document, provider_http_client, read_body_limited, secure_url,
 };
 pub use error::{Error, Result};
-pub use lifecycle::{CachedToken, LifecyclePolicy, TokenCache, TokenCacheBuilder, TokenStats};
+pub use lifecycle::{
+    CachedToken, LifecyclePolicy, MIN_DEFAULT_LIFETIME, TokenCache, TokenCacheBuilder, TokenStats,
+};
 pub use middleware::AuthMiddleware;
 pub use retry::RetryPolicy;
 pub use store::{MemoryTokenStore, StoreLock, TokenStore};

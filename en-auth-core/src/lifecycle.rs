@@ -1,47 +1,78 @@
 //! The token lifecycle: when a token is fetched, reused, refreshed and dropped.
 //!
 //! [`TokenCache`] owns these rules; the reqwest middleware (and any other adapter) only asks
-//! it for a token and reports a 401. The rules:
+//! it for a token and reports a 401. They hold when the identity provider is slow, down or
+//! rate-limiting, and when callers give up halfway (see `docs/lifecycle.md` for a timeline):
 //!
 //! 1. **Cheap hot path.** A request reads the cached token under a short `parking_lot` read
-//!    lock, clones an `Arc` and checks expiry against the clock. No lock is held across I/O,
-//!    nothing is allocated or formatted: the `Authorization` header value is built once, when
-//!    the token arrives.
-//! 2. **Single flight.** However many tasks find the token missing or stale at once, one of
-//!    them calls `authorize`/`refresh`; the others wait on an async mutex and, once inside,
-//!    re-check the cache first — the token they need is usually there by then.
-//! 3. **Refresh ahead.** A token counts as stale [`EXPIRATION_GAP`](crate::EXPIRATION_GAP)
-//!    before it expires (per-cache override: [`LifecyclePolicy::expiration_gap`]), the gap
-//!    clamped to half the token's lifetime so short tokens are still used.
-//! 4. **Default lifetime.** A token without an expiry lives
-//!    [`LifecyclePolicy::default_lifetime`] — never forever, never zero.
-//! 5. **Failures are not cached.** A failed fetch returns its error to the callers waiting on
-//!    it; the next call tries again. Transient failures are retried first (see
-//!    [`RetryPolicy`]).
-//! 6. **Serve while valid.** When a refresh fails but the current token has not actually
-//!    expired, that token keeps being served, and the next refresh attempt waits
-//!    [`LifecyclePolicy::failure_cooldown`] so a struggling provider is not hammered.
-//! 7. **Rejection.** When an API rejects a token (401), [`TokenCache::invalidate`] drops it
-//!    only if it is still the cached one, so a burst of 401s for one token causes one fetch.
-//! 8. **Sharing.** With a [`TokenStore`], a missing or stale token is first looked up in the
-//!    store, and the store's lock makes one holder fetch while the others wait for its result.
+//!    lock, clones an `Arc` and compares integer milliseconds against the clock. No lock is
+//!    held across I/O, nothing is allocated or formatted: the `Authorization` header value is
+//!    built once, when the token arrives.
+//! 2. **One shared fetch.** A fetch (`authorize`/`refresh`, with its retries) runs in a task
+//!    of its own, at most one per cache at a time. Callers that need a token await its
+//!    outcome through a shared handle; a caller that gives up (its own timeout, a dropped
+//!    request) cancels nothing — the fetch finishes, its token lands in the cache and serves
+//!    whoever comes next. The fetch has its own deadline: [`RetryPolicy::max_elapsed`] bounds
+//!    every attempt and the waits between them.
+//! 3. **Stale-while-revalidate.** A token counts as stale [`EXPIRATION_GAP`](crate::EXPIRATION_GAP)
+//!    before it expires (per-cache override: [`LifecyclePolicy::expiration_gap`]; the gap is
+//!    clamped to half the token's lifetime so short tokens are still used). A stale token that
+//!    has not expired is still served at once; seeing it only *starts* a refresh in the
+//!    background (at most one). Requests wait only when there is no usable token at all.
+//! 4. **Default lifetime; no dead tokens.** A token without an expiry lives
+//!    [`LifecyclePolicy::default_lifetime`] (at least [`MIN_DEFAULT_LIFETIME`]). A token that
+//!    arrives already expired (`expires_in: 0`, or an expiry in the past) is refused as
+//!    [`Error::InvalidResponse`]: it is never cached, and it is remembered like any failure.
+//! 5. **Failures are shared and remembered.** A failed fetch hands its error to every caller
+//!    waiting on it. Until the next attempt is due, callers without a usable token get that
+//!    error at once instead of a new provider call. The next attempt is due after the
+//!    server's `Retry-After` / rate-limit reset (plus jitter), or after a backoff that starts
+//!    at [`LifecyclePolicy::failure_cooldown`] for transient errors and at
+//!    [`LifecyclePolicy::permanent_failure_backoff`] for permanent ones (wrong secret or
+//!    password, refused scope), doubling with jitter on each consecutive failure, capped at
+//!    [`LifecyclePolicy::max_failure_backoff`]. A wrong password therefore costs a handful of
+//!    login attempts an hour, not one per request.
+//! 6. **Serve while valid.** A token that has not actually expired keeps being served
+//!    through all failures; only its hard expiry ends it.
+//! 7. **Rejection, bounded.** When an API rejects a token (401), [`TokenCache::invalidate`]
+//!    drops it only if it is still the cached one — a burst of 401s for one token causes one
+//!    fetch — and at most once per [`LifecyclePolicy::rejection_interval`]: an API that
+//!    answers 401 to everything costs one provider call per interval, not one per request,
+//!    and the other APIs served by the same cache keep their token.
+//! 8. **Background refresh (opt-in).** With [`TokenCacheBuilder::background_refresh`], a task
+//!    refreshes the token shortly before it turns stale (jittered, so a fleet does not
+//!    refresh in lockstep) and keeps retrying failures on the backoff schedule; once warm
+//!    ([`TokenCache::warm_up`]), no request waits on the provider. The task holds only a weak
+//!    reference and ends when the last handle of the cache is dropped.
+//! 9. **Sharing.** With a [`TokenStore`], a missing or stale token is first looked up in the
+//!    store, and the store's lock makes one holder fetch while the others wait for its
+//!    result. The lock is taken and released inside the fetch task, so it is released even
+//!    when every caller has gone.
+//!
+//! Fetches run on the tokio runtime of the caller that starts them (`tokio::spawn`).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::token::now_millis;
 use crate::{
     AccessToken, Authorizer, CacheKey, Error, RetryPolicy, TokenStore, expires_within_now,
 };
+
+/// The shortest [`LifecyclePolicy::default_lifetime`] a cache accepts: below it, a token
+/// without an expiry would be refetched on nearly every request.
+pub const MIN_DEFAULT_LIFETIME: Duration = Duration::from_secs(1);
 
 /// The tunable parts of the lifecycle, with defaults that suit most services.
 ///
@@ -60,16 +91,32 @@ pub struct LifecyclePolicy {
     /// [`EXPIRATION_GAP`](crate::EXPIRATION_GAP).
     pub expiration_gap: Option<Duration>,
     /// Lifetime of a token whose provider gave no expiry. Default 300 s: short enough that a
-    /// revoked token is replaced soon, long enough not to refetch on every request.
+    /// revoked token is replaced soon, long enough not to refetch on every request. Values
+    /// below [`MIN_DEFAULT_LIFETIME`] are raised to it (and refused by
+    /// [`TokenCacheBuilder::try_build`]).
     pub default_lifetime: Duration,
-    /// Retries of transient `authorize`/`refresh` failures.
+    /// Retries of transient failures inside one fetch; its `max_elapsed` is the fetch's
+    /// deadline.
     pub retry: RetryPolicy,
-    /// After a failed refresh while a still-valid token is served, wait this long before the
-    /// next refresh attempt. Default 1 s.
+    /// After a fetch failed with a transient error (and no server-named delay), no new fetch
+    /// starts for this long; doubled (with jitter) on each consecutive failure. Default 1 s.
     pub failure_cooldown: Duration,
+    /// After a fetch failed permanently (wrong client secret or password, refused scope, a
+    /// useless answer), no new fetch starts for this long; doubled on each consecutive
+    /// failure. Default 30 s: long enough that a wrong password does not become one login
+    /// attempt per request (and lock the account), short enough to recover soon after the
+    /// credentials are fixed at the provider.
+    pub permanent_failure_backoff: Duration,
+    /// Upper bound of every failure backoff, including server-named delays. Default 300 s.
+    pub max_failure_backoff: Duration,
+    /// At most one token is dropped because of a 401 per this interval (see rule 7).
+    /// Default 10 s.
+    pub rejection_interval: Duration,
     /// With a shared store: how long to wait for another holder of the store lock to publish
-    /// a token before fetching anyway. Default 10 s.
+    /// a token before fetching anyway; also the lock's time to live. Default 10 s.
     pub store_lock_wait: Duration,
+    /// Refresh in a background task ahead of expiry (rule 8). Default `false`.
+    pub background_refresh: bool,
 }
 
 impl Default for LifecyclePolicy {
@@ -79,7 +126,11 @@ impl Default for LifecyclePolicy {
             default_lifetime: Duration::from_secs(300),
             retry: RetryPolicy::default(),
             failure_cooldown: Duration::from_secs(1),
+            permanent_failure_backoff: Duration::from_secs(30),
+            max_failure_backoff: Duration::from_secs(300),
+            rejection_interval: Duration::from_secs(10),
             store_lock_wait: Duration::from_secs(10),
+            background_refresh: false,
         }
     }
 }
@@ -108,6 +159,82 @@ impl LifecyclePolicy {
         self.failure_cooldown = cooldown;
         self
     }
+
+    /// Sets [`permanent_failure_backoff`](Self::permanent_failure_backoff).
+    pub fn with_permanent_failure_backoff(mut self, backoff: Duration) -> Self {
+        self.permanent_failure_backoff = backoff;
+        self
+    }
+
+    /// Sets [`max_failure_backoff`](Self::max_failure_backoff).
+    pub fn with_max_failure_backoff(mut self, backoff: Duration) -> Self {
+        self.max_failure_backoff = backoff;
+        self
+    }
+
+    /// Sets [`rejection_interval`](Self::rejection_interval).
+    pub fn with_rejection_interval(mut self, interval: Duration) -> Self {
+        self.rejection_interval = interval;
+        self
+    }
+
+    /// Sets [`background_refresh`](Self::background_refresh).
+    pub fn with_background_refresh(mut self, enabled: bool) -> Self {
+        self.background_refresh = enabled;
+        self
+    }
+
+    /// Why this policy cannot be used, if it cannot.
+    fn problem(&self) -> Option<String> {
+        if self.default_lifetime < MIN_DEFAULT_LIFETIME {
+            return Some(format!(
+                "default_lifetime must be at least {} s (got {} ms): a shorter lifetime \
+                 refetches the token on nearly every request",
+                MIN_DEFAULT_LIFETIME.as_secs(),
+                self.default_lifetime.as_millis()
+            ));
+        }
+        None
+    }
+
+    /// The delay before the next fetch after `consecutive` failures in a row ending in `err`.
+    fn failure_backoff(&self, err: &Error, consecutive: u32) -> Duration {
+        let base = if err.is_transient() {
+            self.failure_cooldown
+        } else {
+            self.permanent_failure_backoff
+        };
+        let ceiling = base
+            .saturating_mul(2u32.saturating_pow(consecutive.min(16)))
+            .min(self.max_failure_backoff);
+        let backoff = jitter_down(ceiling);
+        match err.retry_after() {
+            // A server-named delay, plus up to 10 % (at most 1 s) so a fleet that was told the
+            // same time does not come back in the same millisecond.
+            Some(named) => {
+                let named = named.min(self.max_failure_backoff);
+                let spread = (named / 10).min(Duration::from_secs(1));
+                named.saturating_add(jitter_up_to(spread)).max(backoff)
+            }
+            None => backoff,
+        }
+    }
+}
+
+/// A random duration in `[d/2, d]`.
+fn jitter_down(d: Duration) -> Duration {
+    let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+    Duration::from_nanos(fastrand::u64(ns / 2..=ns))
+}
+
+/// A random duration in `[0, d]`.
+fn jitter_up_to(d: Duration) -> Duration {
+    let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+    Duration::from_nanos(fastrand::u64(0..=ns))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A token as the cache holds it: the token, its ready-made `Authorization` value, and when
@@ -117,9 +244,14 @@ pub struct CachedToken<T> {
     authorization: HeaderValue,
     /// Hard expiry: the token's own, or obtained-at + default lifetime.
     expires_at: DateTime<Utc>,
-    /// For tokens without an expiry: when to refresh (default lifetime minus the gap), in
-    /// milliseconds since the epoch, so the per-request check is an integer comparison.
-    fallback_refresh_at_ms: Option<i64>,
+    /// The same, in milliseconds since the epoch, for the per-request check.
+    expires_at_ms: i64,
+    /// When the token turns stale by the gap rule, in milliseconds since the epoch: the
+    /// background refresh's schedule.
+    refresh_at_ms: i64,
+    /// For tokens without an expiry: `refresh_at_ms` is authoritative (the authorizer cannot
+    /// judge a token without an expiry).
+    no_own_expiry: bool,
     rejected: AtomicBool,
 }
 
@@ -132,27 +264,43 @@ impl<T: AccessToken> CachedToken<T> {
         })?;
         authorization.set_sensitive(true);
         let now = Utc::now();
-        let (expires_at, fallback_refresh_at_ms) = match token.expires_at() {
-            Some(at) => (at, None),
+        let now_ms = now.timestamp_millis();
+        let configured_gap = millis(policy.expiration_gap.unwrap_or(crate::EXPIRATION_GAP));
+        let (expires_at, no_own_expiry) = match token.expires_at() {
+            Some(at) => (at, false),
             None => {
-                let lifetime = chrono::Duration::from_std(policy.default_lifetime)
-                    .unwrap_or(chrono::Duration::days(1));
-                let gap = chrono::Duration::from_std(
-                    policy.expiration_gap.unwrap_or(crate::EXPIRATION_GAP),
-                )
-                .unwrap_or_default()
-                .min(lifetime / 2);
-                (
-                    now + lifetime,
-                    Some((now + lifetime - gap).timestamp_millis()),
-                )
+                let lifetime =
+                    chrono::Duration::from_std(policy.default_lifetime.max(MIN_DEFAULT_LIFETIME))
+                        .unwrap_or(chrono::Duration::days(1));
+                (now.checked_add_signed(lifetime).unwrap_or(now), true)
             }
         };
+        let expires_at_ms = expires_at.timestamp_millis();
+        if expires_at_ms <= now_ms {
+            return Err(Error::InvalidResponse {
+                status: None,
+                reason: "the identity provider issued a token that has already expired \
+                         (expires_in of 0 or less, or an expiry in the past: check the \
+                         provider's token lifetime and both clocks)"
+                    .into(),
+            });
+        }
+        // The gap, clamped to half the token's life as far as we know it.
+        let born_ms = token
+            .issued_at()
+            .map(|at| at.timestamp_millis())
+            .filter(|_| !no_own_expiry)
+            .unwrap_or(now_ms)
+            .min(now_ms);
+        let half_life = (expires_at_ms.saturating_sub(born_ms) / 2).max(0);
+        let refresh_at_ms = expires_at_ms.saturating_sub(configured_gap.min(half_life));
         Ok(Self {
             token,
             authorization,
             expires_at,
-            fallback_refresh_at_ms,
+            expires_at_ms,
+            refresh_at_ms,
+            no_own_expiry,
             rejected: AtomicBool::new(false),
         })
     }
@@ -172,9 +320,13 @@ impl<T: AccessToken> CachedToken<T> {
         self.expires_at
     }
 
-    /// Whether the token may still be sent at `now`: not expired and not rejected by an API.
-    fn valid_at(&self, now: DateTime<Utc>) -> bool {
-        now < self.expires_at && !self.rejected.load(Ordering::Relaxed)
+    /// Whether the token may still be sent: not expired and not rejected by an API.
+    pub fn is_usable(&self) -> bool {
+        self.usable_at_ms(now_millis())
+    }
+
+    fn usable_at_ms(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms && !self.rejected.load(Ordering::Relaxed)
     }
 
     /// Whether `other` carries the same access token.
@@ -200,12 +352,21 @@ pub struct TokenStats {
     pub authorizations: u64,
     /// Calls of [`Authorizer::refresh`] (each retry counts).
     pub refreshes: u64,
+    /// Fetches started (each may make several provider calls when it retries).
+    pub fetches: u64,
     /// Fetches that failed after retries.
     pub failures: u64,
+    /// Callers answered at once with a remembered failure instead of a new fetch.
+    pub failures_served: u64,
+    /// Callers that had no usable token and waited for a fetch.
+    pub waits: u64,
     /// Tokens taken from the shared store instead of the provider.
     pub store_hits: u64,
     /// Tokens dropped because an API rejected them.
     pub invalidations: u64,
+    /// Rejections (401s) that did not drop the token because one was dropped less than
+    /// [`LifecyclePolicy::rejection_interval`] ago.
+    pub rejections_absorbed: u64,
     /// Requests replayed with a new token after a 401 (counted by the middleware).
     pub replays: u64,
 }
@@ -214,10 +375,18 @@ pub struct TokenStats {
 struct Counters {
     authorizations: AtomicU64,
     refreshes: AtomicU64,
+    fetches: AtomicU64,
     failures: AtomicU64,
+    failures_served: AtomicU64,
+    waits: AtomicU64,
     store_hits: AtomicU64,
     invalidations: AtomicU64,
+    rejections_absorbed: AtomicU64,
     replays: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 struct StoreBinding<T> {
@@ -227,15 +396,44 @@ struct StoreBinding<T> {
     decode: fn(&str) -> serde_json::Result<T>,
 }
 
+/// What a fetch ends with; shared by everyone waiting on it.
+type Outcome<T> = Result<Arc<CachedToken<T>>, Arc<Error>>;
+
+/// The fetch in progress: where its outcome will appear.
+struct Flight<T> {
+    id: u64,
+    outcome: watch::Receiver<Option<Outcome<T>>>,
+}
+
+/// The last fetch failure, kept until the next attempt is due.
+struct Failure {
+    error: Arc<Error>,
+    retry_at: Instant,
+}
+
+/// Everything about fetching that is not the token itself. Guarded by a `parking_lot` mutex
+/// that is never held across an `.await`.
+struct FetchState<T> {
+    flight: Option<Flight<T>>,
+    next_flight_id: u64,
+    failure: Option<Failure>,
+    consecutive_failures: u32,
+    last_rejection: Option<Instant>,
+}
+
 struct Inner<A: Authorizer> {
     authorizer: A,
     policy: LifecyclePolicy,
     current: RwLock<Option<Arc<CachedToken<A::Token>>>>,
-    flight: tokio::sync::Mutex<()>,
-    /// Unix millis before which no new refresh is attempted while a valid token is served.
-    cooldown_until_ms: AtomicI64,
+    /// Unix millis before which no background refresh is started (a failure is remembered).
+    next_attempt_ms: AtomicI64,
+    state: Mutex<FetchState<A::Token>>,
     store: Option<StoreBinding<A::Token>>,
     counters: Counters,
+    background_started: AtomicBool,
+    /// Dropped with the cache; the background task watches it to end.
+    _alive: watch::Sender<()>,
+    alive: watch::Receiver<()>,
 }
 
 /// Caches one authorizer's token and keeps it fresh, following the rules at the top of this
@@ -274,7 +472,19 @@ impl<A: Authorizer> fmt::Debug for TokenCache<A> {
     }
 }
 
-/// Configures a [`TokenCache`]: policy and shared store.
+/// Configures a [`TokenCache`]: policy, shared store, background refresh.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use en_auth_core::{Authorizer, MemoryTokenStore, TokenCache};
+/// # async fn demo(authorizer: impl Authorizer<Token = en_auth_core::BearerToken>) -> Result<(), en_auth_core::Error> {
+/// let cache = TokenCache::builder(authorizer)
+///     .store(Arc::new(MemoryTokenStore::new()))
+///     .background_refresh(true)
+///     .try_build()?;
+/// cache.warm_up().await?; // from here on, no request waits on the provider
+/// # Ok(()) }
+/// ```
 pub struct TokenCacheBuilder<A: Authorizer> {
     authorizer: A,
     policy: LifecyclePolicy,
@@ -306,6 +516,14 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
         self
     }
 
+    /// Refresh ahead of expiry in a background task (see
+    /// [`LifecyclePolicy::background_refresh`]). The task starts with the first
+    /// [`TokenCache::get`] or [`TokenCache::warm_up`].
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.policy.background_refresh = enabled;
+        self
+    }
+
     /// Shares tokens through `store`, under the authorizer's [`Authorizer::cache_key`].
     pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self
     where
@@ -320,17 +538,44 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
         self
     }
 
-    /// The cache.
-    pub fn build(self) -> TokenCache<A> {
+    /// The cache, or [`Error::InvalidConfiguration`] when the policy cannot work (a default
+    /// lifetime under [`MIN_DEFAULT_LIFETIME`]).
+    pub fn try_build(self) -> Result<TokenCache<A>, Error> {
+        if let Some(reason) = self.policy.problem() {
+            return Err(Error::InvalidConfiguration {
+                setting: "LifecyclePolicy".into(),
+                reason,
+            });
+        }
+        Ok(self.build())
+    }
+
+    /// The cache. A policy that [`try_build`](Self::try_build) would refuse is corrected
+    /// (a default lifetime is raised to [`MIN_DEFAULT_LIFETIME`]) and a warning is logged.
+    pub fn build(mut self) -> TokenCache<A> {
+        if let Some(reason) = self.policy.problem() {
+            tracing::warn!(%reason, "token cache policy corrected");
+            self.policy.default_lifetime = self.policy.default_lifetime.max(MIN_DEFAULT_LIFETIME);
+        }
+        let (alive_tx, alive_rx) = watch::channel(());
         TokenCache {
             inner: Arc::new(Inner {
                 authorizer: self.authorizer,
                 policy: self.policy,
                 current: RwLock::new(None),
-                flight: tokio::sync::Mutex::new(()),
-                cooldown_until_ms: AtomicI64::new(i64::MIN),
+                next_attempt_ms: AtomicI64::new(i64::MIN),
+                state: Mutex::new(FetchState {
+                    flight: None,
+                    next_flight_id: 0,
+                    failure: None,
+                    consecutive_failures: 0,
+                    last_rejection: None,
+                }),
                 store: self.store,
                 counters: Counters::default(),
+                background_started: AtomicBool::new(false),
+                _alive: alive_tx,
+                alive: alive_rx,
             }),
         }
     }
@@ -364,22 +609,28 @@ impl<A: Authorizer> TokenCache<A> {
     /// What the lifecycle has done so far.
     pub fn stats(&self) -> TokenStats {
         let c = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         TokenStats {
-            authorizations: c.authorizations.load(Ordering::Relaxed),
-            refreshes: c.refreshes.load(Ordering::Relaxed),
-            failures: c.failures.load(Ordering::Relaxed),
-            store_hits: c.store_hits.load(Ordering::Relaxed),
-            invalidations: c.invalidations.load(Ordering::Relaxed),
-            replays: c.replays.load(Ordering::Relaxed),
+            authorizations: load(&c.authorizations),
+            refreshes: load(&c.refreshes),
+            fetches: load(&c.fetches),
+            failures: load(&c.failures),
+            failures_served: load(&c.failures_served),
+            waits: load(&c.waits),
+            store_hits: load(&c.store_hits),
+            invalidations: load(&c.invalidations),
+            rejections_absorbed: load(&c.rejections_absorbed),
+            replays: load(&c.replays),
         }
     }
 
     /// Counts a request replayed after a 401 (for adapters).
     pub fn record_replay(&self) {
-        self.inner.counters.replays.fetch_add(1, Ordering::Relaxed);
+        bump(&self.inner.counters.replays);
     }
 
-    /// A usable token: the cached one if fresh, otherwise one fetched (once, for all callers).
+    /// A usable token: the cached one if usable, otherwise the outcome of the one shared
+    /// fetch (started now if none is running and no failure is being backed off).
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         match self.cached() {
             Some(token) => Ok(token),
@@ -387,27 +638,52 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
+    /// Fetches a token now if there is none, and starts the background refresh when it is
+    /// enabled. Call it before a readiness probe reports ready.
+    pub async fn warm_up(&self) -> Result<(), Error> {
+        self.start_background_refresh();
+        self.get().await.map(drop)
+    }
+
     /// The access token string, fetching one if needed (en_auth's `access_token`).
     pub async fn access_token(&self) -> Result<String, Error> {
         Ok(self.get().await?.token().access_token().to_owned())
     }
 
-    /// Drops `rejected` (a token an API refused) if it is still the cached token, here and in
-    /// the shared store. A token already replaced is left alone.
-    pub async fn invalidate(&self, rejected: &Arc<CachedToken<A::Token>>) {
+    /// Reports that an API rejected `rejected` (a 401). The token is dropped — here and in
+    /// the shared store — only if it is still the cached one and no token was dropped in
+    /// the last [`LifecyclePolicy::rejection_interval`]; otherwise the call changes nothing.
+    /// Returns whether the token was dropped.
+    pub async fn invalidate(&self, rejected: &Arc<CachedToken<A::Token>>) -> bool {
         let is_current = self
             .inner
             .current
             .read()
             .as_ref()
             .is_some_and(|current| Arc::ptr_eq(current, rejected));
-        if !is_current || rejected.rejected.swap(true, Ordering::AcqRel) {
-            return;
+        if !is_current || rejected.rejected.load(Ordering::Acquire) {
+            return false;
         }
-        self.inner
-            .counters
-            .invalidations
-            .fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.inner.state.lock();
+            let now = Instant::now();
+            if state
+                .last_rejection
+                .is_some_and(|at| now.duration_since(at) < self.inner.policy.rejection_interval)
+            {
+                bump(&self.inner.counters.rejections_absorbed);
+                tracing::debug!(
+                    client_id = self.client_id(),
+                    "token rejected by an API again within the rejection interval; kept"
+                );
+                return false;
+            }
+            if rejected.rejected.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+            state.last_rejection = Some(now);
+        }
+        bump(&self.inner.counters.invalidations);
         tracing::debug!(
             client_id = self.client_id(),
             "token rejected by the API; dropped"
@@ -420,20 +696,21 @@ impl<A: Authorizer> TokenCache<A> {
                 }
             }
         }
+        true
     }
 
     fn client_id(&self) -> &str {
         self.inner.authorizer.client_info().client_id()
     }
 
-    /// Whether `entry` must be replaced now (rejected, or within the refresh gap). Reads the
+    /// Whether `entry` should be replaced (rejected, or within the refresh gap). Reads the
     /// clock once.
     fn is_stale(&self, entry: &CachedToken<A::Token>) -> bool {
         if entry.rejected.load(Ordering::Relaxed) {
             return true;
         }
-        if let Some(refresh_at_ms) = entry.fallback_refresh_at_ms {
-            return now_millis() >= refresh_at_ms;
+        if entry.no_own_expiry {
+            return now_millis() >= entry.refresh_at_ms;
         }
         match self.inner.policy.expiration_gap {
             Some(gap) => expires_within_now(&entry.token, gap),
@@ -441,53 +718,240 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
-    /// The cached token if it may be used now — fresh, or stale but still valid during a
-    /// refresh cooldown — without waiting or fetching: the hot path.
+    /// The cached token if it may be sent now, without waiting: the hot path. A token in its
+    /// refresh gap is returned too; seeing it starts one background refresh (rule 3).
     pub fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let current = self.inner.current.read();
         let entry = current.as_ref()?;
         if !self.is_stale(entry) {
             return Some(Arc::clone(entry));
         }
-        let now = Utc::now();
-        let cooling_down =
-            now.timestamp_millis() < self.inner.cooldown_until_ms.load(Ordering::Relaxed);
-        (cooling_down && entry.valid_at(now)).then(|| Arc::clone(entry))
+        let entry = Arc::clone(entry);
+        drop(current);
+        self.stale(entry)
     }
 
-    /// Slow path: one caller at a time fetches; the others find its result on re-check.
-    async fn obtain(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        let _flight = self.inner.flight.lock().await;
-        if let Some(token) = self.cached() {
-            return Ok(token);
+    #[cold]
+    fn stale(&self, entry: Arc<CachedToken<A::Token>>) -> Option<Arc<CachedToken<A::Token>>> {
+        let now_ms = now_millis();
+        if !entry.usable_at_ms(now_ms) {
+            return None;
         }
-        let previous = self.inner.current.read().clone();
-        match self.fetch(previous.as_deref()).await {
+        if now_ms >= self.inner.next_attempt_ms.load(Ordering::Relaxed) {
+            let mut state = self.inner.state.lock();
+            if state.flight.is_none() && !self.backing_off(&state) {
+                // No runtime (a synchronous caller): serve the token, refresh another time.
+                let _ = self.start_flight(&mut state);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The cached token if usable, stale or not.
+    fn usable(&self) -> Option<Arc<CachedToken<A::Token>>> {
+        self.inner
+            .current
+            .read()
+            .as_ref()
+            .filter(|entry| entry.is_usable())
+            .cloned()
+    }
+
+    fn backing_off(&self, state: &FetchState<A::Token>) -> bool {
+        state
+            .failure
+            .as_ref()
+            .is_some_and(|failure| Instant::now() < failure.retry_at)
+    }
+
+    /// Slow path: join the running fetch, start one, or answer with the remembered failure.
+    async fn obtain(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
+        self.start_background_refresh();
+        let mut outcome = {
+            let mut state = self.inner.state.lock();
+            if let Some(token) = self.usable() {
+                return Ok(token);
+            }
+            match &state.flight {
+                Some(flight) => flight.outcome.clone(),
+                None => match &state.failure {
+                    Some(failure) if Instant::now() < failure.retry_at => {
+                        bump(&self.inner.counters.failures_served);
+                        return Err(failure.error.shared_copy());
+                    }
+                    _ => self.start_flight(&mut state)?,
+                },
+            }
+        };
+        bump(&self.inner.counters.waits);
+        let result = match outcome.wait_for(Option::is_some).await {
+            Ok(settled) => settled.clone(),
+            Err(_) => None, // the fetch task ended without an outcome; its guard recorded why
+        };
+        match result {
+            Some(Ok(token)) => Ok(token),
+            Some(Err(err)) => match self.usable() {
+                Some(token) => Ok(token),
+                None => Err(err.shared_copy()),
+            },
+            None => match self.usable() {
+                Some(token) => Ok(token),
+                None => Err(abandoned_fetch()),
+            },
+        }
+    }
+
+    /// Starts the one fetch (the caller holds the state lock and has checked that none is
+    /// running). Fails only without a tokio runtime.
+    fn start_flight(
+        &self,
+        state: &mut FetchState<A::Token>,
+    ) -> Result<watch::Receiver<Option<Outcome<A::Token>>>, Error> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidConfiguration {
+                setting: "runtime".into(),
+                reason: "fetching a token needs a tokio runtime; call from within one".into(),
+            })?;
+        let (publish, outcome) = watch::channel(None);
+        let id = state.next_flight_id;
+        state.next_flight_id = id.wrapping_add(1);
+        state.flight = Some(Flight {
+            id,
+            outcome: outcome.clone(),
+        });
+        bump(&self.inner.counters.fetches);
+        let mut guard = FlightGuard {
+            cache: self.clone(),
+            id,
+            publish,
+            settled: false,
+        };
+        runtime.spawn(async move {
+            let cache = guard.cache.clone();
+            let previous = cache.inner.current.read().clone();
+            let result = cache.fetch(previous.as_deref()).await;
+            let outcome = cache.settle(id, previous, result);
+            guard.settled = true;
+            guard.publish.send_replace(Some(outcome));
+        });
+        Ok(outcome)
+    }
+
+    /// Records a fetch's result: the new token, or the failure and when to try again.
+    fn settle(
+        &self,
+        id: u64,
+        previous: Option<Arc<CachedToken<A::Token>>>,
+        result: Result<CachedToken<A::Token>, Error>,
+    ) -> Outcome<A::Token> {
+        let mut state = self.inner.state.lock();
+        if state.flight.as_ref().is_some_and(|f| f.id == id) {
+            state.flight = None;
+        }
+        match result {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 *self.inner.current.write() = Some(Arc::clone(&entry));
+                state.failure = None;
+                state.consecutive_failures = 0;
                 self.inner
-                    .cooldown_until_ms
+                    .next_attempt_ms
                     .store(i64::MIN, Ordering::Relaxed);
                 Ok(entry)
             }
             Err(err) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                let now = Utc::now();
-                if let Some(previous) = previous.filter(|p| p.valid_at(now)) {
-                    let cooldown = chrono::Duration::from_std(self.inner.policy.failure_cooldown)
-                        .unwrap_or_default();
-                    self.inner
-                        .cooldown_until_ms
-                        .store((now + cooldown).timestamp_millis(), Ordering::Relaxed);
-                    tracing::warn!(client_id = self.client_id(), error = %err, expires_at = %previous.expires_at,
-                        "token refresh failed; serving the current token until it expires");
-                    return Ok(previous);
+                bump(&self.inner.counters.failures);
+                let delay = self
+                    .inner
+                    .policy
+                    .failure_backoff(&err, state.consecutive_failures);
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                let retry_at = Instant::now() + delay;
+                self.inner.next_attempt_ms.store(
+                    now_millis().saturating_add(millis(delay)),
+                    Ordering::Relaxed,
+                );
+                match previous.filter(|p| p.is_usable()) {
+                    Some(previous) => tracing::warn!(
+                        client_id = self.client_id(), error = %err,
+                        expires_at = %previous.expires_at, next_attempt_in_ms = millis(delay),
+                        "token refresh failed; serving the current token until it expires"),
+                    None => tracing::warn!(
+                        client_id = self.client_id(), error = %err,
+                        next_attempt_in_ms = millis(delay), "could not obtain a token"),
                 }
-                tracing::warn!(client_id = self.client_id(), error = %err, "could not obtain a token");
-                Err(err)
+                let error = Arc::new(err);
+                state.failure = Some(Failure {
+                    error: Arc::clone(&error),
+                    retry_at,
+                });
+                Err(error)
             }
         }
+    }
+
+    /// Starts the background refresh task once, if the policy asks for it and a runtime is
+    /// at hand. The task holds only a weak reference to the cache.
+    fn start_background_refresh(&self) {
+        if !self.inner.policy.background_refresh
+            || self.inner.background_started.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.background_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let alive = self.inner.alive.clone();
+        runtime.spawn(background_refresh(weak, alive));
+    }
+
+    /// When the background task should next act: the failure's retry time, shortly before
+    /// the token turns stale (jittered), or now when there is no token.
+    fn next_background_wake(&self) -> Instant {
+        let now = Instant::now();
+        let state = self.inner.state.lock();
+        if let Some(failure) = &state.failure {
+            if failure.retry_at > now {
+                return failure.retry_at;
+            }
+        }
+        drop(state);
+        let Some(entry) = self.inner.current.read().clone() else {
+            return now;
+        };
+        if entry.rejected.load(Ordering::Relaxed) {
+            return now;
+        }
+        let now_ms = now_millis();
+        // Up to a quarter of the refresh window early (at most 30 s), so that a fleet whose
+        // tokens were fetched together spreads its refreshes.
+        let window = entry
+            .expires_at_ms
+            .saturating_sub(entry.refresh_at_ms)
+            .max(0);
+        let spread = u64::try_from((window / 4).min(30_000)).unwrap_or(0);
+        let wake_ms = entry
+            .refresh_at_ms
+            .saturating_sub(i64::try_from(fastrand::u64(0..=spread)).unwrap_or(0));
+        let wait = u64::try_from(wake_ms.saturating_sub(now_ms)).unwrap_or(0);
+        now + Duration::from_millis(wait)
+    }
+
+    /// One background step: join the running fetch or start one, and wait for its outcome.
+    /// Returns `None` when nothing could be started (a failure is being backed off).
+    fn background_fetch(&self) -> Option<watch::Receiver<Option<Outcome<A::Token>>>> {
+        let mut state = self.inner.state.lock();
+        if let Some(flight) = &state.flight {
+            return Some(flight.outcome.clone());
+        }
+        if self.backing_off(&state) {
+            return None;
+        }
+        self.start_flight(&mut state).ok()
     }
 
     /// Gets a new token: from the shared store if another holder published one, else from the
@@ -507,8 +971,8 @@ impl<A: Authorizer> TokenCache<A> {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => {
                 // Another holder is fetching: wait for it to publish, then fetch ourselves.
-                let deadline = tokio::time::Instant::now() + lock_ttl;
-                while tokio::time::Instant::now() < deadline {
+                let deadline = Instant::now() + lock_ttl;
+                while Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if let Some(entry) = self.load_from_store(binding, previous).await {
                         return Ok(entry);
@@ -551,11 +1015,11 @@ impl<A: Authorizer> TokenCache<A> {
             .run(|| async {
                 match previous {
                     Some(previous) => {
-                        counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                        bump(&counters.refreshes);
                         authorizer.refresh(&previous.token).await
                     }
                     None => {
-                        counters.authorizations.fetch_add(1, Ordering::Relaxed);
+                        bump(&counters.authorizations);
                         authorizer.authorize().await
                     }
                 }
@@ -587,7 +1051,7 @@ impl<A: Authorizer> TokenCache<A> {
         let token = match (binding.decode)(encoded.expose_secret()) {
             Ok(token) => token,
             Err(_) => {
-                tracing::warn!(key = %binding.key, "token store holds an unreadable value; ignoring it");
+                tracing::warn!("token store holds an unreadable value; ignoring it");
                 return None;
             }
         };
@@ -598,10 +1062,7 @@ impl<A: Authorizer> TokenCache<A> {
         if self.is_stale(&entry) {
             return None;
         }
-        self.inner
-            .counters
-            .store_hits
-            .fetch_add(1, Ordering::Relaxed);
+        bump(&self.inner.counters.store_hits);
         Some(entry)
     }
 
@@ -615,6 +1076,61 @@ impl<A: Authorizer> TokenCache<A> {
         };
         if let Err(err) = binding.store.save(&binding.key, &encoded, ttl).await {
             tracing::warn!(error = %err, "token store write failed");
+        }
+    }
+}
+
+/// Owned by a fetch task. If the task ends without settling — it panicked, or its runtime
+/// shut down — the drop frees the flight slot and records a transient failure, so the next
+/// caller is not left waiting on a fetch that will never finish.
+struct FlightGuard<A: Authorizer> {
+    cache: TokenCache<A>,
+    id: u64,
+    publish: watch::Sender<Option<Outcome<A::Token>>>,
+    settled: bool,
+}
+
+impl<A: Authorizer> Drop for FlightGuard<A> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let outcome = self.cache.settle(self.id, None, Err(abandoned_fetch()));
+        self.publish.send_replace(Some(outcome));
+    }
+}
+
+fn abandoned_fetch() -> Error {
+    Error::Transport {
+        message: "the token fetch ended without a result (its task panicked or the runtime \
+                  shut down)"
+            .into(),
+        timeout: false,
+        source: None,
+    }
+}
+
+/// The background refresh task (rule 8). Holds the cache weakly: it ends when the cache is
+/// dropped, whether it is sleeping or waiting on a fetch.
+async fn background_refresh<A: Authorizer>(cache: Weak<Inner<A>>, mut alive: watch::Receiver<()>) {
+    loop {
+        let Some(inner) = cache.upgrade() else { return };
+        let wake = TokenCache { inner }.next_background_wake();
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = alive.changed() => return,
+        }
+        let Some(inner) = cache.upgrade() else { return };
+        let fetch = TokenCache { inner }.background_fetch();
+        match fetch {
+            Some(mut outcome) => {
+                tokio::select! {
+                    _ = outcome.wait_for(Option::is_some) => {}
+                    _ = alive.changed() => return,
+                }
+            }
+            // Backing off: the next wake is the failure's retry time. Never spin.
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

@@ -87,6 +87,12 @@ impl RetryPolicy {
     }
 
     /// Runs `operation` until it succeeds, fails permanently, or the budget is spent.
+    ///
+    /// The budget is [`max_elapsed`](Self::max_elapsed): every attempt is cut off when it
+    /// runs out (an attempt that hangs ends as a timed-out [`Error::Transport`]), and no retry
+    /// starts whose wait plus the previous attempt's duration would end after it. A
+    /// server-named delay gets up to 10 % (at most 1 s) of jitter on top; one longer than the
+    /// budget ends the retries at once with the server's error.
     pub async fn run<T, F, Fut>(&self, mut operation: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -96,15 +102,39 @@ impl RetryPolicy {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let err = match operation().await {
+            let attempt_started = Instant::now();
+            let remaining = self.max_elapsed.saturating_sub(started.elapsed());
+            let outcome = match tokio::time::timeout(remaining, operation()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::Transport {
+                    message: format!(
+                        "no answer from the identity provider within the fetch deadline of {} s",
+                        self.max_elapsed.as_secs_f64()
+                    ),
+                    timeout: true,
+                    source: None,
+                }),
+            };
+            let err = match outcome {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_transient() => err,
                 Err(err) => return Err(err),
             };
-            let delay = self
-                .backoff(attempt - 1)
-                .max(err.retry_after().unwrap_or_default());
-            let would_end = started.elapsed() + delay;
+            let delay = match err.retry_after() {
+                Some(named) => {
+                    let named = named.min(self.max_elapsed.saturating_add(Duration::from_secs(1)));
+                    let spread = (named / 10).min(Duration::from_secs(1));
+                    let jitter_ns = spread.as_nanos().min(u64::MAX as u128) as u64;
+                    named
+                        .saturating_add(Duration::from_nanos(fastrand::u64(0..=jitter_ns)))
+                        .max(self.backoff(attempt - 1))
+                }
+                None => self.backoff(attempt - 1),
+            };
+            let would_end = started
+                .elapsed()
+                .saturating_add(delay)
+                .saturating_add(attempt_started.elapsed());
             if attempt >= self.max_attempts || would_end > self.max_elapsed {
                 tracing::debug!(attempt, error = %err, "giving up on transient failure");
                 return Err(err);

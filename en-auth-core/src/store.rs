@@ -62,10 +62,13 @@ pub trait TokenStore: Send + Sync + 'static {
 }
 
 /// In-process store: share one instance (via `Arc`) between caches that use the same
-/// credentials so they share one token.
+/// credentials so they share one token. Its fetch lock works like a fleet store's: one holder
+/// per key at a time, released by [`TokenStore::unlock`] or when its time to live ends.
 #[derive(Default)]
 pub struct MemoryTokenStore {
     entries: Mutex<HashMap<CacheKey, (SecretString, Instant)>>,
+    locks: Mutex<HashMap<CacheKey, (u64, Instant)>>,
+    next_lock: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryTokenStore {
@@ -98,7 +101,9 @@ impl TokenStore for MemoryTokenStore {
     }
 
     async fn save(&self, key: &CacheKey, value: &SecretString, ttl: Duration) -> Result<(), Error> {
-        let until = Instant::now() + ttl;
+        let until = Instant::now()
+            .checked_add(ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         self.entries
             .lock()
             .insert(key.clone(), (value.clone(), until));
@@ -114,5 +119,42 @@ impl TokenStore for MemoryTokenStore {
             entries.remove(key);
         }
         Ok(())
+    }
+
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {
+        let now = Instant::now();
+        let mut locks = self.locks.lock();
+        if locks.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(None);
+        }
+        let id = self
+            .next_lock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let until = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        locks.insert(key.clone(), (id, until));
+        Ok(Some(StoreLock::new(id.to_string())))
+    }
+
+    async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
+        let mut locks = self.locks.lock();
+        if locks
+            .get(key)
+            .is_some_and(|(id, _)| id.to_string() == lock.id())
+        {
+            locks.remove(key);
+        }
+        Ok(())
+    }
+}
+
+impl MemoryTokenStore {
+    /// Whether someone holds the fetch lock for `key` right now (for tests and diagnostics).
+    pub fn is_locked(&self, key: &CacheKey) -> bool {
+        self.locks
+            .lock()
+            .get(key)
+            .is_some_and(|(_, until)| *until > Instant::now())
     }
 }

@@ -13,6 +13,11 @@ use en_auth_core::{
 use en_auth_testkit::{Fault, IdpConfig};
 use support::{Rig, TestAuthorizer, quick_policy};
 
+/// Two separate 401 episodes in one test: no rejection interval.
+fn two_rejections_allowed() -> LifecyclePolicy {
+    LifecyclePolicy::default().with_rejection_interval(Duration::ZERO)
+}
+
 async fn burst(rig: &Rig, n: usize) -> Vec<u16> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -69,9 +74,16 @@ async fn a_short_token_is_refreshed_ahead_of_expiry_but_still_used() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await; // 2.3 s: inside the clamped gap, not yet expired
     assert_eq!(rig.get().await, 200);
-    assert_eq!(rig.idp.token_requests(), 2, "refreshed ahead of expiry");
-    assert_ne!(
+    assert_eq!(
         rig.token_seen(2),
+        rig.token_seen(0),
+        "stale but valid: served at once while the refresh runs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.idp.token_requests(), 2, "refreshed ahead of expiry");
+    assert_eq!(rig.get().await, 200);
+    assert_ne!(
+        rig.token_seen(3),
         rig.token_seen(0),
         "the request near expiry used the fresh token"
     );
@@ -93,6 +105,7 @@ async fn the_expiration_gap_can_be_overridden_per_cache() {
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rig.idp.token_requests(), 2, "refreshed within the 1 s gap");
 }
 
@@ -113,6 +126,7 @@ async fn a_token_without_expiry_uses_the_default_lifetime() {
 
     tokio::time::sleep(Duration::from_millis(1200)).await; // past the default lifetime minus its clamped gap
     assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rig.idp.token_requests(), 2, "not valid forever");
 }
 
@@ -145,7 +159,7 @@ async fn a_401_is_replayed_once_with_a_new_token() {
 
 #[tokio::test]
 async fn a_replayed_request_keeps_its_method_headers_and_timeout() {
-    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    let rig = Rig::start(Some(Duration::from_secs(3600)), two_rejections_allowed()).await;
     rig.api.reject_next(1);
     let response = rig
         .client
@@ -204,7 +218,7 @@ async fn a_second_401_is_returned_to_the_caller() {
 
 #[tokio::test]
 async fn a_streaming_body_is_not_replayed() {
-    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    let rig = Rig::start(Some(Duration::from_secs(3600)), two_rejections_allowed()).await;
     rig.api.reject_next(1);
     let stream = futures_util::stream::iter([Ok::<_, std::io::Error>("chunk")]);
     let response = rig
@@ -246,8 +260,10 @@ async fn concurrent_401s_for_one_token_cause_one_fetch() {
 }
 
 #[tokio::test]
-async fn failures_are_not_cached() {
-    let policy = quick_policy().with_retry(RetryPolicy::none());
+async fn a_failure_is_remembered_until_its_backoff_ends() {
+    let policy = quick_policy()
+        .with_retry(RetryPolicy::none())
+        .with_failure_cooldown(Duration::from_millis(300));
     let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
     rig.idp
         .push_faults([Fault::json(500, r#"{"error":"server_error"}"#)]);
@@ -256,9 +272,13 @@ async fn failures_are_not_cached() {
         matches!(err, Error::ServerError { status: 500, .. }),
         "{err:?}"
     );
+    let again = rig.auth.access_token().await.unwrap_err();
+    assert!(matches!(again, Error::ServerError { status: 500, .. }));
+    assert_eq!(rig.idp.token_requests(), 1, "remembered, not re-asked");
+    tokio::time::sleep(Duration::from_millis(350)).await;
     assert!(
         rig.auth.access_token().await.is_ok(),
-        "the next call tries again"
+        "after the backoff the next call tries again"
     );
     assert_eq!(rig.idp.token_requests(), 2);
 }
@@ -271,17 +291,66 @@ async fn a_still_valid_token_is_served_while_refresh_fails() {
     tokio::time::sleep(Duration::from_millis(2300)).await; // stale, not expired
     rig.idp.push_faults([Fault::json(503, "{}")]);
     assert_eq!(rig.get().await, 200, "served the old token");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rig.token_seen(1), rig.token_seen(0));
     assert_eq!(rig.idp.token_requests(), 2, "a refresh was attempted");
     assert_eq!(rig.auth.stats().failures, 1);
-    // During the cooldown the provider is not asked again.
+    // During the backoff the provider is not asked again.
     assert_eq!(rig.get().await, 200);
     assert_eq!(rig.idp.token_requests(), 2);
     // After it, the refresh is retried and succeeds.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(rig.get().await, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rig.idp.token_requests(), 3);
-    assert_ne!(rig.token_seen(3), rig.token_seen(0));
+    assert_eq!(rig.get().await, 200);
+    assert_ne!(rig.token_seen(4), rig.token_seen(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_always_answers_401_costs_a_constant_number_of_token_requests() {
+    let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
+    let healthy = en_auth_testkit::ProtectedApi::start(&rig.idp)
+        .await
+        .unwrap();
+    let broken = en_auth_testkit::ProtectedApi::start(&rig.idp)
+        .await
+        .unwrap();
+    broken.reject_next(u64::MAX);
+    for _ in 0..200 {
+        let status = rig
+            .client
+            .get(broken.url("/data"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 401);
+    }
+    let token_requests = rig.idp.token_requests();
+    assert!(token_requests <= 3, "token requests: {token_requests}");
+    assert_eq!(
+        rig.auth.stats().invalidations,
+        1,
+        "one forced refresh per interval"
+    );
+    assert!(rig.auth.stats().rejections_absorbed >= 198);
+    assert!(
+        broken.requests() <= 202,
+        "at most one replay: {}",
+        broken.requests()
+    );
+    for _ in 0..20 {
+        let status = rig
+            .client
+            .get(healthy.url("/data"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200, "the healthy API keeps working");
+    }
+    assert_eq!(rig.idp.token_requests(), token_requests);
 }
 
 #[tokio::test]

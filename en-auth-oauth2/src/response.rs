@@ -42,6 +42,14 @@ impl ExpiresIn {
         };
         (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value.min(1e9)))
     }
+
+    /// A number below zero: not a lifetime, and not something to guess around.
+    fn is_negative(&self) -> bool {
+        match self {
+            ExpiresIn::Number(n) => *n < 0.0,
+            ExpiresIn::Text(t) => t.trim().parse::<f64>().is_ok_and(|n| n < 0.0),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -112,6 +120,16 @@ fn parse_success(
             reason: "token response has an empty access_token".into(),
         });
     }
+    if parsed
+        .expires_in
+        .as_ref()
+        .is_some_and(ExpiresIn::is_negative)
+    {
+        return Err(Error::InvalidResponse {
+            status: Some(status),
+            reason: "token response has a negative expires_in".into(),
+        });
+    }
     let lifetime = parsed
         .expires_in
         .as_ref()
@@ -163,16 +181,22 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The longest `Retry-After` taken at its word: a day. Larger values (a gateway's garbage, or
+/// `u64::MAX`) are clamped so that no later time arithmetic can overflow; the lifecycle caps
+/// its own waits far below this anyway.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 /// `Retry-After` as seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = header_str(headers, "retry-after")?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECS)));
     }
     let at = DateTime::parse_from_rfc2822(value)
         .ok()?
         .with_timezone(&Utc);
-    Some((at - Utc::now()).to_std().unwrap_or_default())
+    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+    Some(wait.min(Duration::from_secs(MAX_RETRY_AFTER_SECS)))
 }
 
 /// A 429's retry-after and reset time (`X-RateLimit-Reset`, unix seconds, as Auth0 sends).
@@ -184,7 +208,7 @@ fn rate_limited(headers: &HeaderMap) -> Error {
         .or_else(|| {
             retry_after
                 .and_then(|d| chrono::Duration::from_std(d).ok())
-                .map(|d| Utc::now() + d)
+                .and_then(|d| Utc::now().checked_add_signed(d))
         });
     Error::RateLimited {
         retry_after,
@@ -319,6 +343,33 @@ mod tests {
             d > Duration::from_secs(17) && d <= Duration::from_secs(20),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn hostile_numbers_are_clamped_or_refused_never_a_panic() {
+        for value in ["18446744073709551615", "10000000000000"] {
+            let err = parse_token_response(429, &headers(&[("retry-after", value)]), b"{}", None)
+                .err()
+                .unwrap();
+            assert_eq!(
+                err.retry_after(),
+                Some(Duration::from_secs(MAX_RETRY_AFTER_SECS)),
+                "{value}"
+            );
+        }
+        let far_reset = headers(&[("x-ratelimit-reset", "99999999999999999")]);
+        assert!(matches!(
+            parse_token_response(429, &far_reset, b"{}", None),
+            Err(Error::RateLimited { .. })
+        ));
+        assert!(matches!(
+            parse(200, r#"{"access_token":"t","expires_in":-5}"#),
+            Err(Error::InvalidResponse { .. })
+        ));
+        let huge = parse(200, r#"{"access_token":"t","expires_in":1e12}"#).unwrap();
+        assert!(huge.token.expires_at().unwrap() > Utc::now() + chrono::Duration::days(365));
+        let zero = parse(200, r#"{"access_token":"t","expires_in":0}"#).unwrap();
+        assert!(zero.token.expires_at().unwrap() <= Utc::now());
     }
 
     #[test]
