@@ -237,9 +237,10 @@ impl From<reqwest::Error> for Error {
 }
 
 impl Error {
-    /// A copy of a shared error, for one more caller waiting on the same fetch. The copy
-    /// keeps the message and the chain of causes (shared, not cloned).
-    pub(crate) fn shared_copy(self: &Arc<Self>) -> Error {
+    /// A copy of a shared error, for one more caller of the fetch that failed `elapsed` ago.
+    /// The copy keeps the message and the chain of causes (shared, not cloned); a
+    /// server-named delay counts down by `elapsed`.
+    pub(crate) fn shared_copy(self: &Arc<Self>, elapsed: Duration) -> Error {
         let shared_source = || -> Option<Box<dyn std::error::Error + Send + Sync>> {
             std::error::Error::source(&**self)
                 .map(|_| Box::new(SharedSource(Arc::clone(self))) as Box<_>)
@@ -268,10 +269,7 @@ impl Error {
                 retry_after,
                 reset_at,
             } => Error::RateLimited {
-                // A remembered 429 counts down: what is left of the wait is what matters.
-                retry_after: reset_at
-                    .and_then(|at| (at - Utc::now()).to_std().ok())
-                    .or(*retry_after),
+                retry_after: retry_after.map(|d| d.saturating_sub(elapsed)),
                 reset_at: *reset_at,
             },
             Error::ServerError {
@@ -279,7 +277,7 @@ impl Error {
                 retry_after,
             } => Error::ServerError {
                 status: *status,
-                retry_after: *retry_after,
+                retry_after: retry_after.map(|d| d.saturating_sub(elapsed)),
             },
             Error::MissingConfiguration { setting } => Error::MissingConfiguration {
                 setting: setting.clone(),

@@ -408,6 +408,7 @@ struct Flight<T> {
 /// The last fetch failure, kept until the next attempt is due.
 struct Failure {
     error: Arc<Error>,
+    failed_at: Instant,
     retry_at: Instant,
 }
 
@@ -777,7 +778,7 @@ impl<A: Authorizer> TokenCache<A> {
                 None => match &state.failure {
                     Some(failure) if Instant::now() < failure.retry_at => {
                         bump(&self.inner.counters.failures_served);
-                        return Err(failure.error.shared_copy());
+                        return Err(failure.error.shared_copy(failure.failed_at.elapsed()));
                     }
                     _ => self.start_flight(&mut state)?,
                 },
@@ -792,7 +793,7 @@ impl<A: Authorizer> TokenCache<A> {
             Some(Ok(token)) => Ok(token),
             Some(Err(err)) => match self.usable() {
                 Some(token) => Ok(token),
-                None => Err(err.shared_copy()),
+                None => Err(err.shared_copy(Duration::ZERO)),
             },
             None => match self.usable() {
                 Some(token) => Ok(token),
@@ -866,7 +867,8 @@ impl<A: Authorizer> TokenCache<A> {
                     .policy
                     .failure_backoff(&err, state.consecutive_failures);
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                let retry_at = Instant::now() + delay;
+                let failed_at = Instant::now();
+                let retry_at = failed_at + delay;
                 self.inner.next_attempt_ms.store(
                     now_millis().saturating_add(millis(delay)),
                     Ordering::Relaxed,
@@ -883,6 +885,7 @@ impl<A: Authorizer> TokenCache<A> {
                 let error = Arc::new(err);
                 state.failure = Some(Failure {
                     error: Arc::clone(&error),
+                    failed_at,
                     retry_at,
                 });
                 Err(error)
