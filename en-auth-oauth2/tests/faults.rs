@@ -367,3 +367,66 @@ fn cache_keys_change_with_every_input() {
         base().with_scopes(["b", "a"]).cache_key()
     );
 }
+
+#[tokio::test]
+async fn hostile_rate_limit_headers_and_lifetimes_are_typed_outcomes_never_panics() {
+    // A reset ten years ahead, and no Retry-After: beyond any budget, so rate limited at once.
+    let far_reset = (chrono::Utc::now().timestamp() + 10 * 365 * 86_400).to_string();
+    for (retry_after, reset) in [
+        (Some("18446744073709551615"), None),
+        (Some("10000000000000"), None),
+        (None, Some(far_reset.as_str())),
+    ] {
+        let idp = idp().await;
+        let mut headers = Vec::new();
+        if let Some(retry_after) = retry_after {
+            headers.push(("retry-after".to_string(), retry_after.to_string()));
+        }
+        if let Some(reset) = reset {
+            headers.push(("x-ratelimit-reset".into(), reset.into()));
+        }
+        idp.push_faults([Fault::Respond {
+            status: 429,
+            headers,
+            body: String::new(),
+        }]);
+        // The default policy: retries within 30 s.
+        let auth = AuthMiddleware::new(authorizer(&idp));
+        for _ in 0..10 {
+            let err = auth.access_token().await.unwrap_err();
+            assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+        }
+        assert_eq!(
+            idp.token_requests(),
+            1,
+            "{retry_after:?} {reset:?}: remembered, not retried"
+        );
+    }
+
+    for (expires_in, expected_token) in [("0", false), ("-5", false), ("1e12", true)] {
+        let idp = idp().await;
+        for _ in 0..2 {
+            idp.push_faults([Fault::json(
+                200,
+                &format!(
+                    r#"{{"access_token":"t","token_type":"Bearer","expires_in":{expires_in}}}"#
+                ),
+            )]);
+        }
+        let auth = AuthMiddleware::new(authorizer(&idp));
+        for _ in 0..10 {
+            match auth.access_token().await {
+                Ok(token) => assert!(expected_token && token == "t"),
+                Err(err) => assert!(
+                    !expected_token && matches!(err, Error::InvalidResponse { .. }),
+                    "{expires_in}: {err:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            idp.token_requests(),
+            1,
+            "expires_in {expires_in}: one request"
+        );
+    }
+}
