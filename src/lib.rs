@@ -56,3 +56,9 @@ pub mod verify {
 pub mod srp {
     pub use en_auth_srp::*;
 }
+
+/// The same lifecycle for hyper, tonic and any tower client (`AuthLayer`).
+#[cfg(feature = "tower")]
+pub mod tower {
+    pub use en_auth_tower::*;
+}

@@ -1,0 +1,90 @@
+//! [`AuthInterceptor`]: a synchronous tonic interceptor over the token cache.
+
+use en_auth_core::secrecy::ExposeSecret;
+use en_auth_core::{Authorizer, TokenCache};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// A tonic interceptor (`Client::with_interceptor`) that adds the cached token to each call.
+///
+/// Interceptors cannot wait, so this one only reads the cache: with a usable token the call
+/// gets `authorization: Bearer <token>` (and `x-api-key` when configured); with none yet it
+/// starts the one shared fetch in the background and fails the call with
+/// `Status::unavailable`. Call [`TokenCache::warm_up`] before serving to avoid that, or use
+/// [`AuthLayer`](crate::AuthLayer), which waits for the token and also handles
+/// `UNAUTHENTICATED` answers.
+///
+/// ```no_run
+/// # async fn demo<A: en_auth_core::Authorizer>(authorizer: A) -> Result<(), en_auth_core::Error> {
+/// use en_auth_core::TokenCache;
+/// use en_auth_tower::AuthInterceptor;
+/// let cache = TokenCache::new(authorizer);
+/// cache.warm_up().await?;
+/// let interceptor = AuthInterceptor::new(cache);
+/// // let client = MyServiceClient::with_interceptor(channel, interceptor);
+/// # let _ = interceptor; Ok(()) }
+/// ```
+pub struct AuthInterceptor<A: Authorizer> {
+    cache: TokenCache<A>,
+    api_key: Option<AsciiMetadataValue>,
+}
+
+impl<A: Authorizer> Clone for AuthInterceptor<A> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            api_key: self.api_key.clone(),
+        }
+    }
+}
+
+impl<A: Authorizer> std::fmt::Debug for AuthInterceptor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthInterceptor")
+            .field("cache", &self.cache)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+impl<A: Authorizer> AuthInterceptor<A> {
+    /// An interceptor reading `cache`.
+    pub fn new(cache: TokenCache<A>) -> Self {
+        let api_key = cache
+            .authorizer()
+            .client_info()
+            .api_key()
+            .and_then(|key| MetadataValue::try_from(key.expose_secret()).ok())
+            .map(|mut value: AsciiMetadataValue| {
+                value.set_sensitive(true);
+                value
+            });
+        Self { cache, api_key }
+    }
+}
+
+impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = self.cache.cached() else {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let cache = self.cache.clone();
+                runtime.spawn(async move {
+                    let _ = cache.get().await;
+                });
+            }
+            return Err(Status::unavailable(
+                "no access token yet; en-auth is fetching one (warm the cache up before serving)",
+            ));
+        };
+        let mut value = MetadataValue::try_from(token.authorization().as_bytes())
+            .map_err(|_| Status::internal("the access token is not a valid metadata value"))?;
+        value.set_sensitive(true);
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", value);
+        if let Some(key) = &self.api_key {
+            metadata.insert("x-api-key", key.clone());
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,407 @@
+//! [`AuthLayer`] and its service: the tower adapter over [`TokenCache`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use en_auth_core::secrecy::ExposeSecret;
+use en_auth_core::{Authorizer, CachedToken, TokenCache};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::ReplayBody;
+
+/// The error type of [`AuthService`]: the inner service's error, or an
+/// [`en_auth_core::Error`] when no token could be obtained — tell them apart with
+/// `err.downcast_ref::<en_auth_core::Error>()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC status code 16, `UNAUTHENTICATED`.
+const GRPC_UNAUTHENTICATED: &[u8] = b"16";
+
+/// A `tower` layer that authorizes every request of the service it wraps.
+///
+/// Each request gets `Authorization: Bearer <token>` (replacing any it had) and, when the
+/// client has an API key, `X-Api-Key`. The token comes from a [`TokenCache`]: with a cached
+/// token the request goes straight on — no waiting, no allocation for the token; it waits
+/// only when there is no usable token at all, joining the one shared fetch. The token is
+/// looked up per request, never captured when the layer is built.
+///
+/// A response with status 401, or a gRPC trailers-only response with `grpc-status: 16`
+/// (`UNAUTHENTICATED`), is reported to the cache (which drops the token under its rules) and,
+/// when the request body can be copied ([`ReplayBody`]), the request is sent once more with a
+/// new token. Replayed requests keep method, URI, version and headers; request extensions are
+/// not carried over. gRPC calls are never replayed.
+///
+/// Errors: the service's error is [`BoxError`], holding either the inner service's error or
+/// an [`en_auth_core::Error`] when no token could be obtained (tonic turns it into a
+/// `Status` with the error's text).
+///
+/// ```no_run
+/// use en_auth_core::TokenCache;
+/// use en_auth_tower::AuthLayer;
+/// # fn demo<A: en_auth_core::Authorizer, S: Clone>(authorizer: A, channel: S) {
+/// let cache = TokenCache::new(authorizer);
+/// let layer = AuthLayer::from_cache(cache.clone()); // the same cache can back an AuthMiddleware
+/// let service = tower_layer::Layer::layer(&layer, channel);
+/// # let _ = service; }
+/// ```
+pub struct AuthLayer<A: Authorizer> {
+    cache: TokenCache<A>,
+    api_key: Option<HeaderValue>,
+    replay: bool,
+}
+
+impl<A: Authorizer> Clone for AuthLayer<A> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            api_key: self.api_key.clone(),
+            replay: self.replay,
+        }
+    }
+}
+
+impl<A: Authorizer> std::fmt::Debug for AuthLayer<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("cache", &self.cache)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .field("replay", &self.replay)
+            .finish()
+    }
+}
+
+impl<A: Authorizer> AuthLayer<A> {
+    /// A layer with its own token cache and the default lifecycle policy.
+    pub fn new(authorizer: A) -> Self {
+        Self::from_cache(TokenCache::new(authorizer))
+    }
+
+    /// A layer over an existing cache, shared with other adapters.
+    pub fn from_cache(cache: TokenCache<A>) -> Self {
+        let api_key =
+            cache
+                .authorizer()
+                .client_info()
+                .api_key()
+                .and_then(|key| match HeaderValue::from_str(key.expose_secret()) {
+                    Ok(mut value) => {
+                        value.set_sensitive(true);
+                        Some(value)
+                    }
+                    Err(_) => {
+                        tracing::warn!("the API key is not a valid header value; it is not sent");
+                        None
+                    }
+                });
+        Self {
+            cache,
+            api_key,
+            replay: true,
+        }
+    }
+
+    /// Whether to replay a rejected request once with a new token (default `true`).
+    pub fn replay_on_unauthorized(mut self, replay: bool) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The token cache behind this layer.
+    pub fn cache(&self) -> &TokenCache<A> {
+        &self.cache
+    }
+
+    fn authorize<B>(&self, request: &mut Request<B>, token: &CachedToken<A::Token>) {
+        let headers = request.headers_mut();
+        headers.insert(http::header::AUTHORIZATION, token.authorization().clone());
+        if let Some(key) = &self.api_key {
+            headers.insert(X_API_KEY, key.clone());
+        }
+    }
+}
+
+impl<S, A: Authorizer> Layer<S> for AuthLayer<A> {
+    type Service = AuthService<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: Arc::new(self.clone()),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] builds around `S`.
+pub struct AuthService<S, A: Authorizer> {
+    inner: S,
+    auth: Arc<AuthLayer<A>>,
+}
+
+impl<S: Clone, A: Authorizer> Clone for AuthService<S, A> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, A: Authorizer> std::fmt::Debug for AuthService<S, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl<S, A, ReqB, ResB> Service<Request<ReqB>> for AuthService<S, A>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, A, ReqB, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        // The service that was polled ready is the one to call; a fresh clone stays behind
+        // for the next poll_ready (calling an unpolled clone breaks buffered services).
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let auth = Arc::clone(&self.auth);
+        let Some(token) = auth.cache.cached() else {
+            return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
+        };
+        let replay = if auth.replay {
+            Saved::prepare(&request)
+        } else {
+            None
+        };
+        auth.authorize(&mut request, &token);
+        let future = ready.call(request);
+        let replay = replay.map(|(saved, body)| (saved, body, ready));
+        ResponseFuture {
+            state: State::Sent {
+                future,
+                rejection: Some(Rejection {
+                    auth,
+                    token,
+                    replay,
+                }),
+            },
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// What is needed if the API rejects the token: whom to tell, and how to send again.
+struct Rejection<S, A: Authorizer, ReqB> {
+    auth: Arc<AuthLayer<A>>,
+    token: Arc<CachedToken<A::Token>>,
+    replay: Option<(Saved, ReqB, S)>,
+}
+
+pin_project! {
+    /// The future of [`AuthService::call`]. With a cached token it is the inner service's
+    /// future plus a check of the response status, with nothing allocated; it boxes only
+    /// when there was no token or the API rejected it.
+    pub struct ResponseFuture<S, A, ReqB, ResB>
+    where
+        S: Service<Request<ReqB>>,
+        A: Authorizer,
+    {
+        #[pin]
+        state: State<S, A, ReqB, ResB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, A, ReqB, ResB>
+    where
+        S: Service<Request<ReqB>>,
+        A: Authorizer,
+    {
+        Sent {
+            #[pin]
+            future: S::Future,
+            rejection: Option<Rejection<S, A, ReqB>>,
+        },
+        Slow {
+            future: BoxFuture<Response<ResB>>,
+        },
+    }
+}
+
+impl<S, A, ReqB, ResB> ResponseFuture<S, A, ReqB, ResB>
+where
+    S: Service<Request<ReqB>>,
+    A: Authorizer,
+{
+    fn slow(future: BoxFuture<Response<ResB>>) -> Self {
+        Self {
+            state: State::Slow { future },
+        }
+    }
+}
+
+impl<S, A, ReqB, ResB> Future for ResponseFuture<S, A, ReqB, ResB>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + 'static,
+    ResB: Send + 'static,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Sent { future, rejection } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if !is_rejection(&response) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    match rejection.take() {
+                        Some(r) => Box::pin(after_rejection(r.auth, r.token, r.replay, response))
+                            as BoxFuture<Response<ResB>>,
+                        None => return Poll::Ready(Ok(response)),
+                    }
+                }
+                StateProj::Slow { future } => return future.as_mut().poll(cx),
+            };
+            self.as_mut()
+                .project()
+                .state
+                .set(State::Slow { future: next });
+        }
+    }
+}
+
+/// Whether the API refused the token: HTTP 401, or gRPC `UNAUTHENTICATED` in a trailers-only
+/// response.
+fn is_rejection<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        || response
+            .headers()
+            .get(GRPC_STATUS)
+            .is_some_and(|status| status.as_bytes() == GRPC_UNAUTHENTICATED)
+}
+
+/// What it takes to send a request again, saved before it is sent.
+struct Saved {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Saved {
+    fn prepare<B: ReplayBody>(request: &Request<B>) -> Option<(Self, B)> {
+        let body = request.body().try_clone_body()?;
+        Some((
+            Saved {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                headers: request.headers().clone(),
+            },
+            body,
+        ))
+    }
+
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// No usable token when the request arrived: wait for the shared fetch, then send.
+async fn authorize_then_send<S, A, ReqB, ResB>(
+    auth: Arc<AuthLayer<A>>,
+    mut service: S,
+    mut request: Request<ReqB>,
+) -> Result<Response<ResB>, BoxError>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    let token = auth.cache.get().await.map_err(BoxError::from)?;
+    let replay = if auth.replay {
+        Saved::prepare(&request)
+    } else {
+        None
+    };
+    auth.authorize(&mut request, &token);
+    let response = service.call(request).await.map_err(Into::into)?;
+    if !is_rejection(&response) {
+        return Ok(response);
+    }
+    let replay = replay.map(|(saved, body)| (saved, body, service));
+    after_rejection(auth, token, replay, response).await
+}
+
+/// The API refused `token`: report it, and replay the request once with a new token when
+/// it can be replayed and the cache has a different token to offer.
+async fn after_rejection<S, A, ReqB, ResB>(
+    auth: Arc<AuthLayer<A>>,
+    token: Arc<CachedToken<A::Token>>,
+    replay: Option<(Saved, ReqB, S)>,
+    response: Response<ResB>,
+) -> Result<Response<ResB>, BoxError>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + 'static,
+    ResB: Send + 'static,
+{
+    auth.cache.invalidate(&token).await;
+    let Some((saved, body, mut service)) = replay else {
+        tracing::debug!("rejected request not replayed: its body cannot be sent twice");
+        return Ok(response);
+    };
+    let new_token = auth.cache.get().await.map_err(BoxError::from)?;
+    if new_token.same_token(&token) {
+        tracing::debug!("rejected request not replayed: no new token to offer");
+        return Ok(response);
+    }
+    let mut request = saved.into_request(body);
+    auth.authorize(&mut request, &new_token);
+    auth.cache.record_replay();
+    drop(response);
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    service.call(request).await.map_err(Into::into)
+}

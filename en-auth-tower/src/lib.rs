@@ -1,0 +1,28 @@
+//! en-auth for tower clients: [`AuthLayer`] authorizes every request of a hyper client, a
+//! tonic `Channel` or any `tower::Service<http::Request<B>>`, over the same token lifecycle
+//! ([`TokenCache`](en_auth_core::TokenCache)) as the reqwest middleware.
+//!
+//! ```no_run
+//! # use en_auth_core::Authorizer;
+//! # fn demo<A: Authorizer, S: Clone>(authorizer: A, hyper_or_tonic_service: S) {
+//! use en_auth_tower::AuthLayer;
+//! let service = tower_layer::Layer::layer(&AuthLayer::new(authorizer), hyper_or_tonic_service);
+//! # let _ = service; }
+//! ```
+//!
+//! The layer holds no token logic: it asks the cache for a token, sets the headers, and
+//! reports a 401 (or gRPC `UNAUTHENTICATED`) to the cache. Share one cache between an
+//! [`AuthMiddleware`](en_auth_core::AuthMiddleware) and an [`AuthLayer`] with
+//! [`AuthLayer::from_cache`] for one token for both.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod body;
+#[cfg(feature = "tonic")]
+mod interceptor;
+mod layer;
+
+pub use body::ReplayBody;
+#[cfg(feature = "tonic")]
+pub use interceptor::AuthInterceptor;
+pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
