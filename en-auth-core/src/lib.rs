@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audience;
 mod authorizer;
 mod credentials;
 mod endpoint;
@@ -38,6 +39,7 @@ mod retry;
 mod store;
 mod token;
 
+pub use audience::{Audience, AudienceMiddleware, DefaultAudience};
 pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{

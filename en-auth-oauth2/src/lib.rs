@@ -24,5 +24,5 @@ pub mod env;
 mod response;
 
 pub use authorizer::{ClientAuthentication, ServiceAccountAuthorizer};
-pub use en_auth_core::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
+pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::token_http_client;

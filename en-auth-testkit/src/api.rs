@@ -32,6 +32,7 @@ pub struct SeenRequest {
 
 struct ApiState {
     idp: Arc<IdpState>,
+    audience: Option<String>,
     requests: AtomicU64,
     reject_next: AtomicU64,
     seen: Mutex<Vec<SeenRequest>>,
@@ -48,8 +49,22 @@ pub struct ProtectedApi {
 impl ProtectedApi {
     /// Starts an API that trusts `idp`.
     pub async fn start(idp: &LocalIdp) -> std::io::Result<Self> {
+        Self::start_with_audience(idp, None).await
+    }
+
+    /// Starts an API that accepts only tokens `idp` issued for `audience` (the Auth0
+    /// `audience` parameter of the token request).
+    pub async fn start_for_audience(idp: &LocalIdp, audience: &str) -> std::io::Result<Self> {
+        Self::start_with_audience(idp, Some(audience.to_owned())).await
+    }
+
+    async fn start_with_audience(
+        idp: &LocalIdp,
+        audience: Option<String>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(ApiState {
             idp: Arc::clone(&idp.state),
+            audience,
             requests: AtomicU64::new(0),
             reject_next: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
@@ -112,7 +127,14 @@ async fn handle(
         .reject_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    let ok = !forced && token.as_deref().is_some_and(|t| state.idp.accepts(t));
+    let ok = !forced
+        && token.as_deref().is_some_and(|t| {
+            state.idp.accepts(t)
+                && state
+                    .audience
+                    .as_ref()
+                    .is_none_or(|want| state.idp.audience_of(t).as_ref() == Some(want))
+        });
     let status = if ok {
         StatusCode::OK
     } else {

@@ -79,12 +79,21 @@ pub(crate) struct IdpState {
     issued: AtomicU64,
     faults: Mutex<VecDeque<Fault>>,
     live: Mutex<HashMap<String, Option<Instant>>>,
+    /// The `audience` each token was issued for, when the request named one.
+    audience_of: Mutex<HashMap<String, String>>,
+    /// Token requests per requested `audience` ("" for none).
+    requests_by_audience: Mutex<HashMap<String, u64>>,
 }
 
 impl IdpState {
     /// Whether `token` was issued here, is not revoked and has not expired.
     pub(crate) fn accepts(&self, token: &str) -> bool {
         matches!(self.live.lock().get(token), Some(expiry) if expiry.is_none_or(|at| Instant::now() < at))
+    }
+
+    /// The audience `token` was issued for, if its request named one.
+    pub(crate) fn audience_of(&self, token: &str) -> Option<String> {
+        self.audience_of.lock().get(token).cloned()
     }
 }
 
@@ -104,6 +113,8 @@ impl LocalIdp {
             issued: AtomicU64::new(0),
             faults: Mutex::new(VecDeque::new()),
             live: Mutex::new(HashMap::new()),
+            audience_of: Mutex::new(HashMap::new()),
+            requests_by_audience: Mutex::new(HashMap::new()),
         });
         let router = Router::new()
             .route("/oauth/token", post(token_endpoint))
@@ -132,6 +143,16 @@ impl LocalIdp {
     /// Token requests received, faulted ones included.
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Token requests that asked for `audience` (`""`: requests naming none).
+    pub fn token_requests_for(&self, audience: &str) -> u64 {
+        self.state
+            .requests_by_audience
+            .lock()
+            .get(audience)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Tokens issued.
@@ -188,6 +209,12 @@ async fn token_endpoint(
     axum::Form(form): axum::Form<HashMap<String, String>>,
 ) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
+    let audience = form.get("audience").cloned();
+    *state
+        .requests_by_audience
+        .lock()
+        .entry(audience.clone().unwrap_or_default())
+        .or_default() += 1;
     let fault = state.faults.lock().pop_front();
     match fault {
         Some(Fault::Respond {
@@ -241,6 +268,9 @@ async fn token_endpoint(
         .live
         .lock()
         .insert(token.clone(), config.lifetime.map(|l| Instant::now() + l));
+    if let Some(audience) = audience {
+        state.audience_of.lock().insert(token.clone(), audience);
+    }
     let mut body = serde_json::json!({"access_token": token, "token_type": "Bearer"});
     if let Some(lifetime) = config.lifetime {
         body["expires_in"] = serde_json::json!(lifetime.as_secs_f64().ceil() as u64);
