@@ -182,27 +182,30 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        // The service that was polled ready is the one to call; a fresh clone stays behind
-        // for the next poll_ready (calling an unpolled clone breaks buffered services).
-        let fresh = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let auth = Arc::clone(&self.auth);
-        let Some(token) = auth.cache.cached() else {
+        let Some(token) = self.auth.cache.cached() else {
+            // No usable token: the request waits for the shared fetch, so it takes the service
+            // that was polled ready along, and a fresh clone stays behind for the next
+            // poll_ready (calling an unpolled clone breaks buffered services).
+            let fresh = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, fresh);
+            let auth = Arc::clone(&self.auth);
             return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
         };
-        let replay = if auth.replay {
+        // A copy of the request and a spare service for the replay, only when the body can
+        // be sent twice; the spare is polled ready before it is used.
+        let replay = if self.auth.replay {
             Saved::prepare(&request)
+                .map(|(saved, body)| Box::new((saved, body, self.inner.clone())))
         } else {
             None
         };
-        auth.authorize(&mut request, &token);
-        let future = ready.call(request);
-        let replay = replay.map(|(saved, body)| (saved, body, ready));
+        self.auth.authorize(&mut request, &token);
+        let future = self.inner.call(request);
         ResponseFuture {
             state: State::Sent {
                 future,
                 rejection: Some(Rejection {
-                    auth,
+                    auth: Arc::clone(&self.auth),
                     token,
                     replay,
                 }),
@@ -217,7 +220,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 struct Rejection<S, A: Authorizer, ReqB> {
     auth: Arc<AuthLayer<A>>,
     token: Arc<CachedToken<A::Token>>,
-    replay: Option<(Saved, ReqB, S)>,
+    replay: Option<Box<(Saved, ReqB, S)>>,
 }
 
 pin_project! {
@@ -300,13 +303,14 @@ where
 }
 
 /// Whether the API refused the token: HTTP 401, or gRPC `UNAUTHENTICATED` in a trailers-only
-/// response.
+/// response (gRPC runs over HTTP/2 only, so HTTP/1 answers skip the header lookup).
 fn is_rejection<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::UNAUTHORIZED
-        || response
-            .headers()
-            .get(GRPC_STATUS)
-            .is_some_and(|status| status.as_bytes() == GRPC_UNAUTHENTICATED)
+        || (response.version() == Version::HTTP_2
+            && response
+                .headers()
+                .get(GRPC_STATUS)
+                .is_some_and(|status| status.as_bytes() == GRPC_UNAUTHENTICATED))
 }
 
 /// What it takes to send a request again, saved before it is sent.
@@ -366,7 +370,7 @@ where
     if !is_rejection(&response) {
         return Ok(response);
     }
-    let replay = replay.map(|(saved, body)| (saved, body, service));
+    let replay = replay.map(|(saved, body)| Box::new((saved, body, service)));
     after_rejection(auth, token, replay, response).await
 }
 
@@ -375,7 +379,7 @@ where
 async fn after_rejection<S, A, ReqB, ResB>(
     auth: Arc<AuthLayer<A>>,
     token: Arc<CachedToken<A::Token>>,
-    replay: Option<(Saved, ReqB, S)>,
+    replay: Option<Box<(Saved, ReqB, S)>>,
     response: Response<ResB>,
 ) -> Result<Response<ResB>, BoxError>
 where
@@ -387,7 +391,7 @@ where
     ResB: Send + 'static,
 {
     auth.cache.invalidate(&token).await;
-    let Some((saved, body, mut service)) = replay else {
+    let Some((saved, body, mut service)) = replay.map(|boxed| *boxed) else {
         tracing::debug!("rejected request not replayed: its body cannot be sent twice");
         return Ok(response);
     };
