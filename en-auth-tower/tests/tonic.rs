@@ -168,3 +168,110 @@ async fn the_interceptor_reads_the_cache_and_asks_for_warm_up() {
         "the kicked fetch and warm_up are one fetch"
     );
 }
+
+/// Server side: every call's bearer token is verified by `en-auth-verify` against the
+/// identity provider's JWKS before it reaches the service; a bad one gets `UNAUTHENTICATED`.
+#[derive(Clone)]
+struct VerifyBearer<S> {
+    inner: S,
+    verifier: en_auth_verify::Verifier,
+    verified: Arc<AtomicU64>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for VerifyBearer<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for VerifyBearer<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let (verifier, verified) = (self.verifier.clone(), Arc::clone(&self.verified));
+        Box::pin(async move {
+            let token = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            match verifier.verify(&token).await {
+                Ok(_) => {
+                    verified.fetch_add(1, Ordering::SeqCst);
+                    inner.call(request).await
+                }
+                Err(_) => Ok(tonic::Status::unauthenticated("invalid token").into_http()),
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_calls_carry_oidc_provider_tokens_verified_against_its_jwks() {
+    use en_auth_testkit::OidcProvider;
+    let provider = OidcProvider::start(600).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let verified = Arc::new(AtomicU64::new(0));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let service = VerifyBearer {
+        inner: health,
+        verifier: en_auth_verify::Verifier::oidc(provider.issuer(), OidcProvider::API),
+        verified: Arc::clone(&verified),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let (id, secret) = OidcProvider::BASIC_CLIENT;
+    let authorizer =
+        ServiceAccountAuthorizer::new(ClientInfo::new(id, secret), provider.token_url())
+            .with_audience(OidcProvider::API)
+            .with_scopes(["read:data"]);
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let client = HealthClient::new(AuthLayer::new(authorizer).layer(channel.clone()));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut client = client.clone();
+        calls.spawn(async move { client.check(check()).await.map(|_| ()) });
+    }
+    while let Some(result) = calls.join_next().await {
+        result.unwrap().expect("verified by the server");
+    }
+    assert_eq!(verified.load(Ordering::SeqCst), 200);
+    assert_eq!(
+        provider.token_requests().await,
+        1,
+        "one token for 200 cold calls"
+    );
+
+    // Without the layer the server refuses.
+    let mut bare = HealthClient::new(channel);
+    let status = bare.check(check()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
