@@ -635,7 +635,9 @@ impl<A: Authorizer> TokenCache<A> {
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         match self.cached() {
             Some(token) => Ok(token),
-            None => self.obtain().await,
+            // Boxed so that the hot path's future stays small: every adapter's per-request
+            // future embeds this one, and moving a large state costs on every request.
+            None => Box::pin(self.obtain()).await,
         }
     }
 
