@@ -56,6 +56,135 @@ pub enum DefaultAudience {
 
 type Factory<A> = dyn Fn(&Audience) -> A + Send + Sync;
 
+/// The routing behind [`AudienceMiddleware`] (and the tower `AudienceLayer`): which audience a
+/// request gets, and one adapter `T` per audience — created on first use from a factory,
+/// capped in number. Adapters share nothing but what the factory shares.
+pub struct AudienceRouter<A: Authorizer, T> {
+    make: Box<Factory<A>>,
+    adapt: fn(TokenCache<A>) -> T,
+    policy: LifecyclePolicy,
+    routes: Vec<(String, Audience)>,
+    default: DefaultAudience,
+    max_audiences: usize,
+    adapters: RwLock<HashMap<Audience, T>>,
+}
+
+impl<A: Authorizer, T: Clone> AudienceRouter<A, T> {
+    /// A router building each audience's authorizer with `make` and its adapter with
+    /// `adapt`. Requests without an audience are refused until a default is set.
+    pub fn new(
+        make: impl Fn(&Audience) -> A + Send + Sync + 'static,
+        adapt: fn(TokenCache<A>) -> T,
+    ) -> Self {
+        Self {
+            make: Box::new(make),
+            adapt,
+            policy: LifecyclePolicy::default(),
+            routes: Vec::new(),
+            default: DefaultAudience::Refuse,
+            max_audiences: 32,
+            adapters: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Requests whose URL starts with `url_prefix` get `audience` (the longest matching
+    /// prefix wins; an [`Audience`] extension on the request wins over any route).
+    pub fn add_route(&mut self, url_prefix: impl Into<String>, audience: impl AsRef<str>) {
+        self.routes
+            .push((url_prefix.into(), Audience::new(audience)));
+        self.routes
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    }
+
+    /// Sets what requests with no audience get.
+    pub fn set_default(&mut self, default: DefaultAudience) {
+        self.default = default;
+    }
+
+    /// Sets the most audiences this router creates (default 32).
+    pub fn set_max_audiences(&mut self, max: usize) {
+        self.max_audiences = max;
+    }
+
+    /// Sets the lifecycle policy of every audience's cache.
+    pub fn set_policy(&mut self, policy: LifecyclePolicy) {
+        self.policy = policy;
+    }
+
+    /// Whether any URL routes are configured (adapters can skip formatting URLs otherwise).
+    pub fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    /// The adapter of `audience`, if it was created.
+    pub fn adapter(&self, audience: &Audience) -> Option<T> {
+        self.adapters.read().get(audience).cloned()
+    }
+
+    /// The audience of a request to `url` carrying `extension`.
+    pub fn audience_for(
+        &self,
+        url: Option<&str>,
+        extension: Option<&Audience>,
+    ) -> Result<Audience, Error> {
+        if let Some(audience) = extension {
+            return Ok(audience.clone());
+        }
+        if let Some((_, audience)) = url.and_then(|url| {
+            self.routes
+                .iter()
+                .find(|(prefix, _)| url.starts_with(prefix.as_str()))
+        }) {
+            return Ok(audience.clone());
+        }
+        match &self.default {
+            DefaultAudience::Use(audience) => Ok(audience.clone()),
+            DefaultAudience::Refuse => Err(Error::InvalidConfiguration {
+                setting: "audience".into(),
+                reason: "the request has no Audience extension and matches no configured route"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The adapter of `audience`, created on first use within the cap.
+    pub fn adapter_for(&self, audience: &Audience) -> Result<T, Error> {
+        if let Some(found) = self.adapters.read().get(audience) {
+            return Ok(found.clone());
+        }
+        let mut adapters = self.adapters.write();
+        if let Some(found) = adapters.get(audience) {
+            return Ok(found.clone());
+        }
+        if adapters.len() >= self.max_audiences {
+            return Err(Error::InvalidConfiguration {
+                setting: "max_audiences".into(),
+                reason: format!(
+                    "already {} audiences; raise max_audiences if this is intended",
+                    adapters.len()
+                ),
+            });
+        }
+        let cache = TokenCache::builder((self.make)(audience))
+            .policy(self.policy.clone())
+            .build();
+        let adapter = (self.adapt)(cache);
+        adapters.insert(audience.clone(), adapter.clone());
+        Ok(adapter)
+    }
+}
+
+impl<A: Authorizer, T> std::fmt::Debug for AudienceRouter<A, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudienceRouter")
+            .field("routes", &self.routes)
+            .field("default", &self.default)
+            .field("max_audiences", &self.max_audiences)
+            .field("audiences", &self.adapters.read().len())
+            .finish()
+    }
+}
+
 /// A `reqwest-middleware` middleware with one token lifecycle per audience.
 ///
 /// ```no_run
@@ -78,22 +207,13 @@ type Factory<A> = dyn Fn(&Audience) -> A + Send + Sync;
 /// created; a request for one more audience fails with [`Error::InvalidConfiguration`], so a
 /// bug that invents audiences cannot grow memory or hammer the provider.
 pub struct AudienceMiddleware<A: Authorizer> {
-    inner: Arc<Shared<A>>,
-}
-
-struct Shared<A: Authorizer> {
-    make: Box<Factory<A>>,
-    policy: LifecyclePolicy,
-    routes: Vec<(String, Audience)>,
-    default: DefaultAudience,
-    max_audiences: usize,
-    caches: RwLock<HashMap<Audience, AuthMiddleware<A>>>,
+    router: Arc<AudienceRouter<A, AuthMiddleware<A>>>,
 }
 
 impl<A: Authorizer> Clone for AudienceMiddleware<A> {
     fn clone(&self) -> Self {
         Self {
-            inner: Arc::clone(&self.inner),
+            router: Arc::clone(&self.router),
         }
     }
 }
@@ -101,9 +221,7 @@ impl<A: Authorizer> Clone for AudienceMiddleware<A> {
 impl<A: Authorizer> std::fmt::Debug for AudienceMiddleware<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AudienceMiddleware")
-            .field("routes", &self.inner.routes)
-            .field("default", &self.inner.default)
-            .field("audiences", &self.inner.caches.read().len())
+            .field("router", &self.router)
             .finish()
     }
 }
@@ -113,20 +231,13 @@ impl<A: Authorizer> AudienceMiddleware<A> {
     /// audience are refused until [`default_audience`](Self::default_audience) says otherwise.
     pub fn new(make: impl Fn(&Audience) -> A + Send + Sync + 'static) -> Self {
         Self {
-            inner: Arc::new(Shared {
-                make: Box::new(make),
-                policy: LifecyclePolicy::default(),
-                routes: Vec::new(),
-                default: DefaultAudience::Refuse,
-                max_audiences: 32,
-                caches: RwLock::new(HashMap::new()),
-            }),
+            router: Arc::new(AudienceRouter::new(make, AuthMiddleware::from_cache)),
         }
     }
 
-    fn configure(mut self, change: impl FnOnce(&mut Shared<A>)) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(shared) => change(shared),
+    fn configure(mut self, change: impl FnOnce(&mut AudienceRouter<A, AuthMiddleware<A>>)) -> Self {
+        match Arc::get_mut(&mut self.router) {
+            Some(router) => change(router),
             None => tracing::warn!(
                 "AudienceMiddleware configured after it was cloned; the change is ignored"
             ),
@@ -137,84 +248,27 @@ impl<A: Authorizer> AudienceMiddleware<A> {
     /// Requests whose URL starts with `url_prefix` get `audience` (the longest matching
     /// prefix wins; an [`Audience`] extension on the request wins over any route).
     pub fn route(self, url_prefix: impl Into<String>, audience: impl AsRef<str>) -> Self {
-        let route = (url_prefix.into(), Audience::new(audience));
-        self.configure(|shared| {
-            shared.routes.push(route);
-            shared
-                .routes
-                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        })
+        self.configure(|router| router.add_route(url_prefix, audience))
     }
 
     /// What requests with no audience get (default: [`DefaultAudience::Refuse`]).
     pub fn default_audience(self, default: DefaultAudience) -> Self {
-        self.configure(|shared| shared.default = default)
+        self.configure(|router| router.set_default(default))
     }
 
     /// The most audiences (token lifecycles) this middleware creates. Default 32.
     pub fn max_audiences(self, max: usize) -> Self {
-        self.configure(|shared| shared.max_audiences = max)
+        self.configure(|router| router.set_max_audiences(max))
     }
 
     /// The lifecycle policy of every audience's cache.
     pub fn policy(self, policy: LifecyclePolicy) -> Self {
-        self.configure(|shared| shared.policy = policy)
+        self.configure(|router| router.set_policy(policy))
     }
 
     /// The lifecycle of `audience`, if it was created.
     pub fn cache(&self, audience: &Audience) -> Option<TokenCache<A>> {
-        self.inner
-            .caches
-            .read()
-            .get(audience)
-            .map(|m| m.cache().clone())
-    }
-
-    /// The audience a request to `url` with `extensions` gets.
-    fn audience_for(&self, url: &str, extensions: &Extensions) -> Result<Audience, Error> {
-        if let Some(audience) = extensions.get::<Audience>() {
-            return Ok(audience.clone());
-        }
-        if let Some((_, audience)) = self
-            .inner
-            .routes
-            .iter()
-            .find(|(prefix, _)| url.starts_with(prefix.as_str()))
-        {
-            return Ok(audience.clone());
-        }
-        match &self.inner.default {
-            DefaultAudience::Use(audience) => Ok(audience.clone()),
-            DefaultAudience::Refuse => Err(Error::InvalidConfiguration {
-                setting: "audience".into(),
-                reason: "the request has no Audience extension and matches no configured route"
-                    .into(),
-            }),
-        }
-    }
-
-    /// The middleware of `audience`, created on first use within the cap.
-    fn middleware_for(&self, audience: &Audience) -> Result<AuthMiddleware<A>, Error> {
-        if let Some(found) = self.inner.caches.read().get(audience) {
-            return Ok(found.clone());
-        }
-        let mut caches = self.inner.caches.write();
-        if let Some(found) = caches.get(audience) {
-            return Ok(found.clone());
-        }
-        if caches.len() >= self.inner.max_audiences {
-            return Err(Error::InvalidConfiguration {
-                setting: "max_audiences".into(),
-                reason: format!(
-                    "already {} audiences; raise AudienceMiddleware::max_audiences if this is intended",
-                    caches.len()
-                ),
-            });
-        }
-        let authorizer = (self.inner.make)(audience);
-        let middleware = AuthMiddleware::with_policy(authorizer, self.inner.policy.clone());
-        caches.insert(audience.clone(), middleware.clone());
-        Ok(middleware)
+        self.router.adapter(audience).map(|m| m.cache().clone())
     }
 }
 
@@ -227,8 +281,9 @@ impl<A: Authorizer> Middleware for AudienceMiddleware<A> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let middleware = self
-            .audience_for(request.url().as_str(), extensions)
-            .and_then(|audience| self.middleware_for(&audience))
+            .router
+            .audience_for(Some(request.url().as_str()), extensions.get::<Audience>())
+            .and_then(|audience| self.router.adapter_for(&audience))
             .map_err(reqwest_middleware::Error::middleware)?;
         middleware.handle(request, extensions, next).await
     }

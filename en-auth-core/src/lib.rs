@@ -39,7 +39,7 @@ mod retry;
 mod store;
 mod token;
 
-pub use audience::{Audience, AudienceMiddleware, DefaultAudience};
+pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
 pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{

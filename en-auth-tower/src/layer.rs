@@ -181,36 +181,53 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        let Some(token) = self.auth.cache.cached() else {
-            // No usable token: the request waits for the shared fetch, so it takes the service
-            // that was polled ready along, and a fresh clone stays behind for the next
-            // poll_ready (calling an unpolled clone breaks buffered services).
-            let fresh = self.inner.clone();
-            let ready = std::mem::replace(&mut self.inner, fresh);
-            let auth = Arc::clone(&self.auth);
-            return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
-        };
-        // A copy of the request and a spare service for the replay, only when the body can
-        // be sent twice; the spare is polled ready before it is used.
-        let replay = if self.auth.replay {
-            Saved::prepare(&request)
-                .map(|(saved, body)| Box::new((saved, body, self.inner.clone())))
-        } else {
-            None
-        };
-        self.auth.authorize(&mut request, &token);
-        let future = self.inner.call(request);
-        ResponseFuture {
-            state: State::Sent {
-                future,
-                rejection: Some(Rejection {
-                    auth: Arc::clone(&self.auth),
-                    token,
-                    replay,
-                }),
-            },
-        }
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        call_authorized(&self.auth, &mut self.inner, request)
+    }
+}
+
+/// Sends `request` through `inner` (polled ready) with a token from `auth`: the body of
+/// [`AuthService::call`], shared with the per-audience service.
+pub(crate) fn call_authorized<S, A, ReqB, ResB>(
+    auth: &Arc<AuthLayer<A>>,
+    inner: &mut S,
+    mut request: Request<ReqB>,
+) -> ResponseFuture<S, A, ReqB, ResB>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    let Some(token) = auth.cache.cached() else {
+        // No usable token: the request waits for the shared fetch, so it takes the service
+        // that was polled ready along, and a fresh clone stays behind for the next
+        // poll_ready (calling an unpolled clone breaks buffered services).
+        let fresh = inner.clone();
+        let ready = std::mem::replace(inner, fresh);
+        let auth = Arc::clone(auth);
+        return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
+    };
+    // A copy of the request and a spare service for the replay, only when the body can be
+    // sent twice; the spare is polled ready before it is used.
+    let replay = if auth.replay {
+        Saved::prepare(&request).map(|(saved, body)| Box::new((saved, body, inner.clone())))
+    } else {
+        None
+    };
+    auth.authorize(&mut request, &token);
+    let future = inner.call(request);
+    ResponseFuture {
+        state: State::Sent {
+            future,
+            rejection: Some(Rejection {
+                auth: Arc::clone(auth),
+                token,
+                replay,
+            }),
+        },
     }
 }
 
@@ -260,7 +277,7 @@ where
     S: Service<Request<ReqB>>,
     A: Authorizer,
 {
-    fn slow(future: BoxFuture<Response<ResB>>) -> Self {
+    pub(crate) fn slow(future: BoxFuture<Response<ResB>>) -> Self {
         Self {
             state: State::Slow { future },
         }

@@ -17,11 +17,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audience;
 mod body;
 #[cfg(feature = "tonic")]
 mod interceptor;
 mod layer;
 
+pub use audience::{AudienceLayer, AudienceService};
 pub use body::ReplayBody;
 #[cfg(feature = "tonic")]
 pub use interceptor::AuthInterceptor;

@@ -196,3 +196,50 @@ async fn no_token_surfaces_as_a_typed_en_auth_error() {
     );
     assert_eq!(api.requests(), 0, "nothing sent without a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_layer_gives_each_api_its_own_token() {
+    const BILLING: &str = "https://billing.example.com";
+    const ORDERS: &str = "https://orders.example.com";
+    let idp = LocalIdp::start(IdpConfig::default()).await.unwrap();
+    let billing = ProtectedApi::start_for_audience(&idp, BILLING)
+        .await
+        .unwrap();
+    let orders = ProtectedApi::start_for_audience(&idp, ORDERS)
+        .await
+        .unwrap();
+    let (id, secret, token_url) = (idp.client_id(), idp.client_secret(), idp.token_url());
+    let layer = en_auth_tower::AudienceLayer::new(move |audience: &en_auth_core::Audience| {
+        ServiceAccountAuthorizer::new(ClientInfo::new(&id, &secret), &token_url)
+            .with_audience(audience.as_str())
+    })
+    .route(billing.url("/"), BILLING)
+    .max_audiences(2);
+    let service = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    for _ in 0..10 {
+        assert_eq!(send(&service, get(billing.url("/a"))).await.status(), 200);
+        let mut request = get(orders.url("/b"));
+        request
+            .extensions_mut()
+            .insert(en_auth_core::Audience::new(ORDERS));
+        assert_eq!(send(&service, request).await.status(), 200);
+    }
+    assert_eq!(idp.token_requests_for(BILLING), 1);
+    assert_eq!(idp.token_requests_for(ORDERS), 1);
+
+    // No audience for this URL: refused before sending; a third audience: over the cap.
+    let err = service
+        .clone()
+        .oneshot(get(orders.url("/c")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no Audience"), "{err}");
+    let mut third = get(orders.url("/d"));
+    third
+        .extensions_mut()
+        .insert(en_auth_core::Audience::new("https://third.example.com"));
+    let err = service.clone().oneshot(third).await.unwrap_err();
+    assert!(err.to_string().contains("max_audiences"), "{err}");
+    assert_eq!(orders.requests(), 10);
+    assert_eq!(idp.token_requests(), 2);
+}
