@@ -365,3 +365,39 @@ fn fmt_reset(retry_after: Option<Duration>, reset_at: Option<DateTime<Utc>>) -> 
         (None, None) => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_failures_are_not_transient_other_transport_errors_are() {
+        let certificate = Error::transport(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert!(certificate.is_certificate_failure());
+        assert!(!certificate.is_transient());
+        let refused = Error::transport(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert!(!refused.is_certificate_failure());
+        assert!(refused.is_transient());
+    }
+
+    #[test]
+    fn a_shared_copy_keeps_the_message_and_chain_and_counts_down() {
+        let original = Arc::new(Error::transport(std::io::Error::other("reset by peer")));
+        let copy = original.shared_copy(Duration::ZERO);
+        assert_eq!(copy.to_string(), original.to_string());
+        let source = std::error::Error::source(&copy).expect("a source");
+        assert_eq!(source.to_string(), "reset by peer");
+
+        let limited = Arc::new(Error::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+            reset_at: None,
+        });
+        let later = limited.shared_copy(Duration::from_secs(45));
+        assert_eq!(later.retry_after(), Some(Duration::from_secs(15)));
+    }
+}

@@ -218,6 +218,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hanging_attempt_is_cut_off_at_the_budget() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), _> = RetryPolicy::default()
+            .with_max_elapsed(Duration::from_secs(5))
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Error::Transport { timeout: true, .. })),
+            "{result:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry past the budget");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_would_outlast_the_budget_is_not_started() {
+        // Each attempt takes 2 s and fails; with a 5 s budget, the second attempt would end
+        // after 2 + backoff + 2 > ... so only as many attempts as fit are made.
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), _> = RetryPolicy::default()
+            .with_max_attempts(10)
+            .with_max_elapsed(Duration::from_secs(5))
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Err(Error::ServerError {
+                    status: 503,
+                    retry_after: None,
+                })
+            })
+            .await;
+        assert!(matches!(result, Err(Error::ServerError { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() <= Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retry_after_is_waited_out() {
         let calls = AtomicU32::new(0);
         let started = Instant::now();
