@@ -56,6 +56,50 @@ pub enum DefaultAudience {
 
 type Factory<A> = dyn Fn(&Audience) -> A + Send + Sync;
 
+/// A configured URL prefix, compared by parts: scheme, host and port exactly, the path on
+/// segment boundaries — so `https://billing.example.com` never matches
+/// `https://billing.example.com.evil.net/` or `https://billing.example.com@evil.net/`.
+#[derive(Clone, Debug)]
+struct RoutePrefix {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+impl RoutePrefix {
+    fn parse(prefix: &str) -> Option<Self> {
+        let url = url::Url::parse(prefix).ok()?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        Some(Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_owned(),
+            port: url.port_or_known_default(),
+            path: url.path().to_owned(),
+        })
+    }
+
+    fn matches(&self, url: &url::Url) -> bool {
+        if url.scheme() != self.scheme
+            || url.host_str() != Some(self.host.as_str())
+            || url.port_or_known_default() != self.port
+        {
+            return false;
+        }
+        let path = url.path();
+        path.starts_with(self.path.as_str())
+            && (self.path.ends_with('/')
+                || path.len() == self.path.len()
+                || path.as_bytes().get(self.path.len()) == Some(&b'/'))
+    }
+
+    fn len(&self) -> usize {
+        self.path.len()
+    }
+}
+
 /// The routing behind [`AudienceMiddleware`] (and the tower `AudienceLayer`): which audience a
 /// request gets, and one adapter `T` per audience — created on first use from a factory,
 /// capped in number. Adapters share nothing but what the factory shares.
@@ -63,7 +107,7 @@ pub struct AudienceRouter<A: Authorizer, T> {
     make: Box<Factory<A>>,
     adapt: fn(TokenCache<A>) -> T,
     policy: LifecyclePolicy,
-    routes: Vec<(String, Audience)>,
+    routes: Vec<(RoutePrefix, Audience)>,
     default: DefaultAudience,
     max_audiences: usize,
     adapters: RwLock<HashMap<Audience, T>>,
@@ -87,11 +131,20 @@ impl<A: Authorizer, T: Clone> AudienceRouter<A, T> {
         }
     }
 
-    /// Requests whose URL starts with `url_prefix` get `audience` (the longest matching
-    /// prefix wins; an [`Audience`] extension on the request wins over any route).
+    /// Requests to `url_prefix` get `audience`: same scheme, host and port, and a path
+    /// under the prefix's path on a segment boundary (the longest matching prefix wins; an
+    /// [`Audience`] extension on the request wins over any route). A prefix that is not an
+    /// absolute URL (or carries a user name) is ignored with an error in the log.
     pub fn add_route(&mut self, url_prefix: impl Into<String>, audience: impl AsRef<str>) {
-        self.routes
-            .push((url_prefix.into(), Audience::new(audience)));
+        let url_prefix = url_prefix.into();
+        let Some(prefix) = RoutePrefix::parse(&url_prefix) else {
+            tracing::error!(
+                prefix = %url_prefix,
+                "audience route ignored: the prefix is not an absolute URL without user info"
+            );
+            return;
+        };
+        self.routes.push((prefix, Audience::new(audience)));
         self.routes
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
@@ -124,17 +177,15 @@ impl<A: Authorizer, T: Clone> AudienceRouter<A, T> {
     /// The audience of a request to `url` carrying `extension`.
     pub fn audience_for(
         &self,
-        url: Option<&str>,
+        url: Option<&url::Url>,
         extension: Option<&Audience>,
     ) -> Result<Audience, Error> {
         if let Some(audience) = extension {
             return Ok(audience.clone());
         }
-        if let Some((_, audience)) = url.and_then(|url| {
-            self.routes
-                .iter()
-                .find(|(prefix, _)| url.starts_with(prefix.as_str()))
-        }) {
+        if let Some((_, audience)) =
+            url.and_then(|url| self.routes.iter().find(|(prefix, _)| prefix.matches(url)))
+        {
             return Ok(audience.clone());
         }
         match &self.default {
@@ -282,7 +333,7 @@ impl<A: Authorizer> Middleware for AudienceMiddleware<A> {
     ) -> reqwest_middleware::Result<Response> {
         let middleware = self
             .router
-            .audience_for(Some(request.url().as_str()), extensions.get::<Audience>())
+            .audience_for(Some(request.url()), extensions.get::<Audience>())
             .and_then(|audience| self.router.adapter_for(&audience))
             .map_err(reqwest_middleware::Error::middleware)?;
         middleware.handle(request, extensions, next).await

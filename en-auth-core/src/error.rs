@@ -160,21 +160,25 @@ impl Error {
     }
 
     /// Whether this is a transport failure caused by the server's TLS certificate (untrusted
-    /// issuer, wrong name, expired), judged from the error chain.
+    /// issuer, wrong name, expired), judged from the causes in the error chain. reqwest's own
+    /// error is skipped (its text names the URL, which proves nothing), and a timeout is
+    /// never a certificate failure.
     pub fn is_certificate_failure(&self) -> bool {
-        let Error::Transport { message, .. } = self else {
+        let Error::Transport { timeout, .. } = self else {
             return false;
         };
+        if *timeout {
+            return false;
+        }
         let mentions_certificate = |text: &str| {
             let text = text.to_ascii_lowercase();
             text.contains("certificate") || text.contains("unknownissuer")
         };
-        if mentions_certificate(message) {
-            return true;
-        }
         let mut cause = std::error::Error::source(self);
         while let Some(err) = cause {
-            if mentions_certificate(&err.to_string()) {
+            if err.downcast_ref::<reqwest::Error>().is_none()
+                && mentions_certificate(&err.to_string())
+            {
                 return true;
             }
             cause = err.source();
@@ -383,6 +387,13 @@ mod tests {
         ));
         assert!(!refused.is_certificate_failure());
         assert!(refused.is_transient());
+        // A URL that happens to contain the word proves nothing.
+        let by_name = Error::Transport {
+            message: "error sending request for url (https://certificate.example.com/token)".into(),
+            timeout: false,
+            source: None,
+        };
+        assert!(by_name.is_transient());
     }
 
     #[test]

@@ -13,12 +13,16 @@
 //!    outcome through a shared handle; a caller that gives up (its own timeout, a dropped
 //!    request) cancels nothing — the fetch finishes, its token lands in the cache and serves
 //!    whoever comes next. The fetch has its own deadline: [`RetryPolicy::max_elapsed`] bounds
-//!    every attempt and the waits between them.
+//!    every attempt and the waits between them; with a store, each store call is cut off
+//!    after [`STORE_CALL_TIMEOUT`] (and counts as a store failure), and the whole fetch
+//!    after the retry budget plus the store's share.
 //! 3. **Stale-while-revalidate.** A token counts as stale [`EXPIRATION_GAP`](crate::EXPIRATION_GAP)
 //!    before it expires (per-cache override: [`LifecyclePolicy::expiration_gap`]; the gap is
 //!    clamped to half the token's lifetime so short tokens are still used). A stale token that
 //!    has not expired is still served at once; seeing it only *starts* a refresh in the
-//!    background (at most one). Requests wait only when there is no usable token at all.
+//!    background (at most one, and never sooner than a second — or half its life — after the
+//!    token arrived, so a token that looks stale on arrival is not refetched back to back).
+//!    Requests wait only when there is no usable token at all.
 //! 4. **Default lifetime; no dead tokens.** A token without an expiry lives
 //!    [`LifecyclePolicy::default_lifetime`] (at least [`MIN_DEFAULT_LIFETIME`]). A token that
 //!    arrives already expired (`expires_in: 0`, or an expiry in the past) is refused as
@@ -35,10 +39,13 @@
 //! 6. **Serve while valid.** A token that has not actually expired keeps being served
 //!    through all failures; only its hard expiry ends it.
 //! 7. **Rejection, bounded.** When an API rejects a token (401), [`TokenCache::invalidate`]
-//!    drops it only if it is still the cached one — a burst of 401s for one token causes one
-//!    fetch — and at most once per [`LifecyclePolicy::rejection_interval`]: an API that
-//!    answers 401 to everything costs one provider call per interval, not one per request,
-//!    and the other APIs served by the same cache keep their token.
+//!    marks it rejected only if it is still the cached one — a burst of 401s for one token
+//!    causes one fetch — and at most once per [`LifecyclePolicy::rejection_interval`]: an API
+//!    that answers 401 to everything costs one provider call per interval, not one per
+//!    request. A rejected token is replaced at once: requests wait for the one refresh (the
+//!    rejected request is replayed with the new token). If that refresh fails, the rejected
+//!    token goes on serving the other APIs until it expires, so one API's 401 during a
+//!    provider outage does not become an outage of every API.
 //! 8. **Background refresh (opt-in).** With [`TokenCacheBuilder::background_refresh`], a task
 //!    refreshes the token shortly before it turns stale (jittered, so a fleet does not
 //!    refresh in lockstep) and keeps retrying failures on the backoff schedule; once warm
@@ -233,6 +240,20 @@ fn jitter_up_to(d: Duration) -> Duration {
     Duration::from_nanos(fastrand::u64(0..=ns))
 }
 
+/// See [`CachedToken::min_refresh_at_ms`].
+const MIN_REFRESH_SPACING_MS: i64 = 1_000;
+
+/// Each call to a [`TokenStore`] is given this long; a store that takes longer counts as
+/// failing, and the fetch goes on without it.
+pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `now + d`, or a day from now when `d` is too large to add.
+fn instant_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -252,6 +273,9 @@ pub struct CachedToken<T> {
     /// For tokens without an expiry: `refresh_at_ms` is authoritative (the authorizer cannot
     /// judge a token without an expiry).
     no_own_expiry: bool,
+    /// When this cache obtained it, in milliseconds since the epoch.
+    obtained_at_ms: i64,
+    /// An API refused it: replace it now (it is still served to others until replaced).
     rejected: AtomicBool,
 }
 
@@ -301,6 +325,7 @@ impl<T: AccessToken> CachedToken<T> {
             expires_at_ms,
             refresh_at_ms,
             no_own_expiry,
+            obtained_at_ms: now_ms,
             rejected: AtomicBool::new(false),
         })
     }
@@ -320,13 +345,29 @@ impl<T: AccessToken> CachedToken<T> {
         self.expires_at
     }
 
-    /// Whether the token may still be sent: not expired and not rejected by an API.
+    /// Whether the token may still be sent: it has not expired. (A token an API rejected
+    /// stays usable for the other APIs until its replacement arrives; see
+    /// [`is_rejected`](Self::is_rejected).)
     pub fn is_usable(&self) -> bool {
-        self.usable_at_ms(now_millis())
+        self.unexpired_at_ms(now_millis())
     }
 
-    fn usable_at_ms(&self, now_ms: i64) -> bool {
-        now_ms < self.expires_at_ms && !self.rejected.load(Ordering::Relaxed)
+    /// Whether an API rejected this token (reported through [`TokenCache::invalidate`]).
+    pub fn is_rejected(&self) -> bool {
+        self.rejected.load(Ordering::Acquire)
+    }
+
+    fn unexpired_at_ms(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+
+    /// The earliest time a refresh for staleness may start: however stale a token looks on
+    /// arrival (a custom `expired`, a gap as long as the lifetime), it is used for at least
+    /// a second, or half its life when that is shorter, so refreshes never run back to back.
+    fn min_refresh_at_ms(&self) -> i64 {
+        let half_life = (self.expires_at_ms.saturating_sub(self.obtained_at_ms) / 2).max(0);
+        self.obtained_at_ms
+            .saturating_add(half_life.min(MIN_REFRESH_SPACING_MS))
     }
 
     /// Whether `other` carries the same access token.
@@ -399,6 +440,9 @@ struct StoreBinding<T> {
 /// What a fetch ends with; shared by everyone waiting on it.
 type Outcome<T> = Result<Arc<CachedToken<T>>, Arc<Error>>;
 
+/// Where a fetch's outcome appears.
+type OutcomeReceiver<T> = watch::Receiver<Option<Outcome<T>>>;
+
 /// The fetch in progress: where its outcome will appear.
 struct Flight<T> {
     id: u64,
@@ -429,6 +473,8 @@ struct Inner<A: Authorizer> {
     /// Unix millis before which no background refresh is started (a failure is remembered).
     next_attempt_ms: AtomicI64,
     state: Mutex<FetchState<A::Token>>,
+    /// Whether a fetch is running (read without the lock on the stale path).
+    flight_running: AtomicBool,
     store: Option<StoreBinding<A::Token>>,
     counters: Counters,
     background_started: AtomicBool,
@@ -572,6 +618,7 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
                     consecutive_failures: 0,
                     last_rejection: None,
                 }),
+                flight_running: AtomicBool::new(false),
                 store: self.store,
                 counters: Counters::default(),
                 background_started: AtomicBool::new(false),
@@ -637,7 +684,7 @@ impl<A: Authorizer> TokenCache<A> {
             Some(token) => Ok(token),
             // Boxed so that the hot path's future stays small: every adapter's per-request
             // future embeds this one, and moving a large state costs on every request.
-            None => Box::pin(self.obtain()).await,
+            None => Box::pin(self.obtain(None)).await,
         }
     }
 
@@ -653,22 +700,25 @@ impl<A: Authorizer> TokenCache<A> {
         Ok(self.get().await?.token().access_token().to_owned())
     }
 
-    /// Reports that an API rejected `rejected` (a 401). The token is dropped — here and in
-    /// the shared store — only if it is still the cached one and no token was dropped in
-    /// the last [`LifecyclePolicy::rejection_interval`]; otherwise the call changes nothing.
-    /// Returns whether the token was dropped.
+    /// Reports that an API rejected `rejected` (a 401). If it is still the cached token and
+    /// no token was rejected in the last [`LifecyclePolicy::rejection_interval`], it is
+    /// marked rejected, removed from the shared store and one refresh starts; until the
+    /// refresh succeeds, the token is still served to other requests (other APIs may accept
+    /// it, and a failing provider must not turn one API's 401 into an outage of all).
+    /// Returns whether the token was marked. Either way, a caller holding a rejected token
+    /// ([`CachedToken::is_rejected`]) can wait for its [`replacement`](Self::replacement).
     pub async fn invalidate(&self, rejected: &Arc<CachedToken<A::Token>>) -> bool {
-        let is_current = self
-            .inner
-            .current
-            .read()
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, rejected));
-        if !is_current || rejected.rejected.load(Ordering::Acquire) {
-            return false;
-        }
-        {
+        let pending = {
             let mut state = self.inner.state.lock();
+            let is_current = self
+                .inner
+                .current
+                .read()
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, rejected));
+            if !is_current || rejected.is_rejected() {
+                return false;
+            }
             let now = Instant::now();
             if state
                 .last_rejection
@@ -681,25 +731,66 @@ impl<A: Authorizer> TokenCache<A> {
                 );
                 return false;
             }
-            if rejected.rejected.swap(true, Ordering::AcqRel) {
-                return false;
-            }
+            rejected.rejected.store(true, Ordering::Release);
             state.last_rejection = Some(now);
+            if state.flight.is_none() && !self.backing_off(&state) {
+                self.register_flight(&mut state).ok()
+            } else {
+                None
+            }
+        };
+        if let Some((_, pending)) = pending {
+            pending.spawn();
         }
         bump(&self.inner.counters.invalidations);
         tracing::debug!(
             client_id = self.client_id(),
-            "token rejected by the API; dropped"
+            "token rejected by an API; refreshing"
         );
         if let Some(binding) = &self.inner.store {
             if let Ok(encoded) = (binding.encode)(rejected.token()) {
                 let encoded = SecretString::from(encoded);
-                if let Err(err) = binding.store.remove_if(&binding.key, &encoded).await {
-                    tracing::warn!(error = %err, "could not remove a rejected token from the store");
+                let removed = tokio::time::timeout(
+                    STORE_CALL_TIMEOUT,
+                    binding.store.remove_if(&binding.key, &encoded),
+                )
+                .await;
+                if !matches!(removed, Ok(Ok(()))) {
+                    tracing::warn!("could not remove a rejected token from the store");
                 }
             }
         }
         true
+    }
+
+    /// A token to use instead of `rejected`: the current one if it is another, otherwise the
+    /// outcome of the one shared fetch (joined or started), or the remembered failure while
+    /// it is backed off.
+    pub async fn replacement(
+        &self,
+        rejected: &Arc<CachedToken<A::Token>>,
+    ) -> Result<Arc<CachedToken<A::Token>>, Error> {
+        Box::pin(self.obtain(Some(rejected))).await
+    }
+
+    /// Starts the one shared fetch in the background if no usable token is cached and none
+    /// is running, without waiting (for synchronous callers such as interceptors). Returns
+    /// the remembered failure while one is being backed off.
+    pub fn start_fetch(&self) -> Result<(), Error> {
+        let pending = {
+            let mut state = self.inner.state.lock();
+            if self.usable(&state, None).is_some() || state.flight.is_some() {
+                return Ok(());
+            }
+            if let Some(failure) = &state.failure {
+                if Instant::now() < failure.retry_at {
+                    return Err(failure.error.shared_copy(failure.failed_at.elapsed()));
+                }
+            }
+            self.register_flight(&mut state)?.1
+        };
+        pending.spawn();
+        Ok(())
     }
 
     fn client_id(&self) -> &str {
@@ -722,7 +813,8 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// The cached token if it may be sent now, without waiting: the hot path. A token in its
-    /// refresh gap is returned too; seeing it starts one background refresh (rule 3).
+    /// refresh gap (or rejected by an API) is returned too while it has not expired; seeing
+    /// it starts one refresh in the background (rule 3).
     pub fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let current = self.inner.current.read();
         let entry = current.as_ref()?;
@@ -737,26 +829,51 @@ impl<A: Authorizer> TokenCache<A> {
     #[cold]
     fn stale(&self, entry: Arc<CachedToken<A::Token>>) -> Option<Arc<CachedToken<A::Token>>> {
         let now_ms = now_millis();
-        if !entry.usable_at_ms(now_ms) {
+        if !entry.unexpired_at_ms(now_ms) {
             return None;
         }
-        if now_ms >= self.inner.next_attempt_ms.load(Ordering::Relaxed) {
-            let mut state = self.inner.state.lock();
-            if state.flight.is_none() && !self.backing_off(&state) {
-                // No runtime (a synchronous caller): serve the token, refresh another time.
-                let _ = self.start_flight(&mut state);
+        if entry.is_rejected() {
+            // An API refused it: callers wait for the replacement (the slow path), unless
+            // the provider is failing — then the token still serves the other APIs.
+            let state = self.inner.state.lock();
+            return self.backing_off(&state).then_some(entry);
+        }
+        let due = now_ms >= entry.min_refresh_at_ms();
+        if due
+            && now_ms >= self.inner.next_attempt_ms.load(Ordering::Relaxed)
+            && !self.inner.flight_running.load(Ordering::Relaxed)
+        {
+            let pending = {
+                let mut state = self.inner.state.lock();
+                if state.flight.is_none() && !self.backing_off(&state) {
+                    // No runtime (a synchronous caller): serve the token, refresh later.
+                    self.register_flight(&mut state).ok()
+                } else {
+                    None
+                }
+            };
+            if let Some((_, pending)) = pending {
+                pending.spawn();
             }
         }
         Some(entry)
     }
 
-    /// The cached token if usable, stale or not.
-    fn usable(&self) -> Option<Arc<CachedToken<A::Token>>> {
+    /// The cached token if it may be handed out: not expired, not `instead_of`, and not
+    /// rejected by an API unless a failure is being backed off (then it is the best there
+    /// is). The caller holds the state lock.
+    fn usable(
+        &self,
+        state: &FetchState<A::Token>,
+        instead_of: Option<&Arc<CachedToken<A::Token>>>,
+    ) -> Option<Arc<CachedToken<A::Token>>> {
         self.inner
             .current
             .read()
             .as_ref()
             .filter(|entry| entry.is_usable())
+            .filter(|entry| instead_of.is_none_or(|old| !Arc::ptr_eq(entry, old)))
+            .filter(|entry| !entry.is_rejected() || self.backing_off(state))
             .cloned()
     }
 
@@ -768,48 +885,65 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// Slow path: join the running fetch, start one, or answer with the remembered failure.
-    async fn obtain(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
+    /// With `instead_of`, the cached token does not count while it is that one.
+    async fn obtain(
+        &self,
+        instead_of: Option<&Arc<CachedToken<A::Token>>>,
+    ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         self.start_background_refresh();
-        let mut outcome = {
+        let (mut outcome, pending) = {
             let mut state = self.inner.state.lock();
-            if let Some(token) = self.usable() {
+            if let Some(token) = self.usable(&state, instead_of) {
                 return Ok(token);
             }
             match &state.flight {
-                Some(flight) => flight.outcome.clone(),
+                Some(flight) => (flight.outcome.clone(), None),
                 None => match &state.failure {
                     Some(failure) if Instant::now() < failure.retry_at => {
                         bump(&self.inner.counters.failures_served);
                         return Err(failure.error.shared_copy(failure.failed_at.elapsed()));
                     }
-                    _ => self.start_flight(&mut state)?,
+                    _ => {
+                        let (outcome, pending) = self.register_flight(&mut state)?;
+                        (outcome, Some(pending))
+                    }
                 },
             }
         };
+        // Spawned with the lock released: a runtime that is shutting down drops the task at
+        // once, and its guard takes the lock to record that.
+        if let Some(pending) = pending {
+            pending.spawn();
+        }
         bump(&self.inner.counters.waits);
         let result = match outcome.wait_for(Option::is_some).await {
             Ok(settled) => settled.clone(),
             Err(_) => None, // the fetch task ended without an outcome; its guard recorded why
         };
         match result {
-            Some(Ok(token)) => Ok(token),
-            Some(Err(err)) => match self.usable() {
+            Some(Ok(token)) if instead_of.is_none_or(|old| !Arc::ptr_eq(&token, old)) => Ok(token),
+            Some(Ok(_)) => Err(Error::InvalidResponse {
+                status: None,
+                reason: "the provider returned the token that was just rejected".into(),
+            }),
+            Some(Err(err)) => match self.usable(&self.inner.state.lock(), instead_of) {
                 Some(token) => Ok(token),
                 None => Err(err.shared_copy(Duration::ZERO)),
             },
-            None => match self.usable() {
+            None => match self.usable(&self.inner.state.lock(), instead_of) {
                 Some(token) => Ok(token),
                 None => Err(abandoned_fetch()),
             },
         }
     }
 
-    /// Starts the one fetch (the caller holds the state lock and has checked that none is
-    /// running). Fails only without a tokio runtime.
-    fn start_flight(
+    /// Registers the one fetch (the caller holds the state lock and has checked that none is
+    /// running) and returns where its outcome will appear, and the task to spawn once the
+    /// lock is released. Fails only without a tokio runtime.
+    fn register_flight(
         &self,
         state: &mut FetchState<A::Token>,
-    ) -> Result<watch::Receiver<Option<Outcome<A::Token>>>, Error> {
+    ) -> Result<(OutcomeReceiver<A::Token>, PendingFlight<A>), Error> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidConfiguration {
                 setting: "runtime".into(),
@@ -822,22 +956,32 @@ impl<A: Authorizer> TokenCache<A> {
             id,
             outcome: outcome.clone(),
         });
+        self.inner.flight_running.store(true, Ordering::Relaxed);
         bump(&self.inner.counters.fetches);
-        let mut guard = FlightGuard {
+        let guard = FlightGuard {
             cache: self.clone(),
             id,
             publish,
             settled: false,
         };
-        runtime.spawn(async move {
-            let cache = guard.cache.clone();
-            let previous = cache.inner.current.read().clone();
-            let result = cache.fetch(previous.as_deref()).await;
-            let outcome = cache.settle(id, previous, result);
-            guard.settled = true;
-            guard.publish.send_replace(Some(outcome));
-        });
-        Ok(outcome)
+        Ok((outcome, PendingFlight { runtime, guard }))
+    }
+
+    /// The longest a fetch may take, store included: past it the fetch fails as timed out.
+    fn fetch_deadline(&self) -> Duration {
+        let policy = &self.inner.policy;
+        let store = if self.inner.store.is_some() {
+            policy
+                .store_lock_wait
+                .saturating_add(STORE_CALL_TIMEOUT.saturating_mul(4))
+        } else {
+            Duration::ZERO
+        };
+        policy
+            .retry
+            .max_elapsed
+            .saturating_add(store)
+            .saturating_add(Duration::from_secs(1))
     }
 
     /// Records a fetch's result: the new token, or the failure and when to try again.
@@ -850,6 +994,7 @@ impl<A: Authorizer> TokenCache<A> {
         let mut state = self.inner.state.lock();
         if state.flight.as_ref().is_some_and(|f| f.id == id) {
             state.flight = None;
+            self.inner.flight_running.store(false, Ordering::Relaxed);
         }
         match result {
             Ok(entry) => {
@@ -870,7 +1015,7 @@ impl<A: Authorizer> TokenCache<A> {
                     .failure_backoff(&err, state.consecutive_failures);
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                 let failed_at = Instant::now();
-                let retry_at = failed_at + delay;
+                let retry_at = instant_after(delay);
                 self.inner.next_attempt_ms.store(
                     now_millis().saturating_add(millis(delay)),
                     Ordering::Relaxed,
@@ -928,12 +1073,13 @@ impl<A: Authorizer> TokenCache<A> {
         let Some(entry) = self.inner.current.read().clone() else {
             return now;
         };
-        if entry.rejected.load(Ordering::Relaxed) {
+        if entry.is_rejected() {
             return now;
         }
         let now_ms = now_millis();
         // Up to a quarter of the refresh window early (at most 30 s), so that a fleet whose
-        // tokens were fetched together spreads its refreshes.
+        // tokens were fetched together spreads its refreshes; never before the minimum
+        // spacing after the token arrived.
         let window = entry
             .expires_at_ms
             .saturating_sub(entry.refresh_at_ms)
@@ -941,22 +1087,27 @@ impl<A: Authorizer> TokenCache<A> {
         let spread = u64::try_from((window / 4).min(30_000)).unwrap_or(0);
         let wake_ms = entry
             .refresh_at_ms
-            .saturating_sub(i64::try_from(fastrand::u64(0..=spread)).unwrap_or(0));
+            .saturating_sub(i64::try_from(fastrand::u64(0..=spread)).unwrap_or(0))
+            .max(entry.min_refresh_at_ms());
         let wait = u64::try_from(wake_ms.saturating_sub(now_ms)).unwrap_or(0);
-        now + Duration::from_millis(wait)
+        now.checked_add(Duration::from_millis(wait)).unwrap_or(now)
     }
 
-    /// One background step: join the running fetch or start one, and wait for its outcome.
-    /// Returns `None` when nothing could be started (a failure is being backed off).
-    fn background_fetch(&self) -> Option<watch::Receiver<Option<Outcome<A::Token>>>> {
-        let mut state = self.inner.state.lock();
-        if let Some(flight) = &state.flight {
-            return Some(flight.outcome.clone());
-        }
-        if self.backing_off(&state) {
-            return None;
-        }
-        self.start_flight(&mut state).ok()
+    /// One background step: join the running fetch or start one. Returns `None` when
+    /// nothing could be started (a failure is being backed off).
+    fn background_fetch(&self) -> Option<OutcomeReceiver<A::Token>> {
+        let (outcome, pending) = {
+            let mut state = self.inner.state.lock();
+            if let Some(flight) = &state.flight {
+                return Some(flight.outcome.clone());
+            }
+            if self.backing_off(&state) {
+                return None;
+            }
+            self.register_flight(&mut state).ok()?
+        };
+        pending.spawn();
+        Some(outcome)
     }
 
     /// Gets a new token: from the shared store if another holder published one, else from the
@@ -971,22 +1122,45 @@ impl<A: Authorizer> TokenCache<A> {
         if let Some(entry) = self.load_from_store(binding, previous).await {
             return Ok(entry);
         }
-        let lock_ttl = self.inner.policy.store_lock_wait;
-        let lock = match binding.store.try_lock(&binding.key, lock_ttl).await {
-            Ok(Some(lock)) => Some(lock),
-            Ok(None) => {
-                // Another holder is fetching: wait for it to publish, then fetch ourselves.
-                let deadline = Instant::now() + lock_ttl;
+        // The lock lives as long as a holder's fetch may take, so that it does not expire
+        // under a slow provider and let every waiter fetch at once.
+        let lock_ttl = self
+            .inner
+            .policy
+            .retry
+            .max_elapsed
+            .saturating_add(Duration::from_secs(5));
+        let try_lock = || {
+            tokio::time::timeout(
+                STORE_CALL_TIMEOUT,
+                binding.store.try_lock(&binding.key, lock_ttl),
+            )
+        };
+        let lock = match try_lock().await {
+            Ok(Ok(Some(lock))) => Some(lock),
+            Ok(Ok(None)) => {
+                // Another holder is fetching: wait for it to publish (polling with jitter),
+                // take the lock when it is released, or fetch ourselves after the wait.
+                let deadline = instant_after(self.inner.policy.store_lock_wait);
+                let mut taken = None;
                 while Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(40 + fastrand::u64(0..=20))).await;
                     if let Some(entry) = self.load_from_store(binding, previous).await {
                         return Ok(entry);
                     }
+                    if let Ok(Ok(Some(lock))) = try_lock().await {
+                        taken = Some(lock);
+                        break;
+                    }
                 }
+                taken
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "token store lock failed; fetching without it");
                 None
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "token store lock failed; fetching without it");
+            Err(_) => {
+                tracing::warn!("token store lock timed out; fetching without it");
                 None
             }
         };
@@ -999,8 +1173,11 @@ impl<A: Authorizer> TokenCache<A> {
             self.save_to_store(binding, entry).await;
         }
         if let Some(lock) = lock {
-            if let Err(err) = binding.store.unlock(&binding.key, lock).await {
-                tracing::warn!(error = %err, "could not release the token store lock");
+            let unlocked =
+                tokio::time::timeout(STORE_CALL_TIMEOUT, binding.store.unlock(&binding.key, lock))
+                    .await;
+            if !matches!(unlocked, Ok(Ok(()))) {
+                tracing::warn!("could not release the token store lock; it expires by itself");
             }
         }
         result
@@ -1046,10 +1223,19 @@ impl<A: Authorizer> TokenCache<A> {
         binding: &StoreBinding<A::Token>,
         previous: Option<&CachedToken<A::Token>>,
     ) -> Option<CachedToken<A::Token>> {
-        let encoded = match binding.store.load(&binding.key).await {
-            Ok(found) => found?,
-            Err(err) => {
+        let encoded = match tokio::time::timeout(
+            STORE_CALL_TIMEOUT,
+            binding.store.load(&binding.key),
+        )
+        .await
+        {
+            Ok(Ok(found)) => found?,
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "token store read failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("token store read timed out");
                 return None;
             }
         };
@@ -1079,15 +1265,56 @@ impl<A: Authorizer> TokenCache<A> {
             Ok(encoded) => SecretString::from(encoded),
             Err(_) => return,
         };
-        if let Err(err) = binding.store.save(&binding.key, &encoded, ttl).await {
-            tracing::warn!(error = %err, "token store write failed");
+        match tokio::time::timeout(
+            STORE_CALL_TIMEOUT,
+            binding.store.save(&binding.key, &encoded, ttl),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "token store write failed"),
+            Err(_) => tracing::warn!("token store write timed out"),
         }
     }
 }
 
+/// A registered fetch, to be spawned once the state lock is released.
+struct PendingFlight<A: Authorizer> {
+    runtime: tokio::runtime::Handle,
+    guard: FlightGuard<A>,
+}
+
+impl<A: Authorizer> PendingFlight<A> {
+    fn spawn(self) {
+        let PendingFlight { runtime, mut guard } = self;
+        runtime.spawn(async move {
+            let cache = guard.cache.clone();
+            let previous = cache.inner.current.read().clone();
+            let deadline = cache.fetch_deadline();
+            let result =
+                match tokio::time::timeout(deadline, cache.fetch(previous.as_deref())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Transport {
+                        message: format!(
+                            "the token fetch did not finish within its deadline of {} s (provider \
+                         and token store included)",
+                            deadline.as_secs()
+                        ),
+                        timeout: true,
+                        source: None,
+                    }),
+                };
+            let outcome = cache.settle(guard.id, previous, result);
+            guard.settled = true;
+            guard.publish.send_replace(Some(outcome));
+        });
+    }
+}
+
 /// Owned by a fetch task. If the task ends without settling — it panicked, or its runtime
-/// shut down — the drop frees the flight slot and records a transient failure, so the next
-/// caller is not left waiting on a fetch that will never finish.
+/// shut down — the drop frees the flight slot and records a transient failure (so a
+/// panicking authorizer is not called again on every request), and the next caller is not
+/// left waiting on a fetch that will never finish. Never dropped with the state lock held.
 struct FlightGuard<A: Authorizer> {
     cache: TokenCache<A>,
     id: u64,
@@ -1115,9 +1342,21 @@ fn abandoned_fetch() -> Error {
     }
 }
 
+/// Lets the background task be started again if its runtime goes away.
+struct BackgroundGuard<A: Authorizer>(Weak<Inner<A>>);
+
+impl<A: Authorizer> Drop for BackgroundGuard<A> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.background_started.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The background refresh task (rule 8). Holds the cache weakly: it ends when the cache is
 /// dropped, whether it is sleeping or waiting on a fetch.
 async fn background_refresh<A: Authorizer>(cache: Weak<Inner<A>>, mut alive: watch::Receiver<()>) {
+    let _restartable = BackgroundGuard(cache.clone());
     loop {
         let Some(inner) = cache.upgrade() else { return };
         let wake = TokenCache { inner }.next_background_wake();

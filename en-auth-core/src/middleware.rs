@@ -146,17 +146,27 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         }
 
         self.cache.invalidate(&token).await;
+        if !token.is_rejected() {
+            tracing::debug!("401 not replayed: a token was rejected moments ago (401 storm bound)");
+            return Ok(response);
+        }
         let Some(mut replay) = replay.into_request(&response) else {
             tracing::debug!(
                 "401 not replayed: the body cannot be cloned, or the request was redirected"
             );
             return Ok(response);
         };
-        let new_token = self.fresh_token().await?;
-        if new_token.same_token(&token) {
-            tracing::debug!("401 not replayed: the provider returned the same token");
-            return Ok(response);
-        }
+        let new_token = match self.cache.replacement(&token).await {
+            Ok(new_token) if !new_token.same_token(&token) => new_token,
+            Ok(_) => {
+                tracing::debug!("401 not replayed: the provider returned the same token");
+                return Ok(response);
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "401 not replayed: no new token");
+                return Ok(response);
+            }
+        };
         self.authorize_request(&mut replay, &new_token);
         self.cache.record_replay();
         tracing::debug!("replaying request after 401 with a new token");

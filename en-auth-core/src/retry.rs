@@ -257,7 +257,11 @@ mod tests {
             .await;
         assert!(matches!(result, Err(Error::ServerError { .. })));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert!(started.elapsed() <= Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -500,3 +500,77 @@ async fn a_panicking_provider_does_not_wedge_the_cache() {
     cache.get().await.expect("recovers after the backoff");
     assert_eq!(idp.calls(), 2);
 }
+
+/// A store whose every call hangs (a blackholed Redis without timeouts).
+struct HangingStore;
+
+#[async_trait::async_trait]
+impl TokenStore for HangingStore {
+    async fn load(
+        &self,
+        _: &en_auth_core::CacheKey,
+    ) -> Result<Option<en_auth_core::secrecy::SecretString>, Error> {
+        std::future::pending().await
+    }
+    async fn save(
+        &self,
+        _: &en_auth_core::CacheKey,
+        _: &en_auth_core::secrecy::SecretString,
+        _: Duration,
+    ) -> Result<(), Error> {
+        std::future::pending().await
+    }
+    async fn remove_if(
+        &self,
+        _: &en_auth_core::CacheKey,
+        _: &en_auth_core::secrecy::SecretString,
+    ) -> Result<(), Error> {
+        std::future::pending().await
+    }
+    async fn try_lock(
+        &self,
+        _: &en_auth_core::CacheKey,
+        _: Duration,
+    ) -> Result<Option<en_auth_core::StoreLock>, Error> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_store_delays_but_never_blocks_the_fetch() {
+    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(HOUR));
+    let cache = TokenCache::builder(Provider(Arc::clone(&idp)))
+        .store(Arc::new(HangingStore))
+        .build();
+    let token = tokio::time::timeout(Duration::from_secs(20), cache.get())
+        .await
+        .expect("the store's calls time out; the fetch goes on without it")
+        .expect("a token from the provider");
+    assert!(token.is_usable());
+    assert_eq!(idp.calls(), 1);
+}
+
+#[test]
+fn a_fetch_started_on_a_runtime_that_is_shutting_down_does_not_deadlock() {
+    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(HOUR));
+    let cache = cache(&idp, LifecyclePolicy::default());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        // Inside the dead runtime's context a spawned task is dropped at once; its guard
+        // records the abandoned fetch, taking the lock the spawner must not hold.
+        let _entered = handle.enter();
+        let started = cache.start_fetch();
+        let failures = cache.stats().failures;
+        let again = cache.start_fetch();
+        let _ = done.send((started.is_ok(), failures, again.is_err()));
+    });
+    let (started, failures, remembered) = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no deadlock");
+    assert!(started);
+    assert_eq!(failures, 1, "the abandoned fetch is recorded");
+    assert!(remembered, "and backed off, not retried at once");
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use en_auth_core::{
-    AuthMiddleware, ClientInfo, Error, LifecyclePolicy, MemoryTokenStore, RetryPolicy, TokenCache,
-    TokenStore,
+    AccessToken, AuthMiddleware, ClientInfo, Error, LifecyclePolicy, MemoryTokenStore, RetryPolicy,
+    TokenCache, TokenStore,
 };
 use en_auth_testkit::{Fault, IdpConfig};
 use support::{Rig, TestAuthorizer, quick_policy};
@@ -448,10 +448,48 @@ async fn caches_sharing_a_store_share_one_token() {
     // A token rejected through one cache is removed from the store, so the other does not
     // pick it up again.
     let rejected = a.cache().get().await.unwrap();
-    a.cache().invalidate(&rejected).await;
-    let new_a = a.access_token().await.unwrap();
-    assert_ne!(new_a, ta);
-    assert_eq!(rig.idp.token_requests(), 2);
+    assert!(a.cache().invalidate(&rejected).await);
+    assert!(rejected.is_rejected());
+    let new_a = a.cache().replacement(&rejected).await.unwrap();
+    assert_ne!(new_a.token().access_token(), ta);
+    assert_eq!(
+        a.access_token().await.unwrap(),
+        new_a.token().access_token()
+    );
+    assert_eq!(
+        rig.idp.token_requests(),
+        2,
+        "not the rejected token from the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_while_the_provider_is_down_does_not_take_the_other_apis_down() {
+    let policy = quick_policy().with_retry(RetryPolicy::none());
+    let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
+    let broken = en_auth_testkit::ProtectedApi::start(&rig.idp)
+        .await
+        .unwrap();
+    assert_eq!(rig.get().await, 200);
+    // The provider goes down, then an API rejects the token.
+    rig.idp.push_faults((0..20).map(|_| Fault::json(503, "{}")));
+    broken.reject_next(1);
+    let status = rig
+        .client
+        .get(broken.url("/x"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401, "no replacement: the 401 is returned");
+    for _ in 0..20 {
+        assert_eq!(rig.get().await, 200, "the healthy API keeps its token");
+    }
+    assert!(
+        rig.idp.token_requests() <= 3,
+        "{}",
+        rig.idp.token_requests()
+    );
 }
 
 #[tokio::test]

@@ -139,3 +139,33 @@ async fn a_default_audience_and_the_cap_hold() {
     assert!(err.to_string().contains("max_audiences"), "{err}");
     assert_eq!(s.idp.token_requests(), 2, "no token request beyond the cap");
 }
+
+#[tokio::test]
+async fn a_route_prefix_matches_by_host_and_path_segment_not_by_text() {
+    // The billing API's own URL is routed; look-alike URLs on other hosts or paths are not.
+    let s = setup(|auth, billing, _| {
+        let prefix = billing.url("/api"); // no trailing slash
+        auth.route(prefix, BILLING)
+    })
+    .await;
+    let ok = s
+        .client
+        .get(s.billing.url("/api/invoices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    for lookalike in [s.billing.url("/apix"), s.billing.url("/api-evil/x")] {
+        let err = s.client.get(lookalike).send().await.unwrap_err();
+        assert!(err.to_string().contains("no Audience"), "{err}");
+    }
+    // Same text prefix, another host: `http://127.0.0.1:PORT/api` vs `…PORT0/api`.
+    let other_host = s.billing.url("/api").replace("127.0.0.1", "127.0.0.2");
+    let err = s.client.get(other_host).send().await.unwrap_err();
+    assert!(err.to_string().contains("no Audience"), "{err}");
+    assert_eq!(
+        s.billing.requests(),
+        1,
+        "look-alikes were refused before sending"
+    );
+}

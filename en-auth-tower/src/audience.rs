@@ -144,11 +144,12 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let extension = request.extensions().get::<Audience>();
-        let url =
-            (extension.is_none() && self.router.has_routes()).then(|| request.uri().to_string());
+        let url = (extension.is_none() && self.router.has_routes())
+            .then(|| url::Url::parse(&request.uri().to_string()).ok())
+            .flatten();
         let auth = self
             .router
-            .audience_for(url.as_deref(), extension)
+            .audience_for(url.as_ref(), extension)
             .and_then(|audience| self.router.adapter_for(&audience));
         match auth {
             Ok(auth) => call_authorized(&auth, &mut self.inner, request),

@@ -10,8 +10,10 @@ use tonic::{Request, Status};
 ///
 /// Interceptors cannot wait, so this one only reads the cache: with a usable token the call
 /// gets `authorization: Bearer <token>` (and `x-api-key` when configured); with none yet it
-/// starts the one shared fetch in the background and fails the call with
-/// `Status::unavailable`. Call [`TokenCache::warm_up`] before serving to avoid that, or use
+/// starts the one shared fetch in the background (no task per call) and fails the call with
+/// `Status::unavailable` — or, while a failure is remembered, with that error
+/// (`UNAVAILABLE` when transient, `FAILED_PRECONDITION` when permanent, e.g. a wrong
+/// secret). Call [`TokenCache::warm_up`] before serving to avoid that, or use
 /// [`AuthLayer`](crate::AuthLayer), which waits for the token and also handles
 /// `UNAUTHENTICATED` answers.
 ///
@@ -67,15 +69,17 @@ impl<A: Authorizer> AuthInterceptor<A> {
 impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = self.cache.cached() else {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let cache = self.cache.clone();
-                runtime.spawn(async move {
-                    let _ = cache.get().await;
-                });
-            }
-            return Err(Status::unavailable(
-                "no access token yet; en-auth is fetching one (warm the cache up before serving)",
-            ));
+            // Start (or join) the one shared fetch without waiting; a remembered failure is
+            // reported as it is, so wrong credentials do not read as "still fetching".
+            return Err(match self.cache.start_fetch() {
+                Ok(()) => Status::unavailable(
+                    "no access token yet; en-auth is fetching one (warm the cache up before serving)",
+                ),
+                Err(err) if err.is_transient() => {
+                    Status::unavailable(format!("no access token: {err}"))
+                }
+                Err(err) => Status::failed_precondition(format!("no access token: {err}")),
+            });
         };
         let mut value = MetadataValue::try_from(token.authorization().as_bytes())
             .map_err(|_| Status::internal("the access token is not a valid metadata value"))?;

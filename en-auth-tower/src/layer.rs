@@ -30,8 +30,9 @@ const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 ///
 /// Each request gets `Authorization: Bearer <token>` (replacing any it had) and, when the
 /// client has an API key, `X-Api-Key`. The token comes from a [`TokenCache`]: with a cached
-/// token the request goes straight on — no waiting, no allocation for the token; it waits
-/// only when there is no usable token at all, joining the one shared fetch. The token is
+/// token the request goes straight on — no waiting; nothing is allocated unless the request
+/// can be replayed (then its head is kept for that); it waits only when there is no usable
+/// token at all, joining the one shared fetch. The token is
 /// looked up per request, never captured when the layer is built.
 ///
 /// A response with status 401, or a gRPC trailers-only response with `grpc-status: 16`
@@ -242,8 +243,8 @@ struct Rejection<S, A: Authorizer, ReqB> {
 
 pin_project! {
     /// The future of [`AuthService::call`]. With a cached token it is the inner service's
-    /// future plus a check of the response status, with nothing allocated; it boxes only
-    /// when there was no token or the API rejected it.
+    /// future plus a check of the response status; it boxes only when there was no token
+    /// or the API rejected it (and keeps a boxed copy of a replayable request's head).
     pub struct ResponseFuture<S, A, ReqB, ResB>
     where
         S: Service<Request<ReqB>>,
@@ -408,15 +409,21 @@ where
     ResB: Send + 'static,
 {
     auth.cache.invalidate(&token).await;
+    if !token.is_rejected() {
+        tracing::debug!("rejected request not replayed: a token was rejected moments ago");
+        return Ok(response);
+    }
     let Some((saved, body, mut service)) = replay.map(|boxed| *boxed) else {
         tracing::debug!("rejected request not replayed: its body cannot be sent twice");
         return Ok(response);
     };
-    let new_token = auth.cache.get().await.map_err(BoxError::from)?;
-    if new_token.same_token(&token) {
-        tracing::debug!("rejected request not replayed: no new token to offer");
-        return Ok(response);
-    }
+    let new_token = match auth.cache.replacement(&token).await {
+        Ok(new_token) if !new_token.same_token(&token) => new_token,
+        Ok(_) | Err(_) => {
+            tracing::debug!("rejected request not replayed: no new token to offer");
+            return Ok(response);
+        }
+    };
     let mut request = saved.into_request(body);
     auth.authorize(&mut request, &new_token);
     auth.cache.record_replay();
