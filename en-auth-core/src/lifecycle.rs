@@ -684,8 +684,31 @@ impl<A: Authorizer> TokenCache<A> {
             Some(token) => Ok(token),
             // Boxed so that the hot path's future stays small: every adapter's per-request
             // future embeds this one, and moving a large state costs on every request.
-            None => Box::pin(self.obtain(None)).await,
+            None => Box::pin(self.obtain(None, false)).await,
         }
+    }
+
+    /// Like [`get`](Self::get), but a stale token (one in its refresh gap) is not handed out
+    /// while a fresh one can be had: the caller waits for the refresh instead. When the
+    /// refresh fails, or a failure is being backed off, the stale token is returned as long
+    /// as it has not expired (rule 6). For adapters that pass tokens on to others, such as
+    /// the token proxy, whose callers must not receive a token about to expire.
+    pub async fn get_fresh(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
+        match self.cached_fresh() {
+            Some(token) => Ok(token),
+            None => Box::pin(self.obtain(None, true)).await,
+        }
+    }
+
+    /// The cached token if it is usable and not stale, without waiting and without starting
+    /// a refresh. `None` means [`get_fresh`](Self::get_fresh) would have to wait.
+    pub fn cached_fresh(&self) -> Option<Arc<CachedToken<A::Token>>> {
+        self.inner
+            .current
+            .read()
+            .as_ref()
+            .filter(|entry| entry.is_usable() && !self.is_stale(entry))
+            .cloned()
     }
 
     /// Fetches a token now if there is none, and starts the background refresh when it is
@@ -770,7 +793,7 @@ impl<A: Authorizer> TokenCache<A> {
         &self,
         rejected: &Arc<CachedToken<A::Token>>,
     ) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        Box::pin(self.obtain(Some(rejected))).await
+        Box::pin(self.obtain(Some(rejected), false)).await
     }
 
     /// Starts the one shared fetch in the background if no usable token is cached and none
@@ -885,21 +908,33 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// Slow path: join the running fetch, start one, or answer with the remembered failure.
-    /// With `instead_of`, the cached token does not count while it is that one.
+    /// With `instead_of`, the cached token does not count while it is that one. `fresh`: a
+    /// stale token does not count while a fetch can run (see [`get_fresh`](Self::get_fresh)).
     async fn obtain(
         &self,
         instead_of: Option<&Arc<CachedToken<A::Token>>>,
+        fresh: bool,
     ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         self.start_background_refresh();
         let (mut outcome, pending) = {
             let mut state = self.inner.state.lock();
-            if let Some(token) = self.usable(&state, instead_of) {
+            let usable = if fresh {
+                self.cached_fresh()
+            } else {
+                self.usable(&state, instead_of)
+            };
+            if let Some(token) = usable {
                 return Ok(token);
             }
             match &state.flight {
                 Some(flight) => (flight.outcome.clone(), None),
                 None => match &state.failure {
                     Some(failure) if Instant::now() < failure.retry_at => {
+                        if fresh {
+                            if let Some(token) = self.usable(&state, instead_of) {
+                                return Ok(token); // serve while valid (rule 6)
+                            }
+                        }
                         bump(&self.inner.counters.failures_served);
                         return Err(failure.error.shared_copy(failure.failed_at.elapsed()));
                     }

@@ -1,0 +1,167 @@
+//! en-auth's token proxy (seed 001): a service between many customers and the identity
+//! provider. Customers ask it for tokens exactly as they would ask the provider
+//! (`POST /oauth/token`, RFC 6749 client credentials, or seed 001's `POST /m2mauth` JSON);
+//! it requests tokens on their behalf, caches them per (client id, audience/resource,
+//! scopes), watches the provider's rate-limit headers and throttles, enforces per-customer
+//! quotas, and counts how often each customer asks (`GET /metrics`).
+//!
+//! The token logic is en-auth's core lifecycle ([`TokenCache`](en_auth_core::TokenCache)):
+//! one fetch per key at a time, tokens renewed before they expire, failures remembered with
+//! backoff, and an optional shared [`TokenStore`] so several instances fetch one token per
+//! key per lifetime. See `docs/proxy.md` for operating it.
+//!
+//! ```no_run
+//! use en_auth_proxy::{Proxy, ProxyConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ProxyConfig::new("https://tenant.us.auth0.com/oauth/token");
+//! let proxy = Proxy::new(config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! proxy.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+pub mod config;
+mod metrics;
+mod quota;
+mod server;
+mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use en_auth_core::{Error, TokenStore, provider_http_client};
+
+pub use cache::{CacheKey, Entry, ProxyCache, SECRETS_PER_KEY};
+pub use config::{ClientConfig, ProxyConfig, QuotaMode, UpstreamAuth};
+pub use metrics::{MAX_CLIENT_LABELS, Metrics, MetricsSnapshot};
+pub use upstream::{RateLimits, TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
+
+/// What every request handler shares.
+pub(crate) struct Shared {
+    config: Arc<ProxyConfig>,
+    cache: ProxyCache,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    quotas: quota::Quotas,
+    request_timeout: Duration,
+}
+
+/// A configured proxy: its router, metrics and server.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.shared.upstream)
+            .field("listen", &self.shared.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Proxy`] with options that do not come from configuration (a shared store).
+pub struct ProxyBuilder {
+    config: ProxyConfig,
+    store: Option<Arc<dyn TokenStore>>,
+}
+
+impl ProxyBuilder {
+    /// Shares tokens (and fetch locks) with other instances through `store`: one upstream
+    /// request per key per token lifetime across all instances that use the same store.
+    pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The proxy, or what is wrong with the configuration.
+    pub fn build(self) -> Result<Proxy, Error> {
+        let config = Arc::new(self.config);
+        config.check()?;
+        let metrics = Arc::new(Metrics::new());
+        let http = provider_http_client(
+            en_auth_core::CONNECT_TIMEOUT,
+            Duration::from_secs(config.upstream_timeout_secs.max(1)),
+        );
+        let upstream = Arc::new(Upstream::new(
+            config.token_url.clone(),
+            config.issuer.clone(),
+            http,
+            RateLimits::new(config.upstream_reserve),
+            Arc::clone(&metrics),
+        )?);
+        let cache = ProxyCache::new(
+            Arc::clone(&config),
+            Arc::clone(&upstream),
+            self.store,
+            Arc::clone(&metrics),
+        )?;
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+                config,
+                cache,
+                upstream,
+                metrics,
+                quotas: quota::Quotas::default(),
+            }),
+        })
+    }
+}
+
+impl Proxy {
+    /// A proxy with `config` and tokens kept in memory.
+    pub fn new(config: ProxyConfig) -> Result<Self, Error> {
+        Self::builder(config).build()
+    }
+
+    /// Starts building a proxy (to add a shared store).
+    pub fn builder(config: ProxyConfig) -> ProxyBuilder {
+        ProxyBuilder {
+            config,
+            store: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.shared.config
+    }
+
+    /// The proxy's counters (also served on `GET /metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The upstream's rate-limit budget as last seen.
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.shared.upstream.limits
+    }
+
+    /// The axum router: `POST /oauth/token`, `POST /m2mauth`, `GET /healthz`, `GET /metrics`.
+    pub fn router(&self) -> axum::Router {
+        server::router(Arc::clone(&self.shared))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting connections and
+    /// lets requests in flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, upstream = ?self.shared.upstream, "en-auth-proxy listening");
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("en-auth-proxy stopped");
+        Ok(())
+    }
+}
