@@ -76,9 +76,11 @@ impl ProxyCache {
         metrics: Arc<Metrics>,
     ) -> Result<Self, en_auth_core::Error> {
         let mut mac_key = [0u8; 32];
-        getrandom::getrandom(&mut mac_key).map_err(|e| en_auth_core::Error::InvalidConfiguration {
-            setting: "random".into(),
-            reason: format!("the operating system's random source failed: {e}"),
+        getrandom::getrandom(&mut mac_key).map_err(|e| {
+            en_auth_core::Error::InvalidConfiguration {
+                setting: "random".into(),
+                reason: format!("the operating system's random source failed: {e}"),
+            }
         })?;
         let refusal = config.refusal();
         let policy = LifecyclePolicy::default()

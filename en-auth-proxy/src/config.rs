@@ -54,7 +54,7 @@ pub struct ClientConfig {
 
 /// Everything the proxy can be told. Build it with [`ProxyConfig::from_env`] /
 /// [`ProxyConfig::load`], or in code starting from [`ProxyConfig::new`].
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Where to listen (`EN_AUTH_PROXY_LISTEN`). Default `127.0.0.1:8080`: loopback only.
@@ -124,6 +124,26 @@ impl Default for ProxyConfig {
     }
 }
 
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("listen", &self.listen)
+            .field("token_url", &self.token_url)
+            .field("issuer", &self.issuer)
+            // A Redis URL may carry a password.
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "[REDACTED]"))
+            .field("upstream_auth", &self.upstream_auth)
+            .field("max_keys", &self.max_keys)
+            .field("min_remaining_secs", &self.min_remaining_secs)
+            .field("refusal_secs", &self.refusal_secs)
+            .field("upstream_reserve", &self.upstream_reserve)
+            .field("quota_per_minute", &self.quota_per_minute)
+            .field("quota_mode", &self.quota_mode)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The environment variables read, with the TOML key each overrides.
 const ENV_KEYS: &[(&str, &str)] = &[
     ("EN_AUTH_PROXY_LISTEN", "listen"),
@@ -135,7 +155,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("EN_AUTH_PROXY_MIN_REMAINING_SECS", "min_remaining_secs"),
     ("EN_AUTH_PROXY_REFUSAL_SECS", "refusal_secs"),
     ("EN_AUTH_PROXY_UPSTREAM_RESERVE", "upstream_reserve"),
-    ("EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS", "upstream_timeout_secs"),
+    (
+        "EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS",
+        "upstream_timeout_secs",
+    ),
     ("EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("EN_AUTH_PROXY_MAX_BODY_BYTES", "max_body_bytes"),
     ("EN_AUTH_PROXY_QUOTA_PER_MINUTE", "quota_per_minute"),
@@ -171,10 +194,12 @@ impl ProxyConfig {
     /// From the TOML file at `path` (if given), overridden by the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, Error> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| Error::InvalidConfiguration {
-                setting: "--config".into(),
-                reason: format!("cannot read {}: {e}", path.display()),
-            })?,
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| Error::InvalidConfiguration {
+                    setting: "--config".into(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?
+            }
             None => String::new(),
         };
         Self::from_sources(&text, |name| std::env::var(name).ok())

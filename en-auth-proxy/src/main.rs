@@ -48,7 +48,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = config.log.parse::<LevelFilter>().unwrap_or(LevelFilter::INFO);
+    let level = config
+        .log
+        .parse::<LevelFilter>()
+        .unwrap_or(LevelFilter::INFO);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)

@@ -30,9 +30,7 @@ impl Quotas {
                 windows.clear();
             }
         }
-        let window = windows
-            .entry(client_id.to_owned())
-            .or_insert((minute, 0));
+        let window = windows.entry(client_id.to_owned()).or_insert((minute, 0));
         if window.0 != minute {
             *window = (minute, 0);
         }

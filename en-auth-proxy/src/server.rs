@@ -67,7 +67,11 @@ impl OAuthError {
     }
 
     fn too_many(wait: Duration, description: impl Into<String>) -> Self {
-        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", description);
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            description,
+        );
         err.retry_after = Some(wait);
         err
     }
@@ -188,7 +192,10 @@ impl IntoResponse for OAuthError {
         let mut response = json_response(self.status, body);
         let headers = response.headers_mut();
         if let Some(wait) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(wait).max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ceil_secs(wait).max(1)),
+            );
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -276,10 +283,10 @@ fn check_param(name: &str, value: &str) -> Result<(), OAuthError> {
 fn normalize_scope(scope: &str) -> Result<String, OAuthError> {
     check_param("scope", scope)?;
     let mut scopes: Vec<&str> = scope.split_ascii_whitespace().collect();
-    if scopes
-        .iter()
-        .any(|s| s.chars().any(|c| c == '"' || c == '\\' || !c.is_ascii_graphic()))
-    {
+    if scopes.iter().any(|s| {
+        s.chars()
+            .any(|c| c == '"' || c == '\\' || !c.is_ascii_graphic())
+    }) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -360,7 +367,11 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, OAuthEr
 }
 
 /// `POST /oauth/token`: RFC 6749 client credentials.
-async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+async fn oauth_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let answer = async {
         let basic = basic_credentials(&headers)?;
         let bytes = read_body(&shared, body).await?;
@@ -368,7 +379,10 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .map(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         if form_type != Some(true) {
             return Err(OAuthError::invalid_request(
                 "the body must be application/x-www-form-urlencoded",

@@ -159,12 +159,14 @@ impl Upstream {
             Endpoint::Discovered { issuer, resolved } => resolved
                 .get_or_try_init(|| async {
                     let config = en_auth_core::discover(&self.http, issuer).await?;
-                    let url = config.token_endpoint.ok_or_else(|| Error::InvalidResponse {
-                        status: Some(200),
-                        reason: "the issuer's discovery document names no token_endpoint; set \
+                    let url = config
+                        .token_endpoint
+                        .ok_or_else(|| Error::InvalidResponse {
+                            status: Some(200),
+                            reason: "the issuer's discovery document names no token_endpoint; set \
                                  EN_AUTH_PROXY_TOKEN_URL instead"
-                            .into(),
-                    })?;
+                                .into(),
+                        })?;
                     secure_url("token_endpoint", &url)
                 })
                 .await
@@ -363,7 +365,10 @@ fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Upstrea
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// `Retry-After` in seconds or as an HTTP date, clamped to a day.
@@ -372,13 +377,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_WAIT));
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((at - Utc::now()).to_std().unwrap_or_default().min(MAX_WAIT))
 }
 
 /// `X-RateLimit-Reset`: Auth0 sends epoch seconds; small numbers are read as seconds from now.
 fn reset_at(headers: &HeaderMap) -> Option<DateTime<Utc>> {
-    let value = header_str(headers, "x-ratelimit-reset")?.parse::<i64>().ok()?;
+    let value = header_str(headers, "x-ratelimit-reset")?
+        .parse::<i64>()
+        .ok()?;
     let now = Utc::now();
     let at = if value > 1_000_000_000 {
         DateTime::from_timestamp(value, 0)?
@@ -492,12 +501,8 @@ impl RateLimits {
     pub(crate) fn observe(&self, client_id: &str, status: u16, headers: &HeaderMap) {
         let now = Instant::now();
         let number = |name: &str| header_str(headers, name).and_then(|v| v.parse::<u64>().ok());
-        let until = |at: DateTime<Utc>| {
-            now + (at - Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(MAX_WAIT)
-        };
+        let until =
+            |at: DateTime<Utc>| now + (at - Utc::now()).to_std().unwrap_or_default().min(MAX_WAIT);
         let mut state = self.state.lock();
         if let Some(limit) = number("x-ratelimit-limit") {
             state.limit = Some(limit);
@@ -674,7 +679,9 @@ mod tests {
         assert!(limits.admit("a", Purpose::Miss).is_ok());
         assert!(limits.admit("a", Purpose::Miss).is_ok());
         let err = limits.admit("a", Purpose::Miss).unwrap_err();
-        assert!(matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d > Duration::from_secs(50)));
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d > Duration::from_secs(50))
+        );
     }
 
     #[test]

@@ -31,6 +31,14 @@ impl OidcProvider {
     /// A resource (audience) the provider issues JWTs for.
     pub const API: &'static str = "https://api.example.com";
 
+    /// Simulated customers registered besides the two clients above (client_secret_post).
+    pub const CUSTOMERS: usize = 50;
+
+    /// Customer `n` (1 ..= [`CUSTOMERS`](Self::CUSTOMERS)): `customer-<n>` and its secret.
+    pub fn customer(n: usize) -> (String, String) {
+        (format!("customer-{n}"), format!("customer-{n}-secret"))
+    }
+
     /// Starts the provider with access tokens valid for `ttl_secs`.
     pub async fn start(ttl_secs: u64) -> Self {
         let dir = peers_dir();

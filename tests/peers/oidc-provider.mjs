@@ -6,6 +6,8 @@
 // - Clients (client-credentials grant only):
 //     basic-client / basic-secret   client_secret_basic, scopes read:data write:data (admin:all refused)
 //     post-client  / post-secret    client_secret_post,  scopes read:data write:data
+//     customer-1 … customer-50 / customer-N-secret   client_secret_post, scopes read:data write:data
+//                                  (the token proxy's simulated customers)
 // - Resource indicators (RFC 8707) with JWT access tokens (RS256) for
 //   https://api.example.com and https://orders.example.com; any other resource is
 //   invalid_target. Auth0's `audience` parameter is accepted as an alias of `resource`.
@@ -29,6 +31,16 @@ function signingKey(kid) {
   return { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
 }
 
+const CUSTOMERS = Array.from({ length: 50 }, (_, i) => ({
+  client_id: `customer-${i + 1}`,
+  client_secret: `customer-${i + 1}-secret`,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'client_secret_post',
+  scope: 'read:data write:data',
+}));
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
     clients: [
@@ -50,6 +62,7 @@ function makeProvider(issuer, key) {
         token_endpoint_auth_method: 'client_secret_post',
         scope: 'read:data write:data',
       },
+      ...CUSTOMERS,
     ],
     jwks: { keys: [key] },
     // admin:all exists but no client may ask for it: requesting it is invalid_scope.

@@ -1,0 +1,486 @@
+//! The proxy against the testkit's `LocalIdp`, for what a real provider will not do on
+//! demand: rate-limit headers, 429s, slow answers. Also form errors, quotas, secrets in
+//! logs, graceful shutdown and the binary.
+
+mod support;
+
+use std::time::Duration;
+
+use en_auth_proxy::{ClientConfig, Proxy, ProxyConfig, QuotaMode};
+use en_auth_testkit::{Fault, IdpConfig, LocalIdp};
+use serde_json::json;
+use support::{Answer, Running, sample};
+
+const SECRET: &str = "s3cr3t-never-logged-7f2c";
+
+async fn idp() -> LocalIdp {
+    LocalIdp::start(IdpConfig {
+        client_id: "acme".into(),
+        client_secret: SECRET.into(),
+        lifetime: Some(Duration::from_secs(3600)),
+    })
+    .await
+    .unwrap()
+}
+
+fn aud(audience: &str) -> [(&str, &str); 1] {
+    [("audience", audience)]
+}
+
+fn epoch_in(secs: i64) -> String {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + secs)
+        .to_string()
+}
+
+#[tokio::test]
+async fn form_errors_are_rfc6749_errors_and_never_reach_upstream() {
+    let idp = idp().await;
+    let proxy = Running::start(ProxyConfig::new(idp.token_url())).await;
+    let post = |body: &'static str| {
+        let proxy = &proxy;
+        async move {
+            Answer::read(
+                proxy
+                    .http
+                    .post(proxy.url("/oauth/token"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let cases = [
+        ("client_id=acme&client_secret=x", 400, "invalid_request"),
+        (
+            "grant_type=password&client_id=acme&client_secret=x",
+            400,
+            "unsupported_grant_type",
+        ),
+        ("grant_type=client_credentials", 401, "invalid_client"),
+        (
+            "grant_type=client_credentials&grant_type=client_credentials&client_id=a&client_secret=b",
+            400,
+            "invalid_request",
+        ),
+        (
+            "grant_type=client_credentials&client_id=acme&client_secret=x&scope=a%22b",
+            400,
+            "invalid_scope",
+        ),
+    ];
+    for (body, status, error) in cases {
+        let answer = post(body).await;
+        assert_eq!((answer.status, answer.error()), (status, error), "{body}");
+        assert_eq!(answer.header("cache-control"), Some("no-store"), "{body}");
+        assert!(answer.json["error_description"].is_string(), "{body}");
+    }
+    // Oversized body.
+    let big = format!(
+        "grant_type=client_credentials&client_id=acme&client_secret=x&scope={}",
+        "a".repeat(64 * 1024)
+    );
+    let answer = Answer::read(
+        proxy
+            .http
+            .post(proxy.url("/oauth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((answer.status, answer.error()), (413, "invalid_request"));
+    // Not a form.
+    let answer = Answer::read(
+        proxy
+            .http
+            .post(proxy.url("/oauth/token"))
+            .json(&json!({"grant_type": "client_credentials"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
+    // Both Basic and client_secret.
+    let answer = Answer::read(
+        proxy
+            .http
+            .post(proxy.url("/oauth/token"))
+            .basic_auth("acme", Some(SECRET))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
+    // /m2mauth garbage and missing fields.
+    let answer = Answer::read(
+        proxy
+            .http
+            .post(proxy.url("/m2mauth"))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
+    let answer = proxy.m2mauth(json!({"clientId": "acme"})).await;
+    assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
+    assert_eq!(idp.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn upstream_429_throttles_uncached_callers_while_cached_tokens_keep_serving() {
+    let idp = idp().await;
+    let proxy = Running::start(ProxyConfig::new(idp.token_url())).await;
+    let cached = proxy.post_token("acme", SECRET, &aud("a")).await;
+    let cached_token = cached.token().to_owned();
+    idp.push_faults([Fault::Respond {
+        status: 429,
+        headers: vec![
+            ("retry-after".into(), "30".into()),
+            ("x-ratelimit-limit".into(), "30".into()),
+            ("x-ratelimit-remaining".into(), "0".into()),
+            ("x-ratelimit-reset".into(), epoch_in(30)),
+        ],
+        body:
+            r#"{"error":"too_many_requests","error_description":"Global limit has been reached"}"#
+                .into(),
+    }]);
+    let throttled = proxy.post_token("acme", SECRET, &aud("b")).await;
+    assert_eq!(
+        (throttled.status, throttled.error()),
+        (429, "too_many_requests")
+    );
+    let wait = throttled.retry_after().expect("Retry-After");
+    assert!((25..=31).contains(&wait), "{wait}");
+    assert_eq!(idp.token_requests(), 2);
+
+    // Other keys, and the same one again: refused locally until the reset.
+    for audience in ["b", "c", "d", "e"] {
+        let answer = proxy.post_token("acme", SECRET, &aud(audience)).await;
+        assert_eq!(answer.status, 429, "{audience}");
+        assert!(answer.retry_after().is_some_and(|s| s >= 1));
+    }
+    let m2m = proxy
+        .m2mauth(json!({"clientId": "acme", "clientSecret": SECRET, "audience": "f"}))
+        .await;
+    assert_eq!(m2m.status, 429);
+    assert_eq!(idp.token_requests(), 2, "no upstream call until the reset");
+
+    // The cached token keeps being served.
+    for _ in 0..5 {
+        assert_eq!(
+            proxy.post_token("acme", SECRET, &aud("a")).await.token(),
+            cached_token
+        );
+    }
+    let text = proxy.metrics_text().await;
+    assert_eq!(sample(&text, "en_auth_proxy_throttled_total"), Some(6.0));
+    assert_eq!(
+        sample(&text, "en_auth_proxy_upstream_ratelimit_remaining"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "en_auth_proxy_upstream_requests_total"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn a_spent_client_quota_at_auth0_stops_that_client_only() {
+    let idp = idp().await;
+    let proxy = Running::start(ProxyConfig::new(idp.token_url())).await;
+    idp.push_faults([Fault::Respond {
+        status: 200,
+        headers: vec![(
+            "auth0-client-quota-limit".into(),
+            "b=per_hour;q=2;r=0;t=1800,b=per_day;q=100;r=50;t=80000".into(),
+        )],
+        body: r#"{"access_token":"quota-tok","token_type":"Bearer","expires_in":3600}"#.into(),
+    }]);
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("a")).await.token(),
+        "quota-tok"
+    );
+    let refused = proxy.post_token("acme", SECRET, &aud("b")).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.retry_after().unwrap() > 1700);
+    assert_eq!(idp.token_requests(), 1);
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("a")).await.token(),
+        "quota-tok"
+    );
+}
+
+#[tokio::test]
+async fn low_remaining_budget_goes_to_cache_misses_before_refreshes() {
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.upstream_reserve = 5;
+    let proxy = Running::start(config).await;
+    // An 8 s token: stale (due for renewal) after 4 s, expired after 8 s. The answer says
+    // only 3 upstream requests are left for a minute: at or below the reserve.
+    idp.push_faults([Fault::Respond {
+        status: 200,
+        headers: vec![
+            ("x-ratelimit-limit".into(), "30".into()),
+            ("x-ratelimit-remaining".into(), "3".into()),
+            ("x-ratelimit-reset".into(), epoch_in(60)),
+        ],
+        body: r#"{"access_token":"short-tok","token_type":"Bearer","expires_in":8}"#.into(),
+    }]);
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("a")).await.token(),
+        "short-tok"
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Due for renewal, but the budget is low: the still-valid token is served, no request.
+    let stale = proxy.post_token("acme", SECRET, &aud("a")).await;
+    assert_eq!(stale.token(), "short-tok");
+    assert!(stale.json["expires_in"].as_i64().unwrap() <= 4);
+    assert_eq!(idp.token_requests(), 1);
+    // A cache miss still goes upstream.
+    proxy.post_token("acme", SECRET, &aud("b")).await.token();
+    assert_eq!(idp.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn quotas_enforce_and_monitor() {
+    wait_for_a_fresh_minute().await;
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.quota_per_minute = 3;
+    config.clients.insert(
+        "big".into(),
+        ClientConfig {
+            quota_per_minute: Some(100),
+            ..ClientConfig::default()
+        },
+    );
+    let enforce = Running::start(config.clone()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(enforce.post_token("acme", SECRET, &aud("a")).await);
+    }
+    assert_eq!(
+        statuses.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [200, 200, 200, 429, 429]
+    );
+    assert_eq!(statuses[4].error(), "too_many_requests");
+    assert!(
+        statuses[4]
+            .retry_after()
+            .is_some_and(|s| (1..=60).contains(&s))
+    );
+    // "big" has its own, larger quota (its wrong secret is refused upstream, not by quota).
+    for _ in 0..5 {
+        let answer = enforce.post_token("big", "whatever", &aud("a")).await;
+        assert_ne!(answer.status, 429);
+    }
+    let text = enforce.metrics_text().await;
+    assert_eq!(
+        sample(
+            &text,
+            "en_auth_proxy_quota_rejections_total{client_id=\"acme\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "en_auth_proxy_token_requests_total{client_id=\"acme\"}"
+        ),
+        Some(5.0)
+    );
+
+    config.quota_mode = QuotaMode::Monitor;
+    let monitor = Running::start(config).await;
+    for _ in 0..5 {
+        monitor.post_token("acme", SECRET, &aud("a")).await.token();
+    }
+    let snapshot = monitor.proxy.metrics().snapshot();
+    assert_eq!((snapshot.quota_exceeded, snapshot.quota_rejections), (2, 0));
+    assert!(support::logs().contains("over its token request quota"));
+}
+
+/// Quota windows are clock minutes: keep a test from straddling two.
+async fn wait_for_a_fresh_minute() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if secs > 50 {
+        tokio::time::sleep(Duration::from_secs(61 - secs)).await;
+    }
+}
+
+#[tokio::test]
+async fn secrets_and_tokens_never_appear_in_logs_metrics_or_debug() {
+    let idp = idp().await;
+    let proxy = Running::start(ProxyConfig::new(idp.token_url())).await;
+    let token = proxy
+        .post_token("acme", SECRET, &aud("a"))
+        .await
+        .token()
+        .to_owned();
+    proxy.basic_token("acme", SECRET, &aud("a")).await.token();
+    let wrong = "wrong-secret-also-never-logged";
+    proxy.post_token("acme", wrong, &aud("a")).await;
+    proxy
+        .m2mauth(json!({"clientId": "acme", "clientSecret": wrong, "permissions": "x"}))
+        .await;
+    let metrics = proxy.metrics_text().await;
+    let debug = format!("{:?} {:?}", proxy.proxy, proxy.proxy.config());
+    let logs = support::logs();
+    assert!(logs.contains("upstream token request"), "logs are captured");
+    for (name, text) in [("metrics", &metrics), ("debug", &debug), ("logs", &logs)] {
+        for secret in [SECRET, wrong, token.as_str()] {
+            assert!(!text.contains(secret), "{name} contains a secret or token");
+        }
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_completes_requests_in_flight() {
+    let idp = idp().await;
+    idp.push_faults([Fault::Delay(Duration::from_millis(1500))]);
+    let proxy = Proxy::new(ProxyConfig::new(idp.token_url())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "acme"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+    });
+    while idp.token_requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    let response = request
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status(), 200);
+    server.await.unwrap().expect("server stops cleanly");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_binary_starts_from_environment_variables() {
+    let idp = idp().await;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EN_AUTH_PROXY_TOKEN_URL", idp.token_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut healthy = false;
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            healthy = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "/healthz answers 200");
+    for _ in 0..3 {
+        let answer = Answer::read(
+            http.post(format!("{base}/oauth/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "acme"),
+                    ("client_secret", SECRET),
+                ])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        answer.token();
+    }
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "en_auth_proxy_token_requests_total{client_id=\"acme\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(sample(&text, "en_auth_proxy_cache_hits_total"), Some(2.0));
+    assert_eq!(
+        sample(&text, "en_auth_proxy_upstream_requests_total"),
+        Some(1.0)
+    );
+    assert_eq!(idp.token_requests(), 1);
+    // SIGTERM: a clean exit.
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_binary_without_an_upstream_names_the_variable() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EN_AUTH_PROXY_TOKEN_URL"), "{stderr}");
+}
