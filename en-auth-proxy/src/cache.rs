@@ -153,7 +153,7 @@ impl ProxyCache {
                 .enumerate()
                 .min_by_key(|(_, e)| {
                     (
-                        e.cache.cached().is_some(),
+                        e.cache.cached_fresh().is_some(),
                         e.last_used_ms.load(Ordering::Relaxed),
                     )
                 })

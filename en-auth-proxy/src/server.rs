@@ -35,7 +35,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/m2mauth", post(m2mauth))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            deadline,
+        ))
         .with_state(shared)
+}
+
+/// Every request, body reading included, ends within the configured request timeout.
+async fn deadline(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(shared.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the request did not complete within the proxy's request timeout; retry later",
+        )
+        .into_response(),
+    }
 }
 
 /// An RFC 6749 §5.2 error answer.
@@ -557,20 +578,13 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     }
     metrics.cache_miss();
     let served_before = entry.cache.stats().failures_served;
-    let result = tokio::time::timeout(shared.request_timeout, entry.cache.get_fresh()).await;
-    match result {
-        Ok(Ok(token)) => token_response(&token),
-        Ok(Err(err)) => {
+    match entry.cache.get_fresh().await {
+        Ok(token) => token_response(&token),
+        Err(err) => {
             let remembered = entry.cache.stats().failures_served > served_before;
             log_failure(&key, &err, remembered, shared);
             OAuthError::from_error(&err).into_response()
         }
-        Err(_) => OAuthError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "no token within the proxy's request timeout; retry later",
-        )
-        .into_response(),
     }
 }
 
