@@ -291,8 +291,10 @@ async fn two_instances_sharing_a_store_make_one_upstream_request_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_endpoint_is_found_by_discovery_from_the_issuer() {
     let provider = OidcProvider::start(3600).await;
-    let mut config = ProxyConfig::default();
-    config.issuer = Some(provider.issuer());
+    let config = ProxyConfig {
+        issuer: Some(provider.issuer()),
+        ..ProxyConfig::default()
+    };
     let proxy = Running::start(config).await;
     let health = proxy.http.get(proxy.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
