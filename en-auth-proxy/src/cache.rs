@@ -40,7 +40,7 @@ pub const SECRETS_PER_KEY: usize = 4;
 
 /// What identifies a cached token besides the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub struct ProxyKey {
     /// The customer's client id.
     pub client_id: String,
     /// Audience, resources and scopes asked for.
@@ -52,20 +52,21 @@ pub struct Entry {
     mac: [u8; 32],
     /// The core lifecycle for this key and secret.
     pub cache: TokenCache<UpstreamAuthorizer>,
-    last_used_ms: AtomicI64,
+    last_used: AtomicI64,
 }
 
 /// The keyed map of entries.
 pub struct ProxyCache {
     /// HMAC-SHA256 keyed with 32 random bytes drawn at start; cloned per request.
     mac: Hmac<Sha256>,
-    slots: RwLock<HashMap<CacheKey, Vec<Arc<Entry>>>>,
+    slots: RwLock<HashMap<ProxyKey, Vec<Arc<Entry>>>>,
     upstream: Arc<Upstream>,
     store: Option<Arc<dyn TokenStore>>,
     policy: LifecyclePolicy,
     config: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
-    started: std::time::Instant,
+    /// A use counter: entries remember the tick of their last use (exact LRU order).
+    clock: AtomicI64,
 }
 
 impl ProxyCache {
@@ -110,12 +111,12 @@ impl ProxyCache {
             policy,
             config,
             metrics,
-            started: std::time::Instant::now(),
+            clock: AtomicI64::new(0),
         })
     }
 
-    fn now_ms(&self) -> i64 {
-        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    fn tick(&self) -> i64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The keyed hash of a client's secret.
@@ -128,16 +129,16 @@ impl ProxyCache {
     }
 
     /// The entry for `key` whose secret is `secret`, created when there is none.
-    pub fn entry(&self, key: &CacheKey, secret: &SecretString) -> Arc<Entry> {
+    pub fn entry(&self, key: &ProxyKey, secret: &SecretString) -> Arc<Entry> {
         let mac = self.mac(&key.client_id, secret);
-        let now = self.now_ms();
+        let now = self.tick();
         if let Some(entry) = find(self.slots.read().get(key), &mac) {
-            entry.last_used_ms.store(now, Ordering::Relaxed);
+            entry.last_used.store(now, Ordering::Relaxed);
             return entry;
         }
         let mut slots = self.slots.write();
         if let Some(entry) = find(slots.get(key), &mac) {
-            entry.last_used_ms.store(now, Ordering::Relaxed);
+            entry.last_used.store(now, Ordering::Relaxed);
             return entry;
         }
         if !slots.contains_key(key) && slots.len() >= self.config.max_keys {
@@ -154,7 +155,7 @@ impl ProxyCache {
                 .min_by_key(|(_, e)| {
                     (
                         e.cache.cached_fresh().is_some(),
-                        e.last_used_ms.load(Ordering::Relaxed),
+                        e.last_used.load(Ordering::Relaxed),
                     )
                 })
                 .map(|(i, _)| i)
@@ -166,7 +167,7 @@ impl ProxyCache {
         entry
     }
 
-    fn new_entry(&self, key: &CacheKey, secret: &SecretString, mac: [u8; 32], now: i64) -> Entry {
+    fn new_entry(&self, key: &ProxyKey, secret: &SecretString, mac: [u8; 32], now: i64) -> Entry {
         let info = ClientInfo::new(key.client_id.clone(), secret.expose_secret().to_owned());
         let authorizer = UpstreamAuthorizer::new(
             info,
@@ -181,7 +182,7 @@ impl ProxyCache {
         Entry {
             mac,
             cache: builder.build(),
-            last_used_ms: AtomicI64::new(now),
+            last_used: AtomicI64::new(now),
         }
     }
 
@@ -208,14 +209,14 @@ fn find(slot: Option<&Vec<Arc<Entry>>>, mac: &[u8; 32]) -> Option<Arc<Entry>> {
 }
 
 /// Drops the least recently used sixteenth of `max` keys (at least one); returns how many.
-fn evict(slots: &mut HashMap<CacheKey, Vec<Arc<Entry>>>, max: usize) -> usize {
+fn evict(slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, max: usize) -> usize {
     let n = (max / 16).max(1).min(slots.len());
-    let mut ages: Vec<(i64, CacheKey)> = slots
+    let mut ages: Vec<(i64, ProxyKey)> = slots
         .iter()
         .map(|(key, entries)| {
             let last = entries
                 .iter()
-                .map(|e| e.last_used_ms.load(Ordering::Relaxed))
+                .map(|e| e.last_used.load(Ordering::Relaxed))
                 .max()
                 .unwrap_or(i64::MIN);
             (last, key.clone())

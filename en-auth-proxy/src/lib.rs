@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use en_auth_core::{Error, TokenStore, provider_http_client};
 
-pub use cache::{CacheKey, Entry, ProxyCache, SECRETS_PER_KEY};
+pub use cache::{Entry, ProxyCache, ProxyKey, SECRETS_PER_KEY};
 pub use config::{ClientConfig, ProxyConfig, QuotaMode, UpstreamAuth};
 pub use metrics::{MAX_CLIENT_LABELS, Metrics, MetricsSnapshot};
 pub use upstream::{RateLimits, TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CacheKey;
+use crate::cache::ProxyKey;
 use crate::config::QuotaMode;
 use crate::upstream::{TokenRequest, UpstreamToken};
 use crate::{Shared, cache};
@@ -569,7 +569,7 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
             }
         }
     }
-    let key = CacheKey { client_id, request };
+    let key = ProxyKey { client_id, request };
     let entry = shared.cache.entry(&key, &secret);
     drop(secret);
     if let Some(token) = entry.cache.cached_fresh() {
@@ -588,7 +588,7 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     }
 }
 
-fn log_failure(key: &cache::CacheKey, err: &Error, remembered: bool, shared: &Shared) {
+fn log_failure(key: &cache::ProxyKey, err: &Error, remembered: bool, shared: &Shared) {
     if matches!(err, Error::RateLimited { .. }) {
         shared.metrics.throttled();
     } else if remembered {

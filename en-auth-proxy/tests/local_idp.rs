@@ -484,3 +484,29 @@ async fn the_binary_without_an_upstream_names_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("EN_AUTH_PROXY_TOKEN_URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_cache_is_bounded_and_drops_the_least_recently_used_keys() {
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.max_keys = 3;
+    let proxy = Running::start(config).await;
+    for audience in ["a", "b", "c"] {
+        proxy
+            .post_token("acme", SECRET, &aud(audience))
+            .await
+            .token();
+    }
+    // "a" is used again, so "b" is now the least recently used.
+    proxy.post_token("acme", SECRET, &aud("a")).await.token();
+    assert_eq!(idp.token_requests(), 3);
+    proxy.post_token("acme", SECRET, &aud("d")).await.token();
+    assert_eq!(idp.token_requests(), 4);
+    proxy.post_token("acme", SECRET, &aud("a")).await.token();
+    assert_eq!(idp.token_requests(), 4, "a stayed");
+    proxy.post_token("acme", SECRET, &aud("b")).await.token();
+    assert_eq!(idp.token_requests(), 5, "b was evicted");
+    let text = proxy.metrics_text().await;
+    assert_eq!(sample(&text, "en_auth_proxy_cached_keys"), Some(3.0));
+    assert_eq!(sample(&text, "en_auth_proxy_evictions_total"), Some(2.0));
+}
