@@ -47,23 +47,25 @@ async fn load(
     duration: Duration,
 ) -> (Vec<Duration>, Duration) {
     let started = Instant::now();
-    let workers = (0..concurrency).map(|_| {
-        let http = http.clone();
-        let url = url.to_owned();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while started.elapsed() < duration {
-                let t = Instant::now();
-                if proxy {
-                    proxy_once(&http, &url).await;
-                } else {
-                    hello_once(&http, &url).await;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let http = http.clone();
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    if proxy {
+                        proxy_once(&http, &url).await;
+                    } else {
+                        hello_once(&http, &url).await;
+                    }
+                    latencies.push(t.elapsed());
                 }
-                latencies.push(t.elapsed());
-            }
-            latencies
+                latencies
+            })
         })
-    });
+        .collect();
     let mut all = Vec::new();
     for worker in workers {
         all.extend(worker.await.expect("worker"));
