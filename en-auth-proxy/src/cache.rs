@@ -15,15 +15,23 @@
 //!   upstream. A secret upstream accepts (a rotated one) simply becomes another entry.
 //! - **Bounded.** At most `max_keys` keys; beyond it, the least recently used keys are
 //!   dropped (their lifecycles end with them).
-//! - **Lifecycle.** Everything about when to fetch — one fetch per entry at a time, tokens
-//!   renewed `min_remaining` before expiry (callers wait rather than receive a token about to
-//!   expire), failures remembered with backoff — is the core lifecycle's.
+//! - **Lifecycle.** Everything about when to fetch — one fetch per entry at a time, renewal
+//!   started in the background `2 × min_remaining` before expiry while callers keep getting
+//!   the current token, failures remembered with backoff — is the core lifecycle's. Below
+//!   `min_remaining` (see [`Entry::hand_out`]) callers wait for the renewal rather than
+//!   receive a token about to expire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use en_auth_core::{ClientInfo, LifecyclePolicy, RetryPolicy, TokenCache, TokenStore};
+use std::time::Duration;
+
+use chrono::Utc;
+use en_auth_core::{
+    AccessToken, CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy, TokenCache,
+    TokenStore,
+};
 use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,7 +40,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
-use crate::upstream::{TokenRequest, Upstream, UpstreamAuthorizer};
+use crate::upstream::{TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
 
 /// Most secrets remembered per key: the current one, one being rotated in, and a few wrong
 /// ones being refused locally.
@@ -53,6 +61,35 @@ pub struct Entry {
     /// The core lifecycle for this key and secret.
     pub cache: TokenCache<UpstreamAuthorizer>,
     last_used: AtomicI64,
+    min_remaining: Duration,
+}
+
+impl Entry {
+    /// The cached token if it may be handed out now without waiting: it has at least the
+    /// minimum remaining lifetime (clamped to a quarter of a short token's life). Seeing a
+    /// token in its renewal window starts the renewal in the background (once).
+    pub fn hand_out(&self) -> Option<Arc<CachedToken<UpstreamToken>>> {
+        let token = self.cache.cached()?;
+        let expires_at = token.expires_at();
+        let lifetime = token
+            .token()
+            .issued_at()
+            .map(|at| (expires_at - at).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        let floor = self.min_remaining.min(lifetime / 4);
+        let remaining = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        (remaining >= floor && remaining > Duration::ZERO).then_some(token)
+    }
+
+    /// A token to hand out, waiting for the renewal (or the first fetch) if the cached one
+    /// is below the minimum remaining lifetime. When upstream cannot give a new one, a token
+    /// that has not expired is still returned.
+    pub async fn get(&self) -> Result<Arc<CachedToken<UpstreamToken>>, Error> {
+        match self.hand_out() {
+            Some(token) => Ok(token),
+            None => self.cache.get_fresh().await,
+        }
+    }
 }
 
 /// The keyed map of entries.
@@ -85,7 +122,8 @@ impl ProxyCache {
         })?;
         let refusal = config.refusal();
         let policy = LifecyclePolicy::default()
-            .with_expiration_gap(config.min_remaining())
+            // Renewal starts at twice the minimum, so callers rarely wait for it.
+            .with_expiration_gap(config.min_remaining().saturating_mul(2))
             // A refused secret is refused locally for this long (doubling on repeats).
             .with_permanent_failure_backoff(refusal)
             .with_max_failure_backoff(refusal.max(std::time::Duration::from_secs(300)))
@@ -152,12 +190,7 @@ impl ProxyCache {
             let victim = slot
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, e)| {
-                    (
-                        e.cache.cached_fresh().is_some(),
-                        e.last_used.load(Ordering::Relaxed),
-                    )
-                })
+                .min_by_key(|(_, e)| (e.hand_out().is_some(), e.last_used.load(Ordering::Relaxed)))
                 .map(|(i, _)| i)
                 .unwrap_or(0);
             slot.swap_remove(victim);
@@ -183,6 +216,7 @@ impl ProxyCache {
             mac,
             cache: builder.build(),
             last_used: AtomicI64::new(now),
+            min_remaining: self.config.min_remaining(),
         }
     }
 

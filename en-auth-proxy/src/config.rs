@@ -72,9 +72,9 @@ pub struct ProxyConfig {
     /// Most cached (client, audience/resource, scopes) keys; the least recently used go
     /// first (`EN_AUTH_PROXY_MAX_KEYS`, default 10 000).
     pub max_keys: usize,
-    /// Tokens are handed out with at least this much life left; they are renewed when they
-    /// get closer to expiry (`EN_AUTH_PROXY_MIN_REMAINING_SECS`, default 60; clamped to half
-    /// a token's lifetime for short-lived tokens).
+    /// Tokens are handed out with at least this much life left (clamped to a quarter of a
+    /// short token's lifetime); renewal starts in the background at twice this before
+    /// expiry (`EN_AUTH_PROXY_MIN_REMAINING_SECS`, default 60).
     pub min_remaining_secs: u64,
     /// A secret the upstream refused is refused locally, without asking upstream again, for
     /// this long (`EN_AUTH_PROXY_REFUSAL_SECS`, default 30; doubles on repeated refusals).

@@ -572,13 +572,13 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     let key = ProxyKey { client_id, request };
     let entry = shared.cache.entry(&key, &secret);
     drop(secret);
-    if let Some(token) = entry.cache.cached_fresh() {
+    if let Some(token) = entry.hand_out() {
         metrics.cache_hit();
         return token_response(&token);
     }
     metrics.cache_miss();
     let served_before = entry.cache.stats().failures_served;
-    match entry.cache.get_fresh().await {
+    match entry.get().await {
         Ok(token) => token_response(&token),
         Err(err) => {
             let remembered = entry.cache.stats().failures_served > served_before;

@@ -510,3 +510,38 @@ async fn the_cache_is_bounded_and_drops_the_least_recently_used_keys() {
     assert_eq!(sample(&text, "en_auth_proxy_cached_keys"), Some(3.0));
     assert_eq!(sample(&text, "en_auth_proxy_evictions_total"), Some(2.0));
 }
+
+#[tokio::test]
+async fn tokens_are_renewed_ahead_while_callers_keep_getting_the_current_one() {
+    let idp = idp().await;
+    idp.set_lifetime(Some(Duration::from_secs(8)));
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.min_remaining_secs = 2; // renewal from 4 s before expiry, hand-out floor 2 s
+    let proxy = Running::start(config).await;
+    let first = proxy
+        .post_token("acme", SECRET, &aud("a"))
+        .await
+        .token()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // In the renewal window: the current token, at once; the renewal runs behind it.
+    let during = proxy.post_token("acme", SECRET, &aud("a")).await;
+    assert_eq!(during.token(), first);
+    while idp.token_requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut renewed = None;
+    for _ in 0..500 {
+        let answer = proxy.post_token("acme", SECRET, &aud("a")).await;
+        if answer.token() != first {
+            renewed = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let renewed = renewed.expect("the renewed token is handed out");
+    assert!(renewed.json["expires_in"].as_i64().unwrap() >= 5);
+    assert_eq!(idp.token_requests(), 2, "one renewal");
+    let snapshot = proxy.proxy.metrics().snapshot();
+    assert_eq!(snapshot.cache_misses, 1, "only the first request waited");
+}
