@@ -13,8 +13,8 @@
 //!   entry remembers the refusal for the refusal window (the lifecycle's permanent-failure
 //!   backoff), so repeating the same wrong secret is refused locally without reaching
 //!   upstream. A secret upstream accepts (a rotated one) simply becomes another entry.
-//! - **Bounded.** At most `max_keys` keys; beyond it, the least recently used keys are
-//!   dropped (their lifecycles end with them).
+//! - **Bounded.** At most `max_keys` keys; beyond it, keys without a usable token go first,
+//!   then the least recently used (their lifecycles end with them).
 //! - **Lifecycle.** Everything about when to fetch — one fetch per entry at a time, renewal
 //!   started in the background `2 × min_remaining` before expiry while callers keep getting
 //!   the current token, failures remembered with backoff — is the core lifecycle's. Below
@@ -190,7 +190,12 @@ impl ProxyCache {
             let victim = slot
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, e)| (e.hand_out().is_some(), e.last_used.load(Ordering::Relaxed)))
+                .min_by_key(|(_, e)| {
+                    (
+                        e.cache.cached_fresh().is_some(),
+                        e.last_used.load(Ordering::Relaxed),
+                    )
+                })
                 .map(|(i, _)| i)
                 .unwrap_or(0);
             slot.swap_remove(victim);
@@ -242,24 +247,27 @@ fn find(slot: Option<&Vec<Arc<Entry>>>, mac: &[u8; 32]) -> Option<Arc<Entry>> {
     found
 }
 
-/// Drops the least recently used sixteenth of `max` keys (at least one); returns how many.
+/// Drops a sixteenth of `max` keys (at least one): keys without a usable token first (a
+/// flood of made-up keys cannot push out customers' tokens), then the least recently used.
+/// Returns how many.
 fn evict(slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, max: usize) -> usize {
     let n = (max / 16).max(1).min(slots.len());
-    let mut ages: Vec<(i64, ProxyKey)> = slots
+    let mut ranks: Vec<((bool, i64), ProxyKey)> = slots
         .iter()
         .map(|(key, entries)| {
+            let has_token = entries.iter().any(|e| e.cache.cached_fresh().is_some());
             let last = entries
                 .iter()
                 .map(|e| e.last_used.load(Ordering::Relaxed))
                 .max()
                 .unwrap_or(i64::MIN);
-            (last, key.clone())
+            ((has_token, last), key.clone())
         })
         .collect();
-    if n < ages.len() {
-        ages.select_nth_unstable_by_key(n, |(last, _)| *last);
+    if n < ranks.len() {
+        ranks.select_nth_unstable_by_key(n, |(rank, _)| *rank);
     }
-    for (_, key) in ages.into_iter().take(n) {
+    for (_, key) in ranks.into_iter().take(n) {
         slots.remove(&key);
     }
     n

@@ -509,6 +509,20 @@ async fn the_cache_is_bounded_and_drops_the_least_recently_used_keys() {
     let text = proxy.metrics_text().await;
     assert_eq!(sample(&text, "en_auth_proxy_cached_keys"), Some(3.0));
     assert_eq!(sample(&text, "en_auth_proxy_evictions_total"), Some(2.0));
+
+    // Keys without a token (a refused secret) go before customers' tokens, however recent.
+    let refused = proxy.post_token("acme", "wrong", &aud("x")).await;
+    assert_eq!(refused.error(), "invalid_client");
+    assert_eq!(idp.token_requests(), 6);
+    proxy.post_token("acme", SECRET, &aud("y")).await.token();
+    assert_eq!(idp.token_requests(), 7);
+    for audience in ["a", "b", "y"] {
+        proxy
+            .post_token("acme", SECRET, &aud(audience))
+            .await
+            .token();
+    }
+    assert_eq!(idp.token_requests(), 7, "a, b and y kept their tokens");
 }
 
 #[tokio::test]
