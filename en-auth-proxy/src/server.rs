@@ -60,6 +60,7 @@ async fn deadline(
 }
 
 /// An RFC 6749 §5.2 error answer.
+#[derive(Debug)]
 pub(crate) struct OAuthError {
     status: StatusCode,
     error: String,
@@ -375,16 +376,33 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, OAuthEr
         .map_err(|_| malformed())?;
     let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
     let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
-    let decode = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
+    let id = String::from_utf8(form_decode(id)).map_err(|_| malformed())?;
+    let secret = String::from_utf8(form_decode(secret)).map_err(|_| malformed())?;
     Ok(Some(Credentials {
-        client_id: decode(id),
-        secret: SecretString::from(decode(secret)),
+        client_id: id,
+        secret: SecretString::from(secret),
     }))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value: `+` is a space, `%XX` a byte;
+/// anything else (a client that did not encode) is taken as it is.
+fn form_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 2;
+            }
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// `POST /oauth/token`: RFC 6749 client credentials.
@@ -623,4 +641,37 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         shared.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        assert_eq!(form_decode("a%3Ab+c%25%2"), b"a:b c%%2");
+        assert_eq!(form_decode("raw&=secret%zz"), b"raw&=secret%zz");
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("my%20id:p%26ss+word");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
+        );
+        let credentials = basic_credentials(&headers).unwrap().unwrap();
+        assert_eq!(credentials.client_id, "my id");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&credentials.secret),
+            "p&ss word"
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert!(basic_credentials(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert!(basic_credentials(&headers).is_err());
+    }
+
+    #[test]
+    fn scopes_are_normalized() {
+        assert_eq!(normalize_scope(" b a  b ").unwrap(), "a b");
+        assert!(normalize_scope("a\\b").is_err());
+    }
 }
