@@ -40,7 +40,9 @@ mod store;
 mod token;
 
 pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
-pub use authorizer::{Authorizer, CacheKey, CacheKeyBuilder};
+pub use authorizer::{
+    Authorizer, CacheKey, CacheKeyBuilder, FLEET_KEY_ENV, fleet_key_is_shared, set_fleet_key,
+};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
     CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,
@@ -52,7 +54,9 @@ pub use lifecycle::{
 };
 pub use middleware::AuthMiddleware;
 pub use retry::RetryPolicy;
-pub use store::{MemoryTokenStore, StoreLock, TokenStore};
+pub use store::{
+    MemoryTokenStore, SharedFailure, StoreEvent, StoreLock, TokenStore, value_fingerprint,
+};
 pub use token::{
     AccessToken, BearerToken, EXPIRATION_GAP, deserialize_optional_secret, expires_within,
     expires_within_now, serialize_optional_secret, serialize_secret,

@@ -54,7 +54,26 @@
 //! 9. **Sharing.** With a [`TokenStore`], a missing or stale token is first looked up in the
 //!    store, and the store's lock makes one holder fetch while the others wait for its
 //!    result. The lock is taken and released inside the fetch task, so it is released even
-//!    when every caller has gone.
+//!    when every caller has gone. Its time to live outlasts one whole fetch with its retries
+//!    ([`LifecyclePolicy::store_lock_ttl`]). The holder reads the store once more after
+//!    taking the lock, before calling the provider. Only a token obtained from the provider
+//!    is written to the store — never one just read from it (that could bring back a token
+//!    another process removed as rejected).
+//! 10. **Waiting on another process.** A waiter polls the store (with jitter) for the token,
+//!     for a failure the holder published, and for the lock itself: when the holder died its
+//!     lock runs out and one waiter takes over; when the holder failed, every waiter gets the
+//!     holder's error at once and backs off on the same schedule (a published failure is
+//!     honoured before any new fetch, fleet-wide). A waiter that waited
+//!     [`LifecyclePolicy::store_lock_ttl`] plus a second fetches on its own.
+//! 11. **Availability over sharing.** A store that fails (down, slow, circuit open) never
+//!     fails a request: the fetch goes on without the store, i.e. with the in-process single
+//!     flight of rule 2. One warning is logged when the store starts failing and one info
+//!     line when it works again, not one per request; [`TokenStats::store_errors`] counts
+//!     every failed store call.
+//! 12. **Rejections travel.** A token dropped after a 401 is removed from the store only if
+//!     it is still the stored one; stores that deliver [`StoreEvent`](crate::StoreEvent)s tell
+//!     the other processes, whose caches drop their copy of that token (compared by
+//!     [`value_fingerprint`](crate::value_fingerprint), never by the token itself).
 //!
 //! Fetches run on the tokio runtime of the caller that starts them (`tokio::spawn`).
 
@@ -119,8 +138,9 @@ pub struct LifecyclePolicy {
     /// At most one token is dropped because of a 401 per this interval (see rule 7).
     /// Default 10 s.
     pub rejection_interval: Duration,
-    /// With a shared store: how long to wait for another holder of the store lock to publish
-    /// a token before fetching anyway; also the lock's time to live. Default 10 s.
+    /// With a shared store: the least time to live of the store lock; the lock lives at
+    /// least as long as one fetch with all its retries may take
+    /// ([`store_lock_ttl`](Self::store_lock_ttl)). Default 10 s.
     pub store_lock_wait: Duration,
     /// Refresh in a background task ahead of expiry (rule 8). Default `false`.
     pub background_refresh: bool,
@@ -183,6 +203,23 @@ impl LifecyclePolicy {
     pub fn with_rejection_interval(mut self, interval: Duration) -> Self {
         self.rejection_interval = interval;
         self
+    }
+
+    /// Sets [`store_lock_wait`](Self::store_lock_wait).
+    pub fn with_store_lock_wait(mut self, wait: Duration) -> Self {
+        self.store_lock_wait = wait;
+        self
+    }
+
+    /// The store lock's time to live: [`store_lock_wait`](Self::store_lock_wait), or one
+    /// whole fetch ([`RetryPolicy::max_elapsed`] plus 5 s for the last attempt's request)
+    /// when that is longer, so that a live holder never loses its lock mid-fetch.
+    pub fn store_lock_ttl(&self) -> Duration {
+        self.store_lock_wait.max(
+            self.retry
+                .max_elapsed
+                .saturating_add(Duration::from_secs(5)),
+        )
     }
 
     /// Sets [`background_refresh`](Self::background_refresh).
@@ -410,6 +447,17 @@ pub struct TokenStats {
     pub rejections_absorbed: u64,
     /// Requests replayed with a new token after a 401 (counted by the middleware).
     pub replays: u64,
+    /// Fetches that found the store lock held by another process and waited for it.
+    pub lock_waits: u64,
+    /// Waits for another lock holder that ran out ([`LifecyclePolicy::store_lock_ttl`] plus
+    /// a second) without a token or failure; the fetch went on without the lock.
+    pub lock_timeouts: u64,
+    /// Failures published by another process's fetch, answered here without a provider call.
+    pub shared_failures: u64,
+    /// Store calls that failed (store down or slow); each was worked around.
+    pub store_errors: u64,
+    /// Tokens dropped because another process reported them rejected.
+    pub remote_invalidations: u64,
 }
 
 #[derive(Default)]
@@ -424,6 +472,11 @@ struct Counters {
     invalidations: AtomicU64,
     rejections_absorbed: AtomicU64,
     replays: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
+    shared_failures: AtomicU64,
+    store_errors: AtomicU64,
+    remote_invalidations: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -478,6 +531,10 @@ struct Inner<A: Authorizer> {
     store: Option<StoreBinding<A::Token>>,
     counters: Counters,
     background_started: AtomicBool,
+    /// Whether the store listener (rule 12) was started.
+    listener_started: AtomicBool,
+    /// Whether the last store call failed (for one warning per outage, rule 11).
+    store_failing: AtomicBool,
     /// Dropped with the cache; the background task watches it to end.
     _alive: watch::Sender<()>,
     alive: watch::Receiver<()>,
@@ -622,6 +679,8 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
                 store: self.store,
                 counters: Counters::default(),
                 background_started: AtomicBool::new(false),
+                listener_started: AtomicBool::new(false),
+                store_failing: AtomicBool::new(false),
                 _alive: alive_tx,
                 alive: alive_rx,
             }),
@@ -669,6 +728,11 @@ impl<A: Authorizer> TokenCache<A> {
             invalidations: load(&c.invalidations),
             rejections_absorbed: load(&c.rejections_absorbed),
             replays: load(&c.replays),
+            lock_waits: load(&c.lock_waits),
+            lock_timeouts: load(&c.lock_timeouts),
+            shared_failures: load(&c.shared_failures),
+            store_errors: load(&c.store_errors),
+            remote_invalidations: load(&c.remote_invalidations),
         }
     }
 
@@ -773,14 +837,11 @@ impl<A: Authorizer> TokenCache<A> {
         if let Some(binding) = &self.inner.store {
             if let Ok(encoded) = (binding.encode)(rejected.token()) {
                 let encoded = SecretString::from(encoded);
-                let removed = tokio::time::timeout(
-                    STORE_CALL_TIMEOUT,
+                self.store_call(
+                    "remove rejected token",
                     binding.store.remove_if(&binding.key, &encoded),
                 )
                 .await;
-                if !matches!(removed, Ok(Ok(()))) {
-                    tracing::warn!("could not remove a rejected token from the store");
-                }
             }
         }
         true
@@ -916,6 +977,7 @@ impl<A: Authorizer> TokenCache<A> {
         fresh: bool,
     ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         self.start_background_refresh();
+        self.start_store_listener();
         let (mut outcome, pending) = {
             let mut state = self.inner.state.lock();
             let usable = if fresh {
@@ -1006,9 +1068,12 @@ impl<A: Authorizer> TokenCache<A> {
     fn fetch_deadline(&self) -> Duration {
         let policy = &self.inner.policy;
         let store = if self.inner.store.is_some() {
+            // Waiting for another holder (the lock's TTL and a second), then our own store
+            // calls, each cut off after STORE_CALL_TIMEOUT.
             policy
-                .store_lock_wait
-                .saturating_add(STORE_CALL_TIMEOUT.saturating_mul(4))
+                .store_lock_ttl()
+                .saturating_add(Duration::from_secs(1))
+                .saturating_add(STORE_CALL_TIMEOUT.saturating_mul(8))
         } else {
             Duration::ZERO
         };
@@ -1147,6 +1212,7 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Gets a new token: from the shared store if another holder published one, else from the
     /// provider (refresh when there is a previous token, authorize otherwise), with retries.
+    /// With a store, follows rules 9–11.
     async fn fetch(
         &self,
         previous: Option<&CachedToken<A::Token>>,
@@ -1157,65 +1223,217 @@ impl<A: Authorizer> TokenCache<A> {
         if let Some(entry) = self.load_from_store(binding, previous).await {
             return Ok(entry);
         }
-        // The lock lives as long as a holder's fetch may take, so that it does not expire
-        // under a slow provider and let every waiter fetch at once.
-        let lock_ttl = self
-            .inner
-            .policy
-            .retry
-            .max_elapsed
-            .saturating_add(Duration::from_secs(5));
-        let try_lock = || {
-            tokio::time::timeout(
-                STORE_CALL_TIMEOUT,
-                binding.store.try_lock(&binding.key, lock_ttl),
-            )
-        };
-        let lock = match try_lock().await {
-            Ok(Ok(Some(lock))) => Some(lock),
-            Ok(Ok(None)) => {
-                // Another holder is fetching: wait for it to publish (polling with jitter),
-                // take the lock when it is released, or fetch ourselves after the wait.
-                let deadline = instant_after(self.inner.policy.store_lock_wait);
-                let mut taken = None;
-                while Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(40 + fastrand::u64(0..=20))).await;
+        if let Some(err) = self.load_shared_failure(binding).await {
+            return Err(err);
+        }
+        let lock_ttl = self.inner.policy.store_lock_ttl();
+        let mut lock = match self.try_store_lock(binding, lock_ttl).await {
+            LockAttempt::Taken(lock) => Some(lock),
+            LockAttempt::Unavailable => None,
+            LockAttempt::Busy => {
+                // Another holder is fetching: wait for its token or failure; take over the
+                // lock when it runs out (the holder died); fetch anyway after the deadline.
+                bump(&self.inner.counters.lock_waits);
+                let deadline = Instant::now() + lock_ttl + Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(25..=75))).await;
                     if let Some(entry) = self.load_from_store(binding, previous).await {
                         return Ok(entry);
                     }
-                    if let Ok(Ok(Some(lock))) = try_lock().await {
-                        taken = Some(lock);
-                        break;
+                    if let Some(err) = self.load_shared_failure(binding).await {
+                        return Err(err);
+                    }
+                    match self.try_store_lock(binding, lock_ttl).await {
+                        LockAttempt::Taken(lock) => break Some(lock),
+                        LockAttempt::Unavailable => break None,
+                        LockAttempt::Busy if Instant::now() >= deadline => {
+                            bump(&self.inner.counters.lock_timeouts);
+                            tracing::warn!(
+                                client_id = self.client_id(),
+                                waited_ms = millis(lock_ttl) + 1000,
+                                "another process held the token store lock for too long; \
+                                 fetching without it"
+                            );
+                            break None;
+                        }
+                        LockAttempt::Busy => {}
                     }
                 }
-                taken
+            }
+        };
+        // Re-check after taking the lock: the previous holder may have just published. A
+        // token read here is not written back (rule 9).
+        let result = match self.load_from_store(binding, previous).await {
+            Some(entry) => Ok(entry),
+            None => {
+                let result = self.fetch_from_provider(previous).await;
+                match &result {
+                    Ok(entry) => self.save_to_store(binding, entry).await,
+                    Err(err) => self.publish_failure(binding, err).await,
+                }
+                result
+            }
+        };
+        if let Some(lock) = lock.take() {
+            self.store_call("unlock", binding.store.unlock(&binding.key, lock))
+                .await;
+        }
+        result
+    }
+
+    /// Takes the store lock, reporting a store failure as `Unavailable` (rule 11).
+    async fn try_store_lock(&self, binding: &StoreBinding<A::Token>, ttl: Duration) -> LockAttempt {
+        match self
+            .store_call("lock", binding.store.try_lock(&binding.key, ttl))
+            .await
+        {
+            Some(Some(lock)) => LockAttempt::Taken(lock),
+            Some(None) => LockAttempt::Busy,
+            None => LockAttempt::Unavailable,
+        }
+    }
+
+    /// One store call, cut off after [`STORE_CALL_TIMEOUT`]; a failure or timeout is counted
+    /// and logged (once per outage) and comes back as `None` (rule 11).
+    async fn store_call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
+            Ok(Ok(value)) => {
+                self.store_ok();
+                Some(value)
             }
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "token store lock failed; fetching without it");
+                self.store_failed(what, &err);
                 None
             }
             Err(_) => {
-                tracing::warn!("token store lock timed out; fetching without it");
+                let err = Error::Store {
+                    message: format!(
+                        "no answer within {} ms",
+                        STORE_CALL_TIMEOUT.as_millis()
+                    ),
+                    source: None,
+                };
+                self.store_failed(what, &err);
                 None
             }
-        };
-        // Re-check after taking the lock: the previous holder may have just published.
-        let result = match self.load_from_store(binding, previous).await {
-            Some(entry) => Ok(entry),
-            None => self.fetch_from_provider(previous).await,
-        };
-        if let Ok(entry) = &result {
-            self.save_to_store(binding, entry).await;
         }
-        if let Some(lock) = lock {
-            let unlocked =
-                tokio::time::timeout(STORE_CALL_TIMEOUT, binding.store.unlock(&binding.key, lock))
-                    .await;
-            if !matches!(unlocked, Ok(Ok(()))) {
-                tracing::warn!("could not release the token store lock; it expires by itself");
+    }
+
+    /// A failure another process published for this key and that is still being waited out.
+    async fn load_shared_failure(&self, binding: &StoreBinding<A::Token>) -> Option<Error> {
+        match self
+            .store_call("read failure", binding.store.load_failure(&binding.key))
+            .await
+        {
+            Some(Some(failure)) if failure.retry_at > Utc::now() => {
+                bump(&self.inner.counters.shared_failures);
+                tracing::debug!(
+                    client_id = self.client_id(),
+                    kind = %failure.kind,
+                    "another process's token fetch failed; backing off with it"
+                );
+                Some(failure.to_error())
             }
+            _ => None,
         }
-        result
+    }
+
+    /// Tells the other processes that the fetch failed and how long to back off.
+    async fn publish_failure(&self, binding: &StoreBinding<A::Token>, err: &Error) {
+        let policy = &self.inner.policy;
+        let delay = match err.retry_after() {
+            Some(named) => named,
+            None if err.is_transient() => policy.failure_cooldown,
+            None => policy.permanent_failure_backoff,
+        }
+        .min(policy.max_failure_backoff);
+        let Ok(delay) = chrono::Duration::from_std(delay) else {
+            return;
+        };
+        let failure = crate::SharedFailure::from_error(err, Utc::now() + delay);
+        self.store_call(
+            "publish failure",
+            binding.store.publish_failure(&binding.key, &failure),
+        )
+        .await;
+    }
+
+    /// Counts a failed store call; warns only on the first of an outage (rule 11).
+    fn store_failed(&self, what: &str, err: &Error) {
+        bump(&self.inner.counters.store_errors);
+        if !self.inner.store_failing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                client_id = self.client_id(), operation = what, error = %err,
+                "token store unavailable; fetching without it (tokens are not shared with \
+                 other processes until it is back)"
+            );
+        } else {
+            tracing::debug!(operation = what, error = %err, "token store call failed");
+        }
+    }
+
+    /// Notes a working store call; logs once when the store works again.
+    fn store_ok(&self) {
+        if self.inner.store_failing.load(Ordering::Relaxed)
+            && self.inner.store_failing.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!(
+                client_id = self.client_id(),
+                "token store reachable again; sharing tokens"
+            );
+        }
+    }
+
+    /// Starts, once, the task that applies the store's events to this cache (rule 12). It
+    /// holds the cache weakly and ends with it.
+    fn start_store_listener(&self) {
+        if self.inner.listener_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(binding) = &self.inner.store else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.listener_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(events) = binding.store.events() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let alive = self.inner.alive.clone();
+        runtime.spawn(store_listener(weak, alive, events));
+    }
+
+    /// Drops the current token if it is the one with `fingerprint` (rejected elsewhere).
+    fn apply_remote_invalidation(&self, key: &str, fingerprint: &str) {
+        let Some(binding) = &self.inner.store else {
+            return;
+        };
+        if binding.key.as_str() != key {
+            return;
+        }
+        let Some(current) = self.inner.current.read().clone() else {
+            return;
+        };
+        let Ok(encoded) = (binding.encode)(&current.token) else {
+            return;
+        };
+        if crate::value_fingerprint(&encoded) == fingerprint
+            && !current.rejected.swap(true, Ordering::AcqRel)
+        {
+            bump(&self.inner.counters.remote_invalidations);
+            tracing::debug!(
+                client_id = self.client_id(),
+                "token rejected in another process; dropped"
+            );
+        }
     }
 
     async fn fetch_from_provider(
@@ -1258,22 +1476,9 @@ impl<A: Authorizer> TokenCache<A> {
         binding: &StoreBinding<A::Token>,
         previous: Option<&CachedToken<A::Token>>,
     ) -> Option<CachedToken<A::Token>> {
-        let encoded = match tokio::time::timeout(
-            STORE_CALL_TIMEOUT,
-            binding.store.load(&binding.key),
-        )
-        .await
-        {
-            Ok(Ok(found)) => found?,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "token store read failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!("token store read timed out");
-                return None;
-            }
-        };
+        let encoded = self
+            .store_call("read", binding.store.load(&binding.key))
+            .await??;
         let token = match (binding.decode)(encoded.expose_secret()) {
             Ok(token) => token,
             Err(_) => {
@@ -1300,16 +1505,8 @@ impl<A: Authorizer> TokenCache<A> {
             Ok(encoded) => SecretString::from(encoded),
             Err(_) => return,
         };
-        match tokio::time::timeout(
-            STORE_CALL_TIMEOUT,
-            binding.store.save(&binding.key, &encoded, ttl),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "token store write failed"),
-            Err(_) => tracing::warn!("token store write timed out"),
-        }
+        self.store_call("write", binding.store.save(&binding.key, &encoded, ttl))
+            .await;
     }
 }
 
@@ -1364,6 +1561,39 @@ impl<A: Authorizer> Drop for FlightGuard<A> {
         }
         let outcome = self.cache.settle(self.id, None, Err(abandoned_fetch()));
         self.publish.send_replace(Some(outcome));
+    }
+}
+
+/// What an attempt to take the store lock came to.
+enum LockAttempt {
+    Taken(crate::StoreLock),
+    Busy,
+    /// The store failed: go on without it (rule 11).
+    Unavailable,
+}
+
+/// The store listener (rule 12): applies invalidations from other processes. Holds the cache
+/// weakly; ends when the cache is dropped or the store stops sending.
+async fn store_listener<A: Authorizer>(
+    cache: Weak<Inner<A>>,
+    mut alive: watch::Receiver<()>,
+    mut events: tokio::sync::broadcast::Receiver<crate::StoreEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = alive.changed() => return,
+        };
+        let Some(inner) = cache.upgrade() else { return };
+        let cache_now = TokenCache { inner };
+        match event {
+            Ok(crate::StoreEvent::Invalidated { key, fingerprint }) => {
+                cache_now.apply_remote_invalidation(&key, &fingerprint);
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! its own copy is missing or stale and writes every token it obtains, so several caches —
 //! in one process with [`MemoryTokenStore`], or across a fleet with a Redis store — share one
 //! token per key. A store may also offer a short lock so that, fleet-wide, only one process
-//! fetches while the others wait for its result.
+//! fetches while the others wait for its result, a [`SharedFailure`] record so that those
+//! waiters learn at once when the holder's fetch failed, and [`StoreEvent`]s so that a token
+//! rejected (401) in one process is dropped from the memory of the others.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,7 +16,150 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
 use crate::{CacheKey, Error};
+
+/// Something a store learned from another process, delivered by [`TokenStore::events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreEvent {
+    /// A token was rejected by an API and removed from the store by another process: caches
+    /// holding the token with this [fingerprint](value_fingerprint) drop it.
+    Invalidated {
+        /// The [`CacheKey`] (as a string) the token was stored under.
+        key: String,
+        /// [`value_fingerprint`] of the removed value.
+        fingerprint: String,
+    },
+}
+
+impl StoreEvent {
+    /// An [`Invalidated`](StoreEvent::Invalidated) event.
+    pub fn invalidated(key: impl Into<String>, fingerprint: impl Into<String>) -> Self {
+        StoreEvent::Invalidated {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+        }
+    }
+}
+
+/// A short, non-reversible name for a stored value (a serialized token), to tell other
+/// processes which token to drop without sending the token: the first 16 bytes of its
+/// SHA-256, in hex. Tokens are long random strings, so the digest reveals nothing usable.
+pub fn value_fingerprint(value: &str) -> String {
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fetch failure as a store keeps it for the other processes of a fleet (see
+/// [`TokenStore::publish_failure`]): what kind of error it was and until when to back off.
+/// It carries what [`Error`] carries, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFailure {
+    /// Kind of error: `invalid_client`, `invalid_credentials`, `authorization`,
+    /// `rate_limited`, `server_error`, `invalid_response`, `transport`, `configuration`.
+    pub kind: String,
+    /// HTTP status of the provider's answer, if any.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The provider's `error` code (for `authorization`).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The provider's `error_description` or the error's reason.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Until when the fleet should not ask the provider again.
+    pub retry_at: DateTime<Utc>,
+}
+
+impl SharedFailure {
+    /// The record of `err`, to be waited out until `retry_at`.
+    pub fn from_error(err: &Error, retry_at: DateTime<Utc>) -> Self {
+        let (kind, status, error, description) = match err {
+            Error::InvalidClient {
+                status,
+                description,
+            } => ("invalid_client", *status, None, description.clone()),
+            Error::InvalidCredentials => ("invalid_credentials", None, None, None),
+            Error::Authorization {
+                status,
+                error,
+                description,
+                ..
+            } => (
+                "authorization",
+                *status,
+                Some(error.clone()),
+                description.clone(),
+            ),
+            Error::RateLimited { .. } => ("rate_limited", Some(429), None, None),
+            Error::ServerError { status, .. } => ("server_error", Some(*status), None, None),
+            Error::InvalidResponse { status, reason } => {
+                ("invalid_response", *status, None, Some(reason.clone()))
+            }
+            Error::Transport { message, .. } => ("transport", None, None, Some(message.clone())),
+            other => ("configuration", None, None, Some(other.to_string())),
+        };
+        Self {
+            kind: kind.into(),
+            status,
+            error,
+            description,
+            retry_at,
+        }
+    }
+
+    /// The error this record stands for, as the process that failed saw it (the delay still
+    /// to wait becomes the retry-after of rate limits and server errors).
+    pub fn to_error(&self) -> Error {
+        let remaining = (self.retry_at - Utc::now()).to_std().ok();
+        let described = |fallback: &str| {
+            self.description
+                .clone()
+                .unwrap_or_else(|| fallback.to_owned())
+        };
+        match self.kind.as_str() {
+            "invalid_client" => Error::InvalidClient {
+                status: self.status,
+                description: self.description.clone(),
+            },
+            "invalid_credentials" => Error::InvalidCredentials,
+            "authorization" => Error::Authorization {
+                status: self.status,
+                error: self.error.clone().unwrap_or_else(|| "unknown".into()),
+                description: self.description.clone(),
+                error_uri: None,
+            },
+            "rate_limited" => Error::RateLimited {
+                retry_after: remaining,
+                reset_at: Some(self.retry_at),
+            },
+            "server_error" => Error::ServerError {
+                status: self.status.filter(|s| (500..600).contains(s)).unwrap_or(503),
+                retry_after: remaining,
+            },
+            "invalid_response" => Error::InvalidResponse {
+                status: self.status,
+                reason: described("unusable answer"),
+            },
+            "transport" => Error::Transport {
+                message: described("the identity provider could not be reached"),
+                timeout: false,
+                source: None,
+            },
+            _ => Error::InvalidConfiguration {
+                setting: "token fetch".into(),
+                reason: described("another process failed to fetch the token"),
+            },
+        }
+    }
+}
 
 /// Proof of holding a store lock; pass it back to [`TokenStore::unlock`].
 #[derive(Debug)]
@@ -58,6 +203,27 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
         let _ = (key, lock);
         Ok(())
+    }
+
+    /// Records that the fetch for `key` failed, for the other holders of the store to read
+    /// with [`load_failure`](TokenStore::load_failure) until `failure.retry_at` (the record
+    /// must vanish then). Default: nothing is shared.
+    async fn publish_failure(&self, key: &CacheKey, failure: &SharedFailure) -> Result<(), Error> {
+        let _ = (key, failure);
+        Ok(())
+    }
+
+    /// The failure recorded for `key` by [`publish_failure`](TokenStore::publish_failure),
+    /// if it has not run out. Default: none.
+    async fn load_failure(&self, key: &CacheKey) -> Result<Option<SharedFailure>, Error> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Events from other processes (tokens they rejected), if the store can deliver them.
+    /// Each call subscribes anew. Default: none.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
     }
 }
 

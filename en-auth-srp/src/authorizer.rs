@@ -335,8 +335,9 @@ impl Authorizer for SrpAuthorizer {
             .part("endpoint", self.endpoint.as_deref().unwrap_or(""))
             .part("client_id", self.info.client_id())
             .secret("client_secret", self.info.client_secret().expose_secret())
+            // The password is left out: a password change does not change who the user is,
+            // and a hash of a low-entropy password is a target for offline guessing.
             .part("user", self.credentials.user_name())
-            .secret("password", self.credentials.password().expose_secret())
             .part("header", &format!("{:?}", self.header))
             .build()
     }
