@@ -34,6 +34,8 @@
 //! - `oauth2` (default): [`oauth2::ServiceAccountAuthorizer`], OAuth2 client credentials.
 //! - `srp`: AWS Cognito SRP login.
 //! - `verify`: verification of incoming tokens, with a tower/axum layer.
+//! - `redis`: [`redis::RedisTokenStore`], one token per lifetime for a whole fleet of
+//!   processes (see `docs/fleet.md`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -61,4 +63,10 @@ pub mod srp {
 #[cfg(feature = "tower")]
 pub mod tower {
     pub use en_auth_tower::*;
+}
+
+/// Redis token store: one token per lifetime for a whole fleet (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use en_auth_redis::*;
 }

@@ -7,6 +7,7 @@
 //!   every request it saw.
 //!
 //! - [`OidcProvider`]: panva's `oidc-provider`, a certified OpenID provider, run with Node.
+//! - [`RedisServer`]: Debian's `redis-server` on a free loopback port.
 //!
 //! Every server binds `127.0.0.1:0` (a free port) and stops when dropped.
 #![forbid(unsafe_code)]
@@ -15,9 +16,11 @@
 mod api;
 mod idp;
 mod peers;
+mod redis;
 mod server;
 
 pub use api::{ProtectedApi, SeenRequest};
 pub use idp::{Fault, IdpConfig, LocalIdp};
 pub use peers::{MotoServer, OidcProvider, peers_dir};
+pub use redis::RedisServer;
 pub use server::LoopbackServer;

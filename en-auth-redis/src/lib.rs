@@ -1,0 +1,669 @@
+//! Redis token store for en-auth: every process of a fleet that shares one Redis shares each
+//! token, and the fleet asks the identity provider **once per token lifetime**.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use en_auth_core::{Authorizer, TokenCache};
+//! use en_auth_redis::RedisTokenStore;
+//!
+//! # async fn demo(authorizer: impl Authorizer<Token = en_auth_core::BearerToken>) -> Result<(), en_auth_core::Error> {
+//! // The same fleet key in every process (from your secret manager), before any cache is built.
+//! en_auth_core::set_fleet_key(std::env::var("FLEET_KEY").unwrap_or_default().as_bytes())?;
+//! let store = RedisTokenStore::connect("redis://127.0.0.1:6379").await?;
+//! let cache = TokenCache::builder(authorizer).store(Arc::new(store)).build();
+//! let token = cache.get().await?; // one process fetches; the others read it from Redis
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! What it does (details in `docs/fleet.md`):
+//! - **Keys** `<prefix>:v1:tok:<cache key>`; the cache key is a hash of every input that
+//!   changes the token, secrets only through HMAC with the fleet key
+//!   ([`en_auth_core::set_fleet_key`]). Lock `<prefix>:v1:lock:…`, published failures
+//!   `<prefix>:v1:fail:…`, events on the channel `<prefix>:v1:events`.
+//! - **Values** a versioned JSON record (schema version, token, `expires_at`, `issued_at`),
+//!   optionally encrypted with AES-256-GCM ([`EncryptionKeys`]); the Redis TTL is the token's
+//!   remaining lifetime. A value that does not parse or decrypt is a miss and gets
+//!   overwritten by the next token.
+//! - **Lock** `SET NX PX` with a random value, released by compare-and-delete (Lua).
+//! - **Invalidation** after a 401: compare-and-delete of exactly the rejected token, and a
+//!   `PUBLISH` so other processes drop their copy.
+//! - **Availability** every command has a short timeout (default 200 ms); after a failure a
+//!   circuit breaker answers at once with an error for a cool-down (default 5 s), and the
+//!   lifecycle fetches in-process meanwhile. No request fails because Redis is down, and
+//!   [`connect`](RedisTokenStore::connect) succeeds even when Redis is not reachable yet.
+//!
+//! The hot path never touches Redis: a cached token is served from memory.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod crypto;
+mod record;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use en_auth_core::{CacheKey, Error, SharedFailure, StoreEvent, StoreLock, TokenStore};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+pub use crypto::EncryptionKeys;
+
+/// Version of the key layout and of the value record; part of every key.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default Redis command timeout.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Default time the circuit breaker stays open after a failed command.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Counters of what the store did, for tests and dashboards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Redis commands sent (each script, pipeline or command counts once).
+    pub commands: u64,
+    /// Commands that failed or timed out.
+    pub errors: u64,
+    /// Calls answered at once with an error because the circuit breaker was open.
+    pub short_circuited: u64,
+    /// How often the circuit breaker opened.
+    pub breaker_trips: u64,
+    /// Values found that could not be read (other schema, unknown key id, tampered): misses.
+    pub unreadable_values: u64,
+    /// Invalidation events received from other processes.
+    pub events_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commands: AtomicU64,
+    errors: AtomicU64,
+    short_circuited: AtomicU64,
+    breaker_trips: AtomicU64,
+    unreadable_values: AtomicU64,
+    events_received: AtomicU64,
+}
+
+/// Configures a [`RedisTokenStore`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), en_auth_core::Error> {
+/// use std::time::Duration;
+/// use en_auth_redis::{EncryptionKeys, RedisTokenStore};
+/// let store = RedisTokenStore::builder("rediss://redis.internal:6380")
+///     .prefix("billing")
+///     .command_timeout(Duration::from_millis(150))
+///     .encryption(EncryptionKeys::new("2026-11", &[7u8; 32])?)
+///     .connect()
+///     .await?;
+/// # let _ = store; Ok(()) }
+/// ```
+pub struct RedisTokenStoreBuilder {
+    url: String,
+    prefix: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    breaker_cooldown: Duration,
+    encryption: Option<EncryptionKeys>,
+    fleet_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisTokenStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTokenStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("encryption", &self.encryption)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTokenStoreBuilder {
+    /// Namespace of every key (default `en-auth`); give services that must not share tokens
+    /// different prefixes, or different Redis databases.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Timeout of every Redis command (default 200 ms). Keep it short: a slow Redis must not
+    /// slow requests down; the lifecycle fetches on its own instead.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Timeout of one connection attempt (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the circuit breaker stays open after a failed command (default 5 s): during
+    /// that time calls fail at once without touching Redis.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Encrypts values at rest with AES-256-GCM (recommended).
+    pub fn encryption(mut self, keys: EncryptionKeys) -> Self {
+        self.encryption = Some(keys);
+        self
+    }
+
+    /// Sets the fleet key ([`en_auth_core::set_fleet_key`]) at connect time: every process
+    /// of the fleet must use the same one, or they do not share tokens.
+    pub fn fleet_key(mut self, key: &[u8]) -> Self {
+        self.fleet_key = Some(key.to_vec());
+        self
+    }
+
+    /// Creates the store. Fails only on configuration errors (a malformed URL, a fleet key
+    /// that conflicts with the one in use); an unreachable Redis is logged as a warning and
+    /// the store starts degraded: every call fails fast and the lifecycle fetches in-process
+    /// until Redis answers.
+    pub async fn connect(self) -> Result<RedisTokenStore, Error> {
+        if let Some(key) = &self.fleet_key {
+            en_auth_core::set_fleet_key(key)?;
+        }
+        if !en_auth_core::fleet_key_is_shared() {
+            tracing::warn!(
+                "no fleet key is set (en_auth_core::set_fleet_key or {}): secrets in cache \
+                 keys are hashed with a per-process salt, so processes do not share tokens \
+                 whose keys include a secret",
+                en_auth_core::FLEET_KEY_ENV
+            );
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|err| {
+            Error::InvalidConfiguration {
+                setting: "Redis URL".into(),
+                reason: format!(
+                    "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
+                    err.kind(),
+                    redact_url(&self.url)
+                ),
+            }
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.command_timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|err| Error::InvalidConfiguration {
+                setting: "Redis URL".into(),
+                reason: format!("cannot use it: {:?}", err.kind()),
+            })?;
+        let (events, _) = broadcast::channel(64);
+        let (alive_tx, alive_rx) = watch::channel(());
+        let prefix = format!("{}:v{SCHEMA_VERSION}", self.prefix);
+        let inner = Arc::new(Inner {
+            manager,
+            channel: format!("{prefix}:events"),
+            prefix,
+            command_timeout: self.command_timeout,
+            cooldown: self.breaker_cooldown,
+            encryption: self.encryption,
+            open_until: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            counters: Counters::default(),
+            events: events.clone(),
+            _alive: alive_tx,
+        });
+        tokio::spawn(listen(
+            client,
+            inner.channel.clone(),
+            self.connect_timeout,
+            Arc::downgrade(&inner),
+            events,
+            alive_rx,
+        ));
+        let store = RedisTokenStore { inner };
+        if let Err(err) = store.ping().await {
+            tracing::warn!(
+                error = %err, url = %redact_url(&self.url),
+                "Redis is not reachable; starting degraded: each process fetches its own \
+                 tokens until Redis answers"
+            );
+        }
+        Ok(store)
+    }
+}
+
+/// A [`TokenStore`] in Redis (6 or later), shared by every process that connects to it with
+/// the same prefix and fleet key. See the [crate documentation](crate).
+#[derive(Clone)]
+pub struct RedisTokenStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: ConnectionManager,
+    prefix: String,
+    channel: String,
+    command_timeout: Duration,
+    cooldown: Duration,
+    encryption: Option<EncryptionKeys>,
+    open_until: Mutex<Option<Instant>>,
+    failing: AtomicBool,
+    counters: Counters,
+    events: broadcast::Sender<StoreEvent>,
+    _alive: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for RedisTokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTokenStore")
+            .field("prefix", &self.inner.prefix)
+            .field("encrypted", &self.inner.encryption.is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl RedisTokenStore {
+    /// Connects with the defaults (prefix `en-auth`, 200 ms command timeout, no encryption);
+    /// see [`builder`](Self::builder) and [`RedisTokenStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a store for `url` (`redis://[user:password@]host:port[/db]` or
+    /// `rediss://…` for TLS).
+    pub fn builder(url: impl Into<String>) -> RedisTokenStoreBuilder {
+        RedisTokenStoreBuilder {
+            url: url.into(),
+            prefix: "en-auth".into(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: Duration::from_secs(1),
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            encryption: None,
+            fleet_key: None,
+        }
+    }
+
+    /// What the store did so far.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RedisStats {
+            commands: load(&c.commands),
+            errors: load(&c.errors),
+            short_circuited: load(&c.short_circuited),
+            breaker_trips: load(&c.breaker_trips),
+            unreadable_values: load(&c.unreadable_values),
+            events_received: load(&c.events_received),
+        }
+    }
+
+    /// Whether the circuit breaker is closed (the last command worked or none failed lately).
+    pub fn is_available(&self) -> bool {
+        self.inner
+            .open_until
+            .lock()
+            .is_none_or(|until| until <= Instant::now())
+    }
+
+    /// The Redis key a token for `key` is stored under.
+    pub fn token_key(&self, key: &CacheKey) -> String {
+        self.inner.key("tok", key)
+    }
+
+    /// The Redis key of the fetch lock for `key`.
+    pub fn lock_key(&self, key: &CacheKey) -> String {
+        self.inner.key("lock", key)
+    }
+
+    /// The Redis key of a published failure for `key`.
+    pub fn failure_key(&self, key: &CacheKey) -> String {
+        self.inner.key("fail", key)
+    }
+
+    /// Sends `PING` (through the circuit breaker).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run(async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .await
+            .map(drop)
+    }
+}
+
+impl Inner {
+    fn key(&self, kind: &str, key: &CacheKey) -> String {
+        let name = key.as_str();
+        let name = name.strip_prefix("en-auth:").unwrap_or(name);
+        format!("{}:{kind}:{name}", self.prefix)
+    }
+
+    /// Runs one command through the circuit breaker and the command timeout.
+    async fn run<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        if let Some(until) = *self.open_until.lock() {
+            let now = Instant::now();
+            if until > now {
+                self.counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Store {
+                    message: format!(
+                        "Redis unavailable (circuit open, next try in {} ms)",
+                        (until - now).as_millis()
+                    ),
+                    source: None,
+                });
+            }
+        }
+        self.counters.commands.fetch_add(1, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(self.command_timeout, command).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                self.close();
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let unreachable = err.is_io_error()
+                    || err.is_timeout()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_unrecoverable_error();
+                if unreachable {
+                    self.trip();
+                }
+                Err(Error::Store {
+                    message: format!("Redis command failed: {err}"),
+                    source: Some(Box::new(err)),
+                })
+            }
+            Err(_) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.trip();
+                Err(Error::Store {
+                    message: format!(
+                        "Redis command timed out after {} ms",
+                        self.command_timeout.as_millis()
+                    ),
+                    source: None,
+                })
+            }
+        }
+    }
+
+    fn trip(&self) {
+        *self.open_until.lock() = Some(Instant::now() + self.cooldown);
+        self.counters.breaker_trips.fetch_add(1, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::debug!(
+                cooldown_ms = self.cooldown.as_millis() as u64,
+                "Redis circuit breaker opened"
+            );
+        }
+    }
+
+    fn close(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::AcqRel) {
+            *self.open_until.lock() = None;
+            tracing::info!("Redis reachable again; circuit breaker closed");
+        }
+    }
+
+    fn unreadable(&self) {
+        self.counters
+            .unreadable_values
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let mut conn = self.manager.clone();
+        self.run(async move { conn.get::<_, Option<Vec<u8>>>(key).await })
+            .await
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisTokenStore {
+    async fn load(&self, key: &CacheKey) -> Result<Option<SecretString>, Error> {
+        let redis_key = self.inner.key("tok", key);
+        let Some(raw) = self.inner.get(&redis_key).await? else {
+            return Ok(None);
+        };
+        match record::open(&raw, &redis_key, self.inner.encryption.as_ref()) {
+            Some(record) if record.is_live() => Ok(Some(record.token)),
+            Some(_) => Ok(None),
+            None => {
+                self.inner.unreadable();
+                Ok(None)
+            }
+        }
+    }
+
+    async fn save(&self, key: &CacheKey, value: &SecretString, ttl: Duration) -> Result<(), Error> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            return Ok(());
+        }
+        let redis_key = self.inner.key("tok", key);
+        let sealed = record::seal(value, ttl, &redis_key, self.inner.encryption.as_ref())?;
+        let fail_key = self.inner.key("fail", key);
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run(async move {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&redis_key)
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore()
+                    .del(&fail_key)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+    }
+
+    async fn remove_if(&self, key: &CacheKey, value: &SecretString) -> Result<(), Error> {
+        let redis_key = self.inner.key("tok", key);
+        if let Some(raw) = self.inner.get(&redis_key).await? {
+            let same = record::open(&raw, &redis_key, self.inner.encryption.as_ref())
+                .is_some_and(|record| record.token.expose_secret() == value.expose_secret());
+            if same {
+                let mut conn = self.inner.manager.clone();
+                let script = redis::Script::new(UNLOCK_SCRIPT);
+                let key_for_script = redis_key.clone();
+                self.inner
+                    .run(async move {
+                        script
+                            .key(key_for_script)
+                            .arg(raw)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await?;
+            }
+        }
+        // Tell the others even when the stored token is already another one: they may still
+        // hold the rejected one in memory.
+        let message = serde_json::json!({
+            "k": key.as_str(),
+            "f": en_auth_core::value_fingerprint(value.expose_secret()),
+        })
+        .to_string();
+        let channel = self.inner.channel.clone();
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run(async move { conn.publish::<_, _, i64>(channel, message).await })
+            .await
+            .map(drop)
+    }
+
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {
+        let lock_key = self.inner.key("lock", key);
+        let id = crypto::random_hex(16);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.inner.manager.clone();
+        let value = id.clone();
+        let taken: Option<String> = self
+            .inner
+            .run(async move {
+                redis::cmd("SET")
+                    .arg(&lock_key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(taken.map(|_| StoreLock::new(id)))
+    }
+
+    async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
+        let lock_key = self.inner.key("lock", key);
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run(async move {
+                redis::Script::new(UNLOCK_SCRIPT)
+                    .key(lock_key)
+                    .arg(lock.id())
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn publish_failure(&self, key: &CacheKey, failure: &SharedFailure) -> Result<(), Error> {
+        let Ok(ttl) = (failure.retry_at - chrono::Utc::now()).to_std() else {
+            return Ok(());
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            return Ok(());
+        }
+        let fail_key = self.inner.key("fail", key);
+        let value = serde_json::to_string(failure).map_err(Error::store)?;
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run(async move {
+                redis::cmd("SET")
+                    .arg(&fail_key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+    }
+
+    async fn load_failure(&self, key: &CacheKey) -> Result<Option<SharedFailure>, Error> {
+        let fail_key = self.inner.key("fail", key);
+        let Some(raw) = self.inner.get(&fail_key).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&raw).ok())
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.inner.events.subscribe())
+    }
+}
+
+/// Listens on the events channel with a connection of its own, reconnecting while the store
+/// lives; forwards invalidations to [`TokenStore::events`] subscribers.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    store: std::sync::Weak<Inner>,
+    events: broadcast::Sender<StoreEvent>,
+    mut alive: watch::Receiver<()>,
+) {
+    loop {
+        if let Ok(Ok(mut pubsub)) =
+            tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await
+        {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                let mut messages = pubsub.on_message();
+                loop {
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        _ = alive.changed() => return,
+                    };
+                    let Some(message) = message else { break };
+                    let Ok(body) = serde_json::from_slice::<serde_json::Value>(
+                        message.get_payload_bytes(),
+                    ) else {
+                        continue;
+                    };
+                    let (Some(key), Some(fingerprint)) = (body["k"].as_str(), body["f"].as_str())
+                    else {
+                        continue;
+                    };
+                    if let Some(inner) = store.upgrade() {
+                        inner
+                            .counters
+                            .events_received
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = events.send(StoreEvent::invalidated(key, fingerprint));
+                }
+            }
+        }
+        if store.upgrade().is_none() {
+            return;
+        }
+        let pause = Duration::from_millis(fastrand::u64(500..=1000));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = alive.changed() => return,
+        }
+    }
+}
+
+/// `redis://user:password@host` → `redis://user:***@host`, for logs and errors.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}
