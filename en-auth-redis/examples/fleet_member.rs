@@ -1,0 +1,171 @@
+//! One process of a fleet, for the multi-process tests in `tests/fleet.rs` (and a small
+//! demonstration of wiring a Redis store into the middleware).
+//!
+//! Configured through the environment:
+//! `FLEET_TOKEN_URL`, `FLEET_CLIENT_ID`, `FLEET_CLIENT_SECRET`, `FLEET_API_URL` (required),
+//! `FLEET_AUDIENCE`, `FLEET_SCOPES` (space-separated), `FLEET_REDIS_URL` (no store without it),
+//! `FLEET_ENCRYPTION_KEY` (64 hex digits), `FLEET_LOCK_WAIT_MS`, `FLEET_MAX_ELAPSED_MS`,
+//! `FLEET_BREAKER_COOLDOWN_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
+//!
+//! Reads commands from stdin, one per line, and answers each with one JSON line:
+//! `round N` (N concurrent API requests), `token` (one token), `stats`, `wait-redis`, `quit`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use en_auth_core::{AuthMiddleware, ClientInfo, LifecyclePolicy, RetryPolicy, TokenCache};
+use en_auth_oauth2::ServiceAccountAuthorizer;
+use en_auth_redis::{EncryptionKeys, RedisTokenStore};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn millis_env(name: &str) -> Option<Duration> {
+    env(name)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
+fn hex_key(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let required = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
+    let mut authorizer = ServiceAccountAuthorizer::new(
+        ClientInfo::new(
+            required("FLEET_CLIENT_ID")?,
+            required("FLEET_CLIENT_SECRET")?,
+        ),
+        required("FLEET_TOKEN_URL")?,
+    );
+    if let Some(audience) = env("FLEET_AUDIENCE") {
+        authorizer = authorizer.with_audience(audience);
+    }
+    if let Some(scopes) = env("FLEET_SCOPES") {
+        authorizer = authorizer.with_scopes(scopes.split(' ').map(str::to_owned));
+    }
+    let api_url = required("FLEET_API_URL")?;
+
+    let mut policy = LifecyclePolicy::default();
+    if let Some(wait) = millis_env("FLEET_LOCK_WAIT_MS") {
+        policy = policy.with_store_lock_wait(wait);
+    }
+    if let Some(elapsed) = millis_env("FLEET_MAX_ELAPSED_MS") {
+        policy = policy.with_retry(RetryPolicy {
+            max_elapsed: elapsed,
+            ..RetryPolicy::default()
+        });
+    }
+    let mut builder = TokenCache::builder(authorizer).policy(policy);
+    let mut store = None;
+    if let Some(url) = env("FLEET_REDIS_URL") {
+        let mut config = RedisTokenStore::builder(url);
+        if let Some(cooldown) = millis_env("FLEET_BREAKER_COOLDOWN_MS") {
+            config = config.breaker_cooldown(cooldown);
+        }
+        if let Some(key) = env("FLEET_ENCRYPTION_KEY") {
+            config = config.encryption(EncryptionKeys::new("test-key", &hex_key(&key))?);
+        }
+        let connected = Arc::new(config.connect().await?);
+        builder = builder.store(connected.clone());
+        store = Some(connected);
+    }
+    let auth = AuthMiddleware::from_cache(builder.build());
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone())
+        .build();
+
+    println!("READY");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let mut words = line.split_whitespace();
+        let answer = match words.next() {
+            Some("round") => {
+                let n: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+                let commands_before = store.as_ref().map_or(0, |s| s.stats().commands);
+                let started = Instant::now();
+                let requests = (0..n).map(|_| {
+                    let client = client.clone();
+                    let url = api_url.clone();
+                    tokio::spawn(async move {
+                        match client.get(url).send().await {
+                            Ok(response) if response.status().is_success() => Ok(()),
+                            Ok(response) => Err(format!("HTTP {}", response.status())),
+                            Err(err) => Err(err.to_string()),
+                        }
+                    })
+                });
+                let results = futures_util::future::join_all(requests).await;
+                let mut failed = 0;
+                let mut first_error = None;
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            failed += 1;
+                            first_error.get_or_insert(err);
+                        }
+                        Err(err) => {
+                            failed += 1;
+                            first_error.get_or_insert(err.to_string());
+                        }
+                    }
+                }
+                json!({
+                    "ok": n - failed, "failed": failed, "first_error": first_error,
+                    "ms": started.elapsed().as_millis() as u64,
+                    "redis_commands": store.as_ref().map_or(0, |s| s.stats().commands) - commands_before,
+                })
+            }
+            Some("token") => {
+                let started = Instant::now();
+                let result = auth.cache().get().await;
+                json!({
+                    "ok": result.is_ok(),
+                    "error": result.err().map(|e| e.to_string()),
+                    "ms": started.elapsed().as_millis() as u64,
+                })
+            }
+            Some("stats") => {
+                let s = auth.stats();
+                let r = store.as_ref().map(|s| s.stats()).unwrap_or_default();
+                json!({
+                    "authorizations": s.authorizations, "refreshes": s.refreshes,
+                    "fetches": s.fetches, "store_hits": s.store_hits, "waits": s.waits,
+                    "lock_waits": s.lock_waits, "lock_timeouts": s.lock_timeouts,
+                    "shared_failures": s.shared_failures, "store_errors": s.store_errors,
+                    "invalidations": s.invalidations,
+                    "remote_invalidations": s.remote_invalidations, "replays": s.replays,
+                    "redis_commands": r.commands, "breaker_trips": r.breaker_trips,
+                    "events_received": r.events_received,
+                })
+            }
+            Some("wait-redis") => {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut ok = false;
+                while let Some(store) = &store {
+                    if store.ping().await.is_ok() {
+                        ok = true;
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                json!({ "ok": ok })
+            }
+            Some("quit") | None => break,
+            Some(other) => json!({ "error": format!("unknown command {other}") }),
+        };
+        println!("{answer}");
+    }
+    Ok(())
+}

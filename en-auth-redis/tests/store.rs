@@ -1,0 +1,237 @@
+//! One process against a real `redis-server`: what is stored, what is not shared, what is a
+//! miss, the hot path, and a Redis that is not there.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FLEET_KEY, TestApi};
+use en_auth_core::{AuthMiddleware, ClientInfo, TokenCache};
+use en_auth_oauth2::ServiceAccountAuthorizer;
+use en_auth_redis::{EncryptionKeys, RedisTokenStore};
+use en_auth_testkit::{IdpConfig, LocalIdp, RedisServer};
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "a-client-secret-nobody-may-see";
+
+fn fleet_key() {
+    en_auth_core::set_fleet_key(FLEET_KEY.as_bytes()).unwrap();
+}
+
+async fn idp() -> LocalIdp {
+    LocalIdp::start(IdpConfig {
+        client_secret: SECRET.into(),
+        lifetime: Some(Duration::from_secs(600)),
+        ..IdpConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn authorizer(idp: &LocalIdp) -> ServiceAccountAuthorizer {
+    ServiceAccountAuthorizer::new(ClientInfo::new(idp.client_id(), SECRET), idp.token_url())
+}
+
+fn cache(authorizer: ServiceAccountAuthorizer, store: &RedisTokenStore) -> TokenCache<ServiceAccountAuthorizer> {
+    TokenCache::builder(authorizer)
+        .store(Arc::new(store.clone()))
+        .build()
+}
+
+/// Every key and value in Redis, as text.
+fn dump(redis: &RedisServer) -> String {
+    let keys = redis.command(&["KEYS", "*"]).unwrap();
+    let mut all = keys.clone();
+    for key in keys.lines().filter(|l| !l.starts_with('*') && !l.starts_with('$')) {
+        if let Some(value) = redis.command(&["GET", key]) {
+            all.push_str(&value);
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_path_sends_no_redis_command() {
+    fleet_key();
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let api = TestApi::start().await;
+    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let auth = AuthMiddleware::from_cache(cache(authorizer(&idp), &store));
+    auth.cache().warm_up().await.unwrap();
+    let before = store.stats().commands;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone())
+        .build();
+    for _ in 0..500 {
+        assert!(client.get(api.url()).send().await.unwrap().status().is_success());
+    }
+    let per_request = store.stats().commands - before;
+    eprintln!("HOT PATH: {per_request} Redis commands for 500 API requests with a cached token");
+    assert_eq!(per_request, 0);
+    assert_eq!(idp.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token() {
+    fleet_key();
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let plain = RedisTokenStore::builder(redis.url())
+        .prefix("plain")
+        .connect()
+        .await
+        .unwrap();
+    let token = cache(authorizer(&idp), &plain).access_token().await.unwrap();
+    let encrypted = RedisTokenStore::builder(redis.url())
+        .prefix("sealed")
+        .encryption(EncryptionKeys::new("k1", &[9u8; 32]).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let sealed_token = cache(authorizer(&idp), &encrypted)
+        .access_token()
+        .await
+        .unwrap();
+    assert_ne!(token, sealed_token, "different prefixes do not share");
+    let everything = dump(&redis);
+    assert!(everything.contains("plain:v1:tok:oauth2:"), "{everything}");
+    assert!(everything.contains("sealed:v1:tok:oauth2:"), "{everything}");
+    let secret_sha256: String = Sha256::digest(SECRET.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!everything.contains(SECRET));
+    assert!(!everything.contains(&secret_sha256));
+    assert!(everything.contains(&token), "the plain store keeps the token readable");
+    assert!(
+        !everything.contains(&sealed_token),
+        "the encrypted store keeps no plaintext token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_values_are_misses_and_get_overwritten() {
+    fleet_key();
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let key = store.token_key(&en_auth_core::Authorizer::cache_key(&authorizer(&idp)));
+    // Another schema version, then garbage: both misses.
+    for (n, value) in [
+        r#"{"v":2,"token":"{\"access_token\":\"old\"}","expires_at":99999999999999,"issued_at":0}"#,
+        "\u{1}not json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        redis.command(&["SET", &key, value, "PX", "60000"]).unwrap();
+        let token = cache(authorizer(&idp), &store).access_token().await.unwrap();
+        assert_ne!(token, "old");
+        assert_eq!(idp.token_requests(), n as u64 + 1);
+        let stored = redis.command(&["GET", &key]).unwrap();
+        assert!(stored.contains(r#""v":1"#), "overwritten: {stored}");
+    }
+    // Written under a key id this process does not know: a miss, then overwritten.
+    let old = RedisTokenStore::builder(redis.url())
+        .prefix("rotating")
+        .encryption(EncryptionKeys::new("old", &[1u8; 32]).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    cache(authorizer(&idp), &old).access_token().await.unwrap();
+    let new = RedisTokenStore::builder(redis.url())
+        .prefix("rotating")
+        .encryption(EncryptionKeys::new("new", &[2u8; 32]).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let before = idp.token_requests();
+    cache(authorizer(&idp), &new).access_token().await.unwrap();
+    assert_eq!(idp.token_requests(), before + 1, "unknown key id is a miss");
+    assert!(new.stats().unreadable_values >= 1);
+    // With the old key kept for rotation, the new writer's value is read by both.
+    let both = RedisTokenStore::builder(redis.url())
+        .prefix("rotating")
+        .encryption(
+            EncryptionKeys::new("newer", &[3u8; 32])
+                .unwrap()
+                .with_old_key("new", &[2u8; 32])
+                .unwrap(),
+        )
+        .connect()
+        .await
+        .unwrap();
+    cache(authorizer(&idp), &both).access_token().await.unwrap();
+    assert_eq!(idp.token_requests(), before + 1, "rotation keeps reading old values");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_scopes_audiences_secrets_and_urls_never_share() {
+    fleet_key();
+    let redis = RedisServer::start();
+    let (one, two) = tokio::join!(idp(), idp());
+    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let base = || authorizer(&one);
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(cache(base(), &store).access_token().await.unwrap());
+    assert_eq!(one.token_requests(), 1);
+    // Same inputs in another cache: shared.
+    assert!(!seen.insert(cache(base(), &store).access_token().await.unwrap()));
+    assert_eq!(one.token_requests(), 1);
+    let variants = [
+        base().with_scopes(["read"]),
+        base().with_scopes(["write"]),
+        base().with_audience("https://a.example.com"),
+        base().with_audience("https://b.example.com"),
+    ];
+    for (n, variant) in variants.into_iter().enumerate() {
+        assert!(seen.insert(cache(variant, &store).access_token().await.unwrap()));
+        assert_eq!(one.token_requests(), n as u64 + 2);
+    }
+    // Another token URL (same credentials).
+    let other_url =
+        ServiceAccountAuthorizer::new(ClientInfo::new(one.client_id(), SECRET), two.token_url());
+    assert!(seen.insert(cache(other_url, &store).access_token().await.unwrap()));
+    assert_eq!(two.token_requests(), 1);
+    // Another secret: not served the stored token, so the provider refuses it.
+    let wrong = ServiceAccountAuthorizer::new(
+        ClientInfo::new(one.client_id(), "another-secret"),
+        one.token_url(),
+    );
+    assert!(cache(wrong, &store).access_token().await.is_err());
+    assert_eq!(one.token_requests(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
+    fleet_key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let idp = idp().await;
+    let api = TestApi::start().await;
+    let store = RedisTokenStore::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect("connect succeeds degraded");
+    assert!(!store.is_available());
+    let auth = AuthMiddleware::from_cache(cache(authorizer(&idp), &store));
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone())
+        .build();
+    for _ in 0..20 {
+        assert!(client.get(api.url()).send().await.unwrap().status().is_success());
+    }
+    assert_eq!(idp.token_requests(), 1, "in-process single flight still holds");
+    let stats = auth.stats();
+    assert!(stats.store_errors >= 1, "{stats:?}");
+    let redis_stats = store.stats();
+    assert!(redis_stats.breaker_trips >= 1, "{redis_stats:?}");
+    assert!(
+        redis_stats.short_circuited >= 1,
+        "later calls fail fast without touching Redis: {redis_stats:?}"
+    );
+}
