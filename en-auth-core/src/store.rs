@@ -141,7 +141,10 @@ impl SharedFailure {
                 reset_at: Some(self.retry_at),
             },
             "server_error" => Error::ServerError {
-                status: self.status.filter(|s| (500..600).contains(s)).unwrap_or(503),
+                status: self
+                    .status
+                    .filter(|s| (500..600).contains(s))
+                    .unwrap_or(503),
                 retry_after: remaining,
             },
             "invalid_response" => Error::InvalidResponse {

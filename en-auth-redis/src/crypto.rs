@@ -83,7 +83,11 @@ impl EncryptionKeys {
     }
 
     /// `(key id, nonce, ciphertext)` of `plaintext`, bound to `aad`.
-    pub(crate) fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<(String, Vec<u8>, Vec<u8>), Error> {
+    pub(crate) fn seal(
+        &self,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<(String, Vec<u8>, Vec<u8>), Error> {
         let cipher = self.keys.get(&self.current).ok_or_else(|| Error::Store {
             message: "the current encryption key is missing".into(),
             source: None,
@@ -94,7 +98,13 @@ impl EncryptionKeys {
             source: None,
         })?;
         let ciphertext = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| Error::Store {
                 message: "encryption failed".into(),
                 source: None,
@@ -104,13 +114,25 @@ impl EncryptionKeys {
 
     /// The plaintext, or `None` for an unknown key id, a wrong nonce, or a ciphertext that was
     /// tampered with or moved from another key's slot.
-    pub(crate) fn open(&self, id: &str, nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(
+        &self,
+        id: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Option<Vec<u8>> {
         if nonce.len() != 12 {
             return None;
         }
         self.keys
             .get(id)?
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .ok()
     }
 }

@@ -190,26 +190,27 @@ impl RedisTokenStoreBuilder {
                 en_auth_core::FLEET_KEY_ENV
             );
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(|err| {
-            Error::InvalidConfiguration {
+        let client =
+            redis::Client::open(self.url.as_str()).map_err(|err| Error::InvalidConfiguration {
                 setting: "Redis URL".into(),
                 reason: format!(
                     "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
                     err.kind(),
                     redact_url(&self.url)
                 ),
-            }
-        })?;
+            })?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.command_timeout))
             .set_connection_timeout(Some(self.connect_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|err| Error::InvalidConfiguration {
-                setting: "Redis URL".into(),
-                reason: format!("cannot use it: {:?}", err.kind()),
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|err| {
+                Error::InvalidConfiguration {
+                    setting: "Redis URL".into(),
+                    reason: format!("cannot use it: {:?}", err.kind()),
+                }
             })?;
         let (events, _) = broadcast::channel(64);
         let (alive_tx, alive_rx) = watch::channel(());
@@ -361,7 +362,9 @@ impl Inner {
         if let Some(until) = *self.open_until.lock() {
             let now = Instant::now();
             if until > now {
-                self.counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .short_circuited
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(Error::Store {
                     message: format!(
                         "Redis unavailable (circuit open, next try in {} ms)",
@@ -612,9 +615,9 @@ async fn listen(
                         _ = alive.changed() => return,
                     };
                     let Some(message) = message else { break };
-                    let Ok(body) = serde_json::from_slice::<serde_json::Value>(
-                        message.get_payload_bytes(),
-                    ) else {
+                    let Ok(body) =
+                        serde_json::from_slice::<serde_json::Value>(message.get_payload_bytes())
+                    else {
                         continue;
                     };
                     let (Some(key), Some(fingerprint)) = (body["k"].as_str(), body["f"].as_str())
@@ -660,10 +663,7 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://u:secret@h:1/0"),
-            "redis://u:***@h:1/0"
-        );
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
     }
 }

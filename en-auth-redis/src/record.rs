@@ -130,7 +130,9 @@ mod tests {
         let record = open(&raw, "k", None).unwrap();
         assert_eq!(record.token.expose_secret(), token().expose_secret());
         assert!(record.is_live());
-        let other = String::from_utf8(raw).unwrap().replace("\"v\":1", "\"v\":2");
+        let other = String::from_utf8(raw)
+            .unwrap()
+            .replace("\"v\":1", "\"v\":2");
         assert!(open(other.as_bytes(), "k", None).is_none());
         assert!(open(b"not json", "k", None).is_none());
     }

@@ -12,7 +12,11 @@ use futures_util::future::join_all;
 
 const ROUND: &str = "round 200";
 
-fn oidc_env(provider: &OidcProvider, api: &TestApi, redis: Option<&RedisServer>) -> Vec<(&'static str, String)> {
+fn oidc_env(
+    provider: &OidcProvider,
+    api: &TestApi,
+    redis: Option<&RedisServer>,
+) -> Vec<(&'static str, String)> {
     let (id, secret) = OidcProvider::BASIC_CLIENT;
     let mut env = vec![
         ("FLEET_TOKEN_URL", provider.token_url()),
@@ -96,8 +100,14 @@ async fn eight_processes_fetch_once_per_token_lifetime_and_survive_a_redis_outag
         sum(&stats, "store_hits"),
         sum(&stats, "lock_waits"),
     );
-    assert_eq!(with_redis, 3, "one token request per lifetime for the whole fleet");
-    assert_eq!(without_redis, 24, "one per process per lifetime without sharing");
+    assert_eq!(
+        with_redis, 3,
+        "one token request per lifetime for the whole fleet"
+    );
+    assert_eq!(
+        without_redis, 24,
+        "one per process per lifetime without sharing"
+    );
     assert_eq!(
         sum(&stats, "authorizations") + sum(&stats, "refreshes"),
         3,
@@ -170,11 +180,19 @@ async fn a_killed_lock_holder_is_replaced_within_the_lock_ttl() {
         b["ms"], c["ms"]
     );
     let stats = vec![members[1].ask("stats").await, members[2].ask("stats").await];
-    assert_eq!(idp.token_requests(), 2, "one take-over fetch, not one per waiter");
+    assert_eq!(
+        idp.token_requests(),
+        2,
+        "one take-over fetch, not one per waiter"
+    );
     assert_eq!(sum(&stats, "authorizations"), 1);
     assert_eq!(sum(&stats, "store_hits"), 1);
     assert_eq!(sum(&stats, "lock_waits"), 2);
-    assert_eq!(sum(&stats, "lock_timeouts"), 0, "the lock was taken over, not timed out");
+    assert_eq!(
+        sum(&stats, "lock_timeouts"),
+        0,
+        "the lock was taken over, not timed out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +220,10 @@ async fn a_holders_permanent_failure_reaches_waiters_in_other_processes() {
     for waiter in &waiters {
         assert_eq!(waiter["ok"], false, "{waiter:?}");
         assert!(
-            waiter["error"].as_str().unwrap_or("").contains("invalid client"),
+            waiter["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid client"),
             "the waiter sees the holder's error: {waiter:?}"
         );
     }
@@ -218,7 +239,11 @@ async fn a_holders_permanent_failure_reaches_waiters_in_other_processes() {
     for member in &mut members[1..] {
         stats.push(member.ask("stats").await);
     }
-    assert_eq!(idp.token_requests(), 1, "only the holder asked the provider");
+    assert_eq!(
+        idp.token_requests(),
+        1,
+        "only the holder asked the provider"
+    );
     assert_eq!(sum(&stats, "authorizations"), 0);
     assert_eq!(sum(&stats, "shared_failures"), 3);
     assert_eq!(sum(&stats, "lock_timeouts"), 0, "nobody sat out the lock");

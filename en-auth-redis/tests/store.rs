@@ -33,7 +33,10 @@ fn authorizer(idp: &LocalIdp) -> ServiceAccountAuthorizer {
     ServiceAccountAuthorizer::new(ClientInfo::new(idp.client_id(), SECRET), idp.token_url())
 }
 
-fn cache(authorizer: ServiceAccountAuthorizer, store: &RedisTokenStore) -> TokenCache<ServiceAccountAuthorizer> {
+fn cache(
+    authorizer: ServiceAccountAuthorizer,
+    store: &RedisTokenStore,
+) -> TokenCache<ServiceAccountAuthorizer> {
     TokenCache::builder(authorizer)
         .store(Arc::new(store.clone()))
         .build()
@@ -43,7 +46,10 @@ fn cache(authorizer: ServiceAccountAuthorizer, store: &RedisTokenStore) -> Token
 fn dump(redis: &RedisServer) -> String {
     let keys = redis.command(&["KEYS", "*"]).unwrap();
     let mut all = keys.clone();
-    for key in keys.lines().filter(|l| !l.starts_with('*') && !l.starts_with('$')) {
+    for key in keys
+        .lines()
+        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+    {
         if let Some(value) = redis.command(&["GET", key]) {
             all.push_str(&value);
         }
@@ -65,7 +71,15 @@ async fn the_hot_path_sends_no_redis_command() {
         .with(auth.clone())
         .build();
     for _ in 0..500 {
-        assert!(client.get(api.url()).send().await.unwrap().status().is_success());
+        assert!(
+            client
+                .get(api.url())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
     }
     let per_request = store.stats().commands - before;
     eprintln!("HOT PATH: {per_request} Redis commands for 500 API requests with a cached token");
@@ -83,7 +97,10 @@ async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token(
         .connect()
         .await
         .unwrap();
-    let token = cache(authorizer(&idp), &plain).access_token().await.unwrap();
+    let token = cache(authorizer(&idp), &plain)
+        .access_token()
+        .await
+        .unwrap();
     let encrypted = RedisTokenStore::builder(redis.url())
         .prefix("sealed")
         .encryption(EncryptionKeys::new("k1", &[9u8; 32]).unwrap())
@@ -104,7 +121,10 @@ async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token(
         .collect();
     assert!(!everything.contains(SECRET));
     assert!(!everything.contains(&secret_sha256));
-    assert!(everything.contains(&token), "the plain store keeps the token readable");
+    assert!(
+        everything.contains(&token),
+        "the plain store keeps the token readable"
+    );
     assert!(
         !everything.contains(&sealed_token),
         "the encrypted store keeps no plaintext token"
@@ -127,7 +147,10 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
     .enumerate()
     {
         redis.command(&["SET", &key, value, "PX", "60000"]).unwrap();
-        let token = cache(authorizer(&idp), &store).access_token().await.unwrap();
+        let token = cache(authorizer(&idp), &store)
+            .access_token()
+            .await
+            .unwrap();
         assert_ne!(token, "old");
         assert_eq!(idp.token_requests(), n as u64 + 1);
         let stored = redis.command(&["GET", &key]).unwrap();
@@ -164,7 +187,11 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
         .await
         .unwrap();
     cache(authorizer(&idp), &both).access_token().await.unwrap();
-    assert_eq!(idp.token_requests(), before + 1, "rotation keeps reading old values");
+    assert_eq!(
+        idp.token_requests(),
+        before + 1,
+        "rotation keeps reading old values"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,9 +250,21 @@ async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
         .with(auth.clone())
         .build();
     for _ in 0..20 {
-        assert!(client.get(api.url()).send().await.unwrap().status().is_success());
+        assert!(
+            client
+                .get(api.url())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
     }
-    assert_eq!(idp.token_requests(), 1, "in-process single flight still holds");
+    assert_eq!(
+        idp.token_requests(),
+        1,
+        "in-process single flight still holds"
+    );
     let stats = auth.stats();
     assert!(stats.store_errors >= 1, "{stats:?}");
     let redis_stats = store.stats();

@@ -54,20 +54,35 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is not installed: run ./scripts/install-peers (./scripts/test does)");
+            .expect(
+                "redis-server is not installed: run ./scripts/install-peers (./scripts/test does)",
+            );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.command(&["PING"]).is_some_and(|r| r.starts_with("+PONG")) {
+            if self
+                .command(&["PING"])
+                .is_some_and(|r| r.starts_with("+PONG"))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer PING within 20 s", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING within 20 s",
+            self.port
+        );
     }
 
     /// Sends one command and returns the raw reply (RESP), for test inspection such as

@@ -1,0 +1,212 @@
+//! The store protocol of the lifecycle (rules 9–12): no write-back of read tokens, a failing
+//! store never fails a request, published failures are served without a provider call, and
+//! invalidation events drop a token rejected elsewhere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use en_auth_core::{
+    Authorizer, BearerToken, CacheKey, ClientInfo, Error, MemoryTokenStore, SharedFailure,
+    StoreEvent, StoreLock, TokenCache, TokenStore, async_trait, secrecy::SecretString,
+    value_fingerprint,
+};
+use parking_lot::Mutex;
+use secrecy::ExposeSecret;
+use tokio::sync::broadcast;
+
+struct Counting {
+    info: ClientInfo,
+    calls: Arc<AtomicU64>,
+    refuse: bool,
+}
+
+#[async_trait]
+impl Authorizer for Counting {
+    type Token = BearerToken;
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.refuse {
+            return Err(Error::InvalidClient {
+                status: Some(401),
+                description: None,
+            });
+        }
+        Ok(BearerToken::new(
+            format!("token-{n}-{}", fastrand::u64(..)),
+            Some(Duration::from_secs(3600)),
+        ))
+    }
+    fn cache_key(&self) -> CacheKey {
+        CacheKey::builder("test").part("client", "shared").build()
+    }
+}
+
+fn authorizer(calls: &Arc<AtomicU64>, refuse: bool) -> Counting {
+    Counting {
+        info: ClientInfo::new("client", "secret"),
+        calls: Arc::clone(calls),
+        refuse,
+    }
+}
+
+/// A memory store with the fleet features: counted writes, published failures, events, and a
+/// switch that makes every call fail.
+#[derive(Default)]
+struct FleetStore {
+    memory: MemoryTokenStore,
+    saves: AtomicU64,
+    broken: AtomicBool,
+    failures: Mutex<HashMap<CacheKey, SharedFailure>>,
+    events: Mutex<Option<broadcast::Sender<StoreEvent>>>,
+}
+
+impl FleetStore {
+    fn check(&self) -> Result<(), Error> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(Error::Store {
+                message: "down".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn sender(&self) -> broadcast::Sender<StoreEvent> {
+        self.events
+            .lock()
+            .get_or_insert_with(|| broadcast::channel(16).0)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl TokenStore for FleetStore {
+    async fn load(&self, key: &CacheKey) -> Result<Option<SecretString>, Error> {
+        self.check()?;
+        self.memory.load(key).await
+    }
+    async fn save(&self, key: &CacheKey, value: &SecretString, ttl: Duration) -> Result<(), Error> {
+        self.check()?;
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        self.memory.save(key, value, ttl).await
+    }
+    async fn remove_if(&self, key: &CacheKey, value: &SecretString) -> Result<(), Error> {
+        self.check()?;
+        self.memory.remove_if(key, value).await?;
+        let _ = self.sender().send(StoreEvent::invalidated(
+            key.as_str(),
+            value_fingerprint(value.expose_secret()),
+        ));
+        Ok(())
+    }
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {
+        self.check()?;
+        self.memory.try_lock(key, ttl).await
+    }
+    async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
+        self.check()?;
+        self.memory.unlock(key, lock).await
+    }
+    async fn publish_failure(&self, key: &CacheKey, failure: &SharedFailure) -> Result<(), Error> {
+        self.check()?;
+        self.failures.lock().insert(key.clone(), failure.clone());
+        Ok(())
+    }
+    async fn load_failure(&self, key: &CacheKey) -> Result<Option<SharedFailure>, Error> {
+        self.check()?;
+        Ok(self.failures.lock().get(key).cloned())
+    }
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.sender().subscribe())
+    }
+}
+
+fn cache(store: &Arc<FleetStore>, authorizer: Counting) -> TokenCache<Counting> {
+    TokenCache::builder(authorizer)
+        .store(Arc::clone(store) as Arc<dyn TokenStore>)
+        .build()
+}
+
+#[tokio::test]
+async fn a_token_read_from_the_store_is_not_written_back() {
+    let store = Arc::new(FleetStore::default());
+    let calls = Arc::new(AtomicU64::new(0));
+    let a = cache(&store, authorizer(&calls, false));
+    let b = cache(&store, authorizer(&calls, false));
+    let first = a.access_token().await.unwrap();
+    assert_eq!(store.saves.load(Ordering::SeqCst), 1);
+    assert_eq!(b.access_token().await.unwrap(), first);
+    assert_eq!(b.stats().store_hits, 1);
+    assert_eq!(store.saves.load(Ordering::SeqCst), 1, "no write-back");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_never_fails_a_request() {
+    let store = Arc::new(FleetStore::default());
+    store.broken.store(true, Ordering::SeqCst);
+    let calls = Arc::new(AtomicU64::new(0));
+    let cache = cache(&store, authorizer(&calls, false));
+    let gets = (0..50).map(|_| {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await.map(drop) })
+    });
+    for get in futures_util::future::join_all(gets).await {
+        get.unwrap().unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "in-process single flight");
+    assert!(cache.stats().store_errors >= 1);
+}
+
+#[tokio::test]
+async fn a_published_failure_is_answered_without_a_provider_call() {
+    let store = Arc::new(FleetStore::default());
+    let calls = Arc::new(AtomicU64::new(0));
+    let holder = cache(&store, authorizer(&calls, true));
+    assert!(matches!(
+        holder.get().await.unwrap_err(),
+        Error::InvalidClient { .. }
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let other = cache(&store, authorizer(&calls, true));
+    let err = other.get().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidClient { .. }), "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the fleet backs off together"
+    );
+    assert_eq!(other.stats().shared_failures, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rejected_elsewhere_is_dropped_here() {
+    let store = Arc::new(FleetStore::default());
+    let calls = Arc::new(AtomicU64::new(0));
+    let a = cache(&store, authorizer(&calls, false));
+    let b = cache(&store, authorizer(&calls, false));
+    let token = a.get().await.unwrap();
+    let same = b.get().await.unwrap();
+    assert!(token.same_token(&same));
+    assert!(a.invalidate(&token).await);
+    for _ in 0..200 {
+        if b.stats().remote_invalidations == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.stats().remote_invalidations, 1);
+    assert!(
+        b.cached().is_none(),
+        "b no longer serves the rejected token"
+    );
+    let replacement = b.get().await.unwrap();
+    assert!(!replacement.same_token(&same));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
