@@ -1311,10 +1311,7 @@ impl<A: Authorizer> TokenCache<A> {
             }
             Err(_) => {
                 let err = Error::Store {
-                    message: format!(
-                        "no answer within {} ms",
-                        STORE_CALL_TIMEOUT.as_millis()
-                    ),
+                    message: format!("no answer within {} ms", STORE_CALL_TIMEOUT.as_millis()),
                     source: None,
                 };
                 self.store_failed(what, &err);
