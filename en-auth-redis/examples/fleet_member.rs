@@ -8,7 +8,8 @@
 //! `FLEET_BREAKER_COOLDOWN_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
 //!
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
-//! `round N` (N concurrent API requests), `token` (one token), `stats`, `wait-redis`, `quit`.
+//! `round N` (N concurrent API requests), `token` (one token), `stats`, `fleet-fetches`
+//! (the fleet-wide fetch counter in Redis), `wait-redis`, `quit`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,6 +147,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "redis_commands": r.commands, "breaker_trips": r.breaker_trips,
                     "events_received": r.events_received,
                 })
+            }
+            Some("fleet-fetches") => {
+                let key = en_auth_core::Authorizer::cache_key(auth.cache().authorizer());
+                match &store {
+                    Some(store) => match store.fleet_fetches(&key).await {
+                        Ok(n) => json!({ "n": n }),
+                        Err(err) => json!({ "error": err.to_string() }),
+                    },
+                    None => json!({ "n": 0 }),
+                }
             }
             Some("wait-redis") => {
                 let deadline = Instant::now() + Duration::from_secs(15);

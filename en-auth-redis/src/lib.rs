@@ -52,6 +52,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use crypto::EncryptionKeys;
 
@@ -337,11 +338,27 @@ impl RedisTokenStore {
         self.inner.key("fail", key)
     }
 
+    /// How many tokens the whole fleet fetched from the provider for `key` (counted in Redis
+    /// with every token written; kept for a day after the last one): one per token lifetime
+    /// when sharing works.
+    pub async fn fleet_fetches(&self, key: &CacheKey) -> Result<u64, Error> {
+        let fetches_key = self.inner.key("fetches", key);
+        let mut conn = self.inner.manager.clone();
+        self.inner
+            .run("fleet_fetches", async move {
+                conn.get::<_, Option<u64>>(fetches_key).await
+            })
+            .await
+            .map(|n| n.unwrap_or(0))
+    }
+
     /// Sends `PING` (through the circuit breaker).
     pub async fn ping(&self) -> Result<(), Error> {
         let mut conn = self.inner.manager.clone();
         self.inner
-            .run(async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .run("ping", async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
             .await
             .map(drop)
     }
@@ -357,6 +374,7 @@ impl Inner {
     /// Runs one command through the circuit breaker and the command timeout.
     async fn run<T>(
         &self,
+        op: &'static str,
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
         if let Some(until) = *self.open_until.lock() {
@@ -375,7 +393,9 @@ impl Inner {
             }
         }
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(self.command_timeout, command).await;
+        let outcome = tokio::time::timeout(self.command_timeout, command)
+            .instrument(tracing::debug_span!("redis_token_store", op))
+            .await;
         match outcome {
             Ok(Ok(value)) => {
                 self.close();
@@ -436,8 +456,11 @@ impl Inner {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut conn = self.manager.clone();
-        self.run(async move { conn.get::<_, Option<Vec<u8>>>(key).await })
-            .await
+        self.run(
+            "get",
+            async move { conn.get::<_, Option<Vec<u8>>>(key).await },
+        )
+        .await
     }
 }
 
@@ -466,9 +489,12 @@ impl TokenStore for RedisTokenStore {
         let redis_key = self.inner.key("tok", key);
         let sealed = record::seal(value, ttl, &redis_key, self.inner.encryption.as_ref())?;
         let fail_key = self.inner.key("fail", key);
+        let fetches_key = self.inner.key("fetches", key);
         let mut conn = self.inner.manager.clone();
+        // The lifecycle saves only tokens it fetched from the provider, so the counter is the
+        // fleet's provider fetches for this key (kept for a day after the last one).
         self.inner
-            .run(async move {
+            .run("save", async move {
                 redis::pipe()
                     .cmd("SET")
                     .arg(&redis_key)
@@ -477,6 +503,10 @@ impl TokenStore for RedisTokenStore {
                     .arg(ttl_ms)
                     .ignore()
                     .del(&fail_key)
+                    .ignore()
+                    .incr(&fetches_key, 1)
+                    .ignore()
+                    .expire(&fetches_key, 86_400)
                     .ignore()
                     .query_async::<()>(&mut conn)
                     .await
@@ -494,7 +524,7 @@ impl TokenStore for RedisTokenStore {
                 let script = redis::Script::new(UNLOCK_SCRIPT);
                 let key_for_script = redis_key.clone();
                 self.inner
-                    .run(async move {
+                    .run("remove_if", async move {
                         script
                             .key(key_for_script)
                             .arg(raw)
@@ -514,7 +544,9 @@ impl TokenStore for RedisTokenStore {
         let channel = self.inner.channel.clone();
         let mut conn = self.inner.manager.clone();
         self.inner
-            .run(async move { conn.publish::<_, _, i64>(channel, message).await })
+            .run("publish", async move {
+                conn.publish::<_, _, i64>(channel, message).await
+            })
             .await
             .map(drop)
     }
@@ -527,7 +559,7 @@ impl TokenStore for RedisTokenStore {
         let value = id.clone();
         let taken: Option<String> = self
             .inner
-            .run(async move {
+            .run("lock", async move {
                 redis::cmd("SET")
                     .arg(&lock_key)
                     .arg(value)
@@ -545,7 +577,7 @@ impl TokenStore for RedisTokenStore {
         let lock_key = self.inner.key("lock", key);
         let mut conn = self.inner.manager.clone();
         self.inner
-            .run(async move {
+            .run("unlock", async move {
                 redis::Script::new(UNLOCK_SCRIPT)
                     .key(lock_key)
                     .arg(lock.id())
@@ -568,7 +600,7 @@ impl TokenStore for RedisTokenStore {
         let value = serde_json::to_string(failure).map_err(Error::store)?;
         let mut conn = self.inner.manager.clone();
         self.inner
-            .run(async move {
+            .run("publish_failure", async move {
                 redis::cmd("SET")
                     .arg(&fail_key)
                     .arg(value)

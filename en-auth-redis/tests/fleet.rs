@@ -114,6 +114,11 @@ async fn eight_processes_fetch_once_per_token_lifetime_and_survive_a_redis_outag
         "provider calls counted by the fleet"
     );
     assert_eq!(sum(&stats, "lock_timeouts"), 0);
+    assert_eq!(
+        fleet[0].ask("fleet-fetches").await["n"],
+        3,
+        "the fleet-wide counter in Redis agrees"
+    );
 
     // Redis goes away: every process fetches for itself; no request fails.
     redis.stop();
@@ -142,6 +147,8 @@ async fn eight_processes_fetch_once_per_token_lifetime_and_survive_a_redis_outag
          {after} after it came back"
     );
     assert_eq!(after, 1, "sharing resumed after Redis came back");
+    // Redis lost its data when it stopped; the counter restarted with it.
+    assert_eq!(fleet[3].ask("fleet-fetches").await["n"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

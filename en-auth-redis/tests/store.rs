@@ -85,6 +85,8 @@ async fn the_hot_path_sends_no_redis_command() {
     eprintln!("HOT PATH: {per_request} Redis commands for 500 API requests with a cached token");
     assert_eq!(per_request, 0);
     assert_eq!(idp.token_requests(), 1);
+    let key = en_auth_core::Authorizer::cache_key(auth.cache().authorizer());
+    assert_eq!(store.fleet_fetches(&key).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
