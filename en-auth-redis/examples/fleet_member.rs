@@ -4,7 +4,7 @@
 //! Configured through the environment:
 //! `FLEET_TOKEN_URL`, `FLEET_CLIENT_ID`, `FLEET_CLIENT_SECRET`, `FLEET_API_URL` (required),
 //! `FLEET_AUDIENCE`, `FLEET_SCOPES` (space-separated), `FLEET_REDIS_URL` (no store without it),
-//! `FLEET_ENCRYPTION_KEY` (64 hex digits), `FLEET_LOCK_WAIT_MS`, `FLEET_MAX_ELAPSED_MS`,
+//! `FLEET_ENCRYPTION_KEY` (64 hex digits), `FLEET_EXPIRATION_GAP_MS`, `FLEET_LOCK_WAIT_MS`, `FLEET_MAX_ELAPSED_MS`,
 //! `FLEET_BREAKER_COOLDOWN_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
 //!
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
@@ -55,6 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api_url = required("FLEET_API_URL")?;
 
     let mut policy = LifecyclePolicy::default();
+    if let Some(gap) = millis_env("FLEET_EXPIRATION_GAP_MS") {
+        policy = policy.with_expiration_gap(gap);
+    }
     if let Some(wait) = millis_env("FLEET_LOCK_WAIT_MS") {
         policy = policy.with_store_lock_wait(wait);
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Member, TestApi, ask_all, sum};
+use common::{Member, TestApi, ask_all, dump, sum};
 use en_auth_testkit::{Fault, IdpConfig, LocalIdp, OidcProvider, RedisServer};
 use futures_util::future::join_all;
 
@@ -26,9 +26,13 @@ fn oidc_env(
         ("FLEET_SCOPES", "read:data".to_owned()),
         ("FLEET_API_URL", api.url()),
         ("FLEET_BREAKER_COOLDOWN_MS", "500".to_owned()),
+        // Stale 1 s before expiry: a slow round on a loaded machine must not trigger a
+        // refresh ahead of time (each round starts after the previous token expired).
+        ("FLEET_EXPIRATION_GAP_MS", "1000".to_owned()),
     ];
     if let Some(redis) = redis {
         env.push(("FLEET_REDIS_URL", redis.url()));
+        env.push(("FLEET_ENCRYPTION_KEY", "42".repeat(32)));
     }
     env
 }
@@ -119,6 +123,13 @@ async fn eight_processes_fetch_once_per_token_lifetime_and_survive_a_redis_outag
         3,
         "the fleet-wide counter in Redis agrees"
     );
+    // Encrypted at rest: neither the client secret nor any token the API saw is in Redis.
+    let stored = dump(&redis);
+    assert!(stored.contains(":v1:tok:oauth2:"), "{stored}");
+    assert!(!stored.contains(OidcProvider::BASIC_CLIENT.1));
+    for token in api.tokens() {
+        assert!(!stored.contains(&token), "plaintext token in Redis");
+    }
 
     // Redis goes away: every process fetches for itself; no request fails.
     redis.stop();

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FLEET_KEY, TestApi};
+use common::{FLEET_KEY, TestApi, dump};
 use en_auth_core::{AuthMiddleware, ClientInfo, TokenCache};
 use en_auth_oauth2::ServiceAccountAuthorizer;
 use en_auth_redis::{EncryptionKeys, RedisTokenStore};
@@ -40,21 +40,6 @@ fn cache(
     TokenCache::builder(authorizer)
         .store(Arc::new(store.clone()))
         .build()
-}
-
-/// Every key and value in Redis, as text.
-fn dump(redis: &RedisServer) -> String {
-    let keys = redis.command(&["KEYS", "*"]).unwrap();
-    let mut all = keys.clone();
-    for key in keys
-        .lines()
-        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-    {
-        if let Some(value) = redis.command(&["GET", key]) {
-            all.push_str(&value);
-        }
-    }
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use en_auth_testkit::LoopbackServer;
+use en_auth_testkit::{LoopbackServer, RedisServer};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -185,4 +185,19 @@ async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Statu
     }
     *state.by_status.lock().entry(status.as_u16()).or_default() += 1;
     status
+}
+
+/// Every key and value in Redis, as text (string values only; other types show as errors).
+pub fn dump(redis: &RedisServer) -> String {
+    let keys = redis.command(&["KEYS", "*"]).unwrap_or_default();
+    let mut all = keys.clone();
+    for key in keys
+        .lines()
+        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+    {
+        if let Some(value) = redis.command(&["GET", key]) {
+            all.push_str(&value);
+        }
+    }
+    all
 }
