@@ -120,6 +120,7 @@ pub struct RedisTokenStoreBuilder {
     breaker_cooldown: Duration,
     encryption: Option<EncryptionKeys>,
     fleet_key: Option<Vec<u8>>,
+    tls_root: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisTokenStoreBuilder {
@@ -168,6 +169,13 @@ impl RedisTokenStoreBuilder {
         self
     }
 
+    /// For `rediss://` URLs: trust only this CA certificate (PEM) instead of the system's
+    /// root certificates, e.g. for a private CA.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
     /// Sets the fleet key ([`en_auth_core::set_fleet_key`]) at connect time: every process
     /// of the fleet must use the same one, or they do not share tokens.
     pub fn fleet_key(mut self, key: &[u8]) -> Self {
@@ -191,15 +199,24 @@ impl RedisTokenStoreBuilder {
                 en_auth_core::FLEET_KEY_ENV
             );
         }
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|err| Error::InvalidConfiguration {
-                setting: "Redis URL".into(),
-                reason: format!(
-                    "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
-                    err.kind(),
-                    redact_url(&self.url)
-                ),
-            })?;
+        let client = match self.tls_root.clone() {
+            None => redis::Client::open(self.url.as_str()),
+            Some(root) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            ),
+        }
+        .map_err(|err| Error::InvalidConfiguration {
+            setting: "Redis URL".into(),
+            reason: format!(
+                "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
+                err.kind(),
+                redact_url(&self.url)
+            ),
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.command_timeout))
             .set_connection_timeout(Some(self.connect_timeout))
@@ -298,6 +315,7 @@ impl RedisTokenStore {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             encryption: None,
             fleet_key: None,
+            tls_root: None,
         }
     }
 

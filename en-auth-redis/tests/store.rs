@@ -261,3 +261,36 @@ async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
         "later calls fail fast without touching Redis: {redis_stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_falls_back() {
+    fleet_key();
+    let redis = RedisServer::start_tls();
+    assert!(redis.url().starts_with("rediss://"));
+    let idp = idp().await;
+    let trusted = RedisTokenStore::builder(redis.url())
+        .tls_root_certificate(redis.ca_certificate().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    assert!(trusted.is_available(), "{:?}", trusted.stats());
+    let first = cache(authorizer(&idp), &trusted)
+        .access_token()
+        .await
+        .unwrap();
+    let second = cache(authorizer(&idp), &trusted)
+        .access_token()
+        .await
+        .unwrap();
+    assert_eq!(first, second, "shared over TLS");
+    assert_eq!(idp.token_requests(), 1);
+    assert_eq!(trusted.stats().errors, 0);
+    // The system roots do not know the test CA: the handshake fails, the store is degraded,
+    // and tokens still come from the provider.
+    let untrusted = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    assert!(!untrusted.is_available());
+    let other = cache(authorizer(&idp).with_scopes(["x"]), &untrusted);
+    other.access_token().await.unwrap();
+    assert!(other.stats().store_errors >= 1);
+    assert_eq!(idp.token_requests(), 2);
+}

@@ -11,6 +11,89 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    tls: Option<TlsFiles>,
+}
+
+/// A throw-away CA and server certificate (for 127.0.0.1) made with `openssl`.
+struct TlsFiles {
+    dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn create(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "en-auth-redis-tls-{}-{port}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .expect("ext file");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=en-auth test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
+        Self { dir }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl RedisServer {
@@ -20,14 +103,45 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            tls: None,
+        };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts a server that only speaks TLS (`rediss://`), with a fresh CA made by `openssl`
+    /// (see [`ca_certificate`](Self::ca_certificate)); no client certificates required.
+    pub fn start_tls() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = Self {
+            port,
+            child: None,
+            tls: Some(TlsFiles::create(port)),
+        };
+        server.restart();
+        server
+    }
+
+    /// The CA certificate (PEM) of a [`start_tls`](Self::start_tls) server.
+    pub fn ca_certificate(&self) -> Option<Vec<u8>> {
+        let tls = self.tls.as_ref()?;
+        std::fs::read(tls.dir.join("ca.crt")).ok()
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.
@@ -51,9 +165,26 @@ impl RedisServer {
     /// Starts the server again on the same port (after [`stop`](Self::stop)).
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => {
+                command.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                command
+                    .args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(tls.dir.join("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(tls.dir.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(tls.dir.join("ca.crt"))
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        let child = command
             .args([
                 "--save",
                 "",
@@ -71,10 +202,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self
-                .command(&["PING"])
-                .is_some_and(|r| r.starts_with("+PONG"))
-            {
+            let ready = match &self.tls {
+                // No TLS client here: a TLS server is ready once it accepts connections.
+                Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+                None => self
+                    .command(&["PING"])
+                    .is_some_and(|r| r.starts_with("+PONG")),
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -86,7 +221,7 @@ impl RedisServer {
     }
 
     /// Sends one command and returns the raw reply (RESP), for test inspection such as
-    /// `KEYS *` or `GET key`; `None` if the server is unreachable.
+    /// `KEYS *` or `GET key`; `None` if the server is unreachable (or speaks only TLS).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
