@@ -56,16 +56,30 @@ async fn main() -> ExitCode {
         .with_max_level(level)
         .with_target(false)
         .init();
-    if config.redis_url.is_some() {
-        // en-auth-redis has not landed yet; refuse rather than silently not sharing.
-        eprintln!(
-            "en-auth-proxy: EN_AUTH_PROXY_REDIS_URL is set, but this build has no Redis \
-             support yet; unset it to run with the in-memory cache"
-        );
-        return ExitCode::from(2);
-    }
     let listen = config.listen;
-    let proxy = match Proxy::new(config) {
+    let redis_url = config.redis_url.clone();
+    let mut builder = Proxy::builder(config);
+    if let Some(url) = redis_url {
+        // Instances share tokens only when they hash secrets with the same fleet key.
+        if !en_auth_core::fleet_key_is_shared() {
+            eprintln!(
+                "en-auth-proxy: EN_AUTH_PROXY_REDIS_URL is set but EN_AUTH_FLEET_KEY is not: \
+                 set the same EN_AUTH_FLEET_KEY (at least 32 bytes) on every instance so they \
+                 share tokens"
+            );
+            return ExitCode::from(2);
+        }
+        // connect() succeeds in a degraded mode when Redis is unreachable: each instance
+        // then falls back to its own cache until Redis answers.
+        match en_auth_redis::RedisTokenStore::connect(&url).await {
+            Ok(store) => builder = builder.store(std::sync::Arc::new(store)),
+            Err(err) => {
+                eprintln!("en-auth-proxy: EN_AUTH_PROXY_REDIS_URL: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let proxy = match builder.build() {
         Ok(proxy) => proxy,
         Err(err) => {
             eprintln!("en-auth-proxy: {err}");

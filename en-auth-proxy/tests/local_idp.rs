@@ -401,27 +401,8 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn the_binary_starts_from_environment_variables() {
     let idp = idp().await;
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
-        .env_clear()
-        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EN_AUTH_PROXY_TOKEN_URL", idp.token_url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, base) = start_binary(&idp.token_url(), &[]).await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut healthy = false;
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            healthy = r.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(healthy, "/healthz answers 200");
     for _ in 0..3 {
         let answer = Answer::read(
             http.post(format!("{base}/oauth/token"))
@@ -558,4 +539,83 @@ async fn tokens_are_renewed_ahead_while_callers_keep_getting_the_current_one() {
     assert_eq!(idp.token_requests(), 2, "one renewal");
     let snapshot = proxy.proxy.metrics().snapshot();
     assert_eq!(snapshot.cache_misses, 1, "only the first request waited");
+}
+
+/// Starts the proxy binary on a free port with `env`; its base URL once /healthz answers.
+async fn start_binary(upstream: &str, env: &[(&str, String)]) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"));
+    command
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EN_AUTH_PROXY_TOKEN_URL", upstream)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            assert_eq!(r.status(), 200);
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_binaries_sharing_redis_make_one_upstream_request_per_key() {
+    let redis = en_auth_testkit::RedisServer::start();
+    let idp = idp().await;
+    let shared = [
+        ("EN_AUTH_PROXY_REDIS_URL", redis.url()),
+        ("EN_AUTH_FLEET_KEY", "k".repeat(32)),
+    ];
+    let (_a, base_a) = start_binary(&idp.token_url(), &shared).await;
+    let (_b, base_b) = start_binary(&idp.token_url(), &shared).await;
+    let http = reqwest::Client::new();
+    let mut tokens = std::collections::HashSet::new();
+    for base in [&base_a, &base_b, &base_a, &base_b] {
+        let answer = Answer::read(
+            http.post(format!("{base}/oauth/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "acme"),
+                    ("client_secret", SECRET),
+                ])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        tokens.insert(answer.token().to_owned());
+    }
+    assert_eq!(
+        tokens.len(),
+        1,
+        "both instances hand out the one shared token"
+    );
+    assert_eq!(
+        idp.token_requests(),
+        1,
+        "one upstream request for the fleet"
+    );
+
+    // Without a shared fleet key, a Redis URL is refused at start.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("EN_AUTH_PROXY_TOKEN_URL", idp.token_url())
+        .env("EN_AUTH_PROXY_REDIS_URL", redis.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
 }
