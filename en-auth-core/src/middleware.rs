@@ -178,10 +178,11 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
 /// What it takes to send a request again after a 401, saved before the request is sent.
 ///
 /// A request with a body is cloned (when the body allows it: a stream does not). A body-less
-/// request — the common case — keeps only its method, version, timeout and headers: the URL
-/// comes back with the 401 response, so nothing is allocated per request unless the request
-/// carries headers of its own. A fingerprint of the URL makes sure the response's URL is the
-/// request's (a redirect would change it; such a request is not replayed).
+/// request — the common case — keeps only its method, version, timeout, headers and a copy of
+/// its URL's text (inline, without an allocation, for URLs up to [`INLINE_URL`] bytes; the
+/// headers cost nothing unless the request carries some of its own). The replay happens only
+/// when the 401 came from exactly that URL, compared byte for byte: a request that was
+/// redirected is not replayed.
 enum Replay {
     Cloned(Request),
     BodyLess {
@@ -189,7 +190,7 @@ enum Replay {
         version: http::Version,
         timeout: Option<std::time::Duration>,
         headers: http::HeaderMap,
-        url_fingerprint: u64,
+        url: KeptUrl,
     },
     Impossible,
 }
@@ -206,7 +207,7 @@ impl Replay {
             version: request.version(),
             timeout: request.timeout().copied(),
             headers: request.headers().clone(),
-            url_fingerprint: fingerprint(request.url()),
+            url: KeptUrl::new(request.url()),
         }
     }
 
@@ -221,9 +222,9 @@ impl Replay {
                 version,
                 timeout,
                 headers,
-                url_fingerprint,
+                url,
             } => {
-                if fingerprint(response.url()) != url_fingerprint {
+                if !url.is(response.url()) {
                     return None;
                 }
                 let mut request = Request::new(method, response.url().clone());
@@ -239,7 +240,89 @@ impl Replay {
     }
 }
 
-fn fingerprint(url: &reqwest::Url) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(url.as_str())
+/// URLs up to this many bytes are kept for a replay without an allocation.
+const INLINE_URL: usize = 128;
+
+/// The text of a request's URL up to its query (a fragment is never sent, and the response's
+/// URL has none), kept to compare with the URL a 401 came from.
+enum KeptUrl {
+    Inline { len: u8, bytes: [u8; INLINE_URL] },
+    Heap(Box<str>),
+}
+
+impl KeptUrl {
+    fn new(url: &reqwest::Url) -> Self {
+        let text = &url[..url::Position::AfterQuery];
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= INLINE_URL => {
+                let mut bytes = [0u8; INLINE_URL];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                KeptUrl::Inline { len, bytes }
+            }
+            _ => KeptUrl::Heap(text.into()),
+        }
+    }
+
+    /// Whether `url` is the kept URL, byte for byte.
+    fn is(&self, url: &reqwest::Url) -> bool {
+        let kept: &[u8] = match self {
+            KeptUrl::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeptUrl::Heap(text) => text.as_bytes(),
+        };
+        kept == url.as_str().as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::ResponseBuilderExt;
+
+    fn response_from(url: &str) -> Response {
+        let response = http::Response::builder()
+            .status(401)
+            .url(reqwest::Url::parse(url).expect("url"))
+            .body("")
+            .expect("response");
+        Response::from(response)
+    }
+
+    #[test]
+    fn a_body_less_replay_goes_to_the_kept_url_and_only_when_the_401_came_from_it() {
+        let mut request = Request::new(
+            http::Method::DELETE,
+            reqwest::Url::parse("http://127.0.0.1:9/orders/7?x=1").expect("url"),
+        );
+        request
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("r-1"));
+
+        let replay = Replay::prepare(&request);
+        assert!(
+            replay
+                .into_request(&response_from("http://127.0.0.1:9/orders/8?x=1"))
+                .is_none(),
+            "a 401 from another URL (a redirect) is not replayed"
+        );
+
+        let replay = Replay::prepare(&request);
+        let again = replay
+            .into_request(&response_from("http://127.0.0.1:9/orders/7?x=1"))
+            .expect("replayed");
+        assert_eq!(again.url(), request.url(), "the request's own URL");
+        assert_eq!(again.method(), http::Method::DELETE);
+        assert_eq!(again.headers().get("x-request-id").unwrap(), "r-1");
+
+        // A long URL (kept on the heap) is compared the same way.
+        let long = format!("http://127.0.0.1:9/{}", "a".repeat(300));
+        let request = Request::new(http::Method::GET, reqwest::Url::parse(&long).expect("url"));
+        let replay = Replay::prepare(&request);
+        assert!(
+            replay
+                .into_request(&response_from(&format!("{long}b")))
+                .is_none()
+        );
+        let replay = Replay::prepare(&request);
+        assert!(replay.into_request(&response_from(&long)).is_some());
+    }
 }
