@@ -52,7 +52,7 @@ pub use error::{Error, Result};
 pub use lifecycle::{
     CachedToken, LifecyclePolicy, MIN_DEFAULT_LIFETIME, TokenCache, TokenCacheBuilder, TokenStats,
 };
-pub use middleware::AuthMiddleware;
+pub use middleware::{AuthMiddleware, same_origin_redirects};
 pub use retry::RetryPolicy;
 pub use store::{
     MemoryTokenStore, SharedFailure, StoreEvent, StoreLock, TokenStore, value_fingerprint,

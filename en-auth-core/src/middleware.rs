@@ -22,11 +22,22 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// obtained, and the request is sent once more — when its body can be cloned; a streaming body
 /// is not replayed and the 401 is returned. Clones share one token cache.
 ///
+/// Credentials stay on the origin of the request: build the client with [`client`]
+/// (or give your reqwest client [`same_origin_redirects`]); a redirect to another origin is
+/// then returned to you instead of being followed with the credentials. reqwest's default
+/// policy would follow it and send `X-Api-Key` along, so a response that such a client
+/// fetched from another origin is refused with [`Error::InvalidConfiguration`].
+///
+/// [`client`]: AuthMiddleware::client
+///
 /// ```no_run
 /// use en_auth_core::{AuthMiddleware, Authorizer};
 /// # async fn demo(my_authorizer: impl Authorizer) -> Result<(), Box<dyn std::error::Error>> {
 /// let auth = AuthMiddleware::new(my_authorizer);
-/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+/// let http = reqwest::Client::builder()
+///     .redirect(en_auth_core::same_origin_redirects())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(http)
 ///     .with(auth.clone())
 ///     .build();
 /// let response = client.get("https://api.example.com/orders").send().await?;
@@ -94,6 +105,35 @@ impl<A: Authorizer> AuthMiddleware<A> {
         self
     }
 
+    /// A `reqwest-middleware` client with this middleware, on a reqwest client that follows
+    /// redirects only within the request's origin ([`same_origin_redirects`]): the credentials
+    /// never reach another host, port or scheme. Clones of the middleware share one cache.
+    ///
+    /// To configure the reqwest client yourself (timeouts, proxies, TLS roots), build it with
+    /// `.redirect(en_auth_core::same_origin_redirects())` and attach the middleware with
+    /// `reqwest_middleware::ClientBuilder`.
+    ///
+    /// ```no_run
+    /// # use en_auth_core::{AuthMiddleware, Authorizer};
+    /// # async fn demo(my_authorizer: impl Authorizer) -> Result<(), Box<dyn std::error::Error>> {
+    /// let auth = AuthMiddleware::new(my_authorizer);
+    /// let client = auth.client()?;
+    /// let response = client.get("https://api.example.com/orders").send().await?;
+    /// # let _ = response; Ok(()) }
+    /// ```
+    pub fn client(&self) -> Result<reqwest_middleware::ClientWithMiddleware, Error> {
+        let http = reqwest::Client::builder()
+            .redirect(same_origin_redirects())
+            .build()
+            .map_err(|e| Error::InvalidConfiguration {
+                setting: "HTTP client".into(),
+                reason: format!("reqwest could not build a client: {e}"),
+            })?;
+        Ok(reqwest_middleware::ClientBuilder::new(http)
+            .with(self.clone())
+            .build())
+    }
+
     /// The current access token, fetched if needed (en_auth's `access_token` property).
     pub async fn access_token(&self) -> Result<String, Error> {
         self.cache.access_token().await
@@ -134,6 +174,7 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let token = self.fresh_token().await?;
+        let sent_to = KeptUrl::new(request.url());
         let replay = if self.replay_on_unauthorized {
             Replay::prepare(&request)
         } else {
@@ -141,6 +182,9 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         };
         self.authorize_request(&mut request, &token);
         let response = next.clone().run(request, extensions).await?;
+        if !sent_to.is(response.url()) && !sent_to.same_origin(response.url()) {
+            return Err(followed_elsewhere(response.url()));
+        }
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -150,7 +194,7 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
             tracing::debug!("401 not replayed: a token was rejected moments ago (401 storm bound)");
             return Ok(response);
         }
-        let Some(mut replay) = replay.into_request(&response) else {
+        let Some(mut replay) = replay.into_request(&sent_to, &response) else {
             tracing::debug!(
                 "401 not replayed: the body cannot be cloned, or the request was redirected"
             );
@@ -175,6 +219,70 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
     }
 }
 
+/// The error for a response that came from another origin than the request went to: the
+/// client followed a redirect across origins with the credentials on board.
+fn followed_elsewhere(final_url: &reqwest::Url) -> reqwest_middleware::Error {
+    let origin = final_url.origin().ascii_serialization();
+    tracing::warn!(
+        %origin,
+        "the HTTP client followed a redirect to another origin with the request's credentials; \
+         build it with en_auth::same_origin_redirects() or use AuthMiddleware::client()"
+    );
+    reqwest_middleware::Error::middleware(Error::InvalidConfiguration {
+        setting: "redirect policy of the HTTP client".into(),
+        reason: format!(
+            "it followed a redirect to {origin}, another origin, carrying the credentials; \
+             build the reqwest client with `.redirect(en_auth::same_origin_redirects())` \
+             or use `AuthMiddleware::client()`, which stop at cross-origin redirects"
+        ),
+    })
+}
+
+/// A redirect policy that never lets credentials leave the origin a request was sent to.
+///
+/// reqwest's default policy follows up to 10 redirects anywhere, and on a redirect to another
+/// host it removes only `Authorization`, `Cookie` and `Proxy-Authorization`: an `X-Api-Key`
+/// (and any header of your own) goes along to the redirect target — a pre-signed storage URL,
+/// an open redirect, or plain `http://`. This policy follows redirects (up to 10) only while
+/// they stay on the same origin (scheme, host and port) as the request; a redirect anywhere
+/// else is not followed and its `3xx` response is returned to the caller, who can decide to
+/// fetch the `Location` without credentials.
+///
+/// [`AuthMiddleware`] refuses (with [`Error::InvalidConfiguration`]) a response that a client
+/// with another policy fetched from a different origin — but by then the client has sent the
+/// credentials there, so build the client with this policy, or with
+/// [`AuthMiddleware::client`].
+///
+/// ```
+/// let client = reqwest::Client::builder()
+///     .redirect(en_auth_core::same_origin_redirects())
+///     .build()
+///     .expect("client");
+/// # let _ = client;
+/// ```
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    const MAX_REDIRECTS: usize = 10;
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| same_origin(first, attempt.url()));
+        if !same {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// What it takes to send a request again after a 401, saved before the request is sent.
 ///
 /// A request with a body is cloned (when the body allows it: a stream does not). A body-less
@@ -190,7 +298,6 @@ enum Replay {
         version: http::Version,
         timeout: Option<std::time::Duration>,
         headers: http::HeaderMap,
-        url: KeptUrl,
     },
     Impossible,
 }
@@ -207,14 +314,13 @@ impl Replay {
             version: request.version(),
             timeout: request.timeout().copied(),
             headers: request.headers().clone(),
-            url: KeptUrl::new(request.url()),
         }
     }
 
     /// The request to send again, if there is one. (In reqwest 0.13 the timeout is the only
     /// per-request config; `a_replayed_request_keeps_its_method_headers_and_timeout` guards
     /// that nothing else is lost.)
-    fn into_request(self, response: &Response) -> Option<Request> {
+    fn into_request(self, sent_to: &KeptUrl, response: &Response) -> Option<Request> {
         match self {
             Replay::Cloned(request) => Some(request),
             Replay::BodyLess {
@@ -222,9 +328,8 @@ impl Replay {
                 version,
                 timeout,
                 headers,
-                url,
             } => {
-                if !url.is(response.url()) {
+                if !sent_to.is(response.url()) {
                     return None;
                 }
                 let mut request = Request::new(method, response.url().clone());
@@ -263,13 +368,25 @@ impl KeptUrl {
         }
     }
 
-    /// Whether `url` is the kept URL, byte for byte.
-    fn is(&self, url: &reqwest::Url) -> bool {
-        let kept: &[u8] = match self {
+    fn bytes(&self) -> &[u8] {
+        match self {
             KeptUrl::Inline { len, bytes } => &bytes[..usize::from(*len)],
             KeptUrl::Heap(text) => text.as_bytes(),
-        };
-        kept == url.as_str().as_bytes()
+        }
+    }
+
+    /// Whether `url` is the kept URL, byte for byte.
+    fn is(&self, url: &reqwest::Url) -> bool {
+        self.bytes() == url.as_str().as_bytes()
+    }
+
+    /// Whether `url` has the kept URL's origin (scheme, host, port). Only asked after a
+    /// redirect, so parsing the kept text again costs nothing on the hot path.
+    fn same_origin(&self, url: &reqwest::Url) -> bool {
+        std::str::from_utf8(self.bytes())
+            .ok()
+            .and_then(|text| reqwest::Url::parse(text).ok())
+            .is_some_and(|kept| same_origin(&kept, url))
     }
 }
 
@@ -297,17 +414,18 @@ mod tests {
             .headers_mut()
             .insert("x-request-id", HeaderValue::from_static("r-1"));
 
+        let sent_to = KeptUrl::new(request.url());
         let replay = Replay::prepare(&request);
         assert!(
             replay
-                .into_request(&response_from("http://127.0.0.1:9/orders/8?x=1"))
+                .into_request(&sent_to, &response_from("http://127.0.0.1:9/orders/8?x=1"))
                 .is_none(),
             "a 401 from another URL (a redirect) is not replayed"
         );
 
         let replay = Replay::prepare(&request);
         let again = replay
-            .into_request(&response_from("http://127.0.0.1:9/orders/7?x=1"))
+            .into_request(&sent_to, &response_from("http://127.0.0.1:9/orders/7?x=1"))
             .expect("replayed");
         assert_eq!(again.url(), request.url(), "the request's own URL");
         assert_eq!(again.method(), http::Method::DELETE);
@@ -316,13 +434,21 @@ mod tests {
         // A long URL (kept on the heap) is compared the same way.
         let long = format!("http://127.0.0.1:9/{}", "a".repeat(300));
         let request = Request::new(http::Method::GET, reqwest::Url::parse(&long).expect("url"));
+        let sent_to = KeptUrl::new(request.url());
         let replay = Replay::prepare(&request);
         assert!(
             replay
-                .into_request(&response_from(&format!("{long}b")))
+                .into_request(&sent_to, &response_from(&format!("{long}b")))
                 .is_none()
         );
         let replay = Replay::prepare(&request);
-        assert!(replay.into_request(&response_from(&long)).is_some());
+        assert!(
+            replay
+                .into_request(&sent_to, &response_from(&long))
+                .is_some()
+        );
+        assert!(sent_to.same_origin(&reqwest::Url::parse("http://127.0.0.1:9/x").expect("url")));
+        assert!(!sent_to.same_origin(&reqwest::Url::parse("http://127.0.0.1:10/").expect("url")));
+        assert!(!sent_to.same_origin(&reqwest::Url::parse("https://127.0.0.1:9/").expect("url")));
     }
 }
