@@ -11,6 +11,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use secrecy::ExposeSecret;
 
+use crate::endpoint::is_loopback;
 use crate::{Authorizer, CachedToken, Error, LifecyclePolicy, TokenCache, TokenStats};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -27,6 +28,9 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// then returned to you instead of being followed with the credentials. reqwest's default
 /// policy would follow it and send `X-Api-Key` along, so a response that such a client
 /// fetched from another origin is refused with [`Error::InvalidConfiguration`].
+///
+/// Credentials never go over plain `http://` except to loopback (see
+/// [`allow_plain_http`](AuthMiddleware::allow_plain_http)).
 ///
 /// [`client`]: AuthMiddleware::client
 ///
@@ -47,6 +51,7 @@ pub struct AuthMiddleware<A: Authorizer> {
     cache: TokenCache<A>,
     api_key: Option<HeaderValue>,
     replay_on_unauthorized: bool,
+    allow_plain_http: bool,
 }
 
 impl<A: Authorizer> Clone for AuthMiddleware<A> {
@@ -55,6 +60,7 @@ impl<A: Authorizer> Clone for AuthMiddleware<A> {
             cache: self.cache.clone(),
             api_key: self.api_key.clone(),
             replay_on_unauthorized: self.replay_on_unauthorized,
+            allow_plain_http: self.allow_plain_http,
         }
     }
 }
@@ -65,6 +71,7 @@ impl<A: Authorizer> std::fmt::Debug for AuthMiddleware<A> {
             .field("cache", &self.cache)
             .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
             .field("replay_on_unauthorized", &self.replay_on_unauthorized)
+            .field("allow_plain_http", &self.allow_plain_http)
             .finish()
     }
 }
@@ -95,6 +102,7 @@ impl<A: Authorizer> AuthMiddleware<A> {
             cache,
             api_key,
             replay_on_unauthorized: true,
+            allow_plain_http: false,
         }
     }
 
@@ -103,6 +111,32 @@ impl<A: Authorizer> AuthMiddleware<A> {
     pub fn replay_on_unauthorized(mut self, replay: bool) -> Self {
         self.replay_on_unauthorized = replay;
         self
+    }
+
+    /// Whether credentials may go over plain `http://` to hosts other than loopback (default
+    /// `false`). By default such a request fails with [`Error::InvalidConfiguration`] before
+    /// anything is sent — before a token is even fetched — because a bearer token or API key
+    /// sent in clear can be read and replayed by anyone on the path. `http://localhost` and
+    /// loopback addresses are always allowed. Turn this on only for test networks you trust.
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
+        self
+    }
+
+    /// Refuses credentials over plain http to anything but loopback, unless allowed.
+    fn check_scheme(&self, url: &reqwest::Url) -> Result<(), Error> {
+        if self.allow_plain_http || url.scheme() == "https" || is_loopback(url) {
+            return Ok(());
+        }
+        Err(Error::InvalidConfiguration {
+            setting: "request URL".into(),
+            reason: format!(
+                "credentials are not sent over `{}://` to {}, which is not loopback; use https \
+                 (or AuthMiddleware::allow_plain_http(true) on a test network you trust)",
+                url.scheme(),
+                url.host_str().unwrap_or("a URL without a host"),
+            ),
+        })
     }
 
     /// A `reqwest-middleware` client with this middleware, on a reqwest client that follows
@@ -173,6 +207,8 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        self.check_scheme(request.url())
+            .map_err(reqwest_middleware::Error::middleware)?;
         let token = self.fresh_token().await?;
         let sent_to = KeptUrl::new(request.url());
         let replay = if self.replay_on_unauthorized {

@@ -141,3 +141,57 @@ fn middleware_error(err: &reqwest_middleware::Error) -> Option<&Error> {
         reqwest_middleware::Error::Reqwest(_) => None,
     }
 }
+
+#[tokio::test]
+async fn credentials_are_not_sent_over_plain_http_except_to_loopback() {
+    let idp = LocalIdp::start(IdpConfig::default()).await.expect("idp");
+    let api = ProtectedApi::start(&idp).await.expect("api");
+    let port = api_addr(&api).port();
+    // `api.test` is a non-loopback name that this client resolves to the local API itself,
+    // so nothing leaves the machine whatever the middleware does.
+    let remote = format!("http://api.test:{port}/data");
+    let http = || {
+        reqwest::Client::builder()
+            .redirect(same_origin_redirects())
+            .resolve("api.test", api_addr(&api))
+            .build()
+            .expect("client")
+    };
+    let auth = middleware(&idp).await;
+    let client = reqwest_middleware::ClientBuilder::new(http())
+        .with(auth.clone())
+        .build();
+
+    for url in [remote.as_str(), "http://example.invalid/"] {
+        let err = client.get(url).send().await.expect_err("refused");
+        let Some(Error::InvalidConfiguration { setting, .. }) = middleware_error(&err) else {
+            panic!("expected InvalidConfiguration, got {err:?}");
+        };
+        assert_eq!(setting, "request URL");
+    }
+    assert_eq!(api.requests(), 0, "nothing was sent");
+    assert_eq!(
+        idp.token_requests(),
+        0,
+        "refused before a token was even fetched"
+    );
+
+    // Loopback is fine.
+    let response = client.get(api.url("/data")).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(api.requests(), 1);
+
+    // The escape hatch for trusted test networks.
+    let permissive = reqwest_middleware::ClientBuilder::new(http())
+        .with(auth.allow_plain_http(true))
+        .build();
+    let response = permissive.get(&remote).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(api.requests(), 2);
+}
+
+fn api_addr(api: &ProtectedApi) -> std::net::SocketAddr {
+    let url = reqwest::Url::parse(&api.url("/")).expect("url");
+    let port = url.port().expect("port");
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
