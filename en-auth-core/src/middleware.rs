@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use http::{Extensions, HeaderName, HeaderValue, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
-use secrecy::ExposeSecret;
 
 use crate::endpoint::is_loopback;
 use crate::{Authorizer, CachedToken, Error, LifecyclePolicy, TokenCache, TokenStats};
@@ -50,6 +49,8 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct AuthMiddleware<A: Authorizer> {
     cache: TokenCache<A>,
     api_key: Option<HeaderValue>,
+    /// Why the client's API key cannot be sent, if it cannot: every request fails with it.
+    api_key_error: Option<Arc<str>>,
     replay_on_unauthorized: bool,
     allow_plain_http: bool,
 }
@@ -59,6 +60,7 @@ impl<A: Authorizer> Clone for AuthMiddleware<A> {
         Self {
             cache: self.cache.clone(),
             api_key: self.api_key.clone(),
+            api_key_error: self.api_key_error.clone(),
             replay_on_unauthorized: self.replay_on_unauthorized,
             allow_plain_http: self.allow_plain_http,
         }
@@ -70,6 +72,7 @@ impl<A: Authorizer> std::fmt::Debug for AuthMiddleware<A> {
         f.debug_struct("AuthMiddleware")
             .field("cache", &self.cache)
             .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .field("api_key_error", &self.api_key_error)
             .field("replay_on_unauthorized", &self.replay_on_unauthorized)
             .field("allow_plain_http", &self.allow_plain_http)
             .finish()
@@ -78,8 +81,25 @@ impl<A: Authorizer> std::fmt::Debug for AuthMiddleware<A> {
 
 impl<A: Authorizer> AuthMiddleware<A> {
     /// Middleware with its own token cache and the default policy.
+    ///
+    /// If the client's API key cannot be sent as a header value, every request fails with
+    /// [`Error::InvalidConfiguration`] before anything is sent; [`try_new`](Self::try_new)
+    /// reports it here instead.
     pub fn new(authorizer: A) -> Self {
         Self::from_cache(TokenCache::new(authorizer))
+    }
+
+    /// Like [`new`](Self::new), but fails with [`Error::InvalidConfiguration`] when the
+    /// client's API key cannot be sent as a header value.
+    pub fn try_new(authorizer: A) -> Result<Self, Error> {
+        Self::try_from_cache(TokenCache::new(authorizer))
+    }
+
+    /// Like [`from_cache`](Self::from_cache), but fails with [`Error::InvalidConfiguration`]
+    /// when the client's API key cannot be sent as a header value.
+    pub fn try_from_cache(cache: TokenCache<A>) -> Result<Self, Error> {
+        cache.authorizer().client_info().api_key_header()?;
+        Ok(Self::from_cache(cache))
     }
 
     /// Middleware with its own token cache and the given policy.
@@ -87,20 +107,24 @@ impl<A: Authorizer> AuthMiddleware<A> {
         Self::from_cache(TokenCache::builder(authorizer).policy(policy).build())
     }
 
-    /// Middleware over an existing cache (e.g. one built with a shared store).
+    /// Middleware over an existing cache (e.g. one built with a shared store). An API key
+    /// that cannot be sent makes every request fail, as with [`new`](Self::new).
     pub fn from_cache(cache: TokenCache<A>) -> Self {
-        let api_key = cache
-            .authorizer()
-            .client_info()
-            .api_key()
-            .and_then(|key| HeaderValue::from_str(key.expose_secret()).ok())
-            .map(|mut value| {
-                value.set_sensitive(true);
-                value
-            });
+        let (api_key, api_key_error) = match cache.authorizer().client_info().api_key_header() {
+            Ok(key) => (key, None),
+            Err(err) => {
+                tracing::error!(error = %err, "every request of this AuthMiddleware will fail");
+                let reason = match err {
+                    Error::InvalidConfiguration { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                (None, Some(Arc::from(reason)))
+            }
+        };
         Self {
             cache,
             api_key,
+            api_key_error,
             replay_on_unauthorized: true,
             allow_plain_http: false,
         }
@@ -123,8 +147,15 @@ impl<A: Authorizer> AuthMiddleware<A> {
         self
     }
 
-    /// Refuses credentials over plain http to anything but loopback, unless allowed.
-    fn check_scheme(&self, url: &reqwest::Url) -> Result<(), Error> {
+    /// Refuses, before any I/O, requests that cannot carry the credentials safely: an API key
+    /// that cannot be sent, plain http to anything but loopback (unless allowed).
+    fn check_request(&self, url: &reqwest::Url) -> Result<(), Error> {
+        if let Some(reason) = &self.api_key_error {
+            return Err(Error::InvalidConfiguration {
+                setting: "api_key".into(),
+                reason: reason.to_string(),
+            });
+        }
         if self.allow_plain_http || url.scheme() == "https" || is_loopback(url) {
             return Ok(());
         }
@@ -207,7 +238,7 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        self.check_scheme(request.url())
+        self.check_request(request.url())
             .map_err(reqwest_middleware::Error::middleware)?;
         let token = self.fresh_token().await?;
         let sent_to = KeptUrl::new(request.url());

@@ -195,3 +195,46 @@ fn api_addr(api: &ProtectedApi) -> std::net::SocketAddr {
     let port = url.port().expect("port");
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+#[tokio::test]
+async fn an_api_key_that_cannot_be_sent_is_a_configuration_error_not_dropped() {
+    let idp = LocalIdp::start(IdpConfig::default()).await.expect("idp");
+    let api = ProtectedApi::start(&idp).await.expect("api");
+    let bad = "key-123\n"; // a trailing newline, as read from a file
+
+    let err = ClientInfo::new(idp.client_id(), idp.client_secret())
+        .try_with_api_key(bad)
+        .expect_err("refused at construction");
+    assert!(matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "api_key"));
+    assert!(!err.to_string().contains("key-123"), "{err}");
+
+    let info = ClientInfo::new(idp.client_id(), idp.client_secret()).with_api_key(bad);
+    let authorizer = || TestAuthorizer::new(info.clone(), idp.token_url());
+    assert!(matches!(
+        AuthMiddleware::try_new(authorizer()),
+        Err(Error::InvalidConfiguration { .. })
+    ));
+    for bad in [" key", "key\u{7f}", "a\r\nx-admin: 1"] {
+        let info = ClientInfo::new("id", "secret").with_api_key(bad);
+        assert!(
+            AuthMiddleware::try_new(TestAuthorizer::new(info, idp.token_url())).is_err(),
+            "{bad:?}"
+        );
+    }
+
+    // The infallible constructor keeps the contract and fails every request instead of
+    // sending it without the key.
+    let client = AuthMiddleware::new(authorizer()).client().expect("client");
+    let err = client
+        .get(api.url("/data"))
+        .send()
+        .await
+        .expect_err("refused");
+    let Some(Error::InvalidConfiguration { setting, reason }) = middleware_error(&err) else {
+        panic!("expected InvalidConfiguration, got {err:?}");
+    };
+    assert_eq!(setting, "api_key");
+    assert!(!reason.contains("key-123"), "{reason}");
+    assert_eq!(api.requests(), 0, "nothing was sent");
+    assert_eq!(idp.token_requests(), 0);
+}
