@@ -9,13 +9,17 @@ use reqwest::Url;
 use crate::Error;
 
 /// Parses `url` for `setting` and refuses plain `http://` unless the host is loopback, so a
-/// secret or a key set never crosses a network in clear. Checked before any I/O.
+/// secret or a key set never crosses a network in clear, and refuses a user name or password
+/// in the URL (`https://user:pass@…`), which would end up in logs and error messages and be
+/// sent as a second `Authorization` header. Checked before any I/O; the error never repeats
+/// the URL.
 ///
 /// ```
 /// use en_auth_core::secure_url;
 /// assert!(secure_url("token_url", "https://idp.example.com/oauth/token").is_ok());
 /// assert!(secure_url("token_url", "http://127.0.0.1:8080/token").is_ok());
 /// assert!(secure_url("token_url", "http://idp.example.com/oauth/token").is_err());
+/// assert!(secure_url("token_url", "https://svc:s3cret@idp.example.com/oauth/token").is_err());
 /// ```
 pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
     let invalid = |reason: String| Error::InvalidConfiguration {
@@ -23,6 +27,13 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
         reason,
     };
     let parsed = Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "the URL carries a user name or password; remove them from the URL and give \
+             client credentials through ClientInfo"
+                .into(),
+        ));
+    }
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback(&parsed) => Ok(parsed),
@@ -31,6 +42,34 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
         )),
         other => Err(invalid(format!("unsupported scheme `{other}`"))),
     }
+}
+
+/// `url` as it may appear in logs, spans and errors: scheme, host, port and path — never a
+/// user name, password, query string or fragment, which may carry secrets.
+///
+/// ```
+/// use en_auth_core::url_for_logs;
+/// let url = reqwest::Url::parse("https://u:p@idp.example.com/token?key=s3cret#x").unwrap();
+/// assert_eq!(url_for_logs(&url), "https://idp.example.com/token");
+/// ```
+pub fn url_for_logs(url: &Url) -> String {
+    let mut shown = url.clone();
+    strip_secrets(&mut shown);
+    shown.to_string()
+}
+
+/// Like [`url_for_logs`] for a URL given as text; text that is not a URL is shown as
+/// `<not a URL>`.
+pub fn str_for_logs(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| "<not a URL>".to_owned(), |url| url_for_logs(&url))
+}
+
+/// Removes the user name, password, query string and fragment of `url`.
+pub(crate) fn strip_secrets(url: &mut Url) {
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
 }
 
 /// Whether `url`'s host is `localhost` or a loopback address.
@@ -98,7 +137,7 @@ pub async fn get_document(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, 
         } else {
             Error::InvalidResponse {
                 status: Some(status),
-                reason: format!("GET {url} failed"),
+                reason: format!("GET {} failed", str_for_logs(url)),
             }
         });
     }
@@ -132,7 +171,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<OpenIdConf
         if found.trim_end_matches('/') != trimmed {
             return Err(Error::InvalidResponse {
                 status: Some(200),
-                reason: format!("discovery document names issuer `{found}`, expected `{issuer}`"),
+                reason: format!(
+                    "discovery document names issuer `{}`, expected `{}`",
+                    crate::untrusted_text(found),
+                    url_for_logs(&base)
+                ),
             });
         }
     }

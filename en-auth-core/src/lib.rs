@@ -37,6 +37,7 @@ mod lifecycle;
 mod middleware;
 mod retry;
 mod store;
+mod text;
 mod token;
 
 pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
@@ -46,7 +47,7 @@ pub use authorizer::{
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
     CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,
-    get_document, provider_http_client, read_body_limited, secure_url,
+    get_document, provider_http_client, read_body_limited, secure_url, str_for_logs, url_for_logs,
 };
 pub use error::{Error, Result};
 pub use lifecycle::{
@@ -57,6 +58,7 @@ pub use retry::RetryPolicy;
 pub use store::{
     MemoryTokenStore, SharedFailure, StoreEvent, StoreLock, TokenStore, value_fingerprint,
 };
+pub use text::{MAX_UNTRUSTED_TEXT, untrusted_text};
 pub use token::{
     AccessToken, BearerToken, EXPIRATION_GAP, deserialize_optional_secret, expires_within,
     expires_within_now, serialize_optional_secret, serialize_secret,
