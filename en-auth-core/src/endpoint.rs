@@ -90,13 +90,70 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An HTTP client for talking to identity providers: it follows no redirects (a redirect
 /// could carry credentials elsewhere) and has its own connect and total timeouts.
+///
+/// Proxies come from the environment as usual — `HTTPS_PROXY`, `HTTP_PROXY` (ignored when
+/// `REQUEST_METHOD` is set, as in CGI), `ALL_PROXY`, lower-case forms too, and `NO_PROXY` —
+/// except that a loopback destination (`localhost`, `127.0.0.0/8`, `::1`) is always reached
+/// directly: a token request to a local provider or sidecar never carries client credentials
+/// to a proxy, whatever `NO_PROXY` says.
 pub fn provider_http_client(connect: Duration, total: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect)
         .timeout(total)
-        .build()
-        .unwrap_or_default()
+        .no_proxy();
+    if let Some(proxy) = proxy_from_env(|name| std::env::var(name).ok()) {
+        builder = builder.proxy(proxy);
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// The proxy the environment (read through `var`) names, bypassed for loopback destinations.
+fn proxy_from_env(var: impl Fn(&str) -> Option<String>) -> Option<reqwest::Proxy> {
+    let first = |names: [&str; 2]| {
+        names.iter().find_map(|name| {
+            let value = var(name)?;
+            let value = value.trim();
+            if value.is_empty() {
+                return None;
+            }
+            match Url::parse(value) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    tracing::warn!(variable = name, error = %e, "ignoring a proxy setting that is not a URL");
+                    None
+                }
+            }
+        })
+    };
+    // HTTP_PROXY can be set by a request header in CGI ("httpoxy"); like reqwest, ignore it there.
+    let cgi = var("REQUEST_METHOD").is_some();
+    let http = if cgi {
+        None
+    } else {
+        first(["HTTP_PROXY", "http_proxy"])
+    };
+    let https = first(["HTTPS_PROXY", "https_proxy"]);
+    let all = first(["ALL_PROXY", "all_proxy"]);
+    if http.is_none() && https.is_none() && all.is_none() {
+        return None;
+    }
+    let no_proxy = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|name| var(name))
+        .and_then(|list| reqwest::NoProxy::from_string(&list));
+    let proxy = reqwest::Proxy::custom(move |destination: &Url| {
+        if is_loopback(destination) {
+            return None;
+        }
+        let chosen = match destination.scheme() {
+            "https" => https.as_ref(),
+            "http" => http.as_ref(),
+            _ => None,
+        };
+        chosen.or(all.as_ref()).cloned()
+    });
+    Some(proxy.no_proxy(no_proxy))
 }
 
 /// Largest JSON document (discovery, JWKS, token response) read from an identity provider.

@@ -21,7 +21,7 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let auth = AuthMiddleware::new(MyIdp { info: ClientInfo::new("id", "secret") });
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+//! let client = auth.client()?; // credentials never follow a redirect to another origin
 //! client.get("https://api.example.com/").send().await?;
 //! # Ok(()) }
 //! ```
