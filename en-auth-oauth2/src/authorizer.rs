@@ -16,7 +16,7 @@ use crate::endpoint::{discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
 use en_auth_core::{
     MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url, str_for_logs,
-    url_for_logs,
+    untrusted_text, url_for_logs,
 };
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
@@ -251,7 +251,7 @@ impl ServiceAccountAuthorizer {
         span.record("duration_ms", started.elapsed().as_millis() as u64);
         let granted = parse_token_response(status, &headers, &bytes, self.default_lifetime)?;
         if let Some(scope) = &granted.scope {
-            tracing::debug!(granted_scope = %scope, "token granted");
+            tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
         }
         Ok(granted.token)
     }

@@ -118,3 +118,97 @@ async fn provider_url_query_strings_reach_no_log_line_or_error() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn provider_text_in_errors_and_logs_is_escaped_and_bounded() {
+    use en_auth_core::{AuthMiddleware, LifecyclePolicy, RetryPolicy};
+    use en_auth_testkit::Fault;
+
+    let (captured, _guard) = capture();
+    let idp = LocalIdp::start(IdpConfig::default()).await.expect("idp");
+    let forged = "\nERROR en_auth: forged log line\u{1b}[2J";
+    let huge = "d".repeat(400 * 1024);
+    let body = serde_json::json!({
+        "error": format!("invalid_scope{forged}"),
+        "error_description": format!("{huge}{forged}"),
+        "error_uri": format!("https://idp.example/help{forged}"),
+    })
+    .to_string();
+    idp.push_faults([
+        Fault::json(400, &body),
+        Fault::json(
+            401,
+            &serde_json::json!({
+                "error": "invalid_client",
+                "error_description": format!("bad secret{forged}{huge}"),
+            })
+            .to_string(),
+        ),
+        Fault::Respond {
+            status: 302,
+            headers: vec![(
+                "location".into(),
+                // (control characters cannot be in a header value; length and query can)
+                format!(
+                    "https://bucket.example/object/{}?X-Amz-Signature=sig-Secret4",
+                    "p".repeat(8000)
+                ),
+            )],
+            body: String::new(),
+        },
+    ]);
+    let auth = AuthMiddleware::with_policy(
+        ServiceAccountAuthorizer::new(info(&idp), idp.token_url()),
+        LifecyclePolicy::default().with_retry(RetryPolicy::none()),
+    );
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        errors.push(auth.access_token().await.expect_err("fault"));
+    }
+    assert!(
+        matches!(errors[0], Error::Authorization { .. }),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(errors[1], Error::InvalidClient { .. }),
+        "{:?}",
+        errors[1]
+    );
+    assert!(
+        matches!(errors[2], Error::InvalidResponse { .. }),
+        "{:?}",
+        errors[2]
+    );
+    for err in &errors {
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(text.len() < 2048, "{} bytes: {}", text.len(), &text[..200]);
+            assert!(
+                !text.contains('\n') && !text.contains('\u{1b}'),
+                "raw control characters: {text}"
+            );
+            assert!(!text.contains("sig-Secret4"), "{text}");
+        }
+    }
+    assert!(
+        errors[0].to_string().contains("more bytes"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[2].to_string().contains("bucket.example/object"),
+        "{}",
+        errors[2]
+    );
+
+    let logs = captured.text();
+    assert!(logs.contains("could not obtain a token"), "{logs}");
+    assert!(
+        !logs
+            .lines()
+            .any(|line| line.starts_with("ERROR en_auth: forged")),
+        "a forged log line: {logs}"
+    );
+    assert!(!logs.contains('\u{1b}') && !logs.contains("sig-Secret4"));
+    assert!(logs.len() < 32 * 1024, "{} bytes of logs", logs.len());
+}

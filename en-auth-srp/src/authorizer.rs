@@ -16,7 +16,7 @@ use aws_sdk_cognitoidentityprovider::types::{
 };
 use en_auth_core::{
     Authorizer, CONNECT_TIMEOUT, CacheKey, ClientInfo, Error, REQUEST_TIMEOUT, UserCredentials,
-    secure_url,
+    secure_url, untrusted_text,
 };
 use num_bigint::BigUint;
 use secrecy::ExposeSecret;
@@ -387,7 +387,7 @@ fn parse_pool_id(pool_id: &str) -> Result<(&str, &str), Error> {
 
 fn unsupported(challenge: Option<&ChallengeNameType>) -> Error {
     Error::UnsupportedChallenge {
-        challenge: challenge.map_or_else(|| "none".to_owned(), |c| c.as_str().to_owned()),
+        challenge: challenge.map_or_else(|| "none".to_owned(), |c| untrusted_text(c.as_str())),
     }
 }
 
@@ -421,8 +421,9 @@ where
             source: None,
         };
     };
-    let code = code.unwrap_or_default();
-    let message = message.unwrap_or_default();
+    // Cognito's text goes into Display and logs: escaped and bounded.
+    let code = untrusted_text(&code.unwrap_or_default());
+    let message = untrusted_text(&message.unwrap_or_default());
     match code.as_str() {
         "NotAuthorizedException" if message.to_ascii_lowercase().contains("secret") => {
             Error::InvalidClient {
@@ -503,6 +504,31 @@ mod tests {
                 matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "user_pool_id"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn cognito_text_in_errors_is_escaped_and_bounded() {
+        use aws_sdk_cognitoidentityprovider::error::ErrorMetadata;
+        use aws_sdk_cognitoidentityprovider::operation::initiate_auth::InitiateAuthError;
+        let long = format!("{}\nINFO forged log line\u{1b}[2J", "m".repeat(100_000));
+        for code in ["InvalidParameterException", "SomethingNewException"] {
+            let meta = ErrorMetadata::builder().code(code).message(&long).build();
+            let err = map_sdk_error(SdkError::<InitiateAuthError, ()>::service_error(
+                InitiateAuthError::generic(meta),
+                (),
+            ));
+            let shown = err.to_string();
+            let description = match &err {
+                Error::InvalidClient { description, .. }
+                | Error::Authorization { description, .. } => description.clone(),
+                other => panic!("{other:?}"),
+            }
+            .expect("description");
+            for text in [&shown, &description] {
+                assert!(text.len() < 1024, "{} bytes", text.len());
+                assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+            }
         }
     }
 }
