@@ -18,7 +18,6 @@ use en_auth_core::{
     Authorizer, CONNECT_TIMEOUT, CacheKey, ClientInfo, Error, REQUEST_TIMEOUT, UserCredentials,
     secure_url, untrusted_text,
 };
-use num_bigint::BigUint;
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
@@ -285,8 +284,8 @@ fn prove(
     pool_name: &str,
     user_id: &str,
     password: &str,
-    b: &BigUint,
-    salt: &BigUint,
+    b: &[u8],
+    salt: &[u8],
     secret_block: &[u8],
 ) -> Result<(String, String), Error> {
     let session = maths::session(ephemeral, pool_name, user_id, password, b, salt)?;
