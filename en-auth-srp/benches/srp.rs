@@ -101,7 +101,9 @@ fn main() {
         .measurement_time(Duration::from_secs(6))
         .sample_size(30);
     criterion.bench_function("srp/login_maths", |b| b.iter(|| login(&input)));
-    criterion.bench_function("srp/bare_modpows", |b| b.iter(|| bare(&group, &input, &x, &u)));
+    criterion.bench_function("srp/bare_modpows", |b| {
+        b.iter(|| bare(&group, &input, &x, &u))
+    });
 
     let rounds = 20;
     let (mut ours, mut baseline) = (Duration::ZERO, Duration::ZERO);

@@ -243,13 +243,18 @@ impl SrpAuthorizer {
             .ok()
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
+        let device_key = result
+            .new_device_metadata()
+            .and_then(|device| device.device_key())
+            .map(str::to_owned);
         Ok(CognitoTokens::new(
             access.to_owned(),
             result.id_token().map(str::to_owned),
             result.refresh_token().map(str::to_owned),
             lifetime,
             self.header,
-        ))
+        )
+        .with_device_key(device_key))
     }
 
     /// `REFRESH_TOKEN_AUTH` with the refresh token of `previous`.
@@ -269,6 +274,10 @@ impl SrpAuthorizer {
         let username = previous.username().unwrap_or(self.credentials.user_name());
         if let Some(hash) = self.secret_hash(username) {
             request = request.auth_parameters("SECRET_HASH", hash);
+        }
+        // With device tracking, the pool accepts the refresh token only with its device key.
+        if let Some(device_key) = previous.device_key() {
+            request = request.auth_parameters("DEVICE_KEY", device_key);
         }
         let output = request.send().await.map_err(map_sdk_error)?;
         match output.authentication_result() {
@@ -320,8 +329,16 @@ impl Authorizer for SrpAuthorizer {
             .refresh_tokens(token, refresh_token.expose_secret())
             .await
         {
-            Err(Error::InvalidCredentials | Error::Authorization { .. }) => {
-                tracing::debug!(pool = %self.pool_id, "refresh token refused; logging in again");
+            // A refused refresh token, or a refresh the pool does not accept from this client
+            // (e.g. a SECRET_HASH over a user name that could not be read from the token):
+            // a full login starts afresh instead of leaving the cache stuck on a token it
+            // cannot refresh.
+            Err(
+                err @ (Error::InvalidCredentials
+                | Error::InvalidClient { .. }
+                | Error::Authorization { .. }),
+            ) => {
+                tracing::debug!(pool = %self.pool_id, error = %err, "refresh refused; logging in again");
                 self.authorize().await
             }
             other => other,

@@ -73,11 +73,9 @@ const A_BYTES: usize = 128;
 
 static CLIENT: LazyLock<Client> = LazyLock::new(Client::new);
 static N: LazyLock<NonZero<BoxedUint>> = LazyLock::new(|| {
-    NonZero::new(BoxedUint::from_be_slice_vartime(&modulus()))
-        .expect("N is not zero")
+    NonZero::new(BoxedUint::from_be_slice_vartime(&modulus())).expect("N is not zero")
 });
-static K: LazyLock<BoxedUint> =
-    LazyLock::new(|| BoxedUint::from_be_slice_vartime(&multiplier()));
+static K: LazyLock<BoxedUint> = LazyLock::new(|| BoxedUint::from_be_slice_vartime(&multiplier()));
 
 const DERIVED_KEY_INFO: &[u8] = b"Caldera Derived Key";
 
@@ -350,7 +348,11 @@ mod tests {
         assert_eq!(pad_hex(&[0x0a, 0xbc]), "0abc");
         assert_eq!(pad_hex(&[0, 0, 0x08, 0xbc]), "08bc");
         assert_eq!(pad_hex(&[]), "00");
-        assert_eq!(pad_hex(&modulus()).len(), 3072 / 4 + 2, "N has its top bit set");
+        assert_eq!(
+            pad_hex(&modulus()).len(),
+            3072 / 4 + 2,
+            "N has its top bit set"
+        );
         assert_eq!(number_hex(&[0, 0x0a, 0xbc]), "abc");
         assert_eq!(number_hex(&[0]), "0");
         assert_eq!(parse_hex("B", " 0abc ").unwrap(), vec![0x0a, 0xbc]);
@@ -412,6 +414,9 @@ mod tests {
             Ephemeral::from_secret(&[0]).is_ok(),
             "A = 1 is allowed, A = 0 is not possible for g^a"
         );
-        assert!(Ephemeral::from_secret(&[1u8; A_BYTES + 1]).is_err(), "a too long");
+        assert!(
+            Ephemeral::from_secret(&[1u8; A_BYTES + 1]).is_err(),
+            "a too long"
+        );
     }
 }

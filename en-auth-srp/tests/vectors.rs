@@ -124,20 +124,23 @@ fn rfc5054_padding_is_not_cognitos() {
         "k"
     );
 
-    let path = format!("{}/tests/vectors/pycognito.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/vectors/pycognito.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let set: VectorFile = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let differing = set
         .vectors
         .iter()
         .filter(|v| {
-            let rfc_u = srp::utils::compute_u_padded::<sha2::Sha256>(
-                &g,
-                &hex(&v.big_a),
-                &hex(&v.big_b),
-            );
+            let rfc_u =
+                srp::utils::compute_u_padded::<sha2::Sha256>(&g, &hex(&v.big_a), &hex(&v.big_b));
             rfc_u != BoxedUint::from_be_slice_vartime(&hex(&v.u))
         })
         .count();
     // They agree only when A and B both fill 384 bytes with the top bit clear.
-    assert!(differing * 2 > set.vectors.len(), "u differs for {differing} vectors");
+    assert!(
+        differing * 2 > set.vectors.len(),
+        "u differs for {differing} vectors"
+    );
 }
