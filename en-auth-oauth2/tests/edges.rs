@@ -157,12 +157,13 @@ async fn provider_text_in_errors_and_logs_is_escaped_and_bounded() {
             body: String::new(),
         },
     ]);
-    let auth = AuthMiddleware::with_policy(
-        ServiceAccountAuthorizer::new(info(&idp), idp.token_url()),
-        LifecyclePolicy::default().with_retry(RetryPolicy::none()),
-    );
     let mut errors = Vec::new();
     for _ in 0..3 {
+        // A middleware each: the lifecycle may hold on to a failure for a moment.
+        let auth = AuthMiddleware::with_policy(
+            ServiceAccountAuthorizer::new(info(&idp), idp.token_url()),
+            LifecyclePolicy::default().with_retry(RetryPolicy::none()),
+        );
         errors.push(auth.access_token().await.expect_err("fault"));
     }
     assert!(
