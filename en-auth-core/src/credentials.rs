@@ -73,8 +73,10 @@ impl ClientInfo {
         Ok(info)
     }
 
-    /// The API key as a (sensitive) header value, or why it cannot be one.
-    pub(crate) fn api_key_header(&self) -> Result<Option<HeaderValue>, Error> {
+    /// The API key as a (sensitive) `X-Api-Key` header value, `None` without a key, or
+    /// [`Error::InvalidConfiguration`] when the key cannot be one (what every adapter that
+    /// sends the key checks, so that none drops it silently).
+    pub fn api_key_header(&self) -> Result<Option<HeaderValue>, Error> {
         let Some(key) = &self.api_key else {
             return Ok(None);
         };
