@@ -4,7 +4,10 @@
 
 use std::fmt;
 
+use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::Error;
 
 /// The standard `Authorization` header name.
 pub const AUTHORIZATION_HEADER: &str = "Authorization";
@@ -40,10 +43,55 @@ impl ClientInfo {
 
     /// Adds an API key, sent as `X-Api-Key` on every authorized request. An empty key is
     /// treated as no key (en_auth's default of `''`).
+    ///
+    /// A key that cannot be an HTTP header value (see [`try_with_api_key`]) is kept, and every
+    /// request of an [`AuthMiddleware`](crate::AuthMiddleware) built on it fails with
+    /// [`Error::InvalidConfiguration`] before anything is sent — it is never dropped silently.
+    /// Use [`try_with_api_key`] to get the error here instead.
+    ///
+    /// [`try_with_api_key`]: ClientInfo::try_with_api_key
     pub fn with_api_key(mut self, api_key: impl Into<String>) -> Self {
         let key = api_key.into();
         self.api_key = (!key.is_empty()).then(|| SecretString::from(key));
         self
+    }
+
+    /// Like [`with_api_key`](ClientInfo::with_api_key), but refuses a key that cannot be sent
+    /// as a header value — control characters (a trailing newline read from a file, say) or
+    /// leading or trailing whitespace — with [`Error::InvalidConfiguration`]. The error does
+    /// not contain the key.
+    ///
+    /// ```
+    /// use en_auth_core::{ClientInfo, Error};
+    /// assert!(ClientInfo::new("id", "secret").try_with_api_key("key-123").is_ok());
+    /// let err = ClientInfo::new("id", "secret").try_with_api_key("key-123\n").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidConfiguration { .. }));
+    /// ```
+    pub fn try_with_api_key(self, api_key: impl Into<String>) -> Result<Self, Error> {
+        let info = self.with_api_key(api_key);
+        info.api_key_header()?;
+        Ok(info)
+    }
+
+    /// The API key as a (sensitive) `X-Api-Key` header value, `None` without a key, or
+    /// [`Error::InvalidConfiguration`] when the key cannot be one (what every adapter that
+    /// sends the key checks, so that none drops it silently).
+    pub fn api_key_header(&self) -> Result<Option<HeaderValue>, Error> {
+        let Some(key) = &self.api_key else {
+            return Ok(None);
+        };
+        let key = key.expose_secret();
+        let invalid = |reason: &str| Error::InvalidConfiguration {
+            setting: "api_key".into(),
+            reason: format!("the API key {reason}; it cannot be sent as `{API_KEY_HEADER}`"),
+        };
+        if key.trim() != key {
+            return Err(invalid("has leading or trailing whitespace"));
+        }
+        let mut value =
+            HeaderValue::from_str(key).map_err(|_| invalid("contains control characters"))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     /// The client id.

@@ -9,13 +9,17 @@ use reqwest::Url;
 use crate::Error;
 
 /// Parses `url` for `setting` and refuses plain `http://` unless the host is loopback, so a
-/// secret or a key set never crosses a network in clear. Checked before any I/O.
+/// secret or a key set never crosses a network in clear, and refuses a user name or password
+/// in the URL (`https://user:pass@…`), which would end up in logs and error messages and be
+/// sent as a second `Authorization` header. Checked before any I/O; the error never repeats
+/// the URL.
 ///
 /// ```
 /// use en_auth_core::secure_url;
 /// assert!(secure_url("token_url", "https://idp.example.com/oauth/token").is_ok());
 /// assert!(secure_url("token_url", "http://127.0.0.1:8080/token").is_ok());
 /// assert!(secure_url("token_url", "http://idp.example.com/oauth/token").is_err());
+/// assert!(secure_url("token_url", "https://svc:s3cret@idp.example.com/oauth/token").is_err());
 /// ```
 pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
     let invalid = |reason: String| Error::InvalidConfiguration {
@@ -23,6 +27,13 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
         reason,
     };
     let parsed = Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "the URL carries a user name or password; remove them from the URL and give \
+             client credentials through ClientInfo"
+                .into(),
+        ));
+    }
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback(&parsed) => Ok(parsed),
@@ -33,7 +44,36 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// `url` as it may appear in logs, spans and errors: scheme, host, port and path — never a
+/// user name, password, query string or fragment, which may carry secrets.
+///
+/// ```
+/// use en_auth_core::url_for_logs;
+/// let url = reqwest::Url::parse("https://u:p@idp.example.com/token?key=s3cret#x").unwrap();
+/// assert_eq!(url_for_logs(&url), "https://idp.example.com/token");
+/// ```
+pub fn url_for_logs(url: &Url) -> String {
+    let mut shown = url.clone();
+    strip_secrets(&mut shown);
+    shown.to_string()
+}
+
+/// Like [`url_for_logs`] for a URL given as text; text that is not a URL is shown as
+/// `<not a URL>`.
+pub fn str_for_logs(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| "<not a URL>".to_owned(), |url| url_for_logs(&url))
+}
+
+/// Removes the user name, password, query string and fragment of `url`.
+pub(crate) fn strip_secrets(url: &mut Url) {
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+}
+
+/// Whether `url`'s host is `localhost` or a loopback address.
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -50,13 +90,70 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An HTTP client for talking to identity providers: it follows no redirects (a redirect
 /// could carry credentials elsewhere) and has its own connect and total timeouts.
+///
+/// Proxies come from the environment as usual — `HTTPS_PROXY`, `HTTP_PROXY` (ignored when
+/// `REQUEST_METHOD` is set, as in CGI), `ALL_PROXY`, lower-case forms too, and `NO_PROXY` —
+/// except that a loopback destination (`localhost`, `127.0.0.0/8`, `::1`) is always reached
+/// directly: a token request to a local provider or sidecar never carries client credentials
+/// to a proxy, whatever `NO_PROXY` says.
 pub fn provider_http_client(connect: Duration, total: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect)
         .timeout(total)
-        .build()
-        .unwrap_or_default()
+        .no_proxy();
+    if let Some(proxy) = proxy_from_env(|name| std::env::var(name).ok()) {
+        builder = builder.proxy(proxy);
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// The proxy the environment (read through `var`) names, bypassed for loopback destinations.
+fn proxy_from_env(var: impl Fn(&str) -> Option<String>) -> Option<reqwest::Proxy> {
+    let first = |names: [&str; 2]| {
+        names.iter().find_map(|name| {
+            let value = var(name)?;
+            let value = value.trim();
+            if value.is_empty() {
+                return None;
+            }
+            match Url::parse(value) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    tracing::warn!(variable = name, error = %e, "ignoring a proxy setting that is not a URL");
+                    None
+                }
+            }
+        })
+    };
+    // HTTP_PROXY can be set by a request header in CGI ("httpoxy"); like reqwest, ignore it there.
+    let cgi = var("REQUEST_METHOD").is_some();
+    let http = if cgi {
+        None
+    } else {
+        first(["HTTP_PROXY", "http_proxy"])
+    };
+    let https = first(["HTTPS_PROXY", "https_proxy"]);
+    let all = first(["ALL_PROXY", "all_proxy"]);
+    if http.is_none() && https.is_none() && all.is_none() {
+        return None;
+    }
+    let no_proxy = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|name| var(name))
+        .and_then(|list| reqwest::NoProxy::from_string(&list));
+    let proxy = reqwest::Proxy::custom(move |destination: &Url| {
+        if is_loopback(destination) {
+            return None;
+        }
+        let chosen = match destination.scheme() {
+            "https" => https.as_ref(),
+            "http" => http.as_ref(),
+            _ => None,
+        };
+        chosen.or(all.as_ref()).cloned()
+    });
+    Some(proxy.no_proxy(no_proxy))
 }
 
 /// Largest JSON document (discovery, JWKS, token response) read from an identity provider.
@@ -97,7 +194,7 @@ pub async fn get_document(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, 
         } else {
             Error::InvalidResponse {
                 status: Some(status),
-                reason: format!("GET {url} failed"),
+                reason: format!("GET {} failed", str_for_logs(url)),
             }
         });
     }
@@ -131,7 +228,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<OpenIdConf
         if found.trim_end_matches('/') != trimmed {
             return Err(Error::InvalidResponse {
                 status: Some(200),
-                reason: format!("discovery document names issuer `{found}`, expected `{issuer}`"),
+                reason: format!(
+                    "discovery document names issuer `{}`, expected `{}`",
+                    crate::untrusted_text(found),
+                    url_for_logs(&base)
+                ),
             });
         }
     }

@@ -229,9 +229,12 @@ impl Error {
 }
 
 impl From<reqwest::Error> for Error {
-    fn from(err: reqwest::Error) -> Self {
-        // Token URLs carry no secrets (credentials go in headers or the form body), so the
-        // URL reqwest includes is kept: it tells the operator which endpoint failed.
+    fn from(mut err: reqwest::Error) -> Self {
+        // The URL reqwest includes tells the operator which endpoint failed; its user name,
+        // password, query and fragment (which may carry secrets) are removed.
+        if let Some(url) = err.url_mut() {
+            crate::endpoint::strip_secrets(url);
+        }
         Error::Transport {
             message: err.to_string(),
             timeout: err.is_timeout(),

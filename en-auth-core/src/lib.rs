@@ -21,7 +21,7 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let auth = AuthMiddleware::new(MyIdp { info: ClientInfo::new("id", "secret") });
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+//! let client = auth.client()?; // credentials never follow a redirect to another origin
 //! client.get("https://api.example.com/").send().await?;
 //! # Ok(()) }
 //! ```
@@ -37,6 +37,7 @@ mod lifecycle;
 mod middleware;
 mod retry;
 mod store;
+mod text;
 mod token;
 
 pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
@@ -46,17 +47,18 @@ pub use authorizer::{
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
     CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,
-    get_document, provider_http_client, read_body_limited, secure_url,
+    get_document, provider_http_client, read_body_limited, secure_url, str_for_logs, url_for_logs,
 };
 pub use error::{Error, Result};
 pub use lifecycle::{
     CachedToken, LifecyclePolicy, MIN_DEFAULT_LIFETIME, TokenCache, TokenCacheBuilder, TokenStats,
 };
-pub use middleware::AuthMiddleware;
+pub use middleware::{AuthMiddleware, same_origin_redirects};
 pub use retry::RetryPolicy;
 pub use store::{
     MemoryTokenStore, SharedFailure, StoreEvent, StoreLock, TokenStore, value_fingerprint,
 };
+pub use text::{MAX_UNTRUSTED_TEXT, untrusted_text};
 pub use token::{
     AccessToken, BearerToken, EXPIRATION_GAP, deserialize_optional_secret, expires_within,
     expires_within_now, serialize_optional_secret, serialize_secret,

@@ -14,7 +14,10 @@ use tracing::Instrument;
 
 use crate::endpoint::{discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
-use en_auth_core::{MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url};
+use en_auth_core::{
+    MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url, str_for_logs,
+    untrusted_text, url_for_logs,
+};
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,7 +251,7 @@ impl ServiceAccountAuthorizer {
         span.record("duration_ms", started.elapsed().as_millis() as u64);
         let granted = parse_token_response(status, &headers, &bytes, self.default_lifetime)?;
         if let Some(scope) = &granted.scope {
-            tracing::debug!(granted_scope = %scope, "token granted");
+            tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
         }
         Ok(granted.token)
     }
@@ -266,7 +269,7 @@ impl Authorizer for ServiceAccountAuthorizer {
         let url = self.token_url().await?;
         let span = tracing::debug_span!(
             "en_auth.token_request",
-            endpoint = %url,
+            endpoint = %url_for_logs(&url),
             client_id = self.info.client_id(),
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
@@ -304,10 +307,10 @@ impl Authorizer for ServiceAccountAuthorizer {
 impl fmt::Debug for ServiceAccountAuthorizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let endpoint = match &self.endpoint {
-            TokenEndpoint::Fixed(url) => url.clone(),
+            TokenEndpoint::Fixed(url) => str_for_logs(url),
             TokenEndpoint::Discovered { issuer, resolved } => match resolved.get() {
-                Some(url) => url.to_string(),
-                None => format!("<discovered from {issuer}>"),
+                Some(url) => url_for_logs(url),
+                None => format!("<discovered from {}>", str_for_logs(issuer)),
             },
         };
         f.debug_struct("ServiceAccountAuthorizer")

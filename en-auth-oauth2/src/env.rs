@@ -61,7 +61,13 @@ impl ServiceAccountAuthorizer {
         let client_secret = require(CLIENT_SECRET)?;
         let mut info = ClientInfo::new(client_id, client_secret);
         if let Some(key) = get(API_KEY) {
-            info = info.with_api_key(key);
+            info = info.try_with_api_key(key).map_err(|err| match err {
+                Error::InvalidConfiguration { reason, .. } => Error::InvalidConfiguration {
+                    setting: API_KEY.to_owned(),
+                    reason,
+                },
+                other => other,
+            })?;
         }
         let mut authorizer = match (get(TOKEN_URL), get(ISSUER)) {
             (Some(url), _) => Self::new(info, url.trim()),

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use en_auth_core::{BearerToken, Error};
+use en_auth_core::{BearerToken, Error, untrusted_text};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
@@ -80,7 +80,7 @@ pub(crate) fn parse_token_response(
             reason: format!(
                 "the token endpoint redirected{}; redirects are not followed",
                 header_str(headers, "location")
-                    .map(|l| format!(" to {l}"))
+                    .map(|l| format!(" to {}", location_for_logs(l)))
                     .unwrap_or_default()
             ),
         }),
@@ -110,7 +110,10 @@ fn parse_success(
         if !kind.eq_ignore_ascii_case("bearer") {
             return Err(Error::InvalidResponse {
                 status: Some(status),
-                reason: format!("unsupported token_type `{kind}` (only Bearer is supported)"),
+                reason: format!(
+                    "unsupported token_type `{}` (only Bearer is supported)",
+                    untrusted_text(kind)
+                ),
             });
         }
     }
@@ -149,20 +152,25 @@ fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
             reason: if body.is_empty() {
                 "error answer with an empty body".into()
             } else {
-                format!("error answer that is not an OAuth2 error ({kind})")
+                format!(
+                    "error answer that is not an OAuth2 error ({})",
+                    untrusted_text(kind)
+                )
             },
         };
     };
+    // Everything the provider wrote goes into Display and logs: escaped and bounded.
+    let description = parsed.error_description.as_deref().map(untrusted_text);
     match parsed.error.as_str() {
         "invalid_client" => Error::InvalidClient {
             status: Some(status),
-            description: parsed.error_description,
+            description,
         },
         _ => Error::Authorization {
             status: Some(status),
-            error: parsed.error,
-            description: parsed.error_description,
-            error_uri: parsed.error_uri,
+            error: untrusted_text(&parsed.error),
+            description,
+            error_uri: parsed.error_uri.as_deref().map(untrusted_text),
         },
     }
 }
@@ -175,6 +183,13 @@ fn json_problem(err: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Data => "missing or mistyped fields",
         serde_json::error::Category::Eof => "truncated JSON",
     }
+}
+
+/// A redirect's `Location` for an error message: without its query string or fragment (a
+/// pre-signed URL carries its signature there), escaped and bounded.
+fn location_for_logs(location: &str) -> String {
+    let end = location.find(['?', '#']).unwrap_or(location.len());
+    untrusted_text(&location[..end])
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

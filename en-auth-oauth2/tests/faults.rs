@@ -329,6 +329,17 @@ async fn the_api_key_from_env_reaches_the_client_info() {
         !debug.contains("s3cret") && !debug.contains("k-1"),
         "{debug}"
     );
+
+    // A key that cannot be a header value is an error naming the variable, not a silent drop.
+    let mut bad = vars.clone();
+    bad.insert("EN_AUTH_API_KEY", "k-1\r\n");
+    let err =
+        ServiceAccountAuthorizer::from_lookup(|k| bad.get(k).map(|v| v.to_string())).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "EN_AUTH_API_KEY"),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("k-1"), "{err}");
 }
 
 #[test]

@@ -16,9 +16,8 @@ use aws_sdk_cognitoidentityprovider::types::{
 };
 use en_auth_core::{
     Authorizer, CONNECT_TIMEOUT, CacheKey, ClientInfo, Error, REQUEST_TIMEOUT, UserCredentials,
-    secure_url,
+    secure_url, untrusted_text,
 };
-use num_bigint::BigUint;
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
@@ -244,13 +243,18 @@ impl SrpAuthorizer {
             .ok()
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
+        let device_key = result
+            .new_device_metadata()
+            .and_then(|device| device.device_key())
+            .map(str::to_owned);
         Ok(CognitoTokens::new(
             access.to_owned(),
             result.id_token().map(str::to_owned),
             result.refresh_token().map(str::to_owned),
             lifetime,
             self.header,
-        ))
+        )
+        .with_device_key(device_key))
     }
 
     /// `REFRESH_TOKEN_AUTH` with the refresh token of `previous`.
@@ -271,6 +275,10 @@ impl SrpAuthorizer {
         if let Some(hash) = self.secret_hash(username) {
             request = request.auth_parameters("SECRET_HASH", hash);
         }
+        // With device tracking, the pool accepts the refresh token only with its device key.
+        if let Some(device_key) = previous.device_key() {
+            request = request.auth_parameters("DEVICE_KEY", device_key);
+        }
         let output = request.send().await.map_err(map_sdk_error)?;
         match output.authentication_result() {
             Some(result) => Ok(self.tokens(result)?.keeping_refresh_token_of(previous)),
@@ -285,8 +293,8 @@ fn prove(
     pool_name: &str,
     user_id: &str,
     password: &str,
-    b: &BigUint,
-    salt: &BigUint,
+    b: &[u8],
+    salt: &[u8],
     secret_block: &[u8],
 ) -> Result<(String, String), Error> {
     let session = maths::session(ephemeral, pool_name, user_id, password, b, salt)?;
@@ -321,8 +329,16 @@ impl Authorizer for SrpAuthorizer {
             .refresh_tokens(token, refresh_token.expose_secret())
             .await
         {
-            Err(Error::InvalidCredentials | Error::Authorization { .. }) => {
-                tracing::debug!(pool = %self.pool_id, "refresh token refused; logging in again");
+            // A refused refresh token, or a refresh the pool does not accept from this client
+            // (e.g. a SECRET_HASH over a user name that could not be read from the token):
+            // a full login starts afresh instead of leaving the cache stuck on a token it
+            // cannot refresh.
+            Err(
+                err @ (Error::InvalidCredentials
+                | Error::InvalidClient { .. }
+                | Error::Authorization { .. }),
+            ) => {
+                tracing::debug!(pool = %self.pool_id, error = %err, "refresh refused; logging in again");
                 self.authorize().await
             }
             other => other,
@@ -387,7 +403,7 @@ fn parse_pool_id(pool_id: &str) -> Result<(&str, &str), Error> {
 
 fn unsupported(challenge: Option<&ChallengeNameType>) -> Error {
     Error::UnsupportedChallenge {
-        challenge: challenge.map_or_else(|| "none".to_owned(), |c| c.as_str().to_owned()),
+        challenge: challenge.map_or_else(|| "none".to_owned(), |c| untrusted_text(c.as_str())),
     }
 }
 
@@ -421,8 +437,9 @@ where
             source: None,
         };
     };
-    let code = code.unwrap_or_default();
-    let message = message.unwrap_or_default();
+    // Cognito's text goes into Display and logs: escaped and bounded.
+    let code = untrusted_text(&code.unwrap_or_default());
+    let message = untrusted_text(&message.unwrap_or_default());
     match code.as_str() {
         "NotAuthorizedException" if message.to_ascii_lowercase().contains("secret") => {
             Error::InvalidClient {
@@ -503,6 +520,31 @@ mod tests {
                 matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "user_pool_id"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn cognito_text_in_errors_is_escaped_and_bounded() {
+        use aws_sdk_cognitoidentityprovider::error::ErrorMetadata;
+        use aws_sdk_cognitoidentityprovider::operation::initiate_auth::InitiateAuthError;
+        let long = format!("{}\nINFO forged log line\u{1b}[2J", "m".repeat(100_000));
+        for code in ["InvalidParameterException", "SomethingNewException"] {
+            let meta = ErrorMetadata::builder().code(code).message(&long).build();
+            let err = map_sdk_error(SdkError::<InitiateAuthError, ()>::service_error(
+                InitiateAuthError::generic(meta),
+                (),
+            ));
+            let shown = err.to_string();
+            let description = match &err {
+                Error::InvalidClient { description, .. }
+                | Error::Authorization { description, .. } => description.clone(),
+                other => panic!("{other:?}"),
+            }
+            .expect("description");
+            for text in [&shown, &description] {
+                assert!(text.len() < 1024, "{} bytes", text.len());
+                assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+            }
         }
     }
 }

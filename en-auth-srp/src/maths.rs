@@ -1,31 +1,40 @@
 //! The client side of Cognito's SRP-6a variant, as AWS's own client libraries compute it.
 //!
-//! - Group: the RFC 3526 3072-bit prime `N`, generator `g = 2`.
-//! - `pad(x)`: the shortest even-length big-endian hex of `x`, with `00` prepended when the top
-//!   bit is set (so the bytes read as a positive number); `H` is SHA-256 over those bytes.
+//! - Group: the RFC 3526 3072-bit prime `N`, generator `g = 2` (RFC 5054's group of that size
+//!   has `g = 5`, so en-auth defines [`CognitoGroup`] for the `srp` crate).
+//! - `pad(x)`: the shortest big-endian bytes of `x`, with `00` prepended when the top bit is
+//!   set (so the bytes read as a positive number); `H` is SHA-256 over those bytes.
 //! - `k = H(pad(N) ‖ pad(g))`, `A = g^a`, `u = H(pad(A) ‖ pad(B))`,
 //!   `x = H(pad(salt) ‖ SHA-256(poolName ‖ userId ‖ ":" ‖ password))`,
 //!   `S = (B − k·g^x)^(a + u·x) mod N`,
 //!   `key = HKDF-SHA256(salt = pad(u), ikm = pad(S), info = "Caldera Derived Key")[..16]`.
 //! - The proof: `base64(HMAC-SHA256(key, poolName ‖ userId ‖ secretBlock ‖ timestamp))`.
 //!
+//! The group maths is RustCrypto's `srp` crate (on `crypto-bigint`, constant time):
+//! `compute_public_ephemeral` (A), `compute_identity_hash` and `compute_x` (x), and
+//! `compute_premaster_secret` (S, with `a + u·x` computed in constant time). Cognito's own
+//! parts stay here: `k` and `u` use Cognito's `pad` (not RFC 5054's padding to the length of
+//! `N`, which `srp::utils::compute_k`/`compute_u_padded` implement), and the HKDF key and the
+//! signature are Cognito's. Exponent lengths are fixed by the protocol (1024 bits for `a`,
+//! 256 for `x`), so timing reveals nothing about them.
+//!
+//! Secrets — `a`, `x`, `S`, the identity hash and the HKDF key — are zeroized when dropped or
+//! used; the password is only ever borrowed, never copied into a string.
+//!
 //! Everything random or time-dependent (`a`, the timestamp) is an input here, so known-answer
-//! tests can fix them. Arithmetic modulo `N` — every step that involves `a` or the
-//! password-derived `x` — runs in constant time in Montgomery form (`crypto-bigint`), with
-//! exponent lengths fixed by the protocol (1024 bits for `a`, 256 for `x`, 1025 for `a + u·x`),
-//! so timing reveals nothing about them. `num-bigint` only parses, pads and multiplies public or
-//! already-hashed values. Hashing, HMAC and HKDF are RustCrypto.
+//! tests can fix them.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
-use crypto_bigint::{Encoding, Odd, U256, U1024, U1536, U3072};
+use crypto_bigint::modular::{ConstMontyForm, ConstMontyParams, FixedMontyParams};
+use crypto_bigint::{BoxedUint, NonZero, Odd, U3072};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
-use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
+use srp::Group;
 use std::sync::LazyLock;
+use zeroize::{Zeroize, Zeroizing};
 
 use en_auth_core::Error;
 
@@ -40,49 +49,44 @@ const N_HEX: &str = concat!(
     "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF"
 );
 
-/// The group prime `N` (RFC 3526, 3072 bits).
-pub static N: LazyLock<BigUint> =
-    LazyLock::new(|| BigUint::parse_bytes(N_HEX.as_bytes(), 16).expect("N is valid hex"));
-/// The generator `g = 2`.
-pub static G: LazyLock<BigUint> = LazyLock::new(|| BigUint::from(2u32));
-/// The multiplier `k = H(pad(N) ‖ pad(g))`.
-pub static K: LazyLock<BigUint> = LazyLock::new(|| hash_to_int(&[&pad(&N), &pad(&G)]));
+/// Cognito's SRP group: the RFC 3526 3072-bit prime with generator 2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CognitoGroup;
+
+impl ConstMontyParams<{ U3072::LIMBS }> for CognitoGroup {
+    const LIMBS: usize = U3072::LIMBS;
+    const PARAMS: FixedMontyParams<{ U3072::LIMBS }> =
+        FixedMontyParams::new_vartime(Odd::<U3072>::from_be_hex(N_HEX));
+}
+
+impl Group for CognitoGroup {
+    type Element = ConstMontyForm<Self, { U3072::LIMBS }>;
+    const G: Self::Element = ConstMontyForm::new(&U3072::from_u128(2));
+}
+
+type Client = srp::Client<CognitoGroup, Sha256>;
+
+/// Bytes of `N` (and the most a server value may have).
+const N_BYTES: usize = 384;
+/// Bytes of `a`: 1024 bits.
+const A_BYTES: usize = 128;
+
+static CLIENT: LazyLock<Client> = LazyLock::new(Client::new);
+static N: LazyLock<NonZero<BoxedUint>> = LazyLock::new(|| {
+    NonZero::new(BoxedUint::from_be_slice_vartime(&modulus())).expect("N is not zero")
+});
+static K: LazyLock<BoxedUint> = LazyLock::new(|| BoxedUint::from_be_slice_vartime(&multiplier()));
 
 const DERIVED_KEY_INFO: &[u8] = b"Caldera Derived Key";
 
-/// Bits of `a`: 128 random bytes.
-const A_BITS: u32 = 1024;
-/// Bound on `a + u·x`: `a < 2^1024`, `u, x < 2^256`, so the sum is below `2^1025`.
-const EXPONENT_BITS: u32 = 1025;
-
-type Modular = FixedMontyForm<{ U3072::LIMBS }>;
-
-static PARAMS: LazyLock<FixedMontyParams<{ U3072::LIMBS }>> = LazyLock::new(|| {
-    FixedMontyParams::new(
-        Odd::new(to_uint::<{ U3072::LIMBS }>(&N).expect("N fits")).expect("N is odd"),
-    )
-});
-static G_MONTY: LazyLock<Modular> = LazyLock::new(|| Modular::new(&U3072::from_u8(2), &PARAMS));
-static K_MONTY: LazyLock<Modular> =
-    LazyLock::new(|| Modular::new(&to_uint::<{ U3072::LIMBS }>(&K).expect("k fits"), &PARAMS));
-
-/// `x` as a fixed-size integer, or `None` when it does not fit.
-fn to_uint<const LIMBS: usize>(x: &BigUint) -> Option<crypto_bigint::Uint<LIMBS>>
-where
-    crypto_bigint::Uint<LIMBS>: Encoding,
-{
-    let bytes = x.to_bytes_be();
-    let width = LIMBS * 8;
-    if bytes.len() > width {
-        return None;
-    }
-    let mut padded = vec![0u8; width];
-    padded[width - bytes.len()..].copy_from_slice(&bytes);
-    Some(crypto_bigint::Uint::<LIMBS>::from_be_slice(&padded))
+/// `N`, big-endian.
+pub fn modulus() -> Vec<u8> {
+    decode_hex(N_HEX).expect("N is valid hex")
 }
 
-fn to_biguint(x: &U3072) -> BigUint {
-    BigUint::from_bytes_be(&x.to_be_bytes())
+/// `k = H(pad(N) ‖ pad(g))`, big-endian.
+pub fn multiplier() -> Vec<u8> {
+    sha256(&[&pad(&modulus()), &pad(&[2])]).to_vec()
 }
 
 fn exponent_error(what: &str) -> Error {
@@ -92,17 +96,25 @@ fn exponent_error(what: &str) -> Error {
     }
 }
 
-/// `pad(x)` as bytes: big-endian, with a leading zero byte when the top bit is set.
-pub fn pad(x: &BigUint) -> Vec<u8> {
-    let mut bytes = x.to_bytes_be();
-    if bytes.first().is_some_and(|b| b & 0x80 != 0) {
-        bytes.insert(0, 0);
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// `pad(x)` for big-endian `x`: without leading zeros, with one zero byte in front when the
+/// top bit is set; zero is `[0]`.
+pub fn pad(x: &[u8]) -> Vec<u8> {
+    let x = trim(x);
+    let mut out = Vec::with_capacity(x.len() + 1);
+    if x.first().is_none_or(|b| b & 0x80 != 0) {
+        out.push(0);
     }
-    bytes
+    out.extend_from_slice(x);
+    out
 }
 
 /// `pad(x)` as lower-case hex, the form the reference libraries print.
-pub fn pad_hex(x: &BigUint) -> String {
+pub fn pad_hex(x: &[u8]) -> String {
     hex(&pad(x))
 }
 
@@ -111,52 +123,91 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hash_to_int(parts: &[&[u8]]) -> BigUint {
+/// Lower-case hex of the number `bytes` without leading zeros (`0` for zero), as Cognito's
+/// clients print `SRP_A`.
+pub fn number_hex(bytes: &[u8]) -> String {
+    let text = hex(trim(bytes));
+    match text.strip_prefix('0') {
+        Some(rest) => rest.to_owned(),
+        None if text.is_empty() => "0".to_owned(),
+        None => text,
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let (first, rest) = if bytes.len() % 2 == 1 {
+        (Some(digit(bytes[0])?), &bytes[1..])
+    } else {
+        (None, bytes)
+    };
+    let mut out = Vec::with_capacity(bytes.len() / 2 + 1);
+    out.extend(first);
+    for pair in rest.chunks_exact(2) {
+        out.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    }
+    Some(out)
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part);
     }
-    BigUint::from_bytes_be(&hasher.finalize())
+    hasher.finalize().into()
 }
 
-/// Parses a hex string from the server (`SRP_B`, `SALT`) as a non-negative integer.
-pub fn parse_hex(name: &str, value: &str) -> Result<BigUint, Error> {
-    BigUint::parse_bytes(value.trim().as_bytes(), 16).ok_or_else(|| Error::InvalidResponse {
-        status: None,
-        reason: format!("{name} is not hexadecimal"),
-    })
+/// Parses a hex string from the server (`SRP_B`, `SALT`) as a non-negative integer,
+/// big-endian without leading zeros.
+pub fn parse_hex(name: &str, value: &str) -> Result<Vec<u8>, Error> {
+    let value = value.trim();
+    decode_hex(value)
+        .filter(|_| !value.is_empty())
+        .map(|bytes| trim(&bytes).to_vec())
+        .ok_or_else(|| Error::InvalidResponse {
+            status: None,
+            reason: format!("{name} is not hexadecimal"),
+        })
 }
 
-/// The client's ephemeral secret `a` and public value `A = g^a mod N`.
+/// The client's ephemeral secret `a` (zeroized when dropped) and public value `A = g^a mod N`.
 pub struct Ephemeral {
-    a: BigUint,
-    /// `A`, sent as `SRP_A`.
-    pub public: BigUint,
+    /// `a`, left-padded to 1024 bits so that every exponentiation takes the same time.
+    a: Zeroizing<[u8; A_BYTES]>,
+    /// `A`, big-endian, sent as `SRP_A`.
+    pub public: Vec<u8>,
 }
 
 impl Ephemeral {
-    /// From a fixed secret of at most 1024 bits (tests), or `Err` when `A mod N = 0`.
-    pub fn from_secret(a: BigUint) -> Result<Self, Error> {
-        let exponent = to_uint::<{ U1024::LIMBS }>(&a).ok_or_else(|| exponent_error("a"))?;
-        let public = to_biguint(&G_MONTY.pow_bounded_exp(&exponent, A_BITS).retrieve());
-        if public == BigUint::ZERO {
+    /// From a fixed big-endian secret of at most 1024 bits (tests), or `Err` when
+    /// `A mod N = 0`.
+    pub fn from_secret(a: &[u8]) -> Result<Self, Error> {
+        let a = trim(a);
+        if a.len() > A_BYTES {
+            return Err(exponent_error("a"));
+        }
+        let mut fixed = Zeroizing::new([0u8; A_BYTES]);
+        fixed[A_BYTES - a.len()..].copy_from_slice(a);
+        let public = CLIENT.compute_public_ephemeral(&fixed[..]);
+        if trim(&public).is_empty() {
             return Err(Error::InvalidResponse {
                 status: None,
                 reason: "degenerate SRP value A".into(),
             });
         }
-        Ok(Self { a, public })
+        Ok(Self { a: fixed, public })
     }
 
     /// A fresh secret of 128 random bytes from the operating system's CSPRNG.
     pub fn random() -> Result<Self, Error> {
         loop {
-            let mut bytes = [0u8; 128];
-            getrandom::fill(&mut bytes).map_err(|e| Error::InvalidConfiguration {
+            let mut bytes = Zeroizing::new([0u8; A_BYTES]);
+            getrandom::fill(&mut bytes[..]).map_err(|e| Error::InvalidConfiguration {
                 setting: "random source".into(),
                 reason: e.to_string(),
             })?;
-            if let Ok(ephemeral) = Self::from_secret(BigUint::from_bytes_be(&bytes)) {
+            if let Ok(ephemeral) = Self::from_secret(&bytes[..]) {
                 return Ok(ephemeral);
             }
         }
@@ -164,57 +215,75 @@ impl Ephemeral {
 
     /// `A` as hex, for `SRP_A`.
     pub fn public_hex(&self) -> String {
-        self.public.to_str_radix(16)
+        number_hex(&self.public)
     }
 }
 
-/// The intermediate values of one login, exposed for known-answer tests.
+/// The intermediate values of one login, exposed for known-answer tests; the secret ones are
+/// zeroized when dropped. Numbers are big-endian without leading zeros.
 pub struct Session {
     /// `u = H(pad(A) ‖ pad(B))`.
-    pub u: BigUint,
+    pub u: Vec<u8>,
     /// `x = H(pad(salt) ‖ H(poolName ‖ userId ‖ ":" ‖ password))`.
-    pub x: BigUint,
+    pub x: Zeroizing<Vec<u8>>,
     /// The premaster secret `S`.
-    pub s: BigUint,
+    pub s: Zeroizing<Vec<u8>>,
     /// The 16-byte derived key.
-    pub key: [u8; 16],
+    pub key: Zeroizing<[u8; 16]>,
 }
 
-/// Computes `u`, `x`, `S` and the derived key for the server's `B` and `salt`.
+/// Computes `u`, `x`, `S` and the derived key for the server's `B` and `salt` (big-endian).
 pub fn session(
     ephemeral: &Ephemeral,
     pool_name: &str,
     user_id: &str,
     password: &str,
-    b: &BigUint,
-    salt: &BigUint,
+    b: &[u8],
+    salt: &[u8],
 ) -> Result<Session, Error> {
     let degenerate = |what: &str| Error::InvalidResponse {
         status: None,
         reason: format!("the server sent a degenerate SRP value ({what})"),
     };
-    if (b % &*N) == BigUint::ZERO {
+    let b = trim(b);
+    if b.len() > N_BYTES {
+        return Err(degenerate("B is longer than N"));
+    }
+    // B is public: reducing it in variable time reveals nothing.
+    let b_reduced = BoxedUint::from_be_slice_vartime(b).rem_vartime(&N);
+    if bool::from(b_reduced.is_zero()) {
         return Err(degenerate("B mod N = 0"));
     }
-    let u = hash_to_int(&[&pad(&ephemeral.public), &pad(b)]);
-    if u == BigUint::ZERO {
+    let u = sha256(&[&pad(&ephemeral.public), &pad(b)]);
+    if trim(&u).is_empty() {
         return Err(degenerate("u = 0"));
     }
-    let identity = Sha256::digest(format!("{pool_name}{user_id}:{password}").as_bytes());
-    let x = hash_to_int(&[&pad(salt), &identity]);
-    // S = (B − k·g^x)^(a + u·x), all in Montgomery form.
-    let x_fixed = to_uint::<{ U256::LIMBS }>(&x).ok_or_else(|| exponent_error("x"))?;
-    let b_fixed = to_uint::<{ U3072::LIMBS }>(&(b % &*N)).ok_or_else(|| exponent_error("B"))?;
-    let kgx = *K_MONTY * G_MONTY.pow_bounded_exp(&x_fixed, 256);
-    let base = Modular::new(&b_fixed, &PARAMS) - kgx;
-    let exponent = to_uint::<{ U1536::LIMBS }>(&(&ephemeral.a + &u * &x))
-        .ok_or_else(|| exponent_error("a + u·x"))?;
-    let s = to_biguint(&base.pow_bounded_exp(&exponent, EXPONENT_BITS).retrieve());
-    let mut key = [0u8; 16];
-    Hkdf::<Sha256>::new(Some(&pad(&u)), &pad(&s))
-        .expand(DERIVED_KEY_INFO, &mut key)
+
+    let identity_name = [pool_name.as_bytes(), user_id.as_bytes()].concat();
+    let mut identity = Client::compute_identity_hash(&identity_name, password.as_bytes());
+    let mut x = Client::compute_x(&identity, &pad(salt));
+    identity.as_mut_slice().zeroize();
+
+    let mut a = BoxedUint::from_be_slice_vartime(&ephemeral.a[..]);
+    let u_int = BoxedUint::from_be_slice_vartime(&u);
+    let mut s = CLIENT.compute_premaster_secret(&b_reduced, &K, &x, &a, &u_int);
+    a.zeroize();
+
+    let s_bytes = Zeroizing::new(s.to_be_bytes());
+    s.zeroize();
+    let x_bytes = Zeroizing::new(x.to_be_bytes());
+    x.zeroize();
+    let s_padded = Zeroizing::new(pad(&s_bytes));
+    let mut key = Zeroizing::new([0u8; 16]);
+    Hkdf::<Sha256>::new(Some(&pad(&u)), &s_padded)
+        .expand(DERIVED_KEY_INFO, &mut key[..])
         .map_err(|_| degenerate("key derivation"))?;
-    Ok(Session { u, x, s, key })
+    Ok(Session {
+        u: trim(&u).to_vec(),
+        x: Zeroizing::new(trim(&x_bytes).to_vec()),
+        s: Zeroizing::new(trim(&s_bytes).to_vec()),
+        key,
+    })
 }
 
 /// `PASSWORD_CLAIM_SIGNATURE`: the proof that the client knows `key`.
@@ -274,18 +343,28 @@ mod tests {
 
     #[test]
     fn pad_follows_the_reference_rules() {
-        assert_eq!(pad_hex(&BigUint::from(0x7fu32)), "7f");
-        assert_eq!(pad_hex(&BigUint::from(0x80u32)), "0080");
-        assert_eq!(pad_hex(&BigUint::from(0xabcu32)), "0abc");
-        assert_eq!(pad_hex(&BigUint::from(0x8bcu32)), "08bc");
-        assert_eq!(pad_hex(&N).len(), 3072 / 4 + 2, "N has its top bit set");
+        assert_eq!(pad_hex(&[0x7f]), "7f");
+        assert_eq!(pad_hex(&[0x80]), "0080");
+        assert_eq!(pad_hex(&[0x0a, 0xbc]), "0abc");
+        assert_eq!(pad_hex(&[0, 0, 0x08, 0xbc]), "08bc");
+        assert_eq!(pad_hex(&[]), "00");
+        assert_eq!(
+            pad_hex(&modulus()).len(),
+            3072 / 4 + 2,
+            "N has its top bit set"
+        );
+        assert_eq!(number_hex(&[0, 0x0a, 0xbc]), "abc");
+        assert_eq!(number_hex(&[0]), "0");
+        assert_eq!(parse_hex("B", " 0abc ").unwrap(), vec![0x0a, 0xbc]);
+        assert_eq!(parse_hex("B", "abc").unwrap(), vec![0x0a, 0xbc]);
+        assert!(parse_hex("B", "").is_err() && parse_hex("B", "xyz").is_err());
     }
 
     #[test]
     fn k_matches_the_published_value() {
         // k for the 3072-bit group with g = 2, as printed by AWS's JavaScript library.
         assert_eq!(
-            K.to_str_radix(16),
+            hex(&multiplier()),
             "538282c4354742d7cbbde2359fcf67f9f5b3a6b08791e5011b43b8a5b66d9ee6"
         );
     }
@@ -317,19 +396,27 @@ mod tests {
 
     #[test]
     fn degenerate_server_values_are_refused() {
-        let e = Ephemeral::from_secret(BigUint::from(12345u32)).unwrap();
-        let salt = BigUint::from(1u32);
+        let e = Ephemeral::from_secret(&12345u32.to_be_bytes()).unwrap();
+        let salt = [1u8];
         assert!(
-            session(&e, "pool", "user", "pw", &N, &salt).is_err(),
+            session(&e, "pool", "user", "pw", &modulus(), &salt).is_err(),
             "B = N"
         );
         assert!(
-            session(&e, "pool", "user", "pw", &BigUint::ZERO, &salt).is_err(),
+            session(&e, "pool", "user", "pw", &[0], &salt).is_err(),
             "B = 0"
         );
         assert!(
-            Ephemeral::from_secret(BigUint::ZERO).is_ok(),
+            session(&e, "pool", "user", "pw", &[1u8; N_BYTES + 1], &salt).is_err(),
+            "B longer than N"
+        );
+        assert!(
+            Ephemeral::from_secret(&[0]).is_ok(),
             "A = 1 is allowed, A = 0 is not possible for g^a"
+        );
+        assert!(
+            Ephemeral::from_secret(&[1u8; A_BYTES + 1]).is_err(),
+            "a too long"
         );
     }
 }

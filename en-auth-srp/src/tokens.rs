@@ -42,6 +42,9 @@ pub struct CognitoTokens {
     expires_at: Option<DateTime<Utc>>,
     /// The pool's internal user name (the access token's `username` claim).
     username: Option<String>,
+    /// The device key the pool gave this login (device tracking), sent with refreshes.
+    #[serde(default)]
+    device_key: Option<String>,
     header: HeaderToken,
 }
 
@@ -64,8 +67,15 @@ impl CognitoTokens {
                 .map(|l| issued_at + l),
             issued_at,
             username,
+            device_key: None,
             header,
         }
+    }
+
+    /// Records the device key the pool returned with this login.
+    pub(crate) fn with_device_key(mut self, device_key: Option<String>) -> Self {
+        self.device_key = device_key;
+        self
     }
 
     /// Keeps `previous`'s refresh token when a refresh returned none (Cognito does not rotate
@@ -77,7 +87,16 @@ impl CognitoTokens {
         if self.username.is_none() {
             self.username = previous.username.clone();
         }
+        if self.device_key.is_none() {
+            self.device_key = previous.device_key.clone();
+        }
         self
+    }
+
+    /// The device key of the login, when the pool tracks devices (`NewDeviceMetadata`); sent
+    /// as `DEVICE_KEY` with each refresh.
+    pub fn device_key(&self) -> Option<&str> {
+        self.device_key.as_deref()
     }
 
     /// The ID token, if the login returned one.

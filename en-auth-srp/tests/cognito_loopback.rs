@@ -266,3 +266,46 @@ async fn the_middleware_logs_in_once_for_concurrent_first_use() {
     );
     assert_eq!(auth.stats().authorizations, 1);
 }
+
+#[tokio::test]
+async fn a_refresh_refused_as_invalid_client_falls_back_to_a_login() {
+    // The pool's access tokens cannot be read, so the refresh's SECRET_HASH uses the alias
+    // instead of the internal name and the pool refuses it ("Unable to verify secret hash").
+    let pool = TestCognito::start(Some("client-secret-xyz")).await;
+    pool.opaque_access_tokens();
+    pool.add_user("carol@example.com", "carol-internal", "pw-Carol-1");
+    let srp = authorizer(
+        &pool,
+        "client-secret-xyz",
+        "carol@example.com",
+        "pw-Carol-1",
+    );
+    let first = srp.authorize().await.unwrap();
+    assert_eq!(first.username(), None, "nothing to read");
+    let again = srp.refresh(&first).await.expect("a full login instead");
+    assert!(pool.issued(again.access_token()));
+    assert_eq!((pool.logins(), pool.refreshes()), (2, 0));
+}
+
+#[tokio::test]
+async fn refresh_sends_the_device_key_the_pool_returned() {
+    let pool = TestCognito::start(Some("client-secret-xyz")).await;
+    pool.track_devices();
+    pool.add_user("dave", "dave-internal", "pw-Dave-1");
+    let srp = authorizer(&pool, "client-secret-xyz", "dave", "pw-Dave-1");
+    let first = srp.authorize().await.unwrap();
+    let device = first.device_key().expect("the pool returned a device key");
+    let refreshed = srp.refresh(&first).await.unwrap();
+    assert_eq!(
+        (pool.logins(), pool.refreshes()),
+        (1, 1),
+        "REFRESH_TOKEN_AUTH accepted: it carried DEVICE_KEY"
+    );
+    assert_eq!(
+        refreshed.device_key(),
+        Some(device),
+        "kept for the next refresh"
+    );
+    srp.refresh(&refreshed).await.unwrap();
+    assert_eq!((pool.logins(), pool.refreshes()), (1, 2));
+}

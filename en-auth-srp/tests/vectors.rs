@@ -2,7 +2,6 @@
 //! libraries (pycognito and amazon-cognito-identity-js; see tests/peers/srp_vectors.*).
 
 use en_auth_srp::maths::{self, Ephemeral};
-use num_bigint::BigUint;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -35,8 +34,9 @@ struct Vector {
     secret_hash: String,
 }
 
-fn hex(value: &str) -> BigUint {
-    BigUint::parse_bytes(value.as_bytes(), 16).expect("hex")
+/// A hex number from the vectors as big-endian bytes without leading zeros.
+fn hex(value: &str) -> Vec<u8> {
+    maths::parse_hex("vector", value).expect("hex")
 }
 
 fn check(file: &str) -> usize {
@@ -46,7 +46,7 @@ fn check(file: &str) -> usize {
     for (i, v) in set.vectors.iter().enumerate() {
         let what = format!("{} vector {i}", set.generator);
         let pool_name = v.pool_id.split_once('_').unwrap().1;
-        let ephemeral = Ephemeral::from_secret(hex(&v.a)).unwrap();
+        let ephemeral = Ephemeral::from_secret(&hex(&v.a)).unwrap();
         assert_eq!(ephemeral.public, hex(&v.big_a), "{what}: A");
         let session = maths::session(
             &ephemeral,
@@ -58,9 +58,9 @@ fn check(file: &str) -> usize {
         )
         .unwrap();
         assert_eq!(session.u, hex(&v.u), "{what}: u");
-        assert_eq!(session.x, hex(&v.x), "{what}: x");
-        assert_eq!(session.s, hex(&v.s), "{what}: S");
-        assert_eq!(maths::hex(&session.key), v.key, "{what}: HKDF key");
+        assert_eq!(*session.x, hex(&v.x), "{what}: x");
+        assert_eq!(*session.s, hex(&v.s), "{what}: S");
+        assert_eq!(maths::hex(&session.key[..]), v.key, "{what}: HKDF key");
         let block = maths::decode_secret_block(&v.secret_block).unwrap();
         let signature =
             maths::claim_signature(&session.key, pool_name, &v.user_id, &block, &v.timestamp);
@@ -71,11 +71,12 @@ fn check(file: &str) -> usize {
             "{what}: SECRET_HASH"
         );
 
+        let salt = hex(&v.salt);
         for (name, value) in [
-            ("A", &ephemeral.public),
-            ("u", &session.u),
-            ("S", &session.s),
-            ("salt", &hex(&v.salt)),
+            ("A", ephemeral.public.as_slice()),
+            ("u", session.u.as_slice()),
+            ("S", session.s.as_slice()),
+            ("salt", salt.as_slice()),
         ] {
             covered.insert(format!("{name} top bit {}", maths::pad(value)[0] == 0));
         }
@@ -107,4 +108,39 @@ fn pycognito_vectors_match() {
 #[test]
 fn amazon_cognito_identity_js_vectors_match() {
     assert!(check("amazon-cognito-identity-js.json") >= 24);
+}
+
+/// Why en-auth computes `k` and `u` itself: `srp::utils` pads to the length of `N` (RFC 5054),
+/// Cognito pads to the shortest positive form, so the values differ.
+#[test]
+fn rfc5054_padding_is_not_cognitos() {
+    use srp::Group;
+    use srp::bigint::BoxedUint;
+    let g = maths::CognitoGroup::generator();
+    let rfc_k = srp::utils::compute_k::<sha2::Sha256>(&g);
+    assert_ne!(
+        rfc_k,
+        BoxedUint::from_be_slice_vartime(&maths::multiplier()),
+        "k"
+    );
+
+    let path = format!(
+        "{}/tests/vectors/pycognito.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let set: VectorFile = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let differing = set
+        .vectors
+        .iter()
+        .filter(|v| {
+            let rfc_u =
+                srp::utils::compute_u_padded::<sha2::Sha256>(&g, &hex(&v.big_a), &hex(&v.big_b));
+            rfc_u != BoxedUint::from_be_slice_vartime(&hex(&v.u))
+        })
+        .count();
+    // They agree only when A and B both fill 384 bytes with the top bit clear.
+    assert!(
+        differing * 2 > set.vectors.len(),
+        "u differs for {differing} vectors"
+    );
 }

@@ -1,6 +1,7 @@
 //! [`AuthInterceptor`]: a synchronous tonic interceptor over the token cache.
 
-use en_auth_core::secrecy::ExposeSecret;
+use std::sync::Arc;
+
 use en_auth_core::{Authorizer, TokenCache};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
@@ -30,6 +31,8 @@ use tonic::{Request, Status};
 pub struct AuthInterceptor<A: Authorizer> {
     cache: TokenCache<A>,
     api_key: Option<AsciiMetadataValue>,
+    /// Why the client's API key cannot be sent, if it cannot: every call fails with it.
+    api_key_error: Option<Arc<str>>,
 }
 
 impl<A: Authorizer> Clone for AuthInterceptor<A> {
@@ -37,6 +40,7 @@ impl<A: Authorizer> Clone for AuthInterceptor<A> {
         Self {
             cache: self.cache.clone(),
             api_key: self.api_key.clone(),
+            api_key_error: self.api_key_error.clone(),
         }
     }
 }
@@ -51,23 +55,54 @@ impl<A: Authorizer> std::fmt::Debug for AuthInterceptor<A> {
 }
 
 impl<A: Authorizer> AuthInterceptor<A> {
-    /// An interceptor reading `cache`.
+    /// An interceptor reading `cache`. An API key that cannot be sent as metadata makes every
+    /// call fail with `FAILED_PRECONDITION` before anything is sent (never a call without the
+    /// key).
     pub fn new(cache: TokenCache<A>) -> Self {
-        let api_key = cache
+        let key = cache
             .authorizer()
             .client_info()
-            .api_key()
-            .and_then(|key| MetadataValue::try_from(key.expose_secret()).ok())
-            .map(|mut value: AsciiMetadataValue| {
-                value.set_sensitive(true);
-                value
+            .api_key_header()
+            .and_then(|key| {
+                key.map(|key| {
+                    AsciiMetadataValue::try_from(key.as_bytes()).map_err(|_| {
+                        en_auth_core::Error::InvalidConfiguration {
+                            setting: "api_key".into(),
+                            reason: "the API key is not ASCII; it cannot be sent as gRPC metadata"
+                                .into(),
+                        }
+                    })
+                })
+                .transpose()
             });
-        Self { cache, api_key }
+        let (api_key, api_key_error) = match key {
+            Ok(key) => (
+                key.map(|mut value| {
+                    value.set_sensitive(true);
+                    value
+                }),
+                None,
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "every call of this AuthInterceptor will fail");
+                (None, Some(Arc::from(crate::layer::api_key_reason(err))))
+            }
+        };
+        Self {
+            cache,
+            api_key,
+            api_key_error,
+        }
     }
 }
 
 impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(reason) = &self.api_key_error {
+            return Err(Status::failed_precondition(
+                crate::layer::api_key_error(reason).to_string(),
+            ));
+        }
         let Some(token) = self.cache.cached() else {
             // Start (or join) the one shared fetch without waiting; a remembered failure is
             // reported as it is, so wrong credentials do not read as "still fetching".

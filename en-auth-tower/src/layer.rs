@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use en_auth_core::secrecy::ExposeSecret;
 use en_auth_core::{Authorizer, CachedToken, TokenCache};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
@@ -57,6 +56,8 @@ const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 pub struct AuthLayer<A: Authorizer> {
     cache: TokenCache<A>,
     api_key: Option<HeaderValue>,
+    /// Why the client's API key cannot be sent, if it cannot: every request fails with it.
+    api_key_error: Option<Arc<str>>,
     replay: bool,
 }
 
@@ -65,6 +66,7 @@ impl<A: Authorizer> Clone for AuthLayer<A> {
         Self {
             cache: self.cache.clone(),
             api_key: self.api_key.clone(),
+            api_key_error: self.api_key_error.clone(),
             replay: self.replay,
         }
     }
@@ -86,28 +88,32 @@ impl<A: Authorizer> AuthLayer<A> {
         Self::from_cache(TokenCache::new(authorizer))
     }
 
-    /// A layer over an existing cache, shared with other adapters.
+    /// A layer over an existing cache, shared with other adapters. An API key that cannot be
+    /// sent as a header value makes every request fail with
+    /// [`en_auth_core::Error::InvalidConfiguration`] before anything is sent (never a request
+    /// without the key); [`try_from_cache`](Self::try_from_cache) reports it here instead.
     pub fn from_cache(cache: TokenCache<A>) -> Self {
-        let api_key =
-            cache
-                .authorizer()
-                .client_info()
-                .api_key()
-                .and_then(|key| match HeaderValue::from_str(key.expose_secret()) {
-                    Ok(mut value) => {
-                        value.set_sensitive(true);
-                        Some(value)
-                    }
-                    Err(_) => {
-                        tracing::warn!("the API key is not a valid header value; it is not sent");
-                        None
-                    }
-                });
+        let (api_key, api_key_error) = match cache.authorizer().client_info().api_key_header() {
+            Ok(key) => (key, None),
+            Err(err) => {
+                tracing::error!(error = %err, "every request of this AuthLayer will fail");
+                (None, Some(Arc::from(api_key_reason(err))))
+            }
+        };
         Self {
             cache,
             api_key,
+            api_key_error,
             replay: true,
         }
+    }
+
+    /// Like [`from_cache`](Self::from_cache), but fails with
+    /// [`en_auth_core::Error::InvalidConfiguration`] when the client's API key cannot be sent
+    /// as a header value.
+    pub fn try_from_cache(cache: TokenCache<A>) -> Result<Self, en_auth_core::Error> {
+        cache.authorizer().client_info().api_key_header()?;
+        Ok(Self::from_cache(cache))
     }
 
     /// Whether to replay a rejected request once with a new token (default `true`).
@@ -202,6 +208,10 @@ where
     ReqB: ReplayBody + Send + 'static,
     ResB: Send + 'static,
 {
+    if let Some(reason) = &auth.api_key_error {
+        let err: BoxError = Box::new(api_key_error(reason));
+        return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
+    }
     let Some(token) = auth.cache.cached() else {
         // No usable token: the request waits for the shared fetch, so it takes the service
         // that was polled ready along, and a fresh clone stays behind for the next
@@ -229,6 +239,22 @@ where
                 replay,
             }),
         },
+    }
+}
+
+/// The reason inside an API-key configuration error.
+pub(crate) fn api_key_reason(err: en_auth_core::Error) -> String {
+    match err {
+        en_auth_core::Error::InvalidConfiguration { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// The error every request gets when the API key cannot be sent.
+pub(crate) fn api_key_error(reason: &str) -> en_auth_core::Error {
+    en_auth_core::Error::InvalidConfiguration {
+        setting: "api_key".into(),
+        reason: reason.to_owned(),
     }
 }
 

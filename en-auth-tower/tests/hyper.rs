@@ -243,3 +243,33 @@ async fn audience_layer_gives_each_api_its_own_token() {
     assert_eq!(orders.requests(), 10);
     assert_eq!(idp.token_requests(), 2);
 }
+
+#[tokio::test]
+async fn an_api_key_that_cannot_be_sent_fails_every_request_instead_of_being_dropped() {
+    let (idp, api) = peers().await;
+    let bad = || {
+        ServiceAccountAuthorizer::new(
+            ClientInfo::new(idp.client_id(), idp.client_secret()).with_api_key("key-7\n"),
+            idp.token_url(),
+        )
+    };
+    assert!(matches!(
+        AuthLayer::try_from_cache(TokenCache::new(bad())),
+        Err(en_auth_core::Error::InvalidConfiguration { .. })
+    ));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = AuthLayer::new(bad()).layer(client);
+    let err = service
+        .oneshot(get(api.url("/data")))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err.downcast_ref::<en_auth_core::Error>(),
+            Some(en_auth_core::Error::InvalidConfiguration { setting, .. }) if setting == "api_key"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(api.requests(), 0, "nothing was sent without the key");
+    assert_eq!(idp.token_requests(), 0);
+}

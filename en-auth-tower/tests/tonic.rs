@@ -275,3 +275,20 @@ async fn tonic_calls_carry_oidc_provider_tokens_verified_against_its_jwks() {
     let status = bare.check(check()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn the_interceptor_refuses_calls_when_the_api_key_cannot_be_sent() {
+    use tonic::service::Interceptor;
+    let idp = LocalIdp::start(IdpConfig::default()).await.unwrap();
+    let authorizer = ServiceAccountAuthorizer::new(
+        ClientInfo::new(idp.client_id(), idp.client_secret()).with_api_key("key\r\n"),
+        idp.token_url(),
+    );
+    let mut interceptor = AuthInterceptor::new(TokenCache::new(authorizer));
+    let status = interceptor
+        .call(tonic::Request::new(()))
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("api_key"), "{status:?}");
+    assert_eq!(idp.token_requests(), 0, "not even a token fetch");
+}

@@ -125,7 +125,10 @@ impl JwksCache {
         lookup(&refreshed, kid).ok_or_else(|| Error::InvalidToken {
             reason: match kid {
                 // Escaped: the kid comes from the token and ends up in logs.
-                Some(kid) => format!("no key with kid {kid:?} in the issuer's key set"),
+                Some(kid) => format!(
+                    "no key with kid `{}` in the issuer's key set",
+                    en_auth_core::untrusted_text(kid)
+                ),
                 None => "token has no kid and the key set has several keys".into(),
             },
         })

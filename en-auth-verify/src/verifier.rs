@@ -299,7 +299,11 @@ impl Verifier {
             let typ = header.typ.as_deref().unwrap_or("");
             let typ = typ.strip_prefix("application/").unwrap_or(typ);
             if !typ.eq_ignore_ascii_case(required) {
-                return Err(invalid(format!("token type {typ:?} is not {required:?}")));
+                return Err(invalid(format!(
+                    "token type `{}` is not `{}`",
+                    en_auth_core::untrusted_text(typ),
+                    en_auth_core::untrusted_text(required)
+                )));
             }
         }
         let key = match &self.keys {

@@ -27,7 +27,7 @@ pub const CLIENT_ID: &str = "srp-test-client";
 /// The group prime: a published constant (RFC 3526), so it is shared; the server's padding,
 /// hashing and proof check below are its own.
 fn n() -> BigUint {
-    en_auth_srp::maths::N.clone()
+    BigUint::from_bytes_be(&en_auth_srp::maths::modulus())
 }
 
 /// Server-side padding: hex string, even length, `00` before a leading digit ≥ 8.
@@ -84,7 +84,10 @@ struct State {
     users: Mutex<HashMap<String, User>>,
     client_secret: Mutex<Option<String>>,
     pending: Mutex<HashMap<String, PendingLogin>>,
-    refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Refresh token → (internal user name, device key it was issued with).
+    refresh_tokens: Mutex<HashMap<String, (String, Option<String>)>>,
+    track_devices: std::sync::atomic::AtomicBool,
+    opaque_access_tokens: std::sync::atomic::AtomicBool,
     logins: AtomicU64,
     refused: AtomicU64,
     refreshes: AtomicU64,
@@ -153,6 +156,17 @@ impl TestCognito {
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
     }
+    /// Remembers devices: a login returns `NewDeviceMetadata`, and a refresh token issued
+    /// with a device key is accepted only with `DEVICE_KEY` = that key.
+    pub fn track_devices(&self) {
+        self.state.track_devices.store(true, Ordering::SeqCst);
+    }
+    /// Issues access tokens whose claims cannot be read (no `username` to take).
+    pub fn opaque_access_tokens(&self) {
+        self.state
+            .opaque_access_tokens
+            .store(true, Ordering::SeqCst);
+    }
     pub fn reject_refresh_tokens(&self) {
         self.state.reject_refresh.store(true, Ordering::SeqCst);
     }
@@ -197,7 +211,11 @@ fn check_secret_hash(state: &State, params: &Value, username: &str) -> Result<()
 }
 
 fn tokens(state: &State, internal: &str, with_refresh: bool) -> Value {
+    let opaque = state.opaque_access_tokens.load(Ordering::SeqCst);
     let jwt = |kind: &str| {
+        if opaque && kind == "access" {
+            return format!("opaque-access-{}", fastrand::u64(..));
+        }
         let payload = URL_SAFE_NO_PAD.encode(
             json!({"username": internal, "token_use": kind, "client_id": CLIENT_ID, "jti": fastrand::u64(..)}).to_string(),
         );
@@ -211,10 +229,17 @@ fn tokens(state: &State, internal: &str, with_refresh: bool) -> Value {
     });
     if with_refresh {
         let refresh = format!("refresh-{}", fastrand::u64(..));
+        let device = state
+            .track_devices
+            .load(Ordering::SeqCst)
+            .then(|| format!("us-east-1_{:016x}", fastrand::u64(..)));
+        if let Some(key) = &device {
+            result["NewDeviceMetadata"] = json!({"DeviceKey": key, "DeviceGroupKey": "-group-1"});
+        }
         state
             .refresh_tokens
             .lock()
-            .insert(refresh.clone(), internal.to_owned());
+            .insert(refresh.clone(), (internal.to_owned(), device));
         result["RefreshToken"] = json!(refresh);
     }
     json!({"AuthenticationResult": result})
@@ -255,11 +280,15 @@ fn initiate(state: &State, request: &Value) -> Response {
         Some("USER_SRP_AUTH") => {}
         Some("REFRESH_TOKEN_AUTH") => {
             let token = params["REFRESH_TOKEN"].as_str().unwrap_or("");
-            let internal = state.refresh_tokens.lock().get(token).cloned();
-            let Some(internal) = internal.filter(|_| !state.reject_refresh.load(Ordering::SeqCst))
+            let issued = state.refresh_tokens.lock().get(token).cloned();
+            let Some((internal, device)) =
+                issued.filter(|_| !state.reject_refresh.load(Ordering::SeqCst))
             else {
                 return error("NotAuthorizedException", "Invalid Refresh Token");
             };
+            if device.is_some() && params["DEVICE_KEY"].as_str() != device.as_deref() {
+                return error("NotAuthorizedException", "Invalid Refresh Token");
+            }
             if let Err(e) = check_secret_hash(state, params, &internal) {
                 return *e;
             }
