@@ -63,8 +63,10 @@
 //!     for a failure the holder published, and for the lock itself: when the holder died its
 //!     lock runs out and one waiter takes over; when the holder failed, every waiter gets the
 //!     holder's error at once and backs off on the same schedule (a published failure is
-//!     honoured before any new fetch, fleet-wide). A waiter that waited
-//!     [`LifecyclePolicy::store_lock_ttl`] plus a second fetches on its own.
+//!     honoured before any new fetch, fleet-wide). A lock still held one
+//!     [`LifecyclePolicy::store_lock_ttl`] (plus a second) after a waiter started belongs to
+//!     a holder that took over from a dead one: the waiter waits for it once more, then
+//!     fetches on its own.
 //! 11. **Availability over sharing.** A store that fails (down, slow, circuit open) never
 //!     fails a request: the fetch goes on without the store, i.e. with the in-process single
 //!     flight of rule 2. One warning is logged when the store starts failing and one info
@@ -449,8 +451,9 @@ pub struct TokenStats {
     pub replays: u64,
     /// Fetches that found the store lock held by another process and waited for it.
     pub lock_waits: u64,
-    /// Waits for another lock holder that ran out ([`LifecyclePolicy::store_lock_ttl`] plus
-    /// a second) without a token or failure; the fetch went on without the lock.
+    /// Waits for another lock holder that ran out (twice [`LifecyclePolicy::store_lock_ttl`]
+    /// plus a second: the holder and one that took over from it) without a token or failure;
+    /// the fetch went on without the lock.
     pub lock_timeouts: u64,
     /// Failures published by another process's fetch, answered here without a provider call.
     pub shared_failures: u64,
@@ -1068,11 +1071,13 @@ impl<A: Authorizer> TokenCache<A> {
     fn fetch_deadline(&self) -> Duration {
         let policy = &self.inner.policy;
         let store = if self.inner.store.is_some() {
-            // Waiting for another holder (the lock's TTL and a second), then our own store
-            // calls, each cut off after STORE_CALL_TIMEOUT.
+            // Waiting for another holder and for one that took over from it (twice the
+            // lock's TTL and a second), then our own store calls, each cut off after
+            // STORE_CALL_TIMEOUT.
             policy
                 .store_lock_ttl()
                 .saturating_add(Duration::from_secs(1))
+                .saturating_mul(2)
                 .saturating_add(STORE_CALL_TIMEOUT.saturating_mul(8))
         } else {
             Duration::ZERO
@@ -1234,7 +1239,11 @@ impl<A: Authorizer> TokenCache<A> {
                 // Another holder is fetching: wait for its token or failure; take over the
                 // lock when it runs out (the holder died); fetch anyway after the deadline.
                 bump(&self.inner.counters.lock_waits);
-                let deadline = Instant::now() + lock_ttl + Duration::from_secs(1);
+                let wait = lock_ttl + Duration::from_secs(1);
+                let mut deadline = Instant::now() + wait;
+                // A lock still held after one TTL belongs to a holder that took over from a
+                // dead one (the first lock has run out): wait for that holder too, once.
+                let mut take_overs_left = 1;
                 loop {
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(25..=75))).await;
                     if let Some(entry) = self.load_from_store(binding, previous).await {
@@ -1246,11 +1255,15 @@ impl<A: Authorizer> TokenCache<A> {
                     match self.try_store_lock(binding, lock_ttl).await {
                         LockAttempt::Taken(lock) => break Some(lock),
                         LockAttempt::Unavailable => break None,
+                        LockAttempt::Busy if Instant::now() >= deadline && take_overs_left > 0 => {
+                            take_overs_left -= 1;
+                            deadline = Instant::now() + wait;
+                        }
                         LockAttempt::Busy if Instant::now() >= deadline => {
                             bump(&self.inner.counters.lock_timeouts);
                             tracing::warn!(
                                 client_id = self.client_id(),
-                                waited_ms = millis(lock_ttl) + 1000,
+                                waited_ms = millis(wait) * 2,
                                 "another process held the token store lock for too long; \
                                  fetching without it"
                             );

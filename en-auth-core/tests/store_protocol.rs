@@ -210,3 +210,76 @@ async fn a_token_rejected_elsewhere_is_dropped_here() {
     assert!(!replacement.same_token(&same));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// An authorizer whose every fetch takes `delay`, counting calls.
+struct Slow {
+    info: ClientInfo,
+    calls: Arc<AtomicU64>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Authorizer for Slow {
+    type Token = BearerToken;
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Ok(BearerToken::new(
+            format!("token-{n}"),
+            Some(Duration::from_secs(3600)),
+        ))
+    }
+    fn cache_key(&self) -> CacheKey {
+        CacheKey::builder("test").part("client", "shared").build()
+    }
+}
+
+/// A holder died with the lock; when its lock runs out one waiter takes over and fetches
+/// slowly. The other waiters keep waiting for the new holder instead of each fetching on
+/// its own one second after the dead holder's lock ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
+    let store = Arc::new(FleetStore::default());
+    let calls = Arc::new(AtomicU64::new(0));
+    let retry = en_auth_core::RetryPolicy::default().with_max_elapsed(Duration::from_secs(3));
+    let policy = en_auth_core::LifecyclePolicy::default()
+        .with_retry(retry)
+        .with_store_lock_wait(Duration::from_secs(1));
+    let lock_ttl = policy.store_lock_ttl();
+    // The dead holder: took the lock with the fleet's TTL just before the waiters came.
+    let key = CacheKey::builder("test").part("client", "shared").build();
+    let dead = store.memory.try_lock(&key, lock_ttl).await.unwrap();
+    assert!(dead.is_some());
+    let members: Vec<_> = (0..4)
+        .map(|_| {
+            TokenCache::builder(Slow {
+                info: ClientInfo::new("client", "secret"),
+                calls: Arc::clone(&calls),
+                delay: Duration::from_millis(2500),
+            })
+            .policy(policy.clone())
+            .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+            .build()
+        })
+        .collect();
+    let gets = members.iter().map(|cache| {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.access_token().await })
+    });
+    let tokens: Vec<String> = futures_util::future::join_all(gets)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one provider call for the whole fleet after the take-over"
+    );
+    assert!(tokens.iter().all(|t| t == &tokens[0]));
+    let timeouts: u64 = members.iter().map(|m| m.stats().lock_timeouts).sum();
+    assert_eq!(timeouts, 0);
+}
