@@ -44,8 +44,9 @@
 //!    that answers 401 to everything costs one provider call per interval, not one per
 //!    request. A rejected token is replaced at once: requests wait for the one refresh (the
 //!    rejected request is replayed with the new token). If that refresh fails, the rejected
-//!    token goes on serving the other APIs until it expires, so one API's 401 during a
-//!    provider outage does not become an outage of every API.
+//!    token goes on serving the other APIs until it expires, like a stale token (rule 3):
+//!    later attempts run in the background, never in front of every request, so one API's
+//!    401 during a provider outage does not become an outage of every API.
 //! 8. **Background refresh (opt-in).** With [`TokenCacheBuilder::background_refresh`], a task
 //!    refreshes the token shortly before it turns stale (jittered, so a fleet does not
 //!    refresh in lockstep) and keeps retrying failures on the backoff schedule; once warm
@@ -316,6 +317,9 @@ pub struct CachedToken<T> {
     obtained_at_ms: i64,
     /// An API refused it: replace it now (it is still served to others until replaced).
     rejected: AtomicBool,
+    /// Set when a fetch to replace this (rejected) token failed: from then on it is served
+    /// like a stale token (rule 7) while further attempts run in the background.
+    replacement_failed: AtomicBool,
 }
 
 impl<T: AccessToken> CachedToken<T> {
@@ -366,6 +370,7 @@ impl<T: AccessToken> CachedToken<T> {
             no_own_expiry,
             obtained_at_ms: now_ms,
             rejected: AtomicBool::new(false),
+            replacement_failed: AtomicBool::new(false),
         })
     }
 
@@ -394,6 +399,11 @@ impl<T: AccessToken> CachedToken<T> {
     /// Whether an API rejected this token (reported through [`TokenCache::invalidate`]).
     pub fn is_rejected(&self) -> bool {
         self.rejected.load(Ordering::Acquire)
+    }
+
+    /// Rejected, and no replacement has failed yet: callers wait for the replacement.
+    fn awaits_replacement(&self) -> bool {
+        self.is_rejected() && !self.replacement_failed.load(Ordering::Acquire)
     }
 
     fn unexpired_at_ms(&self, now_ms: i64) -> bool {
@@ -919,9 +929,11 @@ impl<A: Authorizer> TokenCache<A> {
         if !entry.unexpired_at_ms(now_ms) {
             return None;
         }
-        if entry.is_rejected() {
+        if entry.awaits_replacement() {
             // An API refused it: callers wait for the replacement (the slow path), unless
-            // the provider is failing — then the token still serves the other APIs.
+            // the provider is failing — then the token still serves the other APIs. Once a
+            // replacement has failed, the token is treated as stale (below): served while
+            // the next attempts run in the background, not in front of every request.
             let state = self.inner.state.lock();
             return self.backing_off(&state).then_some(entry);
         }
@@ -960,7 +972,7 @@ impl<A: Authorizer> TokenCache<A> {
             .as_ref()
             .filter(|entry| entry.is_usable())
             .filter(|entry| instead_of.is_none_or(|old| !Arc::ptr_eq(entry, old)))
-            .filter(|entry| !entry.is_rejected() || self.backing_off(state))
+            .filter(|entry| !entry.awaits_replacement() || self.backing_off(state))
             .cloned()
     }
 
@@ -1133,6 +1145,11 @@ impl<A: Authorizer> TokenCache<A> {
                     None => tracing::warn!(
                         client_id = self.client_id(), error = %err,
                         next_attempt_in_ms = millis(delay), "could not obtain a token"),
+                }
+                if let Some(current) = self.inner.current.read().as_ref() {
+                    if current.is_rejected() {
+                        current.replacement_failed.store(true, Ordering::Release);
+                    }
                 }
                 let error = Arc::new(err);
                 state.failure = Some(Failure {

@@ -510,3 +510,48 @@ async fn a_transport_failure_is_a_transient_typed_error() {
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert!(err.is_transient());
 }
+
+/// After an API rejected the token while the provider hangs, the other APIs keep being
+/// served at once: every later attempt to replace the token runs in the background, not in
+/// front of every request each time the backoff ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_while_the_provider_hangs_does_not_stall_the_other_apis() {
+    let policy = quick_policy()
+        .with_retry(RetryPolicy::none().with_max_elapsed(Duration::from_secs(3)))
+        .with_failure_cooldown(Duration::from_millis(200))
+        .with_max_failure_backoff(Duration::from_millis(400));
+    let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
+    let broken = en_auth_testkit::ProtectedApi::start(&rig.idp)
+        .await
+        .unwrap();
+    assert_eq!(rig.get().await, 200);
+    // The provider hangs (each attempt is cut off after 3 s), then an API rejects the token.
+    rig.idp
+        .push_faults((0..50).map(|_| Fault::Delay(Duration::from_secs(60))));
+    broken.reject_next(1);
+    let status = rig
+        .client
+        .get(broken.url("/x"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401, "no replacement: the 401 is returned");
+    // Across several ends of the backoff, each request to the healthy API is answered
+    // without waiting for the hanging provider.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut served = 0;
+    while std::time::Instant::now() < until {
+        let status = tokio::time::timeout(Duration::from_millis(1500), rig.get())
+            .await
+            .expect("a request waited for the hanging provider");
+        assert_eq!(status, 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served >= 20, "{served}");
+    assert!(
+        rig.idp.token_requests() >= 2,
+        "replacement attempts went on"
+    );
+}
