@@ -333,13 +333,17 @@ impl<T: AccessToken> CachedToken<T> {
         let now = Utc::now();
         let now_ms = now.timestamp_millis();
         let configured_gap = millis(policy.expiration_gap.unwrap_or(crate::EXPIRATION_GAP));
+        // When the token was issued, as far as we know (never later than now): a token read
+        // from a shared store keeps the default lifetime counted from its issue, not from
+        // each read.
+        let issued = token.issued_at().filter(|at| *at <= now).unwrap_or(now);
         let (expires_at, no_own_expiry) = match token.expires_at() {
             Some(at) => (at, false),
             None => {
                 let lifetime =
                     chrono::Duration::from_std(policy.default_lifetime.max(MIN_DEFAULT_LIFETIME))
                         .unwrap_or(chrono::Duration::days(1));
-                (now.checked_add_signed(lifetime).unwrap_or(now), true)
+                (issued.checked_add_signed(lifetime).unwrap_or(now), true)
             }
         };
         let expires_at_ms = expires_at.timestamp_millis();
@@ -353,12 +357,7 @@ impl<T: AccessToken> CachedToken<T> {
             });
         }
         // The gap, clamped to half the token's life as far as we know it.
-        let born_ms = token
-            .issued_at()
-            .map(|at| at.timestamp_millis())
-            .filter(|_| !no_own_expiry)
-            .unwrap_or(now_ms)
-            .min(now_ms);
+        let born_ms = issued.timestamp_millis();
         let half_life = (expires_at_ms.saturating_sub(born_ms) / 2).max(0);
         let refresh_at_ms = expires_at_ms.saturating_sub(configured_gap.min(half_life));
         Ok(Self {

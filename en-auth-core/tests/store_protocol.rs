@@ -283,3 +283,50 @@ async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
     let timeouts: u64 = members.iter().map(|m| m.stats().lock_timeouts).sum();
     assert_eq!(timeouts, 0);
 }
+
+/// A token without its own expiry read from the store keeps the default lifetime counted
+/// from when it was issued, not from each read: another process never extends it.
+#[tokio::test]
+async fn a_default_lifetime_counts_from_issue_not_from_each_read() {
+    struct NoExpiry {
+        info: ClientInfo,
+        calls: Arc<AtomicU64>,
+    }
+    #[async_trait]
+    impl Authorizer for NoExpiry {
+        type Token = BearerToken;
+        fn client_info(&self) -> &ClientInfo {
+            &self.info
+        }
+        async fn authorize(&self) -> Result<BearerToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(BearerToken::new(format!("token-{n}"), None))
+        }
+        fn cache_key(&self) -> CacheKey {
+            CacheKey::builder("test").part("client", "shared").build()
+        }
+    }
+    let store = Arc::new(FleetStore::default());
+    let calls = Arc::new(AtomicU64::new(0));
+    let member = || {
+        TokenCache::builder(NoExpiry {
+            info: ClientInfo::new("client", "secret"),
+            calls: Arc::clone(&calls),
+        })
+        .default_lifetime(Duration::from_secs(4))
+        .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+        .build()
+    };
+    let a = member();
+    let first = a.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let b = member();
+    let read = b.get().await.unwrap();
+    assert!(read.same_token(&first), "read from the store");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let extended = (read.expires_at() - first.expires_at()).num_milliseconds();
+    assert!(
+        extended <= 50,
+        "the read extended the lifetime by {extended} ms"
+    );
+}
