@@ -59,6 +59,7 @@ pub struct AuthLayer<A: Authorizer> {
     /// Why the client's API key cannot be sent, if it cannot: every request fails with it.
     api_key_error: Option<Arc<str>>,
     replay: bool,
+    allow_plain_http: bool,
 }
 
 impl<A: Authorizer> Clone for AuthLayer<A> {
@@ -68,6 +69,7 @@ impl<A: Authorizer> Clone for AuthLayer<A> {
             api_key: self.api_key.clone(),
             api_key_error: self.api_key_error.clone(),
             replay: self.replay,
+            allow_plain_http: self.allow_plain_http,
         }
     }
 }
@@ -105,6 +107,7 @@ impl<A: Authorizer> AuthLayer<A> {
             api_key,
             api_key_error,
             replay: true,
+            allow_plain_http: false,
         }
     }
 
@@ -119,6 +122,16 @@ impl<A: Authorizer> AuthLayer<A> {
     /// Whether to replay a rejected request once with a new token (default `true`).
     pub fn replay_on_unauthorized(mut self, replay: bool) -> Self {
         self.replay = replay;
+        self
+    }
+
+    /// Whether credentials may go over plain `http://` to hosts that are not loopback
+    /// (default `false`: such requests fail with
+    /// [`en_auth_core::Error::InvalidConfiguration`] before any I/O, and no token is fetched
+    /// for them). Only requests with an absolute URI can be checked: a tonic `Channel` hands
+    /// the layer path-only URIs, so give it an `https://` endpoint.
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
         self
     }
 
@@ -212,6 +225,12 @@ where
         let err: BoxError = Box::new(api_key_error(reason));
         return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
     }
+    if !auth.allow_plain_http && request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+        if let Some(err) = plain_http_error(request.uri()) {
+            let err: BoxError = Box::new(err);
+            return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
+        }
+    }
     let Some(token) = auth.cache.cached() else {
         // No usable token: the request waits for the shared fetch, so it takes the service
         // that was polled ready along, and a fresh clone stays behind for the next
@@ -240,6 +259,25 @@ where
             }),
         },
     }
+}
+
+/// The refusal of a plain-http request to `uri`, unless its host is loopback.
+#[cold]
+fn plain_http_error(uri: &Uri) -> Option<en_auth_core::Error> {
+    let host = uri.host().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| en_auth_core::Error::InvalidConfiguration {
+        setting: "request URL".into(),
+        reason: format!(
+            "credentials are not sent over `http://` to {}, which is not loopback; use https \
+             (or AuthLayer::allow_plain_http(true) on a test network you trust)",
+            en_auth_core::untrusted_text(host)
+        ),
+    })
 }
 
 /// The reason inside an API-key configuration error.

@@ -273,3 +273,27 @@ async fn an_api_key_that_cannot_be_sent_fails_every_request_instead_of_being_dro
     assert_eq!(api.requests(), 0, "nothing was sent without the key");
     assert_eq!(idp.token_requests(), 0);
 }
+
+#[tokio::test]
+async fn credentials_are_refused_over_plain_http_to_a_remote_host_before_any_io() {
+    let (idp, api) = peers().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = AuthLayer::new(authorizer(&idp)).layer(client.clone());
+    // `.invalid` never resolves: the refusal happens before any lookup or connection.
+    let err = service
+        .clone()
+        .oneshot(get("http://api.example.invalid/orders".into()))
+        .await
+        .expect_err("refused");
+    let err = err
+        .downcast_ref::<en_auth_core::Error>()
+        .expect("an en-auth error");
+    assert!(
+        matches!(err, en_auth_core::Error::InvalidConfiguration { .. }),
+        "{err:?}"
+    );
+    assert_eq!(idp.token_requests(), 0, "no token fetched for it");
+    // Loopback stays allowed over http. (The escape hatch, allow_plain_http(true), is not
+    // exercised here: it would send traffic beyond loopback.)
+    assert_eq!(send(&service, get(api.url("/data"))).await.status(), 200);
+}
