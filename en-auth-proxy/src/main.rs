@@ -69,9 +69,22 @@ async fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
+        // Customers' tokens are encrypted at rest: whoever can read Redis must not hold
+        // every tenant's tokens.
+        let keys = match redis_encryption_keys(std::env::var(REDIS_KEYS_ENV).ok().as_deref()) {
+            Ok(keys) => keys,
+            Err(message) => {
+                eprintln!("en-auth-proxy: {message}");
+                return ExitCode::from(2);
+            }
+        };
         // connect() succeeds in a degraded mode when Redis is unreachable: each instance
         // then falls back to its own cache until Redis answers.
-        match en_auth_redis::RedisTokenStore::connect(&url).await {
+        match en_auth_redis::RedisTokenStore::builder(url)
+            .encryption(keys)
+            .connect()
+            .await
+        {
             Ok(store) => builder = builder.store(std::sync::Arc::new(store)),
             Err(err) => {
                 eprintln!("en-auth-proxy: EN_AUTH_PROXY_REDIS_URL: {err}");
@@ -100,6 +113,43 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The AES-256-GCM keys tokens are encrypted with in Redis: `id:base64-key`, the current key
+/// first, older ones (still read during a rotation) after commas.
+const REDIS_KEYS_ENV: &str = "EN_AUTH_PROXY_REDIS_ENCRYPTION_KEYS";
+
+/// Parses [`REDIS_KEYS_ENV`]; the error names the variable and says what to do, never the key.
+fn redis_encryption_keys(value: Option<&str>) -> Result<en_auth_redis::EncryptionKeys, String> {
+    use base64::Engine as _;
+    let value = value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "EN_AUTH_PROXY_REDIS_URL is set but {REDIS_KEYS_ENV} is not: tokens in Redis are \
+             encrypted; set it to `<key id>:<32 random bytes in base64>` (e.g. \
+             `1:$(openssl rand -base64 32)`), the same on every instance"
+            )
+        })?;
+    let mut keys: Option<en_auth_redis::EncryptionKeys> = None;
+    for (index, part) in value.split(',').enumerate() {
+        let (id, encoded) = part.trim().split_once(':').ok_or_else(|| {
+            format!(
+                "{REDIS_KEYS_ENV}: key {} is not `<key id>:<base64 key>`",
+                index + 1
+            )
+        })?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| format!("{REDIS_KEYS_ENV}: key `{id}` is not valid base64"))?;
+        let added = match keys.take() {
+            None => en_auth_redis::EncryptionKeys::new(id, &key),
+            Some(keys) => keys.with_old_key(id, &key),
+        };
+        keys = Some(added.map_err(|err| format!("{REDIS_KEYS_ENV}: {err}"))?);
+    }
+    keys.ok_or_else(|| format!("{REDIS_KEYS_ENV} holds no key"))
 }
 
 /// SIGTERM (Unix) or Ctrl-C.

@@ -575,6 +575,10 @@ async fn two_binaries_sharing_redis_make_one_upstream_request_per_key() {
     let shared = [
         ("EN_AUTH_PROXY_REDIS_URL", redis.url()),
         ("EN_AUTH_FLEET_KEY", "k".repeat(32)),
+        (
+            "EN_AUTH_PROXY_REDIS_ENCRYPTION_KEYS",
+            "2026-12:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=".to_owned(),
+        ),
     ];
     let (_a, base_a) = start_binary(&idp.token_url(), &shared).await;
     let (_b, base_b) = start_binary(&idp.token_url(), &shared).await;
@@ -605,6 +609,37 @@ async fn two_binaries_sharing_redis_make_one_upstream_request_per_key() {
         1,
         "one upstream request for the fleet"
     );
+    // Encrypted at rest: the token is nowhere in Redis in clear.
+    let token = tokens.iter().next().unwrap();
+    let keys = redis.command(&["KEYS", "*"]).unwrap();
+    let mut values = String::new();
+    for key in keys.lines().filter(|l| !l.starts_with(['*', '$'])) {
+        values.push_str(&redis.command(&["DUMP", key]).unwrap_or_default());
+        values.push_str(&redis.command(&["GET", key]).unwrap_or_default());
+    }
+    assert!(
+        keys.contains("en-auth"),
+        "the shared record is there: {keys}"
+    );
+    assert!(
+        !values.contains(token.as_str()),
+        "a token in clear in Redis"
+    );
+    assert!(!keys.contains(token.as_str()));
+
+    // Without encryption keys, a Redis URL is refused at start.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("EN_AUTH_PROXY_TOKEN_URL", idp.token_url())
+        .env("EN_AUTH_PROXY_REDIS_URL", redis.url())
+        .env("EN_AUTH_FLEET_KEY", "k".repeat(32))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
 
     // Without a shared fleet key, a Redis URL is refused at start.
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
