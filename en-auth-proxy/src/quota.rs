@@ -19,6 +19,15 @@ impl Quotas {
     /// Counts one request of `client_id` against `per_minute`. `Err(wait)`: the client is over
     /// its quota until the minute ends, `wait` from now.
     pub fn take(&self, client_id: &str, per_minute: u64) -> Result<(), Duration> {
+        self.count(client_id, per_minute, 1)
+    }
+
+    /// Whether `client_id` is over `per_minute` already, without counting a request.
+    pub fn peek(&self, client_id: &str, per_minute: u64) -> Result<(), Duration> {
+        self.count(client_id, per_minute, 0)
+    }
+
+    fn count(&self, client_id: &str, per_minute: u64, add: u64) -> Result<(), Duration> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -27,17 +36,33 @@ impl Quotas {
         if windows.len() >= MAX_TRACKED && !windows.contains_key(client_id) {
             windows.retain(|_, (m, _)| *m == minute);
             if windows.len() >= MAX_TRACKED {
-                windows.clear();
+                // Every tracked client asked this minute: this one goes uncounted rather
+                // than resetting everyone's count.
+                return Ok(());
             }
+        }
+        let wait = || {
+            let next = Duration::from_secs((minute + 1) * 60);
+            next.saturating_sub(now).max(Duration::from_secs(1))
+        };
+        if add == 0 {
+            let count = windows
+                .get(client_id)
+                .filter(|(m, _)| *m == minute)
+                .map_or(0, |(_, n)| *n);
+            return if count >= per_minute {
+                Err(wait())
+            } else {
+                Ok(())
+            };
         }
         let window = windows.entry(client_id.to_owned()).or_insert((minute, 0));
         if window.0 != minute {
             *window = (minute, 0);
         }
-        window.1 = window.1.saturating_add(1);
+        window.1 = window.1.saturating_add(add);
         if window.1 > per_minute {
-            let next = Duration::from_secs((minute + 1) * 60);
-            return Err(next.saturating_sub(now).max(Duration::from_secs(1)));
+            return Err(wait());
         }
         Ok(())
     }

@@ -565,45 +565,73 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     }
     let metrics = &shared.metrics;
     metrics.token_request(&client_id);
-    if let Some(per_minute) = shared.config.quota_of(&client_id) {
-        if let Err(wait) = shared.quotas.take(&client_id, per_minute) {
-            let enforced = shared.config.quota_mode == QuotaMode::Enforce;
-            metrics.quota_exceeded(&client_id, enforced);
-            tracing::warn!(
-                client_id = %client_id,
-                per_minute,
-                enforced,
-                "client is over its token request quota"
-            );
-            if enforced {
-                return OAuthError::too_many(
-                    wait,
-                    format!(
-                        "quota of {per_minute} token requests per minute exceeded; cache the \
-                         token you have until it expires"
-                    ),
-                )
-                .into_response();
-            }
-        }
-    }
+    // Quotas count authenticated requests only (a token handed out after the secret matched,
+    // or one the upstream issued): whoever merely knows a client id cannot spend its quota.
+    let quota = shared.config.quota_of(&client_id);
     let key = ProxyKey { client_id, request };
     let entry = shared.cache.entry(&key, &secret);
     drop(secret);
     if let Some(token) = entry.hand_out() {
+        if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false) {
+            return refusal;
+        }
         metrics.cache_hit();
         return token_response(&token);
+    }
+    // Over quota already: refused before any upstream call (without counting this one).
+    if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true) {
+        return refusal;
     }
     metrics.cache_miss();
     let served_before = entry.cache.stats().failures_served;
     match entry.get().await {
-        Ok(token) => token_response(&token),
+        Ok(token) => {
+            if let Some(per_minute) = quota {
+                let _ = shared.quotas.take(&key.client_id, per_minute);
+            }
+            token_response(&token)
+        }
         Err(err) => {
             let remembered = entry.cache.stats().failures_served > served_before;
             log_failure(&key, &err, remembered, shared);
             OAuthError::from_error(&err).into_response()
         }
     }
+}
+
+/// Counts one request of `client_id` against its quota (only checks, with `peek`), and
+/// returns the 429 to answer when the quota is spent and enforced.
+fn charge_quota(
+    shared: &Shared,
+    client_id: &str,
+    quota: Option<u64>,
+    peek: bool,
+) -> Option<Response> {
+    let per_minute = quota?;
+    let over = if peek {
+        shared.quotas.peek(client_id, per_minute)
+    } else {
+        shared.quotas.take(client_id, per_minute)
+    };
+    let wait = over.err()?;
+    let enforced = shared.config.quota_mode == QuotaMode::Enforce;
+    shared.metrics.quota_exceeded(client_id, enforced);
+    tracing::warn!(
+        client_id = %client_id,
+        per_minute,
+        enforced,
+        "client is over its token request quota"
+    );
+    enforced.then(|| {
+        OAuthError::too_many(
+            wait,
+            format!(
+                "quota of {per_minute} token requests per minute exceeded; cache the token \
+                 you have until it expires"
+            ),
+        )
+        .into_response()
+    })
 }
 
 fn log_failure(key: &cache::ProxyKey, err: &Error, remembered: bool, shared: &Shared) {

@@ -308,6 +308,24 @@ async fn quotas_enforce_and_monitor() {
         Some(5.0)
     );
 
+    // Only authenticated requests count: a caller who knows acme's client id but not its
+    // secret cannot spend acme's quota (on a fresh instance, so the minute is unspent).
+    let guarded = Running::start(config.clone()).await;
+    for attempt in 0..4 {
+        let answer = guarded
+            .post_token("acme", &format!("wrong-{attempt}"), &aud("b"))
+            .await;
+        assert_ne!(answer.status, 200);
+        assert_ne!(
+            answer.status, 429,
+            "a wrong secret is not charged to the quota"
+        );
+    }
+    assert_eq!(
+        guarded.post_token("acme", SECRET, &aud("b")).await.status,
+        200
+    );
+
     config.quota_mode = QuotaMode::Monitor;
     let monitor = Running::start(config).await;
     for _ in 0..5 {
