@@ -283,6 +283,12 @@ struct ErrorBody {
 /// The longest server-named delay taken at its word.
 const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
+/// The longest one answer stops every upstream call (a 429's `Retry-After`, a rate-limit
+/// reset): a gateway answering `Retry-After: 86400` must not stop the proxy for a day. After
+/// it, the next request probes the upstream again (and a new 429 blocks again). A spent
+/// per-client quota blocks only that client, up to [`MAX_WAIT`].
+const MAX_GLOBAL_BLOCK: Duration = Duration::from_secs(300);
+
 /// Reads the provider's answer into a token or an error the handler can relay.
 fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<UpstreamToken, Error> {
     match status {
@@ -503,13 +509,18 @@ impl RateLimits {
         let number = |name: &str| header_str(headers, name).and_then(|v| v.parse::<u64>().ok());
         let until =
             |at: DateTime<Utc>| now + (at - Utc::now()).to_std().unwrap_or_default().min(MAX_WAIT);
+        let cap = now + MAX_GLOBAL_BLOCK;
         let mut state = self.state.lock();
         if let Some(limit) = number("x-ratelimit-limit") {
             state.limit = Some(limit);
         }
         if let Some(remaining) = number("x-ratelimit-remaining") {
             state.remaining = Some(remaining);
-            state.reset_at = Some(reset_at(headers).map_or(now + Duration::from_secs(1), until));
+            state.reset_at = Some(
+                reset_at(headers)
+                    .map_or(now + Duration::from_secs(1), until)
+                    .min(cap),
+            );
         }
         let named = retry_after(headers).map(|d| now + d);
         if status == 429 {
@@ -519,9 +530,9 @@ impl RateLimits {
                 .chain(reset)
                 .max()
                 .unwrap_or(now + DEFAULT_429_WAIT);
-            state.blocked_until = Some(wait);
+            state.blocked_until = Some(wait.min(cap));
         } else if let Some(named) = named {
-            state.blocked_until = Some(named);
+            state.blocked_until = Some(named.min(cap));
         }
         if let Some(quota) = header_str(headers, "auth0-client-quota-limit") {
             if let Some(wait) = spent_quota(quota) {
@@ -697,6 +708,37 @@ mod tests {
         );
         assert!(limits.admit("a", Purpose::Miss).is_err());
         assert!(limits.admit("b", Purpose::Miss).is_ok());
+    }
+
+    #[test]
+    fn one_answer_blocks_every_upstream_call_for_five_minutes_at_most() {
+        let limits = RateLimits::new(0);
+        let reset = (Utc::now().timestamp() + 86_000).to_string();
+        limits.observe(
+            "a",
+            429,
+            &headers(&[("retry-after", "86400"), ("x-ratelimit-reset", &reset)]),
+        );
+        let err = limits.admit("b", Purpose::Miss).unwrap_err();
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(d), .. }
+                if d <= MAX_GLOBAL_BLOCK && d > Duration::from_secs(290)),
+            "{err:?}"
+        );
+        let limits = RateLimits::new(0);
+        limits.observe(
+            "a",
+            200,
+            &headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ]),
+        );
+        let err = limits.admit("b", Purpose::Miss).unwrap_err();
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d <= MAX_GLOBAL_BLOCK),
+            "{err:?}"
+        );
     }
 
     #[test]
