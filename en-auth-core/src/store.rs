@@ -232,11 +232,14 @@ pub trait TokenStore: Send + Sync + 'static {
 
 /// In-process store: share one instance (via `Arc`) between caches that use the same
 /// credentials so they share one token. Its fetch lock works like a fleet store's: one holder
-/// per key at a time, released by [`TokenStore::unlock`] or when its time to live ends.
+/// per key at a time, released by [`TokenStore::unlock`] or when its time to live ends; a
+/// failed fetch is shared too ([`TokenStore::publish_failure`]), so the caches back off
+/// together instead of each asking the provider in turn.
 #[derive(Default)]
 pub struct MemoryTokenStore {
     entries: Mutex<HashMap<CacheKey, (SecretString, Instant)>>,
     locks: Mutex<HashMap<CacheKey, (u64, Instant)>>,
+    failures: Mutex<HashMap<CacheKey, SharedFailure>>,
     next_lock: std::sync::atomic::AtomicU64,
 }
 
@@ -315,6 +318,29 @@ impl TokenStore for MemoryTokenStore {
             locks.remove(key);
         }
         Ok(())
+    }
+
+    async fn publish_failure(&self, key: &CacheKey, failure: &SharedFailure) -> Result<(), Error> {
+        let now = Utc::now();
+        let mut failures = self.failures.lock();
+        failures.retain(|_, f| f.retry_at > now);
+        if failure.retry_at > now {
+            failures.insert(key.clone(), failure.clone());
+        }
+        Ok(())
+    }
+
+    async fn load_failure(&self, key: &CacheKey) -> Result<Option<SharedFailure>, Error> {
+        let now = Utc::now();
+        let mut failures = self.failures.lock();
+        match failures.get(key) {
+            Some(failure) if failure.retry_at > now => Ok(Some(failure.clone())),
+            Some(_) => {
+                failures.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 }
 

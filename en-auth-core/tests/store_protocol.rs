@@ -330,3 +330,52 @@ async fn a_default_lifetime_counts_from_issue_not_from_each_read() {
         "the read extended the lifetime by {extended} ms"
     );
 }
+
+/// Caches sharing a `MemoryTokenStore` share a failed fetch too: a wrong secret costs one
+/// provider call, not one per cache in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_on_one_memory_store_share_a_failure() {
+    struct SlowRefusal {
+        info: ClientInfo,
+        calls: Arc<AtomicU64>,
+    }
+    #[async_trait]
+    impl Authorizer for SlowRefusal {
+        type Token = BearerToken;
+        fn client_info(&self) -> &ClientInfo {
+            &self.info
+        }
+        async fn authorize(&self) -> Result<BearerToken, Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(Error::InvalidClient {
+                status: Some(401),
+                description: None,
+            })
+        }
+        fn cache_key(&self) -> CacheKey {
+            CacheKey::builder("test").part("client", "shared").build()
+        }
+    }
+    let store = Arc::new(MemoryTokenStore::new());
+    let calls = Arc::new(AtomicU64::new(0));
+    let caches: Vec<_> = (0..3)
+        .map(|_| {
+            TokenCache::builder(SlowRefusal {
+                info: ClientInfo::new("client", "secret"),
+                calls: Arc::clone(&calls),
+            })
+            .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+            .build()
+        })
+        .collect();
+    let gets = caches.iter().map(|cache| {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get().await.map(drop) })
+    });
+    for result in futures_util::future::join_all(gets).await {
+        let err = result.unwrap().unwrap_err();
+        assert!(matches!(err, Error::InvalidClient { .. }), "{err}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one provider call for all");
+}
