@@ -103,6 +103,11 @@ use crate::{
 /// without an expiry would be refetched on nearly every request.
 pub const MIN_DEFAULT_LIFETIME: Duration = Duration::from_secs(1);
 
+/// The shortest failure backoff a cache accepts ([`LifecyclePolicy::failure_cooldown`],
+/// [`LifecyclePolicy::permanent_failure_backoff`], [`LifecyclePolicy::max_failure_backoff`]):
+/// with zero, a failing provider would be asked again in a tight loop.
+pub const MIN_FAILURE_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The tunable parts of the lifecycle, with defaults that suit most services.
 ///
 /// ```
@@ -241,7 +246,30 @@ impl LifecyclePolicy {
                 self.default_lifetime.as_millis()
             ));
         }
+        for (name, value) in [
+            ("failure_cooldown", self.failure_cooldown),
+            ("permanent_failure_backoff", self.permanent_failure_backoff),
+            ("max_failure_backoff", self.max_failure_backoff),
+        ] {
+            if value < MIN_FAILURE_BACKOFF {
+                return Some(format!(
+                    "{name} must be at least {} ms (got {} ms): a failing provider would be \
+                     asked again in a tight loop",
+                    MIN_FAILURE_BACKOFF.as_millis(),
+                    value.as_millis()
+                ));
+            }
+        }
         None
+    }
+
+    /// This policy with every value [`problem`](Self::problem) refuses raised to its minimum.
+    fn corrected(mut self) -> Self {
+        self.default_lifetime = self.default_lifetime.max(MIN_DEFAULT_LIFETIME);
+        self.failure_cooldown = self.failure_cooldown.max(MIN_FAILURE_BACKOFF);
+        self.permanent_failure_backoff = self.permanent_failure_backoff.max(MIN_FAILURE_BACKOFF);
+        self.max_failure_backoff = self.max_failure_backoff.max(MIN_FAILURE_BACKOFF);
+        self
     }
 
     /// The delay before the next fetch after `consecutive` failures in a row ending in `err`.
@@ -254,7 +282,7 @@ impl LifecyclePolicy {
         let ceiling = base
             .saturating_mul(2u32.saturating_pow(consecutive.min(16)))
             .min(self.max_failure_backoff);
-        let backoff = jitter_down(ceiling);
+        let backoff = jitter_down(ceiling).max(MIN_FAILURE_BACKOFF);
         match err.retry_after() {
             // A server-named delay, plus up to 10 % (at most 1 s) so a fleet that was told the
             // same time does not come back in the same millisecond.
@@ -655,7 +683,8 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
     }
 
     /// The cache, or [`Error::InvalidConfiguration`] when the policy cannot work (a default
-    /// lifetime under [`MIN_DEFAULT_LIFETIME`]).
+    /// lifetime under [`MIN_DEFAULT_LIFETIME`], a failure backoff under
+    /// [`MIN_FAILURE_BACKOFF`]).
     pub fn try_build(self) -> Result<TokenCache<A>, Error> {
         if let Some(reason) = self.policy.problem() {
             return Err(Error::InvalidConfiguration {
@@ -667,11 +696,12 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
     }
 
     /// The cache. A policy that [`try_build`](Self::try_build) would refuse is corrected
-    /// (a default lifetime is raised to [`MIN_DEFAULT_LIFETIME`]) and a warning is logged.
+    /// (a default lifetime raised to [`MIN_DEFAULT_LIFETIME`], failure backoffs to
+    /// [`MIN_FAILURE_BACKOFF`]) and a warning is logged.
     pub fn build(mut self) -> TokenCache<A> {
         if let Some(reason) = self.policy.problem() {
             tracing::warn!(%reason, "token cache policy corrected");
-            self.policy.default_lifetime = self.policy.default_lifetime.max(MIN_DEFAULT_LIFETIME);
+            self.policy = self.policy.corrected();
         }
         let (alive_tx, alive_rx) = watch::channel(());
         TokenCache {

@@ -463,6 +463,43 @@ async fn a_zero_default_lifetime_is_refused_or_corrected() {
     assert_eq!(idp.calls(), 1, "not one fetch per request");
 }
 
+#[tokio::test]
+async fn zero_failure_backoffs_are_refused_or_corrected() {
+    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Fail(server_error));
+    for policy in [
+        no_retries().with_failure_cooldown(Duration::ZERO),
+        no_retries().with_permanent_failure_backoff(Duration::ZERO),
+        no_retries().with_max_failure_backoff(Duration::ZERO),
+    ] {
+        let err = TokenCache::builder(Provider(Arc::clone(&idp)))
+            .policy(policy)
+            .try_build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfiguration { .. }), "{err:?}");
+    }
+    // Corrected by build(): a failing provider is not asked in a tight loop.
+    let cache = TokenCache::builder(Provider(Arc::clone(&idp)))
+        .policy(
+            no_retries()
+                .with_failure_cooldown(Duration::ZERO)
+                .with_max_failure_backoff(Duration::ZERO),
+        )
+        .build();
+    let until = std::time::Instant::now() + Duration::from_millis(500);
+    let mut requests = 0;
+    while std::time::Instant::now() < until {
+        assert!(cache.get().await.is_err());
+        requests += 1;
+        tokio::task::yield_now().await;
+    }
+    assert!(requests > 100, "{requests}");
+    assert!(
+        idp.calls() <= 15,
+        "{} provider calls in 500 ms",
+        idp.calls()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_holder_still_releases_the_store_lock() {
     let store = Arc::new(MemoryTokenStore::new());
