@@ -821,6 +821,7 @@ impl<A: Authorizer> TokenCache<A> {
     /// enabled. Call it before a readiness probe reports ready.
     pub async fn warm_up(&self) -> Result<(), Error> {
         self.start_background_refresh();
+        self.start_store_listener();
         self.get().await.map(drop)
     }
 
@@ -903,6 +904,8 @@ impl<A: Authorizer> TokenCache<A> {
     /// is running, without waiting (for synchronous callers such as interceptors). Returns
     /// the remembered failure while one is being backed off.
     pub fn start_fetch(&self) -> Result<(), Error> {
+        self.start_background_refresh();
+        self.start_store_listener();
         let pending = {
             let mut state = self.inner.state.lock();
             if self.usable(&state, None).is_some() || state.flight.is_some() {
