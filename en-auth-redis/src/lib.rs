@@ -121,6 +121,7 @@ pub struct RedisTokenStoreBuilder {
     encryption: Option<EncryptionKeys>,
     fleet_key: Option<Vec<u8>>,
     tls_root: Option<Vec<u8>>,
+    events_ping: Duration,
 }
 
 impl std::fmt::Debug for RedisTokenStoreBuilder {
@@ -160,6 +161,15 @@ impl RedisTokenStoreBuilder {
     /// that time calls fail at once without touching Redis.
     pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
         self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// How often the connection that listens for other processes' events is pinged (default
+    /// 10 s). A ping unanswered within the connect timeout means the connection is dead
+    /// (a Redis host that vanished without closing it, a partition): it is replaced, so
+    /// the process does not stop hearing about rejected tokens for good.
+    pub fn events_ping_interval(mut self, interval: Duration) -> Self {
+        self.events_ping = interval.max(Duration::from_millis(100));
         self
     }
 
@@ -250,6 +260,7 @@ impl RedisTokenStoreBuilder {
             client,
             inner.channel.clone(),
             self.connect_timeout,
+            self.events_ping,
             Arc::downgrade(&inner),
             events,
             alive_rx,
@@ -316,6 +327,7 @@ impl RedisTokenStore {
             encryption: None,
             fleet_key: None,
             tls_root: None,
+            events_ping: Duration::from_secs(10),
         }
     }
 
@@ -649,6 +661,7 @@ async fn listen(
     client: redis::Client,
     channel: String,
     connect_timeout: Duration,
+    ping_every: Duration,
     store: std::sync::Weak<Inner>,
     events: broadcast::Sender<StoreEvent>,
     mut alive: watch::Receiver<()>,
@@ -657,11 +670,29 @@ async fn listen(
         if let Ok(Ok(mut pubsub)) =
             tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await
         {
-            if pubsub.subscribe(&channel).await.is_ok() {
-                let mut messages = pubsub.on_message();
+            let subscribed = tokio::time::timeout(connect_timeout, pubsub.subscribe(&channel))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if subscribed {
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(ping_every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await; // the first tick is immediate
                 loop {
                     let message = tokio::select! {
                         message = messages.next() => message,
+                        _ = ping.tick() => {
+                            let pong = tokio::time::timeout(
+                                connect_timeout,
+                                sink.ping::<redis::Value>(),
+                            )
+                            .await;
+                            if matches!(pong, Ok(Ok(_))) {
+                                continue;
+                            }
+                            tracing::info!("Redis events connection unresponsive; reconnecting");
+                            break;
+                        }
                         _ = alive.changed() => return,
                     };
                     let Some(message) = message else { break };

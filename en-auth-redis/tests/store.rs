@@ -294,3 +294,137 @@ async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_fal
     assert!(other.stats().store_errors >= 1);
     assert_eq!(idp.token_requests(), 2);
 }
+
+/// A TCP relay to Redis whose existing connections can go silent (open, but nothing passes
+/// either way: a vanished host or a partition, no FIN or RST), while new ones work.
+struct SilencingRelay {
+    port: u16,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    silenced_up_to: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SilencingRelay {
+    async fn start(redis_port: u16) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicU64::new(1));
+        let silenced_up_to = Arc::new(AtomicU64::new(0));
+        let (gen_, silenced) = (Arc::clone(&generation), Arc::clone(&silenced_up_to));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let born = gen_.load(Ordering::SeqCst);
+                let silenced = Arc::clone(&silenced);
+                tokio::spawn(async move {
+                    let Ok(server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                    else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = {
+                        let silenced = Arc::clone(&silenced);
+                        async move {
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                let n = match tokio::io::AsyncReadExt::read(&mut cr, &mut buf).await
+                                {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if silenced.load(Ordering::SeqCst) >= born {
+                                    std::future::pending::<()>().await;
+                                }
+                                if tokio::io::AsyncWriteExt::write_all(&mut sw, &buf[..n])
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match tokio::io::AsyncReadExt::read(&mut sr, &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if silenced.load(Ordering::SeqCst) >= born {
+                                std::future::pending::<()>().await;
+                            }
+                            if tokio::io::AsyncWriteExt::write_all(&mut cw, &buf[..n])
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self {
+            port,
+            generation,
+            silenced_up_to,
+        }
+    }
+
+    /// Every connection open now goes silent; later ones work.
+    fn silence_open_connections(&self) {
+        use std::sync::atomic::Ordering;
+        let current = self.generation.fetch_add(1, Ordering::SeqCst);
+        self.silenced_up_to.store(current, Ordering::SeqCst);
+    }
+}
+
+/// The connection that listens for other processes' rejections is pinged: when it goes
+/// silent without being closed, it is replaced, and events reach the process again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_events_connection_is_replaced() {
+    fleet_key();
+    let redis = RedisServer::start();
+    let relay = SilencingRelay::start(redis.port()).await;
+    let store = RedisTokenStore::builder(format!("redis://127.0.0.1:{}/", relay.port))
+        .connect_timeout(Duration::from_millis(500))
+        .events_ping_interval(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let _events = en_auth_core::TokenStore::events(&store).unwrap();
+    let channel = "en-auth:v1:events";
+    let publish = || {
+        redis.command(&[
+            "PUBLISH",
+            channel,
+            r#"{"k":"some-key","f":"some-fingerprint"}"#,
+        ]);
+    };
+    let received = |at_least: u64| {
+        let store = store.clone();
+        async move {
+            for _ in 0..100 {
+                if store.stats().events_received >= at_least {
+                    return true;
+                }
+                publish();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        received(1).await,
+        "the listener hears events through the relay"
+    );
+    relay.silence_open_connections();
+    let before = store.stats().events_received;
+    assert!(
+        received(before + 1).await,
+        "events arrive again once the silent connection is replaced"
+    );
+}
