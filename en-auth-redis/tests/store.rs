@@ -125,21 +125,30 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
     let idp = idp().await;
     let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
     let key = store.token_key(&en_auth_core::Authorizer::cache_key(&authorizer(&idp)));
-    // Another schema version, then garbage: both misses.
-    for (n, value) in [
-        r#"{"v":2,"token":"{\"access_token\":\"old\"}","expires_at":99999999999999,"issued_at":0}"#,
-        "\u{1}not json",
-    ]
-    .into_iter()
-    .enumerate()
+    // A record valid in every way but its schema version, then garbage: both misses.
+    let first = cache(authorizer(&idp), &store)
+        .access_token()
+        .await
+        .unwrap();
+    assert_eq!(idp.token_requests(), 1);
+    let raw = redis.command(&["GET", &key]).unwrap();
+    let record = raw.split("\r\n").nth(1).expect("a bulk string reply");
+    assert!(
+        record.contains(r#""v":1"#) && record.contains(&first),
+        "{record}"
+    );
+    let other_version = record.replace(r#""v":1"#, r#""v":2"#);
+    for (n, value) in [other_version.as_str(), "\u{1}not json"]
+        .into_iter()
+        .enumerate()
     {
         redis.command(&["SET", &key, value, "PX", "60000"]).unwrap();
         let token = cache(authorizer(&idp), &store)
             .access_token()
             .await
             .unwrap();
-        assert_ne!(token, "old");
-        assert_eq!(idp.token_requests(), n as u64 + 1);
+        assert_ne!(token, first, "the other version's token was not used");
+        assert_eq!(idp.token_requests(), n as u64 + 2);
         let stored = redis.command(&["GET", &key]).unwrap();
         assert!(stored.contains(r#""v":1"#), "overwritten: {stored}");
     }
