@@ -70,6 +70,13 @@ impl Entry {
     /// token in its renewal window starts the renewal in the background (once).
     pub fn hand_out(&self) -> Option<Arc<CachedToken<UpstreamToken>>> {
         let token = self.cache.cached()?;
+        let (floor, remaining) = self.floor_and_remaining(&token);
+        (remaining >= floor && remaining > Duration::ZERO).then_some(token)
+    }
+
+    /// The minimum remaining lifetime for `token` (clamped to a quarter of its life) and
+    /// the lifetime it has left.
+    fn floor_and_remaining(&self, token: &CachedToken<UpstreamToken>) -> (Duration, Duration) {
         let expires_at = token.expires_at();
         let lifetime = token
             .token()
@@ -78,17 +85,26 @@ impl Entry {
             .unwrap_or_default();
         let floor = self.min_remaining.min(lifetime / 4);
         let remaining = (expires_at - Utc::now()).to_std().unwrap_or_default();
-        (remaining >= floor && remaining > Duration::ZERO).then_some(token)
+        (floor, remaining)
     }
 
     /// A token to hand out, waiting for the renewal (or the first fetch) if the cached one
-    /// is below the minimum remaining lifetime. When upstream cannot give a new one, a token
-    /// that has not expired is still returned.
+    /// is below the minimum remaining lifetime. When upstream cannot give a new one, the
+    /// current token is still returned while it has at least half the minimum left; below
+    /// that it would expire in the caller's hands, and the answer is an error (503).
     pub async fn get(&self) -> Result<Arc<CachedToken<UpstreamToken>>, Error> {
-        match self.hand_out() {
-            Some(token) => Ok(token),
-            None => self.cache.get_fresh().await,
+        if let Some(token) = self.hand_out() {
+            return Ok(token);
         }
+        let token = self.cache.get_fresh().await?;
+        let (floor, remaining) = self.floor_and_remaining(&token);
+        if remaining < floor / 2 || remaining.is_zero() {
+            return Err(Error::ServerError {
+                status: 503,
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
+        Ok(token)
     }
 }
 
@@ -255,7 +271,8 @@ fn evict(slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, max: usize) -> usize {
     let mut ranks: Vec<((bool, i64), ProxyKey)> = slots
         .iter()
         .map(|(key, entries)| {
-            let has_token = entries.iter().any(|e| e.cache.cached_fresh().is_some());
+            // Any unexpired token counts: one in its renewal window is a customer's too.
+            let has_token = entries.iter().any(|e| e.cache.cached().is_some());
             let last = entries
                 .iter()
                 .map(|e| e.last_used.load(Ordering::Relaxed))

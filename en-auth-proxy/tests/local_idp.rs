@@ -525,6 +525,22 @@ async fn the_cache_is_bounded_and_drops_the_least_recently_used_keys() {
 }
 
 #[tokio::test]
+async fn a_token_about_to_expire_is_never_handed_out_while_upstream_fails() {
+    let idp = idp().await;
+    idp.set_lifetime(Some(Duration::from_secs(8)));
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.min_remaining_secs = 2; // hand-out floor 2 s; below 1 s never handed out
+    let proxy = Running::start(config).await;
+    proxy.post_token("acme", SECRET, &aud("a")).await.token();
+    // Upstream fails every renewal from now on.
+    idp.push_faults((0..50).map(|_| Fault::json(503, "{}")));
+    tokio::time::sleep(Duration::from_millis(7300)).await;
+    let late = proxy.post_token("acme", SECRET, &aud("a")).await;
+    assert_eq!(late.status, 503, "not a token with under a second left");
+    assert_eq!(late.error(), "temporarily_unavailable");
+}
+
+#[tokio::test]
 async fn tokens_are_renewed_ahead_while_callers_keep_getting_the_current_one() {
     let idp = idp().await;
     idp.set_lifetime(Some(Duration::from_secs(8)));
