@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     quotas: quota::Quotas,
+    refusals: quota::Refusals,
     request_timeout: Duration,
 }
 
@@ -110,6 +111,7 @@ impl ProxyBuilder {
                 upstream,
                 metrics,
                 quotas: quota::Quotas::default(),
+                refusals: quota::Refusals::default(),
             }),
         })
     }

@@ -2,7 +2,7 @@
 //! aligned to the clock (so every instance and every operator counts the same minutes).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -65,6 +65,55 @@ impl Quotas {
             return Err(wait());
         }
         Ok(())
+    }
+}
+
+/// Upstream refusals of secrets a client id has seen within one refusal window before
+/// further unknown secrets for it are refused locally: a caller cycling through many wrong
+/// secrets (each remembered only for itself) cannot hammer the upstream through the proxy.
+pub const MAX_REFUSALS_PER_WINDOW: u32 = 5;
+
+/// Counts upstream refusals (`invalid_client`) per client id, in windows of the refusal time.
+#[derive(Default)]
+pub struct Refusals {
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Refusals {
+    /// `Err(wait)` while `client_id` has had [`MAX_REFUSALS_PER_WINDOW`] upstream refusals in
+    /// the current window: secrets not already cached for it are refused locally.
+    pub fn check(&self, client_id: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        match self.windows.lock().get(client_id) {
+            Some((until, count)) if *until > now && *count >= MAX_REFUSALS_PER_WINDOW => Err(until
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one upstream refusal of a secret for `client_id`; a window lasts `window`.
+    pub fn record(&self, client_id: &str, window: Duration) {
+        let now = Instant::now();
+        let mut windows = self.windows.lock();
+        if windows.len() >= MAX_TRACKED && !windows.contains_key(client_id) {
+            windows.retain(|_, (until, _)| *until > now);
+            if windows.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let entry = windows
+            .entry(client_id.to_owned())
+            .or_insert((now + window, 0));
+        if entry.0 <= now {
+            *entry = (now + window, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// The client's secret was accepted upstream: its count starts over.
+    pub fn clear(&self, client_id: &str) {
+        self.windows.lock().remove(client_id);
     }
 }
 

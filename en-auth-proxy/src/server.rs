@@ -582,6 +582,23 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true) {
         return refusal;
     }
+    // Many secrets for this client were refused upstream just now: another unknown one is
+    // refused here (a cached token still goes to the secret that obtained it, above).
+    if entry.cache.cached().is_none() {
+        if let Err(wait) = shared.refusals.check(&key.client_id) {
+            metrics.refused_locally();
+            tracing::warn!(
+                client_id = %key.client_id,
+                "several secrets for this client were refused upstream; refusing new ones \
+                 locally for a while"
+            );
+            return OAuthError::too_many(
+                wait,
+                "too many failed authentications for this client; retry later",
+            )
+            .into_response();
+        }
+    }
     metrics.cache_miss();
     let served_before = entry.cache.stats().failures_served;
     match entry.get().await {
@@ -589,10 +606,16 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
             if let Some(per_minute) = quota {
                 let _ = shared.quotas.take(&key.client_id, per_minute);
             }
+            shared.refusals.clear(&key.client_id);
             token_response(&token)
         }
         Err(err) => {
             let remembered = entry.cache.stats().failures_served > served_before;
+            if !remembered && matches!(err, Error::InvalidClient { .. }) {
+                shared
+                    .refusals
+                    .record(&key.client_id, shared.config.refusal());
+            }
             log_failure(&key, &err, remembered, shared);
             OAuthError::from_error(&err).into_response()
         }

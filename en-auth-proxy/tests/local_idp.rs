@@ -525,6 +525,45 @@ async fn the_cache_is_bounded_and_drops_the_least_recently_used_keys() {
 }
 
 #[tokio::test]
+async fn a_caller_cycling_through_wrong_secrets_cannot_hammer_upstream() {
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.refusal_secs = 2;
+    let proxy = Running::start(config).await;
+    // A customer's token is cached before the attack.
+    let cached = proxy
+        .post_token("acme", SECRET, &aud("a"))
+        .await
+        .token()
+        .to_owned();
+    assert_eq!(idp.token_requests(), 1);
+    for attempt in 0..20 {
+        let answer = proxy
+            .post_token("acme", &format!("guess-{}", attempt % 7), &aud("a"))
+            .await;
+        assert_ne!(answer.status, 200);
+    }
+    let upstream = idp.token_requests() - 1;
+    assert!(upstream <= 5, "{upstream} guesses went upstream");
+    // The customer's cached token still goes to the right secret.
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("a")).await.token(),
+        cached
+    );
+    // A guess for another audience is refused locally too, with Retry-After.
+    let local = proxy.post_token("acme", "guess-new", &aud("b")).await;
+    assert_eq!(local.status, 429);
+    assert!(local.retry_after().is_some());
+    assert_eq!(idp.token_requests() - 1, upstream);
+    // After the window, the right secret is served for a new key.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("b")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn a_token_about_to_expire_is_never_handed_out_while_upstream_fails() {
     let idp = idp().await;
     idp.set_lifetime(Some(Duration::from_secs(8)));
