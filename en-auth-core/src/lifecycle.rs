@@ -1293,8 +1293,14 @@ impl<A: Authorizer> TokenCache<A> {
                 // A lock still held after one TTL belongs to a holder that took over from a
                 // dead one (the first lock has run out): wait for that holder too, once.
                 let mut take_overs_left = 1;
+                // Poll quickly at first (most fetches take well under a second), then back
+                // off to at most twice a second so a cold start with many keys and processes
+                // does not flood the store.
+                let mut poll_ms: u64 = 50;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(25..=75))).await;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(poll_ms / 2..=poll_ms)))
+                        .await;
+                    poll_ms = (poll_ms * 3 / 2).min(500);
                     if let Some(entry) = self.load_from_store(binding, previous).await {
                         return Ok(entry);
                     }

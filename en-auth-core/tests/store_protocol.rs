@@ -60,6 +60,7 @@ fn authorizer(calls: &Arc<AtomicU64>, refuse: bool) -> Counting {
 struct FleetStore {
     memory: MemoryTokenStore,
     saves: AtomicU64,
+    loads: AtomicU64,
     broken: AtomicBool,
     failures: Mutex<HashMap<CacheKey, SharedFailure>>,
     events: Mutex<Option<broadcast::Sender<StoreEvent>>>,
@@ -87,6 +88,7 @@ impl FleetStore {
 #[async_trait]
 impl TokenStore for FleetStore {
     async fn load(&self, key: &CacheKey) -> Result<Option<SecretString>, Error> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         self.memory.load(key).await
     }
@@ -282,6 +284,9 @@ async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
     assert!(tokens.iter().all(|t| t == &tokens[0]));
     let timeouts: u64 = members.iter().map(|m| m.stats().lock_timeouts).sum();
     assert_eq!(timeouts, 0);
+    // About 10 s of waiting by 3 waiters: their polls back off to twice a second.
+    let loads = store.loads.load(Ordering::SeqCst);
+    assert!(loads < 400, "{loads} store reads while waiting");
 }
 
 /// A token without its own expiry read from the store keeps the default lifetime counted
