@@ -890,6 +890,40 @@ impl<A: Authorizer> TokenCache<A> {
         true
     }
 
+    /// After an API answered 401 to `rejected`: reports it ([`invalidate`](Self::invalidate))
+    /// and returns the token to replay the request with, or `None` when the request should
+    /// not be replayed. The current token is returned at once when it is already another one
+    /// (a refresh replaced `rejected` while the request was in flight: no provider call);
+    /// otherwise the outcome of the one shared fetch, unless the rejection was absorbed by the
+    /// 401-storm bound ([`LifecyclePolicy::rejection_interval`]) or no new token came. The
+    /// adapters' one rule for replays.
+    pub async fn token_after_rejection(
+        &self,
+        rejected: &Arc<CachedToken<A::Token>>,
+    ) -> Option<Arc<CachedToken<A::Token>>> {
+        self.invalidate(rejected).await;
+        if let Some(current) = self.cached() {
+            if !current.same_token(rejected) {
+                return Some(current);
+            }
+        }
+        if !rejected.is_rejected() {
+            tracing::debug!("401 not replayed: a token was rejected moments ago (401 storm bound)");
+            return None;
+        }
+        match self.replacement(rejected).await {
+            Ok(token) if !token.same_token(rejected) => Some(token),
+            Ok(_) => {
+                tracing::debug!("401 not replayed: the provider returned the same token");
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "401 not replayed: no new token");
+                None
+            }
+        }
+    }
+
     /// A token to use instead of `rejected`: the current one if it is another, otherwise the
     /// outcome of the one shared fetch (joined or started), or the remembered failure while
     /// it is backed off.

@@ -631,3 +631,31 @@ fn a_fetch_started_on_a_runtime_that_is_shutting_down_does_not_deadlock() {
     assert_eq!(failures, 1, "the abandoned fetch is recorded");
     assert!(remembered, "and backed off, not retried at once");
 }
+
+/// A 401 for a token that a refresh already replaced while the request was in flight is
+/// answered with the current token at once: replay without another provider call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_for_an_already_replaced_token_replays_with_the_current_one() {
+    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(Some(Duration::from_secs(4))));
+    let cache = cache(&idp, no_retries());
+    let sent_with = cache.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // stale: a refresh starts
+    assert!(cache.cached().is_some());
+    let mut current = cache.cached().unwrap();
+    for _ in 0..200 {
+        if !current.same_token(&sent_with) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        current = cache.cached().unwrap();
+    }
+    assert!(!current.same_token(&sent_with), "refreshed");
+    assert_eq!(idp.calls(), 2);
+    // The API now rejects the request that was sent with the old token.
+    let replay_with = cache
+        .token_after_rejection(&sent_with)
+        .await
+        .expect("replayed");
+    assert!(replay_with.same_token(&current));
+    assert_eq!(idp.calls(), 2, "no provider call for it");
+}
