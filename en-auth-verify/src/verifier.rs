@@ -319,9 +319,7 @@ impl Verifier {
 
     /// Verifies `token` (the bare JWT, without `Bearer `) and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, Error> {
-        self.verify_shared(token)
-            .await
-            .map(|claims| Arc::unwrap_or_clone(claims))
+        self.verify_shared(token).await.map(Arc::unwrap_or_clone)
     }
 
     /// [`verify`](Self::verify), returning the claims behind an `Arc`: a token answered from
