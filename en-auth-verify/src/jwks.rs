@@ -70,6 +70,8 @@ pub(crate) enum JwksLocation {
     Url(String),
     /// Found through `{issuer}/.well-known/openid-configuration`.
     Discover(String),
+    /// Given once, in memory: never fetched.
+    Fixed,
 }
 
 /// Default of the minimum interval between two fetches: short enough that a rotation is
@@ -158,6 +160,21 @@ impl JwksCache {
         }
     }
 
+    /// A cache holding the keys of `document` for good: no fetch, no refresh.
+    pub(crate) fn fixed(document: &[u8], http: reqwest::Client) -> Result<Self, Error> {
+        let set = parse_key_set(document, None)?;
+        if set.by_kid.is_empty() && set.only.is_none() {
+            return Err(Error::InvalidConfiguration {
+                setting: "jwks".into(),
+                reason: "the JWKS document has no usable signing key".into(),
+            });
+        }
+        let cache = Self::new(JwksLocation::Fixed, http);
+        *cache.shared.keys.write() = Some(Arc::new(set));
+        cache.shared.timer_started.store(true, Ordering::Relaxed);
+        Ok(cache)
+    }
+
     /// A new, empty cache for the same key set with the same settings, changed by `change`
     /// (used when a shared verifier is reconfigured: its clones keep the old cache).
     pub(crate) fn reconfigured(
@@ -167,11 +184,17 @@ impl JwksCache {
     ) -> Self {
         let mut settings = self.shared.settings;
         change(&mut settings);
-        Self::with_settings(
+        let fresh = Self::with_settings(
             location.unwrap_or_else(|| self.shared.location.clone()),
             self.shared.http.clone(),
             settings,
-        )
+        );
+        if matches!(fresh.shared.location, JwksLocation::Fixed) {
+            // Nothing to fetch them from again.
+            *fresh.shared.keys.write() = self.shared.keys.read().clone();
+            fresh.shared.timer_started.store(true, Ordering::Relaxed);
+        }
+        fresh
     }
 
     /// JWKS fetches started so far (failed ones included).
@@ -259,6 +282,9 @@ impl Shared {
         shared: &Arc<Shared>,
         limited: bool,
     ) -> Option<watch::Receiver<Option<Outcome>>> {
+        if matches!(shared.location, JwksLocation::Fixed) {
+            return None;
+        }
         let mut flight = shared.flight.lock();
         if let Some(running) = &flight.running {
             return Some(running.clone());
@@ -320,6 +346,10 @@ impl Shared {
                 match &self.location {
                     JwksLocation::Url(url) => Ok(secure_url("jwks_url", url)?.to_string()),
                     JwksLocation::Discover(issuer) => discover_jwks_uri(&self.http, issuer).await,
+                    JwksLocation::Fixed => Err(Error::InvalidConfiguration {
+                        setting: "jwks".into(),
+                        reason: "a fixed key set is never fetched".into(),
+                    }),
                 }
             })
             .await

@@ -148,6 +148,35 @@ impl Verifier {
         Self::jwks_at(JwksLocation::Url(jwks_url.into()))
     }
 
+    /// Tokens signed with the keys of the JWKS `document` held in memory, never fetched nor
+    /// refreshed: keys shipped with the application, tests, fuzzing. Set issuer and audience
+    /// as with [`jwks`](Self::jwks). Fails with [`Error::InvalidConfiguration`] when the
+    /// document is not a JWKS or has no usable signing key.
+    ///
+    /// ```
+    /// use en_auth_verify::Verifier;
+    /// let document = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig",
+    ///   "x":"K6HEw0P4RrsEGVKfIwz-sh_FC5cH_2q_4afnCuSZ9Ls","y":"kb-InbTpDD20czIrUsFGl6shDXDvDYD55q4wmCP-Bck"}]}"#;
+    /// let verifier = Verifier::jwks_document(document)?
+    ///     .with_issuer("https://issuer.example.com/")
+    ///     .with_audience("https://api.example.com");
+    /// assert!(Verifier::jwks_document(br#"{"keys":[]}"#).is_err());
+    /// # Ok::<(), en_auth_core::Error>(())
+    /// ```
+    pub fn jwks_document(document: &[u8]) -> Result<Self, Error> {
+        let cache = JwksCache::fixed(document, jwks_http_client()).map_err(|err| match err {
+            Error::InvalidResponse { reason, .. } => Error::InvalidConfiguration {
+                setting: "jwks".into(),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(Self::with_keys(
+            Keys::Jwks(Arc::new(cache)),
+            ASYMMETRIC_ALGORITHMS.to_vec(),
+        ))
+    }
+
     /// Tokens from the OpenID provider `issuer` for `audience`; the JWKS is found through
     /// `{issuer}/.well-known/openid-configuration` on first use.
     pub fn oidc(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
