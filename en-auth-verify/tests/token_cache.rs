@@ -149,7 +149,7 @@ async fn an_unchanged_key_set_keeps_the_cache_warm() {
     let token = rs256(&claims(json!({})));
     v.verify(&token).await.unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(jwks.fetches() >= 3, "refreshed meanwhile");
+    assert!(jwks.fetches() >= 2, "refreshed meanwhile");
     v.verify(&token).await.unwrap();
     assert_eq!(v.cached_tokens(), 1, "the same key keeps its entries");
     assert_eq!(
