@@ -20,7 +20,7 @@
 //!   JWKS is skipped, which rules out RSA/HMAC confusion at the source.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,8 @@ struct Shared {
     flight: Mutex<Flight>,
     settings: JwksSettings,
     fetches: AtomicU64,
-    timer_started: AtomicBool,
+    /// The periodic refresh task, once started (restarted if its runtime shut down).
+    timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// An identity provider's public keys, cached.
@@ -155,7 +156,7 @@ impl JwksCache {
                 flight: Mutex::new(Flight::default()),
                 settings,
                 fetches: AtomicU64::new(0),
-                timer_started: AtomicBool::new(false),
+                timer: Mutex::new(None),
             }),
         }
     }
@@ -171,7 +172,6 @@ impl JwksCache {
         }
         let cache = Self::new(JwksLocation::Fixed, http);
         *cache.shared.keys.write() = Some(Arc::new(set));
-        cache.shared.timer_started.store(true, Ordering::Relaxed);
         Ok(cache)
     }
 
@@ -192,7 +192,6 @@ impl JwksCache {
         if matches!(fresh.shared.location, JwksLocation::Fixed) {
             // Nothing to fetch them from again.
             *fresh.shared.keys.write() = self.shared.keys.read().clone();
-            fresh.shared.timer_started.store(true, Ordering::Relaxed);
         }
         fresh
     }
@@ -246,13 +245,16 @@ impl JwksCache {
         }
     }
 
-    /// Starts the periodic refresh, once, on the first verification (building a verifier
-    /// does no I/O and needs no runtime). The task holds the cache weakly and ends when the
-    /// last verifier sharing it is dropped.
+    /// Starts the periodic refresh on the first verification (building a verifier does no
+    /// I/O and needs no runtime), and again if the runtime it ran on has shut down (a
+    /// verifier may outlive one). The task holds the cache weakly and ends when the last
+    /// verifier sharing it is dropped.
     fn start_timer(&self) {
-        if self.shared.timer_started.load(Ordering::Relaxed)
-            || self.shared.timer_started.swap(true, Ordering::AcqRel)
-        {
+        if matches!(self.shared.location, JwksLocation::Fixed) {
+            return;
+        }
+        let mut timer = self.shared.timer.lock();
+        if timer.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -260,7 +262,7 @@ impl JwksCache {
         };
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         let period = self.shared.settings.refresh_every;
-        runtime.spawn(async move {
+        *timer = Some(runtime.spawn(async move {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -270,7 +272,7 @@ impl JwksCache {
                 };
                 let _ = Shared::start_fetch(&shared, false);
             }
-        });
+        }));
     }
 }
 
@@ -287,7 +289,13 @@ impl Shared {
         }
         let mut flight = shared.flight.lock();
         if let Some(running) = &flight.running {
-            return Some(running.clone());
+            if running.has_changed().is_ok() {
+                return Some(running.clone());
+            }
+            // Its task is gone without an answer (its runtime shut down): it does not count
+            // against the rate limit, start another.
+            flight.running = None;
+            flight.last_started = None;
         }
         if limited
             && flight

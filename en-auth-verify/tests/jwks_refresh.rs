@@ -220,3 +220,32 @@ async fn a_failed_cold_fetch_is_shared_with_every_waiter() {
     }
     assert_eq!(jwks.fetches(), 1, "one fetch for twenty waiters");
 }
+
+/// A verifier may outlive the runtime that started its fetch (a verifier built once and used
+/// by several runtimes, as in tests): the fetch that died with its runtime does not stay
+/// "under way" for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_died_with_its_runtime_is_started_again() {
+    let jwks = JwksServer::start().await;
+    jwks.delay(300);
+    let v = verifier(&jwks);
+    let token = rs256(&claims(json!({})));
+    let (v2, token2) = (v.clone(), token.clone());
+    tokio::task::spawn_blocking(move || {
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let gave_up = other.block_on(timeout(Duration::from_millis(50), v2.verify(&token2)));
+        assert!(gave_up.is_err(), "the fetch is still under way");
+        // Dropping the runtime drops the fetch task with it.
+    })
+    .await
+    .unwrap();
+    jwks.delay(0);
+    let verified = timeout(Duration::from_secs(5), v.verify(&token))
+        .await
+        .expect("not held up")
+        .expect("a new fetch brings the keys");
+    assert_eq!(verified.sub.as_deref(), Some("service-a"));
+}
