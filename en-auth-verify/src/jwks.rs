@@ -85,6 +85,9 @@ pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_REFRESH_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The shortest refresh period accepted (a zero period would spin).
 const MIN_REFRESH_EVERY: Duration = Duration::from_millis(10);
+/// The longest refresh period accepted (timer arithmetic must not overflow); far beyond any
+/// sensible setting.
+const MAX_REFRESH_EVERY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The outcome of one fetch, shared with every caller that waited for it.
 type Outcome = Result<(), Arc<Error>>;
@@ -144,7 +147,9 @@ impl JwksCache {
         settings: JwksSettings,
     ) -> Self {
         let settings = JwksSettings {
-            refresh_every: settings.refresh_every.max(MIN_REFRESH_EVERY),
+            refresh_every: settings
+                .refresh_every
+                .clamp(MIN_REFRESH_EVERY, MAX_REFRESH_EVERY),
             ..settings
         };
         Self {

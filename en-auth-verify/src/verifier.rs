@@ -305,7 +305,8 @@ impl Verifier {
     /// [`DEFAULT_REFRESH_EVERY`](crate::DEFAULT_REFRESH_EVERY), 15 min; 5 to 60 minutes suit every provider), starting
     /// with the first verification, so keys published ahead of use are known before the
     /// first token signed with them arrives. A set older than `period` is also refreshed in
-    /// the background on the next verification, while its keys keep serving.
+    /// the background on the next verification, while its keys keep serving. The period is
+    /// kept between 10 ms and 30 days.
     pub fn with_jwks_refresh_every(self, period: Duration) -> Self {
         self.reconfigure_jwks(None, |s| s.refresh_every = period)
     }
