@@ -1,7 +1,7 @@
 //! # en-auth
 //!
 //! Authorize outgoing HTTP requests for services and machines. Build an authorizer once,
-//! attach it to a [`reqwest_middleware`] client, and every request carries a valid token:
+//! attach it to a [`reqwest_middleware`](https://docs.rs/reqwest-middleware) client, and every request carries a valid token:
 //! fetched on first use, cached, refreshed before expiry, shared across tasks and threads
 //! (and, with a shared [`TokenStore`], across processes), replayed once on a 401.
 //!

@@ -48,7 +48,7 @@ pub trait Authorizer: Send + Sync + 'static {
     async fn authorize(&self) -> Result<Self::Token, Error>;
 
     /// Whether `token` must be replaced before use. Default: it expires within
-    /// [`EXPIRATION_GAP`] (clamped to half its lifetime, see [`expires_within`]).
+    /// [`EXPIRATION_GAP`] (clamped to half its lifetime, see [`expires_within`](crate::expires_within)).
     fn expired(&self, token: &Self::Token) -> bool {
         expires_within_now(token, EXPIRATION_GAP)
     }

@@ -46,6 +46,11 @@ fn verify(
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[audience]);
     validation.set_issuer(&[issuer]);
+    // `cargo test --workspace` unifies jsonwebtoken's two backends (the backend-clash
+    // member): this test process, the application here, names one.
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
     decode::<AccessClaims>(token, &key, &validation)
         .map(|data| data.claims)
         .map_err(|e| e.to_string())

@@ -1,7 +1,8 @@
 //! [`RequireAuth`]: a tower layer that lets only verified requests through.
 //!
 //! The layer only wraps: verification is the [`Verifier`]'s. A request without a valid
-//! bearer token gets `401` with `WWW-Authenticate: Bearer error="invalid_token"`; a valid
+//! bearer token, or with more than one `Authorization` header, gets `401` with
+//! `WWW-Authenticate: Bearer error="invalid_token"`; a valid
 //! token without the route's scopes gets `403` with `error="insufficient_scope"`; when the
 //! issuer's keys cannot be fetched, `503`. The reason goes to the log (`tracing`), never to
 //! the caller. Verified claims are put in the request's extensions as [`Authenticated`].
@@ -74,7 +75,13 @@ impl RequireAuth {
     }
 
     /// Verifies the `Authorization` header's token and the required scopes.
-    async fn check(&self, authorization: Option<HeaderValue>) -> Result<Claims, Error> {
+    async fn check(&self, authorization: Authorization) -> Result<Arc<Claims>, Error> {
+        let Authorization::One(authorization) = authorization else {
+            // Which one would the application behind us read? Refuse rather than guess.
+            return Err(Error::InvalidToken {
+                reason: "more than one Authorization header".into(),
+            });
+        };
         let token = authorization
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -82,9 +89,29 @@ impl RequireAuth {
             .ok_or_else(|| Error::InvalidToken {
                 reason: "no bearer token".into(),
             })?;
-        let claims = self.verifier.verify(token).await?;
+        let claims = self.verifier.verify_shared(token).await?;
         check_scopes(&claims, &self.scopes)?;
         Ok(claims)
+    }
+}
+
+/// The request's `Authorization` header(s).
+enum Authorization {
+    /// None or one.
+    One(Option<HeaderValue>),
+    /// More than one: refused.
+    Several,
+}
+
+impl Authorization {
+    fn of(headers: &http::HeaderMap) -> Self {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let first = values.next().cloned();
+        if values.next().is_some() {
+            Authorization::Several
+        } else {
+            Authorization::One(first)
+        }
     }
 }
 
@@ -162,13 +189,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+        let authorization = Authorization::of(request.headers());
         Box::pin(async move {
             match auth.check(authorization).await {
                 Ok(claims) => {
-                    request
-                        .extensions_mut()
-                        .insert(Authenticated(Arc::new(claims)));
+                    request.extensions_mut().insert(Authenticated(claims));
                     inner.call(request).await
                 }
                 Err(err) => Ok(rejection(&err)),

@@ -1,10 +1,13 @@
 //! Verification of incoming access tokens for the services that receive en-auth's requests.
 //!
-//! A [`Verifier`] checks a JWT: its signature, with keys from the issuer's JWKS (fetched once,
-//! refreshed on key rotation, rate-limited against junk `kid`s) or a shared HS256 secret; an
+//! A [`Verifier`] checks a JWT: its signature, with keys from the issuer's JWKS (fetched in
+//! the background, refreshed periodically and on key rotation, rate-limited against junk
+//! `kid`s) or a shared HS256 secret; an
 //! explicit algorithm allow-list (never `none`, no RSA/HMAC confusion); `iss`, `aud`, `exp`,
 //! `nbf`, `iat` with a small leeway; and optionally `typ`, scopes/permissions and `org_id`.
-//! Presets: [`Verifier::auth0`], [`Verifier::cognito`], [`Verifier::oidc`].
+//! Presets: [`Verifier::auth0`], [`Verifier::cognito`], [`Verifier::oidc`]. A token seen
+//! before is answered from a bounded cache of verified tokens, with every check whose answer
+//! can change (expiry, key still published, scopes) run again.
 //!
 //! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
 //! handlers read the claims with the [`Authenticated`] extractor.
@@ -27,12 +30,15 @@
 #![warn(missing_docs)]
 
 mod claims;
+mod decode;
 mod jwks;
 mod layer;
+mod token_cache;
 mod verifier;
 
 pub use claims::Claims;
 pub use jsonwebtoken::Algorithm;
-pub use jwks::{DEFAULT_MAX_AGE, DEFAULT_MIN_REFRESH_INTERVAL};
+pub use jwks::{DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_EVERY};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};
+pub use token_cache::{DEFAULT_TOKEN_CACHE_CAPACITY, DEFAULT_TOKEN_CACHE_MAX_AGE};
 pub use verifier::{ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Verifier};

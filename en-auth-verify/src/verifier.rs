@@ -1,13 +1,14 @@
 //! [`Verifier`]: checks an incoming access token and returns its [`Claims`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use en_auth_core::Error;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, decode_header};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, decode_header};
 
 use crate::Claims;
-use crate::jwks::{JwksCache, JwksLocation, VerificationKey};
+use crate::jwks::{JwksCache, JwksLocation, JwksSettings, VerificationKey};
+use crate::token_cache::{Entry, TokenCache, TokenCacheSettings, TokenDigest};
 
 /// Tokens longer than this are refused before any parsing (a JWT is usually under 2 KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -34,6 +35,18 @@ enum Keys {
     Shared(Arc<VerificationKey>),
 }
 
+impl Keys {
+    /// The key that verified a cached token, if it is still the one published for its `kid`.
+    fn still_published(&self, key: &Arc<VerificationKey>) -> bool {
+        match self {
+            Keys::Jwks(cache) => cache
+                .cached_key(key.kid.as_deref())
+                .is_some_and(|current| Arc::ptr_eq(&current, key)),
+            Keys::Shared(shared) => Arc::ptr_eq(shared, key),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Config {
     issuer: Option<String>,
@@ -46,42 +59,20 @@ struct Config {
     required_scopes: Vec<String>,
     org_id: Option<String>,
     max_token_bytes: usize,
-    /// One prepared `Validation` per allowed algorithm, rebuilt when the config changes.
-    validations: Vec<(Algorithm, Validation)>,
-}
-
-impl Config {
-    fn rebuild(&mut self) {
-        self.validations = self
-            .algorithms
-            .iter()
-            .map(|alg| {
-                let mut v = Validation::new(*alg);
-                v.leeway = self.leeway.as_secs();
-                v.validate_nbf = true;
-                v.required_spec_claims = ["exp".to_string()].into_iter().collect();
-                if let Some(iss) = &self.issuer {
-                    v.set_issuer(&[iss]);
-                    v.required_spec_claims.insert("iss".into());
-                }
-                if self.audiences.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&self.audiences);
-                    v.required_spec_claims.insert("aud".into());
-                }
-                (*alg, v)
-            })
-            .collect();
-    }
+    token_cache: Option<TokenCacheSettings>,
 }
 
 /// Verifies incoming JWT access tokens: signature (with keys from a JWKS or a shared secret),
 /// an algorithm allow-list, issuer, audience, time claims, and optionally `typ`, scopes and
-/// organization. Cheap to clone; clones share the key cache.
+/// organization. Cheap to clone; clones share the key cache and the verified-token cache.
 ///
 /// Every bad token is an `Err` ([`Error::InvalidToken`] or [`Error::InsufficientScope`]),
 /// never a panic. Failing to get the issuer's keys is a transient error instead.
+///
+/// A token seen before is answered from the verified-token cache (see
+/// [`with_token_cache`](Self::with_token_cache)): its signature is not checked again, but
+/// everything that can change is — expiry and the other time claims, the policy checks, and
+/// whether its signing key is still published.
 ///
 /// ```no_run
 /// use en_auth_verify::Verifier;
@@ -96,6 +87,8 @@ impl Config {
 pub struct Verifier {
     keys: Keys,
     config: Arc<Config>,
+    /// Verified tokens of exactly this configuration and key source.
+    verified: Option<Arc<TokenCache>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -111,7 +104,7 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     fn with_keys(keys: Keys, algorithms: Vec<Algorithm>) -> Self {
-        let mut config = Config {
+        let config = Config {
             issuer: None,
             audiences: Vec::new(),
             client_id: None,
@@ -122,13 +115,24 @@ impl Verifier {
             required_scopes: Vec::new(),
             org_id: None,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-            validations: Vec::new(),
+            token_cache: Some(TokenCacheSettings::default()),
         };
-        config.rebuild();
         Self {
             keys,
             config: Arc::new(config),
+            verified: None,
         }
+        .with_fresh_token_cache()
+    }
+
+    /// A new, empty verified-token cache: every change of configuration or key source makes
+    /// one, so entries verified under other rules are never reused.
+    fn with_fresh_token_cache(mut self) -> Self {
+        self.verified = self
+            .config
+            .token_cache
+            .map(|settings| Arc::new(TokenCache::new(settings)));
+        self
     }
 
     fn jwks_at(location: JwksLocation) -> Self {
@@ -142,6 +146,35 @@ impl Verifier {
     /// [`with_issuer`](Self::with_issuer) and [`with_audience`](Self::with_audience).
     pub fn jwks(jwks_url: impl Into<String>) -> Self {
         Self::jwks_at(JwksLocation::Url(jwks_url.into()))
+    }
+
+    /// Tokens signed with the keys of the JWKS `document` held in memory, never fetched nor
+    /// refreshed: keys shipped with the application, tests, fuzzing. Set issuer and audience
+    /// as with [`jwks`](Self::jwks). Fails with [`Error::InvalidConfiguration`] when the
+    /// document is not a JWKS or has no usable signing key.
+    ///
+    /// ```
+    /// use en_auth_verify::Verifier;
+    /// let document = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig",
+    ///   "x":"K6HEw0P4RrsEGVKfIwz-sh_FC5cH_2q_4afnCuSZ9Ls","y":"kb-InbTpDD20czIrUsFGl6shDXDvDYD55q4wmCP-Bck"}]}"#;
+    /// let verifier = Verifier::jwks_document(document)?
+    ///     .with_issuer("https://issuer.example.com/")
+    ///     .with_audience("https://api.example.com");
+    /// assert!(Verifier::jwks_document(br#"{"keys":[]}"#).is_err());
+    /// # Ok::<(), en_auth_core::Error>(())
+    /// ```
+    pub fn jwks_document(document: &[u8]) -> Result<Self, Error> {
+        let cache = JwksCache::fixed(document, jwks_http_client()).map_err(|err| match err {
+            Error::InvalidResponse { reason, .. } => Error::InvalidConfiguration {
+                setting: "jwks".into(),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(Self::with_keys(
+            Keys::Jwks(Arc::new(cache)),
+            ASYMMETRIC_ALGORITHMS.to_vec(),
+        ))
     }
 
     /// Tokens from the OpenID provider `issuer` for `audience`; the JWKS is found through
@@ -167,29 +200,36 @@ impl Verifier {
     /// no `aud`).
     pub fn cognito(region: &str, pool_id: &str, client_id: impl Into<String>) -> Self {
         let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{pool_id}");
-        let mut verifier =
-            Self::jwks(format!("{issuer}/.well-known/jwks.json")).with_issuer(issuer);
-        let config = Arc::make_mut(&mut verifier.config);
-        config.client_id = Some(client_id.into());
-        config.token_use = Some("access".into());
-        verifier
+        let client_id = client_id.into();
+        Self::jwks(format!("{issuer}/.well-known/jwks.json"))
+            .with_issuer(issuer)
+            .configure(|c| {
+                c.client_id = Some(client_id);
+                c.token_use = Some("access".into());
+            })
     }
 
     /// Tokens signed with HS256 and a shared `secret` (auth0-python's symmetric verifier).
     pub fn hs256(secret: impl AsRef<[u8]>) -> Self {
-        let key = VerificationKey {
-            key: DecodingKey::from_secret(secret.as_ref()),
-            family: AlgorithmFamily::Hmac,
-            alg: Some(Algorithm::HS256),
-        };
+        let key =
+            VerificationKey::shared(DecodingKey::from_secret(secret.as_ref()), Algorithm::HS256);
         Self::with_keys(Keys::Shared(Arc::new(key)), vec![Algorithm::HS256])
     }
 
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        change(config);
-        config.rebuild();
-        self
+        change(Arc::make_mut(&mut self.config));
+        self.with_fresh_token_cache()
+    }
+
+    fn reconfigure_jwks(
+        mut self,
+        location: Option<JwksLocation>,
+        change: impl FnOnce(&mut JwksSettings),
+    ) -> Self {
+        if let Keys::Jwks(cache) = &self.keys {
+            self.keys = Keys::Jwks(Arc::new(cache.reconfigured(location, change)));
+        }
+        self.with_fresh_token_cache()
     }
 
     /// Requires `iss` to equal `issuer`.
@@ -207,12 +247,8 @@ impl Verifier {
 
     /// Fetches the keys from `jwks_url` instead of the preset's location (a JWKS proxy, a test
     /// server). Keeps issuer, audience and other checks.
-    pub fn with_jwks_url(mut self, jwks_url: impl Into<String>) -> Self {
-        if let Keys::Jwks(cache) = &self.keys {
-            let location = JwksLocation::Url(jwks_url.into());
-            self.keys = Keys::Jwks(Arc::new(cache.reconfigured(Some(location), |_| {})));
-        }
-        self
+    pub fn with_jwks_url(self, jwks_url: impl Into<String>) -> Self {
+        self.reconfigure_jwks(Some(JwksLocation::Url(jwks_url.into())), |_| {})
     }
 
     /// The algorithms accepted (default: [`ASYMMETRIC_ALGORITHMS`] with a JWKS, HS256 with a
@@ -258,16 +294,52 @@ impl Verifier {
         self.configure(|c| c.max_token_bytes = bytes)
     }
 
-    /// At most one JWKS refetch for unknown `kid`s per `interval` (default 10 s).
-    pub fn with_jwks_refresh_interval(mut self, interval: Duration) -> Self {
-        if let Keys::Jwks(cache) = &self.keys {
-            let fresh = cache.reconfigured(None, |c| c.min_refresh_interval = interval);
-            self.keys = Keys::Jwks(Arc::new(fresh));
-        }
-        self
+    /// At most one JWKS fetch starts per `interval` (default
+    /// [`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL), 10 s): how often tokens with unknown `kid`s may make
+    /// the verifier ask the provider again.
+    pub fn with_jwks_refresh_interval(self, interval: Duration) -> Self {
+        self.reconfigure_jwks(None, |s| s.min_refresh_interval = interval)
     }
 
-    /// JWKS documents fetched so far (0 for a shared-secret verifier).
+    /// Refreshes the key set in the background every `period` (default
+    /// [`DEFAULT_REFRESH_EVERY`](crate::DEFAULT_REFRESH_EVERY), 15 min; 5 to 60 minutes suit every provider), starting
+    /// with the first verification, so keys published ahead of use are known before the
+    /// first token signed with them arrives. A set older than `period` is also refreshed in
+    /// the background on the next verification, while its keys keep serving. The period is
+    /// kept between 10 ms and 30 days.
+    pub fn with_jwks_refresh_every(self, period: Duration) -> Self {
+        self.reconfigure_jwks(None, |s| s.refresh_every = period)
+    }
+
+    /// Keeps up to `capacity` verified tokens (default [`DEFAULT_TOKEN_CACHE_CAPACITY`](crate::DEFAULT_TOKEN_CACHE_CAPACITY)) for
+    /// at most `max_age` each (default [`DEFAULT_TOKEN_CACHE_MAX_AGE`](crate::DEFAULT_TOKEN_CACHE_MAX_AGE); a token's expiry or
+    /// the removal of its key from the JWKS ends an entry sooner). A token seen again is then
+    /// answered without checking its signature again; every check whose answer can change
+    /// still runs. `capacity` 0 turns the cache off
+    /// ([`without_token_cache`](Self::without_token_cache)).
+    pub fn with_token_cache(self, capacity: usize, max_age: Duration) -> Self {
+        self.configure(|c| {
+            c.token_cache = (capacity > 0).then_some(TokenCacheSettings { capacity, max_age });
+        })
+    }
+
+    /// Verifies every token in full, every time.
+    pub fn without_token_cache(self) -> Self {
+        self.configure(|c| c.token_cache = None)
+    }
+
+    /// Tokens held by the verified-token cache (0 without one).
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.as_ref().map_or(0, |cache| cache.len())
+    }
+
+    /// Verifications answered from the verified-token cache so far (0 without one): with
+    /// the verifications made, the cache's hit rate.
+    pub fn token_cache_hits(&self) -> u64 {
+        self.verified.as_ref().map_or(0, |cache| cache.hits())
+    }
+
+    /// JWKS fetches started so far (0 for a shared-secret verifier).
     pub fn jwks_fetches(&self) -> u64 {
         match &self.keys {
             Keys::Jwks(cache) => cache.fetches(),
@@ -277,6 +349,13 @@ impl Verifier {
 
     /// Verifies `token` (the bare JWT, without `Bearer `) and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, Error> {
+        self.verify_shared(token).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// [`verify`](Self::verify), returning the claims behind an `Arc`: a token answered from
+    /// the verified-token cache is then not copied (what [`RequireAuth`](crate::RequireAuth)
+    /// uses).
+    pub async fn verify_shared(&self, token: &str) -> Result<Arc<Claims>, Error> {
         let config = &*self.config;
         if token.len() > config.max_token_bytes {
             return Err(invalid(format!(
@@ -284,17 +363,50 @@ impl Verifier {
                 config.max_token_bytes
             )));
         }
+        let now = unix_now();
+        let digest = self.verified.as_ref().map(|cache| {
+            let digest = TokenDigest::of(token);
+            (cache, digest)
+        });
+        if let Some((cache, digest)) = &digest {
+            if let Some(entry) = cache.get(digest) {
+                if self.keys.still_published(&entry.key) {
+                    // The same checks a fresh verification ends with.
+                    self.check_time(&entry.claims, now)?;
+                    self.check_claims(&entry.claims)?;
+                    cache.hit();
+                    return Ok(entry.claims);
+                }
+                cache.remove(digest);
+            }
+        }
+        let (claims, key) = self.verify_signature(token).await?;
+        self.check_registered(&claims, now)?;
+        let claims = Arc::new(claims);
+        if let Some((cache, digest)) = digest {
+            cache.insert(
+                digest,
+                Entry {
+                    claims: Arc::clone(&claims),
+                    key,
+                    verified_at: Instant::now(),
+                },
+            );
+        }
+        self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    /// Header checks, the key, and the signature: the claims of an authentic token.
+    async fn verify_signature(&self, token: &str) -> Result<(Claims, Arc<VerificationKey>), Error> {
+        let config = &*self.config;
         let header = decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
-        let Some(validation) = config
-            .validations
-            .iter()
-            .find_map(|(alg, v)| (*alg == header.alg).then_some(v))
-        else {
+        if !config.algorithms.contains(&header.alg) {
             return Err(invalid(format!(
                 "algorithm {:?} is not allowed",
                 header.alg
             )));
-        };
+        }
         if let Some(required) = &config.required_typ {
             let typ = header.typ.as_deref().unwrap_or("");
             let typ = typ.strip_prefix("application/").unwrap_or(typ);
@@ -316,25 +428,63 @@ impl Verifier {
                 header.alg
             )));
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
-            .map_err(|e| invalid(describe(&e)))?
-            .claims;
-        self.check_claims(&claims)?;
-        Ok(claims)
+        let claims = crate::decode::signed_claims(token, header.alg, &key)?;
+        Ok((claims, key))
     }
 
-    fn check_claims(&self, claims: &Claims) -> Result<(), Error> {
+    /// The registered claims of an authentic token: `exp` (required), `nbf`, `iss`, `aud`.
+    fn check_registered(&self, claims: &Claims, now: i64) -> Result<(), Error> {
         let config = &*self.config;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        if claims.exp.is_none() {
+            return Err(invalid("missing claim `exp`".into()));
+        }
+        self.check_time(claims, now)?;
+        if let Some(issuer) = &config.issuer {
+            match &claims.iss {
+                None => return Err(invalid("missing claim `iss`".into())),
+                Some(iss) if iss != issuer => return Err(invalid("wrong issuer".into())),
+                Some(_) => {}
+            }
+        }
+        if !config.audiences.is_empty() {
+            if claims.aud.is_empty() {
+                return Err(invalid("missing claim `aud`".into()));
+            }
+            if !claims.aud.iter().any(|aud| config.audiences.contains(aud)) {
+                return Err(invalid("wrong audience".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The time claims against `now`, with the leeway: `exp` passed, `nbf` not reached, `iat`
+    /// in the future. Run on every verification, cached or not.
+    fn check_time(&self, claims: &Claims, now: i64) -> Result<(), Error> {
+        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims
+            .exp
+            .is_some_and(|exp| exp < now.saturating_sub(leeway))
+        {
+            return Err(invalid("token expired".into()));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(invalid("token not yet valid (nbf)".into()));
+        }
         if claims
             .iat
-            .is_some_and(|iat| iat > now + config.leeway.as_secs() as i64)
+            .is_some_and(|iat| iat > now.saturating_add(leeway))
         {
             return Err(invalid("token issued in the future".into()));
         }
+        Ok(())
+    }
+
+    /// The policy checks: `token_use`, `client_id`, `org_id`, scopes.
+    fn check_claims(&self, claims: &Claims) -> Result<(), Error> {
+        let config = &*self.config;
         if let Some(expected) = &config.token_use {
             if claims.token_use.as_deref() != Some(expected) {
                 return Err(invalid(format!("token_use is not `{expected}`")));
@@ -352,6 +502,13 @@ impl Verifier {
         }
         check_scopes(claims, &config.required_scopes)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// `Ok` if every required scope is in `scope` or `permissions`, else `InsufficientScope`.
@@ -375,18 +532,4 @@ fn jwks_http_client() -> reqwest::Client {
 
 fn invalid(reason: String) -> Error {
     Error::InvalidToken { reason }
-}
-
-fn describe(err: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind;
-    match err.kind() {
-        ErrorKind::InvalidSignature => "bad signature".into(),
-        ErrorKind::ExpiredSignature => "token expired".into(),
-        ErrorKind::ImmatureSignature => "token not yet valid (nbf)".into(),
-        ErrorKind::InvalidIssuer => "wrong issuer".into(),
-        ErrorKind::InvalidAudience => "wrong audience".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("missing claim `{claim}`"),
-        ErrorKind::InvalidAlgorithm => "algorithm does not match the key".into(),
-        other => format!("malformed token: {other:?}"),
-    }
 }

@@ -407,3 +407,39 @@ async fn the_typ_requirement_is_enforced() {
         "typ JWT where at+jwt is required",
     );
 }
+
+#[tokio::test]
+async fn a_fixed_jwks_document_verifies_without_any_fetch() {
+    let document = std::fs::read(format!(
+        "{}/tests/fixtures/jwks.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let v = Verifier::jwks_document(&document)
+        .unwrap()
+        .with_issuer(ISSUER)
+        .with_audience(AUDIENCE)
+        .with_jwks_refresh_interval(Duration::from_millis(1));
+    v.verify(&rs256(&claims(json!({})))).await.unwrap();
+    v.verify(&sign(
+        Algorithm::ES256,
+        "ec-1",
+        &ec_key(),
+        &claims(json!({})),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let unknown = sign(Algorithm::RS256, "other", &rsa_key(), &claims(json!({})));
+    assert_invalid(v.verify(&unknown).await, "unknown kid in a fixed set");
+    assert_eq!(v.jwks_fetches(), 0, "a fixed set is never fetched");
+
+    for bad in [
+        &b"not json"[..],
+        br#"{"keys":[]}"#,
+        br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+    ] {
+        let err = Verifier::jwks_document(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfiguration { .. }), "{err:?}");
+    }
+}

@@ -64,10 +64,30 @@ pub fn rs256(claims: &Value) -> String {
 }
 
 pub fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+    install_crypto_backend();
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     header.typ = Some("at+jwt".into());
     encode(&header, claims, key).unwrap()
+}
+
+/// The test process is the application: with both of jsonwebtoken's backends enabled (the
+/// workspace's `backend-clash` member unifies `rust_crypto` into `cargo test --workspace`),
+/// its own `encode` needs a process default. en-auth-verify itself needs none.
+pub fn install_crypto_backend() {
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
+}
+
+/// The fixture JWKS with only the keys whose `kid` is in `kids`.
+pub fn jwks_with(kids: &[&str]) -> String {
+    let mut document: Value = serde_json::from_str(&fixture("jwks.json")).unwrap();
+    document["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|key| kids.contains(&key["kid"].as_str().unwrap_or("")));
+    document.to_string()
 }
 
 /// Serves the fixture JWKS (or a replacement), counting fetches; can be switched to fail.
@@ -76,6 +96,8 @@ pub struct JwksServer {
     pub fetches: Arc<AtomicU64>,
     pub down: Arc<AtomicBool>,
     pub document: Arc<Mutex<String>>,
+    /// Milliseconds each answer waits before it is sent (a slow or hanging endpoint).
+    pub delay_ms: Arc<AtomicU64>,
 }
 
 impl JwksServer {
@@ -83,13 +105,23 @@ impl JwksServer {
         let fetches = Arc::new(AtomicU64::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let document = Arc::new(Mutex::new(fixture("jwks.json")));
-        let (f, d, doc) = (fetches.clone(), down.clone(), document.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (f, d, doc, delay) = (
+            fetches.clone(),
+            down.clone(),
+            document.clone(),
+            delay_ms.clone(),
+        );
         let router = axum::Router::new().route(
             "/.well-known/jwks.json",
             axum::routing::get(move || {
-                let (f, d, doc) = (f.clone(), d.clone(), doc.clone());
+                let (f, d, doc, delay) = (f.clone(), d.clone(), doc.clone(), delay.clone());
                 async move {
                     f.fetch_add(1, Ordering::SeqCst);
+                    let wait = delay.load(Ordering::SeqCst);
+                    if wait > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    }
                     if d.load(Ordering::SeqCst) {
                         return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
                     }
@@ -103,7 +135,18 @@ impl JwksServer {
             fetches,
             down,
             document,
+            delay_ms,
         }
+    }
+
+    /// Publishes `document` from now on.
+    pub fn publish(&self, document: String) {
+        *self.document.lock() = document;
+    }
+
+    /// Makes every answer wait `ms` milliseconds.
+    pub fn delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
