@@ -277,8 +277,12 @@ async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_fal
     let redis = RedisServer::start_tls();
     assert!(redis.url().starts_with("rediss://"));
     let idp = idp().await;
+    // Generous timeouts: a TLS handshake in a debug build (post-quantum key exchange when the
+    // workspace build enables it) on a loaded machine can take longer than the 200 ms default.
     let trusted = RedisTokenStore::builder(redis.url())
         .tls_root_certificate(redis.ca_certificate().unwrap())
+        .command_timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .unwrap();
