@@ -136,6 +136,44 @@ impl OidcProvider {
         self.stats().await["token_requests"].as_u64().unwrap_or(0)
     }
 
+    /// Client `pkjwt-rsa` (private_key_jwt, RSA key with kid `rsa-1`, see [`client_key`]).
+    ///
+    /// [`client_key`]: Self::client_key
+    pub const RSA_KEY_CLIENT: (&'static str, &'static str) = ("pkjwt-rsa", "rsa-1");
+    /// Client `pkjwt-ec` (private_key_jwt, P-256 key with kid `ec-1`, see [`client_key`]).
+    ///
+    /// [`client_key`]: Self::client_key
+    pub const EC_KEY_CLIENT: (&'static str, &'static str) = ("pkjwt-ec", "ec-1");
+
+    /// A private key the provider generated at start, as PEM: `"rsa"` (PKCS#1, registered for
+    /// `pkjwt-rsa`), `"ec"` (PKCS#8 P-256, registered for `pkjwt-ec`), `"stray_rsa"`
+    /// (PKCS#8, registered for no client).
+    pub async fn client_key(&self, name: &str) -> String {
+        let keys: serde_json::Value = self
+            .http
+            .get(format!("{}/__client_keys", self.issuer()))
+            .send()
+            .await
+            .expect("client keys")
+            .json()
+            .await
+            .expect("client keys json");
+        keys[name].as_str().expect("a key of that name").to_owned()
+    }
+
+    /// The header and claims (`{"header": …, "claims": …}`) of every `client_assertion` the
+    /// token endpoint received, in order.
+    pub async fn client_assertions(&self) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/__assertions", self.issuer()))
+            .send()
+            .await
+            .expect("assertions")
+            .json()
+            .await
+            .expect("assertions json")
+    }
+
     /// Switches to a new signing key (new `kid`), as a key rotation would.
     pub async fn rotate_signing_key(&self) {
         self.http

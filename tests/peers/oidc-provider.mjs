@@ -14,6 +14,12 @@
 // - Test hooks, outside the OAuth2 surface:
 //     GET  /__stats   {"tokens_issued": n, "token_requests": n}
 //     POST /__rotate  switch to a second signing key (new kid), as a key rotation would
+// - private_key_jwt clients (RFC 7523), keys generated at start:
+//     pkjwt-rsa   RSA 2048 public key, kid `rsa-1` (RS256 or PS256 assertions)
+//     pkjwt-ec    P-256 public key, kid `ec-1` (ES256 assertions)
+//   Test hooks: GET /__client_keys  the private keys as PEM: {"rsa": PKCS#1, "ec": PKCS#8,
+//                                    "stray_rsa": an RSA key registered nowhere}
+//               GET /__assertions   every client_assertion received: header and claims
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -41,6 +47,31 @@ const CUSTOMERS = Array.from({ length: 50 }, (_, i) => ({
   scope: 'read:data write:data',
 }));
 
+// private_key_jwt clients: the private halves are handed to the tests through
+// /__client_keys; only the public halves are registered.
+const CLIENT_KEYS = {
+  rsa: crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
+  ec: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  stray_rsa: crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
+};
+function publicJwk(privateKey, kid) {
+  const { kty, n, e, crv, x, y } = crypto.createPublicKey(privateKey).export({ format: 'jwk' });
+  return JSON.parse(JSON.stringify({ kty, n, e, crv, x, y, kid, use: 'sig' }));
+}
+const KEY_CLIENTS = [
+  ['pkjwt-rsa', publicJwk(CLIENT_KEYS.rsa, 'rsa-1')],
+  ['pkjwt-ec', publicJwk(CLIENT_KEYS.ec, 'ec-1')],
+].map(([clientId, jwk]) => ({
+  client_id: clientId,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'private_key_jwt',
+  jwks: { keys: [jwk] },
+  scope: 'read:data write:data',
+}));
+const assertions = [];
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
     clients: [
@@ -63,6 +94,7 @@ function makeProvider(issuer, key) {
         scope: 'read:data write:data',
       },
       ...CUSTOMERS,
+      ...KEY_CLIENTS,
     ],
     jwks: { keys: [key] },
     // admin:all exists but no client may ask for it: requesting it is invalid_scope.
@@ -109,6 +141,20 @@ server.listen(0, '127.0.0.1', () => {
       res.end(JSON.stringify({ tokens_issued: tokensIssued, token_requests: tokenRequests }));
       return;
     }
+    if (req.url === '/__client_keys') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({
+        rsa: CLIENT_KEYS.rsa.export({ format: 'pem', type: 'pkcs1' }),
+        ec: CLIENT_KEYS.ec.export({ format: 'pem', type: 'pkcs8' }),
+        stray_rsa: CLIENT_KEYS.stray_rsa.export({ format: 'pem', type: 'pkcs8' }),
+      }));
+      return;
+    }
+    if (req.url === '/__assertions') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(assertions));
+      return;
+    }
     if (req.url === '/__rotate' && req.method === 'POST') {
       active = 1;
       res.end('rotated');
@@ -123,6 +169,7 @@ server.listen(0, '127.0.0.1', () => {
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
         const form = new URLSearchParams(Buffer.concat(chunks).toString());
+        recordAssertion(form.get('client_assertion'));
         if (form.has('audience') && !form.has('resource')) {
           form.set('resource', form.get('audience'));
           form.delete('audience');
@@ -136,5 +183,17 @@ server.listen(0, '127.0.0.1', () => {
   });
   console.log(`READY ${port}`);
 });
+
+// Keeps the header and claims of a client_assertion (not its signature) for the tests.
+function recordAssertion(jwt) {
+  if (!jwt) return;
+  try {
+    const [header, claims] = jwt.split('.').slice(0, 2)
+      .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString()));
+    assertions.push({ header, claims });
+  } catch {
+    assertions.push({ malformed: true });
+  }
+}
 
 process.on('SIGTERM', () => process.exit(0));
