@@ -1,210 +1,175 @@
-//! `PasswordAuthorizer` against the testkit's `LocalIdp`, which implements the `password`,
-//! Auth0 `password-realm` and `refresh_token` grants (with optional rotation) and counts each.
-
-use std::io::Write;
-use std::sync::Arc;
-use std::time::Duration;
+//! `PasswordAuthorizer` against panva's `oidc-provider`, configured with a password grant
+//! handler (`registerGrantType`, also for Auth0's `password-realm`) that issues refresh tokens,
+//! its own `refresh_token` grant (with rotation for one client, and reuse detection), and a
+//! count of the requests per grant type on the provider's side. (The password and refresh
+//! token in no output: `no_secrets_in_output.rs`.)
 
 use en_auth_core::{AccessToken, Authorizer, ClientInfo, Error, TokenCache, UserCredentials};
-use en_auth_oauth2::{MFA_REQUIRED, PasswordAuthorizer};
-use en_auth_testkit::{IdpConfig, LocalIdp};
-use parking_lot::Mutex;
+use en_auth_oauth2::{ClientAuthentication, MFA_REQUIRED, PasswordAuthorizer};
+use en_auth_testkit::OidcProvider;
 use secrecy::ExposeSecret;
 
-const USER: &str = "alice@example.com";
-const PASSWORD: &str = "password-Kq93-do-not-log";
-
-async fn idp() -> LocalIdp {
-    let idp = LocalIdp::start(IdpConfig::default()).await.unwrap();
-    idp.add_user(USER, PASSWORD);
-    idp
-}
-
-fn authorizer(idp: &LocalIdp, password: &str) -> PasswordAuthorizer {
+fn authorizer(
+    provider: &OidcProvider,
+    client: (&str, &str),
+    user: (&str, &str),
+) -> PasswordAuthorizer {
     PasswordAuthorizer::new(
-        ClientInfo::new(idp.client_id(), idp.client_secret()),
-        UserCredentials::new(USER, password),
-        idp.token_url(),
+        ClientInfo::new(client.0, client.1),
+        UserCredentials::new(user.0, user.1),
+        provider.token_url(),
     )
     .with_scopes(["openid", "offline_access"])
 }
 
 #[tokio::test]
-async fn a_refresh_uses_the_refresh_token_not_the_password() {
-    let idp = idp().await;
-    let auth = authorizer(&idp, PASSWORD);
+async fn a_login_then_refreshes_with_the_refresh_token_not_the_password() {
+    let provider = OidcProvider::start(600).await;
+    let auth = authorizer(&provider, OidcProvider::PASSWORD_CLIENT, OidcProvider::USER);
     let first = auth.authorize().await.unwrap();
     assert!(first.has_refresh_token());
     let second = auth.refresh(&first).await.unwrap();
+    let third = auth.refresh(&second).await.unwrap();
     assert_ne!(first.access_token(), second.access_token());
-    assert_eq!(idp.grants("password"), 1);
-    assert_eq!(idp.grants("refresh_token"), 1);
-    // Without rotation the provider sends no new refresh token: the old one is kept.
+    assert_ne!(second.access_token(), third.access_token());
+    assert_eq!(provider.grants("password").await, 1, "one login");
+    assert_eq!(provider.grants("refresh_token").await, 2, "then refreshes");
+    // This client's refresh tokens are not rotated: the one from the login is kept.
     assert_eq!(
-        second.refresh_token().unwrap().expose_secret(),
+        third.refresh_token().unwrap().expose_secret(),
         first.refresh_token().unwrap().expose_secret()
     );
+
+    // Through the lifecycle: a token that must be replaced is refreshed, not re-logged-in.
+    let cache = TokenCache::builder(authorizer(
+        &provider,
+        OidcProvider::PASSWORD_CLIENT,
+        OidcProvider::USER,
+    ))
+    .build();
+    let cached = cache.get().await.unwrap();
+    assert!(
+        cache.invalidate(&cached).await,
+        "marked as rejected by an API"
+    );
+    let replaced = cache.replacement(&cached).await.unwrap();
+    assert_ne!(
+        cached.token().access_token(),
+        replaced.token().access_token()
+    );
+    assert_eq!(provider.grants("password").await, 2);
+    assert_eq!(provider.grants("refresh_token").await, 3);
 }
 
 #[tokio::test]
-async fn the_lifecycle_refreshes_expiring_tokens_with_the_refresh_grant() {
-    let idp = LocalIdp::start(IdpConfig {
-        lifetime: Some(Duration::from_secs(2)),
-        ..IdpConfig::default()
-    })
-    .await
-    .unwrap();
-    idp.add_user(USER, PASSWORD);
-    let cache = TokenCache::builder(authorizer(&idp, PASSWORD)).build();
-    let first = cache.access_token().await.unwrap();
-    // A 2-second token counts as expired after half its life.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // get_fresh waits for the refresh instead of serving the stale token meanwhile.
-    let second = cache.get_fresh().await.unwrap();
-    assert_ne!(first, second.token().access_token());
-    assert_eq!(idp.grants("password"), 1, "one login");
-    assert_eq!(idp.grants("refresh_token"), 1, "then a refresh");
-}
-
-#[tokio::test]
-async fn a_rotated_refresh_token_replaces_the_old_one() {
-    let idp = idp().await;
-    idp.rotate_refresh_tokens(true);
-    let auth = authorizer(&idp, PASSWORD);
+async fn a_rotated_refresh_token_replaces_the_old_one_and_a_refused_one_means_one_login() {
+    let provider = OidcProvider::start(600).await;
+    let auth = authorizer(
+        &provider,
+        OidcProvider::ROTATING_PASSWORD_CLIENT,
+        OidcProvider::USER,
+    );
     let first = auth.authorize().await.unwrap();
     let second = auth.refresh(&first).await.unwrap();
     let (old, new) = (
         first.refresh_token().unwrap().expose_secret().to_owned(),
         second.refresh_token().unwrap().expose_secret().to_owned(),
     );
-    assert_ne!(old, new);
-    assert_eq!(idp.live_refresh_tokens(), vec![new.clone()]);
-    // The rotated token is the one used next, and it works.
+    assert_ne!(old, new, "rotated");
+    // The rotated token is the one kept and used next; the provider accepts it.
     let third = auth.refresh(&second).await.unwrap();
     assert_ne!(third.refresh_token().unwrap().expose_secret(), new);
-    assert_eq!(idp.grants("password"), 1);
-    assert_eq!(idp.grants("refresh_token"), 2);
-}
+    assert_eq!(provider.grants("password").await, 1);
+    assert_eq!(provider.grants("refresh_token").await, 2);
 
-#[tokio::test]
-async fn a_refused_refresh_falls_back_to_exactly_one_login() {
-    let idp = idp().await;
-    let auth = authorizer(&idp, PASSWORD);
-    let first = auth.authorize().await.unwrap();
-    idp.revoke_refresh_tokens();
-    let second = auth.refresh(&first).await.unwrap();
-    assert!(second.has_refresh_token());
-    assert_eq!(idp.grants("refresh_token"), 1);
+    // Refreshing with a used (rotated) refresh token is refused with invalid_grant — the
+    // provider revokes the grant — and leads to exactly one new login.
+    let fourth = auth.refresh(&first).await.unwrap();
+    assert!(fourth.has_refresh_token());
+    assert_eq!(provider.grants("refresh_token").await, 3);
     assert_eq!(
-        idp.grants("password"),
+        provider.grants("password").await,
         2,
-        "the first login and exactly one more"
+        "exactly one more login"
     );
-
-    // When that login fails too, its error is returned; still one login per refresh.
-    let stale = auth.authorize().await.unwrap();
-    idp.revoke_refresh_tokens();
-    idp.add_user(USER, "changed-password");
-    let err = auth.refresh(&stale).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidCredentials), "{err:?}");
-    assert_eq!(idp.grants("refresh_token"), 2);
-    assert_eq!(idp.grants("password"), 4);
+    // The revoked grant took `third`'s refresh token with it; the new login's works.
+    let fifth = auth.refresh(&fourth).await.unwrap();
+    assert!(fifth.has_refresh_token());
+    assert_eq!(provider.grants("password").await, 2);
 }
 
 #[tokio::test]
-async fn wrong_password_is_invalid_credentials_and_is_not_retried() {
-    let idp = idp().await;
-    let cache = TokenCache::builder(authorizer(&idp, "wrong-password")).build();
-    let err = cache.access_token().await.unwrap_err();
+async fn a_refused_refresh_whose_login_fails_returns_the_logins_error_once() {
+    let provider = OidcProvider::start(600).await;
+    let client = OidcProvider::ROTATING_PASSWORD_CLIENT;
+    let good = authorizer(&provider, client, OidcProvider::USER);
+    let first = good.authorize().await.unwrap();
+    good.refresh(&first).await.unwrap(); // rotates: `first`'s refresh token is now used
+    // Same client and user, but the password has changed since.
+    let changed = authorizer(&provider, client, (OidcProvider::USER.0, "not-any-more"));
+    let err = changed.refresh(&first).await.unwrap_err();
     assert!(matches!(err, Error::InvalidCredentials), "{err:?}");
-    assert_eq!(idp.grants("password"), 1);
-    assert_eq!(idp.tokens_issued(), 0);
+    assert_eq!(provider.grants("refresh_token").await, 2);
+    assert_eq!(
+        provider.grants("password").await,
+        2,
+        "one login, not a loop"
+    );
 }
 
 #[tokio::test]
-async fn mfa_required_is_an_unsupported_challenge() {
-    let idp = idp().await;
-    idp.require_mfa(USER);
-    let err = authorizer(&idp, PASSWORD).authorize().await.unwrap_err();
+async fn refusals_are_typed_and_not_retried_and_a_realm_uses_password_realm() {
+    let provider = OidcProvider::start(600).await;
+    let client = OidcProvider::PASSWORD_CLIENT;
+
+    let wrong = TokenCache::builder(authorizer(
+        &provider,
+        client,
+        (OidcProvider::USER.0, "wrong-password"),
+    ))
+    .build();
+    let err = wrong.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidCredentials), "{err:?}");
+    assert_eq!(provider.grants("password").await, 1, "not retried");
+
+    let err = authorizer(&provider, client, OidcProvider::MFA_USER)
+        .authorize()
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::UnsupportedChallenge { ref challenge } if challenge == MFA_REQUIRED),
         "{err:?}"
     );
-}
 
-#[tokio::test]
-async fn a_realm_uses_auth0s_password_realm_grant() {
-    let idp = idp().await;
-    let token = authorizer(&idp, PASSWORD)
+    let token = authorizer(&provider, client, OidcProvider::USER)
         .with_realm("Username-Password-Authentication")
         .authorize()
         .await
         .unwrap();
-    assert!(!token.access_token().is_empty());
+    assert!(token.has_refresh_token());
     assert_eq!(
-        idp.grants("http://auth0.com/oauth/grant-type/password-realm"),
+        provider
+            .grants("http://auth0.com/oauth/grant-type/password-realm")
+            .await,
         1
     );
-    assert_eq!(idp.grants("password"), 0);
-    assert_eq!(idp.realms(), ["Username-Password-Authentication"]);
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    assert_eq!(
+        provider.realms().await,
+        ["Username-Password-Authentication"]
+    );
+    assert_eq!(provider.grants("password").await, 2);
 }
 
 #[tokio::test]
-async fn the_password_and_refresh_tokens_appear_in_no_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let idp = idp().await;
-    idp.rotate_refresh_tokens(true);
-    let auth = authorizer(&idp, PASSWORD);
+async fn private_key_jwt_authenticates_the_password_and_refresh_grants() {
+    let provider = OidcProvider::start(600).await;
+    let (client, kid) = OidcProvider::EC_KEY_CLIENT;
+    let key = provider.client_key("ec").await;
+    let auth = authorizer(&provider, (client, ""), OidcProvider::USER)
+        .with_authentication(ClientAuthentication::private_key_jwt_pem(&key, kid).unwrap());
     let first = auth.authorize().await.unwrap();
-    let second = auth.refresh(&first).await.unwrap();
-    idp.revoke_refresh_tokens();
-    let third = auth.refresh(&second).await.unwrap(); // refused, then a login
-    let wrong = authorizer(&idp, "wrong-Zt55-password");
-    let err = wrong.authorize().await.unwrap_err();
-
-    let mut secrets = vec![PASSWORD.to_owned(), "wrong-Zt55-password".to_owned()];
-    for token in [&first, &second, &third] {
-        secrets.push(token.refresh_token().unwrap().expose_secret().to_owned());
-        secrets.push(token.access_token().to_owned());
-    }
-    let trace = String::from_utf8(captured.0.lock().clone()).unwrap();
-    assert!(
-        trace.contains("en_auth.token_request"),
-        "traces were captured"
-    );
-    let outputs = [
-        ("trace", trace),
-        ("tokens Debug", format!("{first:?} {second:?} {third:?}")),
-        ("authorizer Debug", format!("{auth:?} {wrong:?}")),
-        ("error", format!("{err} {err:?}")),
-    ];
-    for (what, text) in &outputs {
-        for secret in &secrets {
-            assert!(
-                !text.contains(secret.as_str()),
-                "{what} leaks a secret: {text}"
-            );
-        }
-    }
+    auth.refresh(&first).await.unwrap();
+    assert_eq!(provider.grants("password").await, 1);
+    assert_eq!(provider.grants("refresh_token").await, 1);
+    assert_eq!(provider.client_assertions().await.len(), 2);
 }

@@ -1,5 +1,4 @@
-//! [`LocalIdp`]: a token endpoint (client credentials; password, password-realm and
-//! refresh-token grants for added users) with counters and scripted faults.
+//! [`LocalIdp`]: a client-credentials token endpoint with counters and scripted faults.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -84,23 +83,6 @@ pub(crate) struct IdpState {
     audience_of: Mutex<HashMap<String, String>>,
     /// Token requests per requested `audience` ("" for none).
     requests_by_audience: Mutex<HashMap<String, u64>>,
-    /// The password and refresh-token grants (see [`LocalIdp::add_user`]).
-    users: Mutex<Users>,
-}
-
-/// Users of the password grant, their live refresh tokens, and what was asked of them.
-#[derive(Default)]
-struct Users {
-    /// user name → (password, whether a second factor is required)
-    accounts: HashMap<String, (String, bool)>,
-    /// live refresh token → user name
-    refresh_tokens: HashMap<String, String>,
-    /// Whether a refresh answers with a new refresh token (revoking the old one).
-    rotate: bool,
-    /// Successful and refused requests per grant type.
-    grants: HashMap<String, u64>,
-    /// Every `realm` a password-realm request named.
-    realms: Vec<String>,
 }
 
 impl IdpState {
@@ -133,7 +115,6 @@ impl LocalIdp {
             live: Mutex::new(HashMap::new()),
             audience_of: Mutex::new(HashMap::new()),
             requests_by_audience: Mutex::new(HashMap::new()),
-            users: Mutex::new(Users::default()),
         });
         let router = Router::new()
             .route("/oauth/token", post(token_endpoint))
@@ -198,147 +179,6 @@ impl LocalIdp {
     pub fn accepts(&self, token: &str) -> bool {
         self.state.accepts(token)
     }
-
-    /// Adds a user for the password grants (`password`, and Auth0's `password-realm` with any
-    /// realm). Logins answer with a refresh token; `refresh_token` requests renew it.
-    pub fn add_user(&self, user_name: &str, password: &str) {
-        let mut users = self.state.users.lock();
-        users
-            .accounts
-            .insert(user_name.to_owned(), (password.to_owned(), false));
-    }
-
-    /// Makes `user_name`'s logins answer Auth0's `403 mfa_required`.
-    pub fn require_mfa(&self, user_name: &str) {
-        if let Some(account) = self.state.users.lock().accounts.get_mut(user_name) {
-            account.1 = true;
-        }
-    }
-
-    /// Whether a refresh answers with a new refresh token and revokes the one used (default:
-    /// no, the refresh token stays valid).
-    pub fn rotate_refresh_tokens(&self, rotate: bool) {
-        self.state.users.lock().rotate = rotate;
-    }
-
-    /// Revokes every refresh token: refreshes answer `invalid_grant` from now on.
-    pub fn revoke_refresh_tokens(&self) {
-        self.state.users.lock().refresh_tokens.clear();
-    }
-
-    /// Token requests with `grant_type` (`password`, `refresh_token`, …), refused ones
-    /// included.
-    pub fn grants(&self, grant_type: &str) -> u64 {
-        self.state
-            .users
-            .lock()
-            .grants
-            .get(grant_type)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// The refresh tokens currently valid.
-    pub fn live_refresh_tokens(&self) -> Vec<String> {
-        self.state
-            .users
-            .lock()
-            .refresh_tokens
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Every `realm` named by a password-realm request, in order.
-    pub fn realms(&self) -> Vec<String> {
-        self.state.users.lock().realms.clone()
-    }
-}
-
-/// Auth0's grant type for a password login against a connection.
-const PASSWORD_REALM: &str = "http://auth0.com/oauth/grant-type/password-realm";
-
-/// An OAuth2 error answer: status, `error`, `error_description`.
-struct Refusal(StatusCode, &'static str, &'static str);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let Refusal(status, error, description) = self;
-        (
-            status,
-            axum::Json(serde_json::json!({"error": error, "error_description": description})),
-        )
-            .into_response()
-    }
-}
-
-fn oauth_error(status: StatusCode, error: &'static str, description: &'static str) -> Refusal {
-    Refusal(status, error, description)
-}
-
-/// Checks a password or refresh-token grant; `Ok(Some(refresh token))` for the answer.
-fn user_grant(
-    state: &IdpState,
-    grant_type: &str,
-    form: &HashMap<String, String>,
-) -> Result<Option<String>, Refusal> {
-    let mut users = state.users.lock();
-    *users.grants.entry(grant_type.to_owned()).or_default() += 1;
-    let new_refresh_token = || format!("rt.{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    match grant_type {
-        "client_credentials" => Ok(None),
-        "password" | PASSWORD_REALM => {
-            if grant_type == PASSWORD_REALM {
-                let realm = form.get("realm").cloned().unwrap_or_default();
-                users.realms.push(realm);
-            }
-            let user = form.get("username").map(String::as_str).unwrap_or("");
-            let password = form.get("password").map(String::as_str).unwrap_or("");
-            match users.accounts.get(user) {
-                Some((expected, mfa)) if expected == password => {
-                    if *mfa {
-                        return Err(oauth_error(
-                            StatusCode::FORBIDDEN,
-                            "mfa_required",
-                            "Multifactor authentication required",
-                        ));
-                    }
-                    let token = new_refresh_token();
-                    users.refresh_tokens.insert(token.clone(), user.to_owned());
-                    Ok(Some(token))
-                }
-                // Auth0's answer, the same for an unknown user and a wrong password.
-                _ => Err(oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "invalid_grant",
-                    "Wrong email or password.",
-                )),
-            }
-        }
-        "refresh_token" => {
-            let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
-            let Some(user) = users.refresh_tokens.get(presented).cloned() else {
-                return Err(oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "invalid_grant",
-                    "Unknown or invalid refresh token.",
-                ));
-            };
-            if users.rotate {
-                users.refresh_tokens.remove(presented);
-                let token = new_refresh_token();
-                users.refresh_tokens.insert(token.clone(), user);
-                Ok(Some(token))
-            } else {
-                Ok(None)
-            }
-        }
-        _ => Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "grant type not supported",
-        )),
-    }
 }
 
 fn client_credentials(
@@ -401,11 +241,7 @@ async fn token_endpoint(
         None => {}
     }
     let config = state.config.lock().clone();
-    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
-    if !matches!(
-        grant_type.as_str(),
-        "client_credentials" | "password" | "refresh_token" | PASSWORD_REALM
-    ) {
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return (
             StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"error": "unsupported_grant_type"})),
@@ -422,10 +258,6 @@ async fn token_endpoint(
                 .into_response();
         }
     }
-    let refresh_token = match user_grant(&state, &grant_type, &form) {
-        Ok(refresh_token) => refresh_token,
-        Err(refused) => return refused.into_response(),
-    };
     let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
     let token = format!(
         "tok{n}.{:016x}{:016x}",
@@ -442,9 +274,6 @@ async fn token_endpoint(
     let mut body = serde_json::json!({"access_token": token, "token_type": "Bearer"});
     if let Some(lifetime) = config.lifetime {
         body["expires_in"] = serde_json::json!(lifetime.as_secs_f64().ceil() as u64);
-    }
-    if let Some(refresh_token) = refresh_token {
-        body["refresh_token"] = serde_json::json!(refresh_token);
     }
     axum::Json(body).into_response()
 }

@@ -145,6 +145,32 @@ impl OidcProvider {
     /// [`client_key`]: Self::client_key
     pub const EC_KEY_CLIENT: (&'static str, &'static str) = ("pkjwt-ec", "ec-1");
 
+    /// Client `password-client` (client_secret_basic) with the password, password-realm and
+    /// refresh-token grants; its refresh tokens are not rotated.
+    pub const PASSWORD_CLIENT: (&'static str, &'static str) =
+        ("password-client", "password-secret");
+    /// Like [`PASSWORD_CLIENT`](Self::PASSWORD_CLIENT), but every refresh rotates the refresh
+    /// token (and reusing a rotated one revokes the whole grant).
+    pub const ROTATING_PASSWORD_CLIENT: (&'static str, &'static str) =
+        ("rotating-password-client", "password-secret");
+    /// A user of the password grants, and their password.
+    pub const USER: (&'static str, &'static str) = ("alice@example.com", "alice-password");
+    /// A user whose logins answer `mfa_required`, and their password.
+    pub const MFA_USER: (&'static str, &'static str) = ("mfa@example.com", "mfa-password");
+
+    /// Token requests with `grant_type` (`password`, `refresh_token`, …) the provider
+    /// received, refused ones included.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        self.stats().await["grants"][grant_type]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Every `realm` token requests named, in order.
+    pub async fn realms(&self) -> Vec<String> {
+        serde_json::from_value(self.stats().await["realms"].clone()).unwrap_or_default()
+    }
+
     /// A private key the provider generated at start, as PEM: `"rsa"` (PKCS#1, registered for
     /// `pkjwt-rsa`), `"ec"` (PKCS#8 P-256, registered for `pkjwt-ec`), `"stray_rsa"`
     /// (PKCS#8, registered for no client).

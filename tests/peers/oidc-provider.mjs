@@ -17,6 +17,14 @@
 // - private_key_jwt clients (RFC 7523), keys generated at start:
 //     pkjwt-rsa   RSA 2048 public key, kid `rsa-1` (RS256 or PS256 assertions)
 //     pkjwt-ec    P-256 public key, kid `ec-1` (ES256 assertions)
+// - Password grants (RFC 6749 §4.3, and Auth0's password-realm with any `realm`) with refresh
+//   tokens, registered with registerGrantType:
+//     password-client / password-secret            refresh tokens are not rotated
+//     rotating-password-client / password-secret   every refresh rotates the refresh token
+//                                                  (reusing a rotated one revokes the grant)
+//     pkjwt-ec also has these grants.
+//   Users: alice@example.com / alice-password;  mfa@example.com / mfa-password answers
+//   `mfa_required`. /__stats adds {"grants": {"<grant_type>": requests}, "realms": [...]}.
 //   Test hooks: GET /__client_keys  the private keys as PEM: {"rsa": PKCS#1, "ec": PKCS#8,
 //                                    "stray_rsa": an RSA key registered nowhere}
 //               GET /__assertions   every client_assertion received: header and claims
@@ -72,6 +80,51 @@ const KEY_CLIENTS = [
 }));
 const assertions = [];
 
+// Password grants: users, clients, and the handler registered for both grant types.
+const PASSWORD_REALM = 'http://auth0.com/oauth/grant-type/password-realm';
+const USER_GRANTS = ['password', PASSWORD_REALM, 'refresh_token'];
+const USERS = new Map([
+  ['alice@example.com', { password: 'alice-password' }],
+  ['mfa@example.com', { password: 'mfa-password', mfa: true }],
+]);
+const PASSWORD_CLIENTS = ['password-client', 'rotating-password-client'].map((clientId) => ({
+  client_id: clientId,
+  client_secret: 'password-secret',
+  grant_types: USER_GRANTS,
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+  scope: 'openid offline_access',
+}));
+KEY_CLIENTS.find((c) => c.client_id === 'pkjwt-ec').grant_types.push(...USER_GRANTS);
+const grantRequests = {};
+const realms = [];
+
+async function passwordGrant(ctx) {
+  const { provider, client, params } = ctx.oidc;
+  const user = USERS.get(params.username);
+  if (!user || user.password !== params.password) {
+    throw new errors.InvalidGrant('wrong username or password');
+  }
+  if (user.mfa) {
+    throw new errors.CustomOIDCProviderError('mfa_required', 'Multifactor authentication required');
+  }
+  const scope = 'openid offline_access';
+  const grant = new provider.Grant({ clientId: client.clientId, accountId: params.username });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const source = { accountId: params.username, client, grantId, gty: 'password', scope };
+  const accessToken = new provider.AccessToken(source);
+  const refreshToken = new provider.RefreshToken(source);
+  ctx.body = {
+    access_token: await accessToken.save(),
+    token_type: 'Bearer',
+    expires_in: accessToken.expiration,
+    refresh_token: await refreshToken.save(),
+    scope,
+  };
+}
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
     clients: [
@@ -95,10 +148,13 @@ function makeProvider(issuer, key) {
       },
       ...CUSTOMERS,
       ...KEY_CLIENTS,
+      ...PASSWORD_CLIENTS,
     ],
+    findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
+    rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
     jwks: { keys: [key] },
     // admin:all exists but no client may ask for it: requesting it is invalid_scope.
-    scopes: ['read:data', 'write:data', 'admin:all'],
+    scopes: ['openid', 'offline_access', 'read:data', 'write:data', 'admin:all'],
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -121,8 +177,14 @@ function makeProvider(issuer, key) {
         },
       },
     },
-    ttl: { ClientCredentials: ttl },
+    // Every artifact the password grants create gets an explicit lifetime (otherwise the
+    // provider prints a notice on stdout, which the tests stop reading after READY).
+    ttl: {
+      ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl, RefreshToken: 86400, Grant: 86400,
+    },
   });
+  provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope']);
+  provider.registerGrantType(PASSWORD_REALM, passwordGrant, ['username', 'password', 'scope', 'realm']);
   provider.on('grant.success', () => { tokensIssued += 1; });
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   return provider;
@@ -138,7 +200,9 @@ server.listen(0, '127.0.0.1', () => {
   server.on('request', (req, res) => {
     if (req.url === '/__stats') {
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ tokens_issued: tokensIssued, token_requests: tokenRequests }));
+      res.end(JSON.stringify({
+        tokens_issued: tokensIssued, token_requests: tokenRequests, grants: grantRequests, realms,
+      }));
       return;
     }
     if (req.url === '/__client_keys') {
@@ -170,6 +234,9 @@ server.listen(0, '127.0.0.1', () => {
       req.on('end', () => {
         const form = new URLSearchParams(Buffer.concat(chunks).toString());
         recordAssertion(form.get('client_assertion'));
+        const grantType = form.get('grant_type');
+        grantRequests[grantType] = (grantRequests[grantType] || 0) + 1;
+        if (form.has('realm')) realms.push(form.get('realm'));
         if (form.has('audience') && !form.has('resource')) {
           form.set('resource', form.get('audience'));
           form.delete('audience');
@@ -195,5 +262,8 @@ function recordAssertion(jwt) {
     assertions.push({ malformed: true });
   }
 }
+
+// The tests stop reading stdout after READY: a later write must not kill the provider.
+process.stdout.on('error', () => {});
 
 process.on('SIGTERM', () => process.exit(0));
