@@ -55,11 +55,12 @@ pub struct TokenArgs {
     /// Scopes to ask for, separated by spaces or commas.
     #[arg(long = "scopes", env = env::SCOPES)]
     pub scopes: Option<String>,
-    /// Authenticate with private_key_jwt, signing with this PEM private key (RSA or EC,
-    /// PKCS#8 or PKCS#1) instead of sending a client secret.
-    #[arg(long, env = "EN_AUTH_PRIVATE_KEY_FILE", requires = "key_id")]
+    /// Authenticate with private_key_jwt, signing with this private key instead of sending a
+    /// client secret: a PEM file (RSA or EC, PKCS#8 or PKCS#1; needs --key-id) or a private
+    /// JWK (its `kid` is used).
+    #[arg(long, env = "EN_AUTH_PRIVATE_KEY_FILE")]
     pub private_key: Option<PathBuf>,
-    /// The key id (`kid`) the provider knows the private key's public half by.
+    /// The key id (`kid`) the provider knows the PEM key's public half by.
     #[arg(long, env = "EN_AUTH_KEY_ID")]
     pub key_id: Option<String>,
     /// Print only the token, with no newline when piped.

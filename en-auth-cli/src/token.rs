@@ -97,13 +97,27 @@ fn authorizer(args: &TokenArgs) -> Result<ServiceAccountAuthorizer, Error> {
         }
     };
     let mut authorizer = ServiceAccountAuthorizer::from_lookup(lookup)?;
-    if let (Some(path), Some(kid)) = (&args.private_key, &args.key_id) {
-        let pem = std::fs::read(path).map_err(|e| Error::InvalidConfiguration {
+    if let Some(path) = &args.private_key {
+        let key = std::fs::read(path).map_err(|e| Error::InvalidConfiguration {
             setting: "--private-key".into(),
             reason: format!("cannot read {}: {e}", path.display()),
         })?;
-        authorizer =
-            authorizer.with_authentication(ClientAuthentication::private_key_jwt_pem(pem, kid)?);
+        let authentication = if key.trim_ascii_start().starts_with(b"{") {
+            let text = std::str::from_utf8(&key).map_err(|_| Error::InvalidConfiguration {
+                setting: "--private-key".into(),
+                reason: "the JWK is not UTF-8 text".into(),
+            })?;
+            ClientAuthentication::private_key_jwt_jwk(text)?
+        } else {
+            let kid = args
+                .key_id
+                .as_ref()
+                .ok_or_else(|| Error::MissingConfiguration {
+                    setting: "--key-id (EN_AUTH_KEY_ID), the key id of the PEM key,".into(),
+                })?;
+            ClientAuthentication::private_key_jwt_pem(&key, kid)?
+        };
+        authorizer = authorizer.with_authentication(authentication);
     }
     Ok(authorizer)
 }

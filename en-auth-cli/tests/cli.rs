@@ -141,6 +141,31 @@ async fn token_prints_claims_and_raw_prints_exactly_the_token() {
     let parsed: Value = serde_json::from_slice(&with_key.stdout).unwrap();
     assert_eq!(parsed["claims"]["client_id"], OidcProvider::EC_KEY_CLIENT.0);
     assert_eq!(provider.client_assertions().await.len(), 1);
+
+    // A JWK file carries its own kid.
+    let jwk_file =
+        std::env::temp_dir().join(format!("en-auth-cli-test-{}.jwk", std::process::id()));
+    std::fs::write(&jwk_file, provider.client_key("ec_jwk").await).unwrap();
+    let with_jwk = en_auth(
+        &[
+            "token",
+            "--json",
+            "--private-key",
+            jwk_file.to_str().unwrap(),
+        ],
+        &[
+            (
+                "EN_AUTH_CLIENT_ID",
+                OidcProvider::EC_KEY_CLIENT.0.to_owned(),
+            ),
+            ("EN_AUTH_TOKEN_URL", provider.token_url()),
+            ("EN_AUTH_AUDIENCE", OidcProvider::API.to_owned()),
+        ],
+        None,
+    );
+    let _ = std::fs::remove_file(&jwk_file);
+    assert!(with_jwk.status.success(), "{}", text(&with_jwk.stderr));
+    assert_eq!(provider.client_assertions().await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

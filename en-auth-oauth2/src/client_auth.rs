@@ -81,6 +81,17 @@ impl ClientAuthentication {
         PrivateKeyJwt::from_pem(pem.as_ref(), kid).map(Self::PrivateKeyJwt)
     }
 
+    /// `private_key_jwt` with a private key given as a JWK (RFC 7517: `kty` `RSA` with
+    /// `n`, `e`, `d`, `p`, `q`, `dp`, `dq`, `qi`, or `EC` on P-256 / P-384 with `x`, `y`,
+    /// `d`), announced with the JWK's `kid` (required). The JWK's `alg`, if present, picks
+    /// the algorithm (RS256, PS256, ES256, ES384); otherwise it follows the key type.
+    ///
+    /// A JWK that cannot be used is [`Error::InvalidConfiguration`]; the error never contains
+    /// the key.
+    pub fn private_key_jwt_jwk(jwk: &str) -> Result<Self, Error> {
+        PrivateKeyJwt::from_jwk(jwk).map(Self::PrivateKeyJwt)
+    }
+
     /// What a token request must carry to authenticate as `info` at `token_url`: an
     /// `Authorization` header, form parameters, or both. Values are secrets until sent.
     pub(crate) fn credentials(
@@ -260,6 +271,24 @@ impl PrivateKeyJwt {
             "not a PEM private key en-auth can sign with: expected an RSA key (PKCS#1 or \
              PKCS#8) of at least 2048 bits, or a P-256 / P-384 EC key in PKCS#8",
         ))
+    }
+
+    /// Reads a private key from a JWK (see [`ClientAuthentication::private_key_jwt_jwk`]).
+    pub fn from_jwk(jwk: &str) -> Result<Self, Error> {
+        let read = crate::jwk_key::from_jwk(jwk)?;
+        let kid = read.kid.ok_or_else(|| Error::InvalidConfiguration {
+            setting: "private_key".into(),
+            reason: "the JWK has no `kid`; add the key id the provider knows the key by".into(),
+        })?;
+        let thumbprint = thumbprint(&read.key, read.algorithm)?;
+        Ok(Self {
+            key: Arc::new(read.key),
+            algorithm: read.algorithm,
+            kid,
+            thumbprint,
+            audience: None,
+            lifetime: DEFAULT_ASSERTION_LIFETIME,
+        })
     }
 
     /// Signs with `algorithm` instead of the key's default (PS256 for an RSA key). An

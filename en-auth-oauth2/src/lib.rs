@@ -26,6 +26,7 @@ mod authorizer;
 mod client_auth;
 mod endpoint;
 pub mod env;
+mod jwk_key;
 mod password;
 mod response;
 

@@ -130,6 +130,48 @@ async fn the_issuer_may_be_the_audience_and_each_request_has_a_fresh_jti() {
 }
 
 #[tokio::test]
+async fn keys_given_as_jwks_obtain_tokens() {
+    let provider = OidcProvider::start(600).await;
+    for (client, name) in [
+        (OidcProvider::RSA_KEY_CLIENT, "rsa_jwk"),
+        (OidcProvider::EC_KEY_CLIENT, "ec_jwk"),
+    ] {
+        let jwk = provider.client_key(name).await;
+        let authentication = ClientAuthentication::private_key_jwt_jwk(&jwk).unwrap();
+        let token = authorizer(&provider, client, authentication.clone())
+            .authorize()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            token_client_id(&provider, token.access_token()).await,
+            client.0
+        );
+        // The same key as PEM has the same thumbprint.
+        let pem = provider.client_key(&name.replace("_jwk", "")).await;
+        let from_pem = PrivateKeyJwt::from_pem(pem.as_bytes(), client.1).unwrap();
+        match authentication {
+            ClientAuthentication::PrivateKeyJwt(key) => {
+                assert_eq!(key.thumbprint(), from_pem.thumbprint(), "{name}");
+                assert_eq!(key.kid(), client.1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let assertions = provider.client_assertions().await;
+    let algs: Vec<_> = assertions
+        .iter()
+        .map(|a| a["header"]["alg"].clone())
+        .collect();
+    assert_eq!(algs, ["PS256", "ES256"]);
+
+    let public_only = r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA","kid":"k"}"#;
+    assert!(matches!(
+        ClientAuthentication::private_key_jwt_jwk(public_only),
+        Err(en_auth_core::Error::InvalidConfiguration { .. })
+    ));
+}
+
+#[tokio::test]
 async fn the_cache_key_follows_the_public_key_not_the_private_key() {
     let provider = OidcProvider::start(600).await;
     let rsa = provider.client_key("rsa").await;

@@ -173,7 +173,8 @@ impl OidcProvider {
 
     /// A private key the provider generated at start, as PEM: `"rsa"` (PKCS#1, registered for
     /// `pkjwt-rsa`), `"ec"` (PKCS#8 P-256, registered for `pkjwt-ec`), `"stray_rsa"`
-    /// (PKCS#8, registered for no client).
+    /// (PKCS#8, registered for no client); `"rsa_jwk"` (with `alg` PS256) and `"ec_jwk"`: the
+    /// first two as private JWKs (JSON text) with their `kid`.
     pub async fn client_key(&self, name: &str) -> String {
         let keys: serde_json::Value = self
             .http

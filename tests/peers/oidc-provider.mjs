@@ -26,7 +26,8 @@
 //   Users: alice@example.com / alice-password;  mfa@example.com / mfa-password answers
 //   `mfa_required`. /__stats adds {"grants": {"<grant_type>": requests}, "realms": [...]}.
 //   Test hooks: GET /__client_keys  the private keys as PEM: {"rsa": PKCS#1, "ec": PKCS#8,
-//                                    "stray_rsa": an RSA key registered nowhere}
+//                                    "stray_rsa": an RSA key registered nowhere,
+//                                    "rsa_jwk" (alg PS256), "ec_jwk": the same keys as JWK text}
 //               GET /__assertions   every client_assertion received: header and claims
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -211,6 +212,8 @@ server.listen(0, '127.0.0.1', () => {
         rsa: CLIENT_KEYS.rsa.export({ format: 'pem', type: 'pkcs1' }),
         ec: CLIENT_KEYS.ec.export({ format: 'pem', type: 'pkcs8' }),
         stray_rsa: CLIENT_KEYS.stray_rsa.export({ format: 'pem', type: 'pkcs8' }),
+        rsa_jwk: JSON.stringify({ ...CLIENT_KEYS.rsa.export({ format: 'jwk' }), kid: 'rsa-1', alg: 'PS256' }),
+        ec_jwk: JSON.stringify({ ...CLIENT_KEYS.ec.export({ format: 'jwk' }), kid: 'ec-1' }),
       }));
       return;
     }
