@@ -58,10 +58,10 @@ pub struct TokenArgs {
     /// Authenticate with private_key_jwt, signing with this private key instead of sending a
     /// client secret: a PEM file (RSA or EC, PKCS#8 or PKCS#1; needs --key-id) or a private
     /// JWK (its `kid` is used).
-    #[arg(long, env = "EN_AUTH_PRIVATE_KEY_FILE")]
+    #[arg(long, env = env::PRIVATE_KEY_FILE)]
     pub private_key: Option<PathBuf>,
     /// The key id (`kid`) the provider knows the PEM key's public half by.
-    #[arg(long, env = "EN_AUTH_KEY_ID")]
+    #[arg(long, env = env::KEY_ID)]
     pub key_id: Option<String>,
     /// Print only the token, with no newline when piped.
     #[arg(long, conflicts_with = "json")]

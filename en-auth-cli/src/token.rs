@@ -5,14 +5,11 @@ use std::process::ExitCode;
 
 use chrono::{SecondsFormat, Utc};
 use en_auth_core::{AccessToken, Authorizer, Error};
-use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer, env};
+use en_auth_oauth2::{ServiceAccountAuthorizer, env};
 use serde_json::{Value, json};
 
 use crate::cli::TokenArgs;
 use crate::decode::{decode_unverified, scopes};
-
-/// Stands in for the client secret with private_key_jwt, where none is sent.
-const NO_SECRET: &str = "(private_key_jwt: no client secret)";
 
 /// Fetches a token and prints it as `args` ask.
 pub async fn run(args: TokenArgs) -> Result<ExitCode, String> {
@@ -80,46 +77,24 @@ pub async fn run(args: TokenArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The authorizer the flags and `EN_AUTH_*` variables describe (flags win; clap has already
-/// merged each flag with its variable).
+/// The authorizer the flags and `EN_AUTH_*` variables describe, built by the library's own
+/// `from_lookup` (flags win; clap has already merged each flag with its variable).
 fn authorizer(args: &TokenArgs) -> Result<ServiceAccountAuthorizer, Error> {
-    let with_key = args.private_key.is_some();
-    let lookup = |name: &str| -> Option<String> {
-        match name {
-            env::CLIENT_ID => args.client_id.clone(),
-            env::CLIENT_SECRET if with_key => Some(NO_SECRET.to_owned()),
-            env::CLIENT_SECRET => args.client_secret.clone(),
-            env::TOKEN_URL => args.token_url.clone(),
-            env::ISSUER => args.issuer.clone(),
-            env::AUDIENCE => args.audience.clone(),
-            env::SCOPES => args.scopes.clone(),
-            other => std::env::var(other).ok(),
-        }
-    };
-    let mut authorizer = ServiceAccountAuthorizer::from_lookup(lookup)?;
-    if let Some(path) = &args.private_key {
-        let key = std::fs::read(path).map_err(|e| Error::InvalidConfiguration {
-            setting: "--private-key".into(),
-            reason: format!("cannot read {}: {e}", path.display()),
-        })?;
-        let authentication = if key.trim_ascii_start().starts_with(b"{") {
-            let text = std::str::from_utf8(&key).map_err(|_| Error::InvalidConfiguration {
-                setting: "--private-key".into(),
-                reason: "the JWK is not UTF-8 text".into(),
-            })?;
-            ClientAuthentication::private_key_jwt_jwk(text)?
-        } else {
-            let kid = args
-                .key_id
-                .as_ref()
-                .ok_or_else(|| Error::MissingConfiguration {
-                    setting: "--key-id (EN_AUTH_KEY_ID), the key id of the PEM key,".into(),
-                })?;
-            ClientAuthentication::private_key_jwt_pem(&key, kid)?
-        };
-        authorizer = authorizer.with_authentication(authentication);
-    }
-    Ok(authorizer)
+    let path = args
+        .private_key
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    ServiceAccountAuthorizer::from_lookup(|name| match name {
+        env::CLIENT_ID => args.client_id.clone(),
+        env::CLIENT_SECRET => args.client_secret.clone(),
+        env::TOKEN_URL => args.token_url.clone(),
+        env::ISSUER => args.issuer.clone(),
+        env::AUDIENCE => args.audience.clone(),
+        env::SCOPES => args.scopes.clone(),
+        env::PRIVATE_KEY_FILE => path.clone(),
+        env::KEY_ID => args.key_id.clone(),
+        other => std::env::var(other).ok(),
+    })
 }
 
 /// The error's text, with where to set a missing setting.

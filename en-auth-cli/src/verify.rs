@@ -79,6 +79,9 @@ pub async fn run(args: VerifyArgs) -> Result<ExitCode, String> {
                 if args.audience.is_none() {
                     println!("note: the audience was not checked (no --audience)");
                 }
+                if args.issuer.is_none() {
+                    println!("note: the issuer was not checked (no --issuer)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
