@@ -4,7 +4,6 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
 use en_auth_core::{Authorizer, BearerToken, CacheKey, ClientInfo, Error};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -12,26 +11,13 @@ use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use crate::client_auth::ClientAuthentication;
 use crate::endpoint::{discover_token_endpoint, token_http_client};
 use crate::response::parse_token_response;
 use en_auth_core::{
     MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url, str_for_logs,
     untrusted_text, url_for_logs,
 };
-
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientAuthentication {
-    /// HTTP Basic with id and secret form-encoded first, as RFC 6749 §2.3.1 requires
-    /// (`client_secret_basic`). The default.
-    #[default]
-    ClientSecretBasic,
-    /// HTTP Basic with id and secret as they are, for servers that do not decode them.
-    ClientSecretBasicUnencoded,
-    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
-    ClientSecretPost,
-}
 
 enum TokenEndpoint {
     /// A URL as given; checked with [`secure_url`] before each use, so a bad one fails the
@@ -143,7 +129,8 @@ impl ServiceAccountAuthorizer {
         self
     }
 
-    /// How the client authenticates (default: [`ClientAuthentication::ClientSecretBasic`]).
+    /// How the client authenticates (default: [`ClientAuthentication::ClientSecretBasic`];
+    /// [`ClientAuthentication::private_key_jwt_pem`] for a signed assertion).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.authentication = authentication;
         self
@@ -196,27 +183,8 @@ impl ServiceAccountAuthorizer {
         form
     }
 
-    fn basic_header(&self, encode: bool) -> Result<HeaderValue, Error> {
-        let (id, secret) = self.info.to_basic_auth();
-        let secret = secret.expose_secret();
-        let pair = if encode {
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            format!("{}:{}", enc(id), enc(secret))
-        } else {
-            format!("{id}:{secret}")
-        };
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-        let mut value = HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| {
-            Error::InvalidConfiguration {
-                setting: "client_id".into(),
-                reason: "cannot be sent in an HTTP header".into(),
-            }
-        })?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
-
     async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
+        let credentials = self.authentication.credentials(&self.info, &url)?;
         let scope = self.scopes.join(" ");
         let mut form = self.form();
         if !scope.is_empty() {
@@ -226,18 +194,10 @@ impl ServiceAccountAuthorizer {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        match self.authentication {
-            ClientAuthentication::ClientSecretBasic => {
-                request = request.header(AUTHORIZATION, self.basic_header(true)?)
-            }
-            ClientAuthentication::ClientSecretBasicUnencoded => {
-                request = request.header(AUTHORIZATION, self.basic_header(false)?)
-            }
-            ClientAuthentication::ClientSecretPost => {
-                form.push(("client_id", self.info.client_id()));
-                form.push(("client_secret", self.info.client_secret().expose_secret()));
-            }
+        if let Some(value) = credentials.authorization.clone() {
+            request = request.header(AUTHORIZATION, value);
         }
+        form.extend(credentials.form());
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
@@ -300,6 +260,7 @@ impl Authorizer for ServiceAccountAuthorizer {
         for (name, value) in &self.extra_params {
             key = key.part(name, value);
         }
+        key = self.authentication.add_to_cache_key(key);
         key.build()
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use en_auth_core::{ClientInfo, Error};
 
-use crate::ServiceAccountAuthorizer;
+use crate::{ClientAuthentication, ServiceAccountAuthorizer};
 
 /// Client id (required).
 pub const CLIENT_ID: &str = "EN_AUTH_CLIENT_ID";
@@ -22,6 +22,11 @@ pub const SCOPES: &str = "EN_AUTH_SCOPES";
 pub const API_KEY: &str = "EN_AUTH_API_KEY";
 /// Lifetime in seconds of tokens whose response has no `expires_in` (optional).
 pub const DEFAULT_TOKEN_LIFETIME: &str = "EN_AUTH_DEFAULT_TOKEN_LIFETIME";
+/// A private key file (PEM or JWK) for `private_key_jwt` client authentication (optional;
+/// when set, no client secret is needed).
+pub const PRIVATE_KEY_FILE: &str = "EN_AUTH_PRIVATE_KEY_FILE";
+/// The key id (`kid`) of a PEM [`PRIVATE_KEY_FILE`] (a JWK carries its own).
+pub const KEY_ID: &str = "EN_AUTH_KEY_ID";
 
 impl ServiceAccountAuthorizer {
     /// Builds an authorizer from `EN_AUTH_*` environment variables:
@@ -33,6 +38,7 @@ impl ServiceAccountAuthorizer {
     /// | `EN_AUTH_TOKEN_URL` or `EN_AUTH_ISSUER` | one required; the issuer is discovered on first use |
     /// | `EN_AUTH_AUDIENCE`, `EN_AUTH_SCOPES`, `EN_AUTH_API_KEY` | optional |
     /// | `EN_AUTH_DEFAULT_TOKEN_LIFETIME` | optional, seconds |
+    /// | `EN_AUTH_PRIVATE_KEY_FILE` (+ `EN_AUTH_KEY_ID` for PEM) | optional: `private_key_jwt` instead of the secret |
     ///
     /// A missing (or empty) required variable is [`Error::MissingConfiguration`] naming it.
     pub fn from_env() -> Result<Self, Error> {
@@ -58,7 +64,12 @@ impl ServiceAccountAuthorizer {
             })
         };
         let client_id = require(CLIENT_ID)?;
-        let client_secret = require(CLIENT_SECRET)?;
+        let key_file = get(PRIVATE_KEY_FILE);
+        // With a private key the client proves itself by signature; no secret is sent.
+        let client_secret = match &key_file {
+            Some(_) => get(CLIENT_SECRET).unwrap_or_default(),
+            None => require(CLIENT_SECRET)?,
+        };
         let mut info = ClientInfo::new(client_id, client_secret);
         if let Some(key) = get(API_KEY) {
             info = info.try_with_api_key(key).map_err(|err| match err {
@@ -89,6 +100,23 @@ impl ServiceAccountAuthorizer {
                     .map(str::to_owned),
             );
         }
+        if let Some(path) = key_file {
+            let path = path.trim();
+            let key = std::fs::read(path).map_err(|e| Error::InvalidConfiguration {
+                setting: PRIVATE_KEY_FILE.to_owned(),
+                reason: format!("cannot read `{path}`: {e}"),
+            })?;
+            let authentication = if key.trim_ascii_start().starts_with(b"{") {
+                let jwk = String::from_utf8(key).map_err(|_| Error::InvalidConfiguration {
+                    setting: PRIVATE_KEY_FILE.to_owned(),
+                    reason: "the JWK is not UTF-8 text".into(),
+                })?;
+                ClientAuthentication::private_key_jwt_jwk(&jwk)?
+            } else {
+                ClientAuthentication::private_key_jwt_pem(&key, require(KEY_ID)?.trim())?
+            };
+            authorizer = authorizer.with_authentication(authentication);
+        }
         if let Some(lifetime) = get(DEFAULT_TOKEN_LIFETIME) {
             let seconds: u64 =
                 lifetime
@@ -101,5 +129,48 @@ impl ServiceAccountAuthorizer {
             authorizer = authorizer.with_default_lifetime(Duration::from_secs(seconds));
         }
         Ok(authorizer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &HashMap<&str, String>) -> Result<ServiceAccountAuthorizer, Error> {
+        ServiceAccountAuthorizer::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn a_private_key_file_replaces_the_secret_and_its_problems_name_the_variable() {
+        let pem = std::env::temp_dir().join(format!("en-auth-env-test-{}.pem", std::process::id()));
+        std::fs::write(
+            &pem,
+            "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let mut vars = HashMap::from([
+            (CLIENT_ID, "svc".to_owned()),
+            (TOKEN_URL, "https://idp.example.com/token".to_owned()),
+            (PRIVATE_KEY_FILE, pem.display().to_string()),
+        ]);
+        // No secret is asked for; a PEM key needs its key id.
+        let err = from(&vars).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingConfiguration { ref setting } if setting == KEY_ID),
+            "{err:?}"
+        );
+        vars.insert(KEY_ID, "key-1".to_owned());
+        let err = from(&vars).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == "private_key"),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_file(&pem);
+        let err = from(&vars).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == PRIVATE_KEY_FILE),
+            "{err:?}"
+        );
     }
 }

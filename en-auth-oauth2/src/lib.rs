@@ -1,4 +1,5 @@
-//! OAuth2 client credentials for en-auth: [`ServiceAccountAuthorizer`].
+//! OAuth2 for en-auth: client credentials ([`ServiceAccountAuthorizer`]) and the password
+//! grant ([`PasswordAuthorizer`]).
 //!
 //! The client-credentials grant (RFC 6749 §4.4) is how a service gets a token for itself:
 //! it POSTs its client id and secret to the identity provider's token endpoint and receives
@@ -10,6 +11,9 @@
 //! - RFC 8707 resource indicators: `with_resource(...)`.
 //! - Endpoint by OIDC discovery: [`ServiceAccountAuthorizer::discover`].
 //! - From `EN_AUTH_*` variables: [`ServiceAccountAuthorizer::from_env`].
+//! - Key-based client authentication (`private_key_jwt`, RFC 7523):
+//!   [`ClientAuthentication::private_key_jwt_pem`].
+//! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
 //!
 //! The token client follows no redirects, has connect and total timeouts
 //! ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`]) and refuses plain `http://` endpoints except on
@@ -19,10 +23,18 @@
 #![warn(missing_docs)]
 
 mod authorizer;
+mod client_auth;
 mod endpoint;
 pub mod env;
+mod jwk_key;
+mod password;
 mod response;
 
-pub use authorizer::{ClientAuthentication, ServiceAccountAuthorizer};
+pub use authorizer::ServiceAccountAuthorizer;
+pub use client_auth::{
+    AssertionAlgorithm, ClientAuthentication, DEFAULT_ASSERTION_LIFETIME,
+    JWT_BEARER_ASSERTION_TYPE, MAX_ASSERTION_LIFETIME, PrivateKeyJwt,
+};
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::token_http_client;
+pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};

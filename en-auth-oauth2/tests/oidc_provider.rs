@@ -76,7 +76,7 @@ async fn tokens_are_obtained_with_basic_and_post_authentication() {
     ] {
         let auth = AuthMiddleware::new(
             ServiceAccountAuthorizer::new(client(creds), provider.token_url())
-                .with_authentication(method)
+                .with_authentication(method.clone())
                 .with_audience(OidcProvider::API) // Auth0 style; the provider reads it as `resource`
                 .with_scopes(["read:data", "write:data"]),
         );

@@ -136,6 +136,71 @@ impl OidcProvider {
         self.stats().await["token_requests"].as_u64().unwrap_or(0)
     }
 
+    /// Client `pkjwt-rsa` (private_key_jwt, RSA key with kid `rsa-1`, see [`client_key`]).
+    ///
+    /// [`client_key`]: Self::client_key
+    pub const RSA_KEY_CLIENT: (&'static str, &'static str) = ("pkjwt-rsa", "rsa-1");
+    /// Client `pkjwt-ec` (private_key_jwt, P-256 key with kid `ec-1`, see [`client_key`]).
+    ///
+    /// [`client_key`]: Self::client_key
+    pub const EC_KEY_CLIENT: (&'static str, &'static str) = ("pkjwt-ec", "ec-1");
+
+    /// Client `password-client` (client_secret_basic) with the password, password-realm and
+    /// refresh-token grants; its refresh tokens are not rotated.
+    pub const PASSWORD_CLIENT: (&'static str, &'static str) =
+        ("password-client", "password-secret");
+    /// Like [`PASSWORD_CLIENT`](Self::PASSWORD_CLIENT), but every refresh rotates the refresh
+    /// token (and reusing a rotated one revokes the whole grant).
+    pub const ROTATING_PASSWORD_CLIENT: (&'static str, &'static str) =
+        ("rotating-password-client", "password-secret");
+    /// A user of the password grants, and their password.
+    pub const USER: (&'static str, &'static str) = ("alice@example.com", "alice-password");
+    /// A user whose logins answer `mfa_required`, and their password.
+    pub const MFA_USER: (&'static str, &'static str) = ("mfa@example.com", "mfa-password");
+
+    /// Token requests with `grant_type` (`password`, `refresh_token`, …) the provider
+    /// received, refused ones included.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        self.stats().await["grants"][grant_type]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Every `realm` token requests named, in order.
+    pub async fn realms(&self) -> Vec<String> {
+        serde_json::from_value(self.stats().await["realms"].clone()).unwrap_or_default()
+    }
+
+    /// A private key the provider generated at start, as PEM: `"rsa"` (PKCS#1, registered for
+    /// `pkjwt-rsa`), `"ec"` (PKCS#8 P-256, registered for `pkjwt-ec`), `"stray_rsa"`
+    /// (PKCS#8, registered for no client); `"rsa_jwk"` (with `alg` PS256) and `"ec_jwk"`: the
+    /// first two as private JWKs (JSON text) with their `kid`.
+    pub async fn client_key(&self, name: &str) -> String {
+        let keys: serde_json::Value = self
+            .http
+            .get(format!("{}/__client_keys", self.issuer()))
+            .send()
+            .await
+            .expect("client keys")
+            .json()
+            .await
+            .expect("client keys json");
+        keys[name].as_str().expect("a key of that name").to_owned()
+    }
+
+    /// The header and claims (`{"header": …, "claims": …}`) of every `client_assertion` the
+    /// token endpoint received, in order.
+    pub async fn client_assertions(&self) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/__assertions", self.issuer()))
+            .send()
+            .await
+            .expect("assertions")
+            .json()
+            .await
+            .expect("assertions json")
+    }
+
     /// Switches to a new signing key (new `kid`), as a key rotation would.
     pub async fn rotate_signing_key(&self) {
         self.http

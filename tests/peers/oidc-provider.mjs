@@ -14,6 +14,21 @@
 // - Test hooks, outside the OAuth2 surface:
 //     GET  /__stats   {"tokens_issued": n, "token_requests": n}
 //     POST /__rotate  switch to a second signing key (new kid), as a key rotation would
+// - private_key_jwt clients (RFC 7523), keys generated at start:
+//     pkjwt-rsa   RSA 2048 public key, kid `rsa-1` (RS256 or PS256 assertions)
+//     pkjwt-ec    P-256 public key, kid `ec-1` (ES256 assertions)
+// - Password grants (RFC 6749 §4.3, and Auth0's password-realm with any `realm`) with refresh
+//   tokens, registered with registerGrantType:
+//     password-client / password-secret            refresh tokens are not rotated
+//     rotating-password-client / password-secret   every refresh rotates the refresh token
+//                                                  (reusing a rotated one revokes the grant)
+//     pkjwt-ec also has these grants.
+//   Users: alice@example.com / alice-password;  mfa@example.com / mfa-password answers
+//   `mfa_required`. /__stats adds {"grants": {"<grant_type>": requests}, "realms": [...]}.
+//   Test hooks: GET /__client_keys  the private keys as PEM: {"rsa": PKCS#1, "ec": PKCS#8,
+//                                    "stray_rsa": an RSA key registered nowhere,
+//                                    "rsa_jwk" (alg PS256), "ec_jwk": the same keys as JWK text}
+//               GET /__assertions   every client_assertion received: header and claims
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -41,6 +56,76 @@ const CUSTOMERS = Array.from({ length: 50 }, (_, i) => ({
   scope: 'read:data write:data',
 }));
 
+// private_key_jwt clients: the private halves are handed to the tests through
+// /__client_keys; only the public halves are registered.
+const CLIENT_KEYS = {
+  rsa: crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
+  ec: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  stray_rsa: crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
+};
+function publicJwk(privateKey, kid) {
+  const { kty, n, e, crv, x, y } = crypto.createPublicKey(privateKey).export({ format: 'jwk' });
+  return JSON.parse(JSON.stringify({ kty, n, e, crv, x, y, kid, use: 'sig' }));
+}
+const KEY_CLIENTS = [
+  ['pkjwt-rsa', publicJwk(CLIENT_KEYS.rsa, 'rsa-1')],
+  ['pkjwt-ec', publicJwk(CLIENT_KEYS.ec, 'ec-1')],
+].map(([clientId, jwk]) => ({
+  client_id: clientId,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'private_key_jwt',
+  jwks: { keys: [jwk] },
+  scope: 'read:data write:data',
+}));
+const assertions = [];
+
+// Password grants: users, clients, and the handler registered for both grant types.
+const PASSWORD_REALM = 'http://auth0.com/oauth/grant-type/password-realm';
+const USER_GRANTS = ['password', PASSWORD_REALM, 'refresh_token'];
+const USERS = new Map([
+  ['alice@example.com', { password: 'alice-password' }],
+  ['mfa@example.com', { password: 'mfa-password', mfa: true }],
+]);
+const PASSWORD_CLIENTS = ['password-client', 'rotating-password-client'].map((clientId) => ({
+  client_id: clientId,
+  client_secret: 'password-secret',
+  grant_types: USER_GRANTS,
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+  scope: 'openid offline_access',
+}));
+KEY_CLIENTS.find((c) => c.client_id === 'pkjwt-ec').grant_types.push(...USER_GRANTS);
+const grantRequests = {};
+const realms = [];
+
+async function passwordGrant(ctx) {
+  const { provider, client, params } = ctx.oidc;
+  const user = USERS.get(params.username);
+  if (!user || user.password !== params.password) {
+    throw new errors.InvalidGrant('wrong username or password');
+  }
+  if (user.mfa) {
+    throw new errors.CustomOIDCProviderError('mfa_required', 'Multifactor authentication required');
+  }
+  const scope = 'openid offline_access';
+  const grant = new provider.Grant({ clientId: client.clientId, accountId: params.username });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const source = { accountId: params.username, client, grantId, gty: 'password', scope };
+  const accessToken = new provider.AccessToken(source);
+  const refreshToken = new provider.RefreshToken(source);
+  ctx.body = {
+    access_token: await accessToken.save(),
+    token_type: 'Bearer',
+    expires_in: accessToken.expiration,
+    refresh_token: await refreshToken.save(),
+    scope,
+  };
+}
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
     clients: [
@@ -63,10 +148,14 @@ function makeProvider(issuer, key) {
         scope: 'read:data write:data',
       },
       ...CUSTOMERS,
+      ...KEY_CLIENTS,
+      ...PASSWORD_CLIENTS,
     ],
+    findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
+    rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
     jwks: { keys: [key] },
     // admin:all exists but no client may ask for it: requesting it is invalid_scope.
-    scopes: ['read:data', 'write:data', 'admin:all'],
+    scopes: ['openid', 'offline_access', 'read:data', 'write:data', 'admin:all'],
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -89,8 +178,14 @@ function makeProvider(issuer, key) {
         },
       },
     },
-    ttl: { ClientCredentials: ttl },
+    // Every artifact the password grants create gets an explicit lifetime (otherwise the
+    // provider prints a notice on stdout, which the tests stop reading after READY).
+    ttl: {
+      ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl, RefreshToken: 86400, Grant: 86400,
+    },
   });
+  provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope']);
+  provider.registerGrantType(PASSWORD_REALM, passwordGrant, ['username', 'password', 'scope', 'realm']);
   provider.on('grant.success', () => { tokensIssued += 1; });
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   return provider;
@@ -106,7 +201,25 @@ server.listen(0, '127.0.0.1', () => {
   server.on('request', (req, res) => {
     if (req.url === '/__stats') {
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ tokens_issued: tokensIssued, token_requests: tokenRequests }));
+      res.end(JSON.stringify({
+        tokens_issued: tokensIssued, token_requests: tokenRequests, grants: grantRequests, realms,
+      }));
+      return;
+    }
+    if (req.url === '/__client_keys') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({
+        rsa: CLIENT_KEYS.rsa.export({ format: 'pem', type: 'pkcs1' }),
+        ec: CLIENT_KEYS.ec.export({ format: 'pem', type: 'pkcs8' }),
+        stray_rsa: CLIENT_KEYS.stray_rsa.export({ format: 'pem', type: 'pkcs8' }),
+        rsa_jwk: JSON.stringify({ ...CLIENT_KEYS.rsa.export({ format: 'jwk' }), kid: 'rsa-1', alg: 'PS256' }),
+        ec_jwk: JSON.stringify({ ...CLIENT_KEYS.ec.export({ format: 'jwk' }), kid: 'ec-1' }),
+      }));
+      return;
+    }
+    if (req.url === '/__assertions') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(assertions));
       return;
     }
     if (req.url === '/__rotate' && req.method === 'POST') {
@@ -123,6 +236,10 @@ server.listen(0, '127.0.0.1', () => {
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
         const form = new URLSearchParams(Buffer.concat(chunks).toString());
+        recordAssertion(form.get('client_assertion'));
+        const grantType = form.get('grant_type');
+        grantRequests[grantType] = (grantRequests[grantType] || 0) + 1;
+        if (form.has('realm')) realms.push(form.get('realm'));
         if (form.has('audience') && !form.has('resource')) {
           form.set('resource', form.get('audience'));
           form.delete('audience');
@@ -136,5 +253,20 @@ server.listen(0, '127.0.0.1', () => {
   });
   console.log(`READY ${port}`);
 });
+
+// Keeps the header and claims of a client_assertion (not its signature) for the tests.
+function recordAssertion(jwt) {
+  if (!jwt) return;
+  try {
+    const [header, claims] = jwt.split('.').slice(0, 2)
+      .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString()));
+    assertions.push({ header, claims });
+  } catch {
+    assertions.push({ malformed: true });
+  }
+}
+
+// The tests stop reading stdout after READY: a later write must not kill the provider.
+process.stdout.on('error', () => {});
 
 process.on('SIGTERM', () => process.exit(0));

@@ -1,0 +1,444 @@
+//! How a client proves who it is at the token endpoint: [`ClientAuthentication`].
+//!
+//! - Client secrets (RFC 6749 §2.3.1): `client_secret_basic` (the default) and
+//!   `client_secret_post`. The secret itself crosses the wire with every token request.
+//! - `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): the client signs a short-lived
+//!   JWT (the *client assertion*) with its private key; the provider checks it against the
+//!   public key registered for the client. No shared secret exists, and a captured assertion
+//!   is useless after its `exp` (and, at most providers, after its first use: `jti`).
+//!
+//! Every grant of this crate asks [`ClientAuthentication::credentials`] for what to add to its
+//! token request, so a new method of authentication is written once, here.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use en_auth_core::{CacheKeyBuilder, ClientInfo, Error};
+use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Url;
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+/// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How long a client assertion is valid by default. Long enough for clock skew between client
+/// and provider and for a slow request; short enough that a captured assertion soon dies.
+pub const DEFAULT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The longest lifetime a client assertion may be given (5 minutes): providers such as Okta
+/// and Entra refuse longer ones, and a long-lived assertion is a bearer secret.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2).
+///
+/// ```no_run
+/// use en_auth_core::ClientInfo;
+/// use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer};
+///
+/// # fn demo() -> Result<(), en_auth_core::Error> {
+/// let pem = std::fs::read("client-key.pem").expect("the key file");
+/// let authorizer = ServiceAccountAuthorizer::new(
+///     ClientInfo::new("svc-key", ""), // no secret: the key proves who we are
+///     "https://idp.example.com/oauth/token",
+/// )
+/// .with_authentication(ClientAuthentication::private_key_jwt_pem(&pem, "key-1")?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuthentication {
+    /// HTTP Basic with id and secret form-encoded first, as RFC 6749 §2.3.1 requires
+    /// (`client_secret_basic`). The default.
+    #[default]
+    ClientSecretBasic,
+    /// HTTP Basic with id and secret as they are, for servers that do not decode them.
+    ClientSecretBasicUnencoded,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    ClientSecretPost,
+    /// A JWT signed with the client's private key (`private_key_jwt`), sent as
+    /// `client_assertion` with `client_assertion_type` [`JWT_BEARER_ASSERTION_TYPE`].
+    PrivateKeyJwt(PrivateKeyJwt),
+}
+
+impl ClientAuthentication {
+    /// `private_key_jwt` with the private key in `pem` (PKCS#8 `PRIVATE KEY`, or PKCS#1
+    /// `RSA PRIVATE KEY`), announced with key id `kid` (the `kid` the provider knows the
+    /// public key by). The algorithm follows the key: RS256 for RSA, ES256 for P-256, ES384
+    /// for P-384; see [`PrivateKeyJwt::with_algorithm`] for PS256.
+    ///
+    /// A key that cannot be read is [`Error::InvalidConfiguration`] now, not at the first
+    /// token request. The error never contains the key.
+    pub fn private_key_jwt_pem(
+        pem: impl AsRef<[u8]>,
+        kid: impl Into<String>,
+    ) -> Result<Self, Error> {
+        PrivateKeyJwt::from_pem(pem.as_ref(), kid).map(Self::PrivateKeyJwt)
+    }
+
+    /// `private_key_jwt` with a private key given as a JWK (RFC 7517: `kty` `RSA` with
+    /// `n`, `e`, `d`, `p`, `q`, `dp`, `dq`, `qi`, or `EC` on P-256 / P-384 with `x`, `y`,
+    /// `d`), announced with the JWK's `kid` (required). The JWK's `alg`, if present, picks
+    /// the algorithm (RS256, PS256, ES256, ES384); otherwise it follows the key type.
+    ///
+    /// A JWK that cannot be used is [`Error::InvalidConfiguration`]; the error never contains
+    /// the key.
+    pub fn private_key_jwt_jwk(jwk: &str) -> Result<Self, Error> {
+        PrivateKeyJwt::from_jwk(jwk).map(Self::PrivateKeyJwt)
+    }
+
+    /// What a token request must carry to authenticate as `info` at `token_url`: an
+    /// `Authorization` header, form parameters, or both. Values are secrets until sent.
+    pub(crate) fn credentials(
+        &self,
+        info: &ClientInfo,
+        token_url: &Url,
+    ) -> Result<ClientCredentials, Error> {
+        let mut credentials = ClientCredentials::default();
+        match self {
+            Self::ClientSecretBasic => credentials.authorization = Some(basic_header(info, true)?),
+            Self::ClientSecretBasicUnencoded => {
+                credentials.authorization = Some(basic_header(info, false)?)
+            }
+            Self::ClientSecretPost => {
+                credentials.param("client_id", info.client_id());
+                credentials
+                    .params
+                    .push(("client_secret", info.client_secret().clone()));
+            }
+            Self::PrivateKeyJwt(key) => {
+                let assertion = key.assertion(info.client_id(), token_url)?;
+                credentials.param("client_id", info.client_id());
+                credentials.param("client_assertion_type", JWT_BEARER_ASSERTION_TYPE);
+                credentials.params.push(("client_assertion", assertion));
+            }
+        }
+        Ok(credentials)
+    }
+
+    /// Adds what distinguishes this authentication to a cache key: for `private_key_jwt` the
+    /// public key's RFC 7638 thumbprint and the algorithm (never the private key).
+    pub(crate) fn add_to_cache_key(&self, key: CacheKeyBuilder) -> CacheKeyBuilder {
+        match self {
+            Self::PrivateKeyJwt(jwt) => key
+                .part("client_key_thumbprint", &jwt.thumbprint)
+                .part("client_key_alg", jwt.algorithm_name()),
+            _ => key,
+        }
+    }
+}
+
+/// What a token request carries to authenticate the client.
+#[derive(Default)]
+pub(crate) struct ClientCredentials {
+    /// An `Authorization` header (sensitive), for `client_secret_basic`.
+    pub authorization: Option<HeaderValue>,
+    /// Form parameters, such as `client_assertion`.
+    pub params: Vec<(&'static str, SecretString)>,
+}
+
+impl ClientCredentials {
+    fn param(&mut self, name: &'static str, value: &str) {
+        self.params
+            .push((name, SecretString::from(value.to_owned())));
+    }
+
+    /// The form parameters, exposed for serializing into the request body.
+    pub fn form(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (&**k, v.expose_secret()))
+    }
+}
+
+fn basic_header(info: &ClientInfo, encode: bool) -> Result<HeaderValue, Error> {
+    let (id, secret) = info.to_basic_auth();
+    let secret = secret.expose_secret();
+    let pair = if encode {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        format!("{}:{}", enc(id), enc(secret))
+    } else {
+        format!("{id}:{secret}")
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| {
+        Error::InvalidConfiguration {
+            setting: "client_id".into(),
+            reason: "cannot be sent in an HTTP header".into(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The signature algorithm of a client assertion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RSA keys; the default for them).
+    RS256,
+    /// RSASSA-PSS with SHA-256 (RSA keys; required by FAPI profiles).
+    PS256,
+    /// ECDSA on P-256 with SHA-256 (P-256 keys).
+    ES256,
+    /// ECDSA on P-384 with SHA-384 (P-384 keys).
+    ES384,
+}
+
+impl AssertionAlgorithm {
+    fn jwt(self) -> Algorithm {
+        match self {
+            Self::RS256 => Algorithm::RS256,
+            Self::PS256 => Algorithm::PS256,
+            Self::ES256 => Algorithm::ES256,
+            Self::ES384 => Algorithm::ES384,
+        }
+    }
+
+    fn is_rsa(self) -> bool {
+        matches!(self, Self::RS256 | Self::PS256)
+    }
+}
+
+/// A private key and the rules for the client assertions signed with it (`private_key_jwt`).
+///
+/// `Debug` shows the algorithm, `kid` and the public key's thumbprint — never the key, which
+/// is zeroized when the last clone is dropped.
+#[derive(Clone)]
+pub struct PrivateKeyJwt {
+    key: Arc<EncodingKey>,
+    algorithm: AssertionAlgorithm,
+    kid: String,
+    /// RFC 7638 SHA-256 thumbprint of the public key, base64url.
+    thumbprint: String,
+    audience: Option<String>,
+    lifetime: Duration,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+impl PrivateKeyJwt {
+    /// Reads a private key from PEM (see [`ClientAuthentication::private_key_jwt_pem`]).
+    pub fn from_pem(pem: &[u8], kid: impl Into<String>) -> Result<Self, Error> {
+        let invalid = |reason: &str| Error::InvalidConfiguration {
+            setting: "private_key".into(),
+            reason: reason.into(),
+        };
+        let text = std::str::from_utf8(pem).map_err(|_| invalid("the key is not PEM text"))?;
+        if text.contains("ENCRYPTED PRIVATE KEY") {
+            return Err(invalid(
+                "the key is encrypted; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem)",
+            ));
+        }
+        if text.contains("BEGIN EC PRIVATE KEY") {
+            return Err(invalid(
+                "SEC1 `EC PRIVATE KEY` files are not read; convert to PKCS#8 with \
+                 `openssl pkcs8 -topk8 -nocrypt -in key.pem -out key-pkcs8.pem`",
+            ));
+        }
+        let candidates = [
+            (EncodingKey::from_rsa_pem(pem), AssertionAlgorithm::RS256),
+            (EncodingKey::from_ec_pem(pem), AssertionAlgorithm::ES256),
+            (EncodingKey::from_ec_pem(pem), AssertionAlgorithm::ES384),
+        ];
+        for (key, algorithm) in candidates {
+            let Ok(key) = key else { continue };
+            // Deriving the public key checks that the private key is usable with `algorithm`
+            // (an EC key on another curve, a truncated RSA key) before anything is signed.
+            if let Ok(thumbprint) = thumbprint(&key, algorithm) {
+                return Ok(Self {
+                    key: Arc::new(key),
+                    algorithm,
+                    kid: kid.into(),
+                    thumbprint,
+                    audience: None,
+                    lifetime: DEFAULT_ASSERTION_LIFETIME,
+                });
+            }
+        }
+        Err(invalid(
+            "not a PEM private key en-auth can sign with: expected an RSA key (PKCS#1 or \
+             PKCS#8) of at least 2048 bits, or a P-256 / P-384 EC key in PKCS#8",
+        ))
+    }
+
+    /// Reads a private key from a JWK (see [`ClientAuthentication::private_key_jwt_jwk`]).
+    pub fn from_jwk(jwk: &str) -> Result<Self, Error> {
+        let read = crate::jwk_key::from_jwk(jwk)?;
+        let kid = read.kid.ok_or_else(|| Error::InvalidConfiguration {
+            setting: "private_key".into(),
+            reason: "the JWK has no `kid`; add the key id the provider knows the key by".into(),
+        })?;
+        let thumbprint = thumbprint(&read.key, read.algorithm)?;
+        Ok(Self {
+            key: Arc::new(read.key),
+            algorithm: read.algorithm,
+            kid,
+            thumbprint,
+            audience: None,
+            lifetime: DEFAULT_ASSERTION_LIFETIME,
+        })
+    }
+
+    /// Signs with `algorithm` instead of the key's default (PS256 for an RSA key). An
+    /// algorithm that does not fit the key is [`Error::InvalidConfiguration`].
+    pub fn with_algorithm(mut self, algorithm: AssertionAlgorithm) -> Result<Self, Error> {
+        if algorithm.is_rsa() != self.algorithm.is_rsa()
+            || (!algorithm.is_rsa() && algorithm != self.algorithm)
+        {
+            return Err(Error::InvalidConfiguration {
+                setting: "private_key".into(),
+                reason: format!(
+                    "{algorithm:?} cannot be used with this key (it signs {:?})",
+                    self.algorithm
+                ),
+            });
+        }
+        self.algorithm = algorithm;
+        Ok(self)
+    }
+
+    /// The assertion's `aud`. Default: the token endpoint URL (RFC 7523 §3). Some providers
+    /// want their issuer identifier instead; give it here.
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// How long each assertion is valid, at most [`MAX_ASSERTION_LIFETIME`] (longer values
+    /// are clamped). Default [`DEFAULT_ASSERTION_LIFETIME`].
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime.clamp(Duration::from_secs(1), MAX_ASSERTION_LIFETIME);
+        self
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint of the public key (base64url): what to compare with
+    /// the key registered at the provider, and what cache keys contain.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// The key id sent as the assertion's `kid` header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm assertions are signed with.
+    pub fn algorithm(&self) -> AssertionAlgorithm {
+        self.algorithm
+    }
+
+    fn algorithm_name(&self) -> &'static str {
+        match self.algorithm {
+            AssertionAlgorithm::RS256 => "RS256",
+            AssertionAlgorithm::PS256 => "PS256",
+            AssertionAlgorithm::ES256 => "ES256",
+            AssertionAlgorithm::ES384 => "ES384",
+        }
+    }
+
+    /// A fresh assertion for `client_id` at `token_url`: new `jti`, `iat` now.
+    fn assertion(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let jti = random_id()?;
+        let aud = self.audience.as_deref().unwrap_or(token_url.as_str());
+        let claims = AssertionClaims {
+            iss: client_id,
+            sub: client_id,
+            aud,
+            jti: &jti,
+            iat: now,
+            exp: now + self.lifetime.as_secs(),
+        };
+        let mut header = Header::new(self.algorithm.jwt());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map(SecretString::from)
+            .map_err(|e| Error::InvalidConfiguration {
+                setting: "private_key".into(),
+                // jsonwebtoken's error kinds name the problem, never the key.
+                reason: format!("signing the client assertion failed: {e}"),
+            })
+    }
+}
+
+impl PartialEq for PrivateKeyJwt {
+    fn eq(&self, other: &Self) -> bool {
+        self.thumbprint == other.thumbprint
+            && self.algorithm == other.algorithm
+            && self.kid == other.kid
+            && self.audience == other.audience
+            && self.lifetime == other.lifetime
+    }
+}
+
+impl Eq for PrivateKeyJwt {}
+
+impl fmt::Debug for PrivateKeyJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKeyJwt")
+            .field("key", &"[REDACTED]")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .field("thumbprint", &self.thumbprint)
+            .field("audience", &self.audience)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+fn thumbprint(key: &EncodingKey, algorithm: AssertionAlgorithm) -> Result<String, Error> {
+    let invalid = || Error::InvalidConfiguration {
+        setting: "private_key".into(),
+        reason: "the public key cannot be derived from the private key".into(),
+    };
+    Jwk::from_encoding_key(key, algorithm.jwt())
+        .and_then(|jwk| jwk.thumbprint(ThumbprintHash::SHA256))
+        .map_err(|_| invalid())
+}
+
+/// 128 random bits from the operating system, base64url: a `jti` no one can predict.
+fn random_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
+        setting: "private_key".into(),
+        reason: format!("no randomness for the assertion's jti: {e}"),
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_keys_are_configuration_errors_without_the_key() {
+        for pem in [
+            &b"not a key"[..],
+            b"-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+            b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIv0\n-----END EC PRIVATE KEY-----\n",
+            b"\xff\xfe",
+        ] {
+            match ClientAuthentication::private_key_jwt_pem(pem, "k") {
+                Err(Error::InvalidConfiguration { setting, reason }) => {
+                    assert_eq!(setting, "private_key");
+                    assert!(!reason.contains("MII"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
