@@ -88,6 +88,11 @@ async fn token_prints_claims_and_raw_prints_exactly_the_token() {
         .json()
         .await
         .unwrap();
+    // This test's own jsonwebtoken calls go through the process default: name it, since the
+    // workspace build also enables the rust_crypto backend (tests/backend-clash).
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
     let kid = decode_header(&token).unwrap().kid.unwrap();
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[OidcProvider::API]);

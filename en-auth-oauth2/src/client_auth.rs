@@ -16,12 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use en_auth_core::{CacheKeyBuilder, ClientInfo, Error};
-use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use sha2::Digest as _;
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub const JWT_BEARER_ASSERTION_TYPE: &str =
@@ -365,7 +366,7 @@ impl PrivateKeyJwt {
         };
         let mut header = Header::new(self.algorithm.jwt());
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        sign_jwt(&header, &claims, &self.key)
             .map(SecretString::from)
             .map_err(|e| Error::InvalidConfiguration {
                 setting: "private_key".into(),
@@ -400,14 +401,52 @@ impl fmt::Debug for PrivateKeyJwt {
     }
 }
 
+/// The jsonwebtoken backend en-auth is built with, asked directly: jsonwebtoken's process-wide
+/// default cannot choose (and panics) when an application also enables its `rust_crypto`
+/// feature, and en-auth leaves that choice to the application.
+static BACKEND: &CryptoProvider = &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
+
+/// `header.claims.signature`, signed with [`BACKEND`].
+fn sign_jwt(
+    header: &Header,
+    claims: &impl Serialize,
+    key: &EncodingKey,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    use jsonwebtoken::signature::Signer as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let alg = header.alg;
+    let header = serde_json::to_vec(header)?;
+    let claims = serde_json::to_vec(claims)?;
+    let message = format!("{}.{}", b64(&header), b64(&claims));
+    let signer = (BACKEND.signer_factory)(&alg, key)?;
+    let signature = signer.try_sign(message.as_bytes())?;
+    Ok(format!("{message}.{}", b64(&signature)))
+}
+
+/// The RFC 7638 SHA-256 thumbprint of the public half of `key`, base64url (derived with
+/// [`BACKEND`]).
 fn thumbprint(key: &EncodingKey, algorithm: AssertionAlgorithm) -> Result<String, Error> {
     let invalid = || Error::InvalidConfiguration {
         setting: "private_key".into(),
         reason: "the public key cannot be derived from the private key".into(),
     };
-    Jwk::from_encoding_key(key, algorithm.jwt())
-        .and_then(|jwk| jwk.thumbprint(ThumbprintHash::SHA256))
-        .map_err(|_| invalid())
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let members = if algorithm.is_rsa() {
+        let (n, e) = (BACKEND.key_utils.rsa_pub_components_from_private_key)(key.as_bytes())
+            .map_err(|_| invalid())?;
+        format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64(&e), b64(&n))
+    } else {
+        let (curve, x, y) =
+            (BACKEND.key_utils.ec_pub_components_from_private_key)(key.as_bytes(), algorithm.jwt())
+                .map_err(|_| invalid())?;
+        let crv = serde_json::to_string(&curve).map_err(|_| invalid())?;
+        format!(
+            r#"{{"crv":{crv},"kty":"EC","x":"{}","y":"{}"}}"#,
+            b64(&x),
+            b64(&y)
+        )
+    };
+    Ok(b64(&sha2::Sha256::digest(members.as_bytes())))
 }
 
 /// 128 random bits from the operating system, base64url: a `jti` no one can predict.

@@ -20,6 +20,11 @@ async fn token_client_id(provider: &OidcProvider, token: &str) -> String {
         .json()
         .await
         .unwrap();
+    // This test's own jsonwebtoken calls go through the process default: name it, since the
+    // workspace build also enables the rust_crypto backend (tests/backend-clash).
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
     let kid = decode_header(token).unwrap().kid.unwrap();
     let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
     let mut validation = Validation::new(Algorithm::RS256);
