@@ -10,6 +10,7 @@
 //! - RFC 8707 resource indicators: `with_resource(...)`.
 //! - Endpoint by OIDC discovery: [`ServiceAccountAuthorizer::discover`].
 //! - From `EN_AUTH_*` variables: [`ServiceAccountAuthorizer::from_env`].
+//! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
 //!
 //! The token client follows no redirects, has connect and total timeouts
 //! ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`]) and refuses plain `http://` endpoints except on
@@ -19,10 +20,12 @@
 #![warn(missing_docs)]
 
 mod authorizer;
+pub mod dpop;
 mod endpoint;
 pub mod env;
 mod response;
 
 pub use authorizer::{ClientAuthentication, ServiceAccountAuthorizer};
+pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::token_http_client;

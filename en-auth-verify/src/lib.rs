@@ -6,6 +6,9 @@
 //! `nbf`, `iat` with a small leeway; and optionally `typ`, scopes/permissions and `org_id`.
 //! Presets: [`Verifier::auth0`], [`Verifier::cognito`], [`Verifier::oidc`].
 //!
+//! Sender-constrained tokens (DPoP, RFC 9449): [`RequireAuth::dpop`] requires them on a route,
+//! with each request's proof checked by a [`DpopVerifier`].
+//!
 //! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
 //! handlers read the claims with the [`Authenticated`] extractor.
 //!
@@ -27,11 +30,15 @@
 #![warn(missing_docs)]
 
 mod claims;
+mod dpop;
 mod jwks;
 mod layer;
 mod verifier;
 
 pub use claims::Claims;
+pub use dpop::{
+    DEFAULT_MAX_REMEMBERED, DEFAULT_PROOF_WINDOW, DpopError, DpopRequest, DpopVerifier,
+};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_MAX_AGE, DEFAULT_MIN_REFRESH_INTERVAL};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};
