@@ -207,6 +207,11 @@ async fn an_api_nonce_challenge_is_answered_with_one_retry_and_the_nonce_remembe
     let response = client.post(api.url("/orders")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(api.requests(), 3, "the nonce was remembered for the origin");
+    assert_eq!(
+        provider.tokens_issued().await,
+        1,
+        "the retry kept the token: a nonce challenge is not a rejected token"
+    );
 
     // A server that asks for a new nonce every time gets exactly one retry, never a loop.
     let asked = Arc::new(AtomicU64::new(0));
