@@ -511,3 +511,47 @@ mod tests {
         )));
     }
 }
+
+#[cfg(test)]
+mod rsa_tests {
+    use super::*;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    #[test]
+    fn an_rs256_proof_is_checked_like_an_es256_one() {
+        let pem = include_bytes!("../tests/fixtures/rsa.pem");
+        let key = EncodingKey::from_rsa_pem(pem).unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap());
+        let jkt = header
+            .jwk
+            .as_ref()
+            .unwrap()
+            .thumbprint(ThumbprintHash::SHA256)
+            .unwrap();
+        let claims = serde_json::json!({
+            "jti": "rsa-1", "htm": "GET", "htu": "https://api.test:8443/orders",
+            "iat": chrono::Utc::now().timestamp(),
+            "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(b"tok")),
+        });
+        let proof = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let request = DpopRequest {
+            method: "GET",
+            url: "/orders",
+            host: Some("api.test:8443"),
+            access_token: "tok",
+            proof: &proof,
+            jkt: &jkt,
+        };
+        let verifier = DpopVerifier::new();
+        assert_eq!(verifier.verify(&request), Ok(()));
+        assert!(verifier.verify(&request).is_err(), "replayed");
+        let wrong = DpopRequest {
+            jkt: "another",
+            ..request
+        };
+        assert!(DpopVerifier::new().verify(&wrong).is_err());
+    }
+}
