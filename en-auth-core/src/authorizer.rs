@@ -71,6 +71,45 @@ pub trait Authorizer: Send + Sync + 'static {
             )
             .build()
     }
+
+    // --- Proof of possession (DPoP, RFC 9449). Defaults: plain bearer tokens, no proofs. ---
+
+    /// The scheme of the `Authorization` header the token is sent with: `Bearer` (the
+    /// default), or `DPoP` for sender-constrained tokens (RFC 9449).
+    fn token_scheme(&self) -> &'static str {
+        "Bearer"
+    }
+
+    /// Whether every request must carry a proof of possession made for that request (DPoP).
+    /// When `true`, adapters call [`request_proof`](Authorizer::request_proof) for each
+    /// request and [`proof_challenge`](Authorizer::proof_challenge) for each response;
+    /// when `false` (the default) neither is ever called and the per-request path is a
+    /// read of the cached token.
+    fn uses_request_proofs(&self) -> bool {
+        false
+    }
+
+    /// The proof header for one request: name (`DPoP`) and value, made for `method` and
+    /// `url` (the full request URL) and bound to `token`. Default: none.
+    fn request_proof(
+        &self,
+        token: &Self::Token,
+        method: &http::Method,
+        url: &str,
+    ) -> Result<Option<(http::HeaderName, http::HeaderValue)>, Error> {
+        let _ = (token, method, url);
+        Ok(None)
+    }
+
+    /// Reads a response to a request that carried a proof: the server may hand out a nonce
+    /// (`DPoP-Nonce`) to put in later proofs. Returns `true` when the server refused the
+    /// request only for want of that nonce (`401` with `error="use_dpop_nonce"`): adapters
+    /// then send the request once more, with the same token and a fresh proof. Default:
+    /// `false`.
+    fn proof_challenge(&self, url: &str, status: u16, headers: &http::HeaderMap) -> bool {
+        let _ = (url, status, headers);
+        false
+    }
 }
 
 /// The environment variable [`fleet key`](set_fleet_key) is read from when none was set in

@@ -351,12 +351,12 @@ pub struct CachedToken<T> {
 }
 
 impl<T: AccessToken> CachedToken<T> {
-    fn new(token: T, policy: &LifecyclePolicy) -> Result<Self, Error> {
-        let mut authorization = HeaderValue::try_from(format!("Bearer {}", token.access_token()))
+    fn new(token: T, policy: &LifecyclePolicy, scheme: &str) -> Result<Self, Error> {
+        let mut authorization = HeaderValue::try_from(format!("{scheme} {}", token.access_token()))
             .map_err(|_| Error::InvalidResponse {
-            status: None,
-            reason: "the access token contains characters not allowed in an HTTP header".into(),
-        })?;
+                status: None,
+                reason: "the access token contains characters not allowed in an HTTP header".into(),
+            })?;
         authorization.set_sensitive(true);
         let now = Utc::now();
         let now_ms = now.timestamp_millis();
@@ -406,7 +406,8 @@ impl<T: AccessToken> CachedToken<T> {
         &self.token
     }
 
-    /// The `Authorization` header value, `Bearer <token>`, marked sensitive.
+    /// The `Authorization` header value, `Bearer <token>` (or `DPoP <token>`, see
+    /// [`Authorizer::token_scheme`]), marked sensitive.
     pub fn authorization(&self) -> &HeaderValue {
         &self.authorization
     }
@@ -776,6 +777,30 @@ impl<A: Authorizer> TokenCache<A> {
             store_errors: load(&c.store_errors),
             remote_invalidations: load(&c.remote_invalidations),
         }
+    }
+
+    /// Whether requests need a proof each ([`Authorizer::uses_request_proofs`], DPoP). Adapters
+    /// read it once when they are built and take the proof path only when it is `true`.
+    pub fn uses_request_proofs(&self) -> bool {
+        self.inner.authorizer.uses_request_proofs()
+    }
+
+    /// The proof header for one request with `token` ([`Authorizer::request_proof`]).
+    pub fn request_proof(
+        &self,
+        token: &CachedToken<A::Token>,
+        method: &http::Method,
+        url: &str,
+    ) -> Result<Option<(http::HeaderName, HeaderValue)>, Error> {
+        self.inner
+            .authorizer
+            .request_proof(&token.token, method, url)
+    }
+
+    /// Lets the authorizer read a response to a proof-carrying request; `true` asks for one
+    /// more try with a fresh proof ([`Authorizer::proof_challenge`]).
+    pub fn proof_challenge(&self, url: &str, status: u16, headers: &http::HeaderMap) -> bool {
+        self.inner.authorizer.proof_challenge(url, status, headers)
     }
 
     /// Counts a request replayed after a 401 (for adapters).
@@ -1559,7 +1584,11 @@ impl<A: Authorizer> TokenCache<A> {
                 }
             })
             .await?;
-        let entry = CachedToken::new(token, &self.inner.policy)?;
+        let entry = CachedToken::new(
+            token,
+            &self.inner.policy,
+            self.inner.authorizer.token_scheme(),
+        )?;
         tracing::debug!(
             client_id = self.client_id(),
             refreshed = previous.is_some(),
@@ -1588,7 +1617,12 @@ impl<A: Authorizer> TokenCache<A> {
         if previous.is_some_and(|p| p.token.access_token() == token.access_token()) {
             return None; // the one we are replacing
         }
-        let entry = CachedToken::new(token, &self.inner.policy).ok()?;
+        let entry = CachedToken::new(
+            token,
+            &self.inner.policy,
+            self.inner.authorizer.token_scheme(),
+        )
+        .ok()?;
         if self.is_stale(&entry) {
             return None;
         }

@@ -53,6 +53,8 @@ pub struct AuthMiddleware<A: Authorizer> {
     api_key_error: Option<Arc<str>>,
     replay_on_unauthorized: bool,
     allow_plain_http: bool,
+    /// The authorizer wants a proof per request (DPoP): requests take the proof path.
+    proofs: bool,
 }
 
 impl<A: Authorizer> Clone for AuthMiddleware<A> {
@@ -63,6 +65,7 @@ impl<A: Authorizer> Clone for AuthMiddleware<A> {
             api_key_error: self.api_key_error.clone(),
             replay_on_unauthorized: self.replay_on_unauthorized,
             allow_plain_http: self.allow_plain_http,
+            proofs: self.proofs,
         }
     }
 }
@@ -75,6 +78,7 @@ impl<A: Authorizer> std::fmt::Debug for AuthMiddleware<A> {
             .field("api_key_error", &self.api_key_error)
             .field("replay_on_unauthorized", &self.replay_on_unauthorized)
             .field("allow_plain_http", &self.allow_plain_http)
+            .field("proofs", &self.proofs)
             .finish()
     }
 }
@@ -122,6 +126,7 @@ impl<A: Authorizer> AuthMiddleware<A> {
             }
         };
         Self {
+            proofs: cache.uses_request_proofs(),
             cache,
             api_key,
             api_key_error,
@@ -240,6 +245,10 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
     ) -> reqwest_middleware::Result<Response> {
         self.check_request(request.url())
             .map_err(reqwest_middleware::Error::middleware)?;
+        if self.proofs {
+            // Boxed: the bearer path's future stays as small as it was.
+            return Box::pin(self.handle_with_proofs(request, extensions, next)).await;
+        }
         let token = self.fresh_token().await?;
         let sent_to = KeptUrl::new(request.url());
         let replay = if self.replay_on_unauthorized {
@@ -283,6 +292,85 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         tracing::debug!("replaying request after 401 with a new token");
         drop(response);
         next.run(replay, extensions).await
+    }
+}
+
+impl<A: Authorizer> AuthMiddleware<A> {
+    /// Adds the authorizer's proof for this request (DPoP: method, URL and token bound).
+    fn add_proof(
+        &self,
+        request: &mut Request,
+        token: &CachedToken<A::Token>,
+    ) -> reqwest_middleware::Result<()> {
+        let proof = self
+            .cache
+            .request_proof(token, request.method(), request.url().as_str())
+            .map_err(reqwest_middleware::Error::middleware)?;
+        if let Some((name, value)) = proof {
+            request.headers_mut().insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// The request path for authorizers that prove possession of a key per request (DPoP):
+    /// a fresh proof on every request; a server nonce challenge (`use_dpop_nonce`) is
+    /// answered by sending the request once more with the same token and a new proof; any
+    /// other 401 is handled as on the bearer path (new token, one replay).
+    async fn handle_with_proofs(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let token = self.fresh_token().await?;
+        let sent_to = KeptUrl::new(request.url());
+        let replay = if self.replay_on_unauthorized {
+            Replay::prepare(&request)
+        } else {
+            Replay::Impossible
+        };
+        self.authorize_request(&mut request, &token);
+        self.add_proof(&mut request, &token)?;
+        let response = next.clone().run(request, extensions).await?;
+        if !sent_to.is(response.url()) && !sent_to.same_origin(response.url()) {
+            return Err(followed_elsewhere(response.url()));
+        }
+        let challenged = self.cache.proof_challenge(
+            response.url().as_str(),
+            response.status().as_u16(),
+            response.headers(),
+        );
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let new_token = if challenged {
+            tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
+            Arc::clone(&token)
+        } else {
+            self.cache.invalidate(&token).await;
+            if !token.is_rejected() {
+                return Ok(response);
+            }
+            match self.cache.replacement(&token).await {
+                Ok(new_token) if !new_token.same_token(&token) => new_token,
+                _ => return Ok(response),
+            }
+        };
+        let Some(mut again) = replay.into_request(&sent_to, &response) else {
+            return Ok(response);
+        };
+        self.authorize_request(&mut again, &new_token);
+        self.add_proof(&mut again, &new_token)?;
+        self.cache.record_replay();
+        drop(response);
+        let response = next.run(again, extensions).await?;
+        // Keep the nonce the server may have rotated; no further retry.
+        self.cache.proof_challenge(
+            response.url().as_str(),
+            response.status().as_u16(),
+            response.headers(),
+        );
+        Ok(response)
     }
 }
 

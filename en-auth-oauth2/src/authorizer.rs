@@ -1,10 +1,11 @@
 //! [`ServiceAccountAuthorizer`]: the OAuth2 client-credentials grant (RFC 6749 §4.4).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use en_auth_core::{Authorizer, BearerToken, CacheKey, ClientInfo, Error};
+use en_auth_core::{AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
@@ -12,8 +13,9 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
+use crate::dpop::{DPOP_HEADER, Dpop, DpopKey};
 use crate::endpoint::{discover_token_endpoint, token_http_client};
-use crate::response::parse_token_response;
+use crate::response::parse_token_response_for;
 use en_auth_core::{
     MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url, str_for_logs,
     untrusted_text, url_for_logs,
@@ -56,6 +58,16 @@ pub struct ServiceAccountAuthorizer {
     authentication: ClientAuthentication,
     default_lifetime: Option<Duration>,
     http: reqwest::Client,
+    dpop: DpopSetting,
+}
+
+/// Whether tokens are sender-constrained with DPoP (RFC 9449).
+#[derive(Debug)]
+enum DpopSetting {
+    Off,
+    On(Arc<Dpop>),
+    /// `with_dpop()` could not make a key: every token request fails with this reason.
+    Unavailable(String),
 }
 
 impl ServiceAccountAuthorizer {
@@ -98,6 +110,7 @@ impl ServiceAccountAuthorizer {
             authentication: ClientAuthentication::default(),
             default_lifetime: None,
             http: token_http_client(),
+            dpop: DpopSetting::Off,
         }
     }
 
@@ -158,6 +171,88 @@ impl ServiceAccountAuthorizer {
         self
     }
 
+    /// Sender-constrains the tokens with DPoP (RFC 9449), with a fresh EC P-256 key made for
+    /// this authorizer: the token request carries a proof of the key, the provider binds the
+    /// token to it (`token_type: DPoP`, `cnf.jkt`), and every API request through
+    /// [`AuthMiddleware`](en_auth_core::AuthMiddleware) or `AuthLayer` carries
+    /// `Authorization: DPoP <token>` and a fresh `DPoP` proof for its method and URL. Server
+    /// nonces (`use_dpop_nonce`) are answered with one retry.
+    ///
+    /// A provider that answers with a plain `Bearer` token ignored the proof; that answer is
+    /// refused with [`Error::InvalidResponse`] rather than silently sending an unbound token.
+    ///
+    /// ```
+    /// use en_auth_core::ClientInfo;
+    /// use en_auth_oauth2::ServiceAccountAuthorizer;
+    /// let sa = ServiceAccountAuthorizer::new(ClientInfo::new("svc", "secret"), "https://idp.example.com/token")
+    ///     .with_dpop();
+    /// assert!(sa.dpop_thumbprint().is_some());
+    /// ```
+    pub fn with_dpop(mut self) -> Self {
+        self.dpop = match DpopKey::generate() {
+            Ok(key) => DpopSetting::On(Arc::new(Dpop::new(key))),
+            Err(err) => DpopSetting::Unavailable(err.to_string()),
+        };
+        self
+    }
+
+    /// Like [`with_dpop`](Self::with_dpop), with a key you supply (for example one loaded
+    /// with [`DpopKey::from_pkcs8_pem`], so that tokens stay bound to the same key across
+    /// restarts).
+    pub fn with_dpop_key(mut self, key: DpopKey) -> Self {
+        self.dpop = DpopSetting::On(Arc::new(Dpop::new(key)));
+        self
+    }
+
+    /// The RFC 7638 thumbprint of the DPoP key (the `cnf.jkt` of the tokens), when DPoP is on.
+    pub fn dpop_thumbprint(&self) -> Option<&str> {
+        match &self.dpop {
+            DpopSetting::On(dpop) => Some(dpop.key().thumbprint()),
+            _ => None,
+        }
+    }
+
+    fn dpop(&self) -> Result<Option<&Dpop>, Error> {
+        match &self.dpop {
+            DpopSetting::Off => Ok(None),
+            DpopSetting::On(dpop) => Ok(Some(dpop)),
+            DpopSetting::Unavailable(reason) => Err(Error::InvalidConfiguration {
+                setting: "DPoP key".into(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Sends the token request; with DPoP, with a proof, and once more with the server's
+    /// nonce when it asks for one (`use_dpop_nonce`).
+    async fn send_token_request(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Error> {
+        let Some(dpop) = self.dpop()? else {
+            return send_once(request).await;
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(this_try) = request.try_clone() else {
+                return Err(Error::InvalidConfiguration {
+                    setting: "token request".into(),
+                    reason: "the token request body cannot be sent twice".into(),
+                });
+            };
+            let proof = dpop.header("POST", url.as_str(), None)?;
+            let (status, headers, body) = send_once(this_try.header(DPOP_HEADER, proof)).await?;
+            if attempt == 1 && dpop.token_endpoint_challenge(url.as_str(), status, &headers, &body)
+            {
+                tracing::debug!("the token endpoint asked for a DPoP nonce: sending once more");
+                continue;
+            }
+            return Ok((status, headers, body));
+        }
+    }
+
     /// The token endpoint, discovering it first if needed.
     pub async fn token_url(&self) -> Result<Url, Error> {
         match &self.endpoint {
@@ -190,7 +285,7 @@ impl ServiceAccountAuthorizer {
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        let mut request = self.http.post(url).header(
+        let mut request = self.http.post(url.clone()).header(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
@@ -202,14 +297,13 @@ impl ServiceAccountAuthorizer {
             .extend_pairs(form)
             .finish();
         let started = Instant::now();
-        let mut response = request.body(body).send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
+        let (status, headers, bytes) = self.send_token_request(request.body(body), &url).await?;
         let span = tracing::Span::current();
         span.record("status", status);
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let granted = parse_token_response(status, &headers, &bytes, self.default_lifetime)?;
+        let dpop = !matches!(self.dpop, DpopSetting::Off);
+        let granted =
+            parse_token_response_for(status, &headers, &bytes, self.default_lifetime, dpop)?;
         if let Some(scope) = &granted.scope {
             tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
         }
@@ -261,7 +355,42 @@ impl Authorizer for ServiceAccountAuthorizer {
             key = key.part(name, value);
         }
         key = self.authentication.add_to_cache_key(key);
+        // DPoP: tokens are bound to the key, so each key has its own.
+        if let DpopSetting::On(dpop) = &self.dpop {
+            key = key.part("dpop_jkt", dpop.key().thumbprint());
+        }
         key.build()
+    }
+
+    fn token_scheme(&self) -> &'static str {
+        match self.dpop {
+            DpopSetting::Off => "Bearer",
+            _ => "DPoP",
+        }
+    }
+
+    fn uses_request_proofs(&self) -> bool {
+        !matches!(self.dpop, DpopSetting::Off)
+    }
+
+    fn request_proof(
+        &self,
+        token: &BearerToken,
+        method: &http::Method,
+        url: &str,
+    ) -> Result<Option<(http::HeaderName, HeaderValue)>, Error> {
+        let Some(dpop) = self.dpop()? else {
+            return Ok(None);
+        };
+        let proof = dpop.header(method.as_str(), url, Some(token.access_token()))?;
+        Ok(Some((DPOP_HEADER, proof)))
+    }
+
+    fn proof_challenge(&self, url: &str, status: u16, headers: &http::HeaderMap) -> bool {
+        match &self.dpop {
+            DpopSetting::On(dpop) => dpop.api_challenge(url, status, headers),
+            _ => false,
+        }
     }
 }
 
@@ -281,6 +410,18 @@ impl fmt::Debug for ServiceAccountAuthorizer {
             .field("resources", &self.resources)
             .field("scopes", &self.scopes)
             .field("authentication", &self.authentication)
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
+}
+
+/// Sends one token request and reads the answer (bounded).
+async fn send_once(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Error> {
+    let mut response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
+    Ok((status, headers, bytes))
 }

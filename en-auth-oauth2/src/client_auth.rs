@@ -412,7 +412,6 @@ fn sign_jwt(
     claims: &impl Serialize,
     key: &EncodingKey,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    use jsonwebtoken::signature::Signer as _;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let alg = header.alg;
     let header = serde_json::to_vec(header)?;

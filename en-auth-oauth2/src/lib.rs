@@ -14,6 +14,7 @@
 //! - Key-based client authentication (`private_key_jwt`, RFC 7523):
 //!   [`ClientAuthentication::private_key_jwt_pem`].
 //! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
+//! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
 //!
 //! The token client follows no redirects, has connect and total timeouts
 //! ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`]) and refuses plain `http://` endpoints except on
@@ -24,6 +25,7 @@
 
 mod authorizer;
 mod client_auth;
+pub mod dpop;
 mod endpoint;
 pub mod env;
 mod jwk_key;
@@ -35,6 +37,7 @@ pub use client_auth::{
     AssertionAlgorithm, ClientAuthentication, DEFAULT_ASSERTION_LIFETIME,
     JWT_BEARER_ASSERTION_TYPE, MAX_ASSERTION_LIFETIME, PrivateKeyJwt,
 };
+pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::token_http_client;
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};

@@ -67,14 +67,28 @@ pub(crate) struct Granted {
 }
 
 /// Turns a token endpoint's status, headers and body into a token or an error.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn parse_token_response(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
     default_lifetime: Option<Duration>,
 ) -> Result<Granted, Error> {
+    parse_token_response_for(status, headers, body, default_lifetime, false)
+}
+
+/// [`parse_token_response`] for a request that carried a DPoP proof (`dpop`): then only a
+/// `token_type` of `DPoP` is accepted — a `Bearer` answer means the provider ignored the proof
+/// and the token is not bound to the key. Without DPoP only `Bearer` is accepted.
+pub(crate) fn parse_token_response_for(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    default_lifetime: Option<Duration>,
+    dpop: bool,
+) -> Result<Granted, Error> {
     match status {
-        200..=299 => parse_success(status, body, default_lifetime),
+        200..=299 => parse_success(status, body, default_lifetime, dpop),
         300..=399 => Err(Error::InvalidResponse {
             status: Some(status),
             reason: format!(
@@ -97,6 +111,7 @@ fn parse_success(
     status: u16,
     body: &[u8],
     default_lifetime: Option<Duration>,
+    dpop: bool,
 ) -> Result<Granted, Error> {
     let parsed: TokenBody = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
         status: Some(status),
@@ -106,7 +121,9 @@ fn parse_success(
             json_problem(&e)
         ),
     })?;
-    if let Some(kind) = parsed.token_type.as_deref() {
+    if dpop {
+        check_dpop_token_type(status, parsed.token_type.as_deref())?;
+    } else if let Some(kind) = parsed.token_type.as_deref() {
         if !kind.eq_ignore_ascii_case("bearer") {
             return Err(Error::InvalidResponse {
                 status: Some(status),
@@ -142,6 +159,22 @@ fn parse_success(
         token: BearerToken::new(parsed.access_token, lifetime),
         scope: parsed.scope,
     })
+}
+
+/// A DPoP token request must be answered with a DPoP-bound token (RFC 9449 §5).
+fn check_dpop_token_type(status: u16, kind: Option<&str>) -> Result<(), Error> {
+    match kind {
+        Some(kind) if kind.eq_ignore_ascii_case("dpop") => Ok(()),
+        other => Err(Error::InvalidResponse {
+            status: Some(status),
+            reason: format!(
+                "the token request carried a DPoP proof but the answer's token_type is `{}`: \
+                 the provider did not bind the token to the key; enable DPoP for this client \
+                 at the provider, or drop with_dpop() to use bearer tokens",
+                untrusted_text(other.unwrap_or("(none)"))
+            ),
+        }),
+    }
 }
 
 fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
@@ -331,6 +364,26 @@ mod tests {
                 other => panic!("{status} {body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn dpop_answers_are_accepted_only_for_dpop_requests_and_bearer_refused_for_them() {
+        let dpop = br#"{"access_token":"t","token_type":"DPoP","expires_in":60}"#;
+        let bearer = br#"{"access_token":"t","token_type":"Bearer","expires_in":60}"#;
+        let h = HeaderMap::new();
+        assert!(parse_token_response_for(200, &h, dpop, None, true).is_ok());
+        assert!(matches!(
+            parse_token_response_for(200, &h, dpop, None, false),
+            Err(Error::InvalidResponse { .. })
+        ));
+        match parse_token_response_for(200, &h, bearer, None, true) {
+            Err(Error::InvalidResponse { reason, .. }) => {
+                assert!(reason.contains("did not bind"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let untyped = br#"{"access_token":"t"}"#;
+        assert!(parse_token_response_for(200, &h, untyped, None, true).is_err());
     }
 
     #[test]

@@ -28,6 +28,12 @@ impl OidcProvider {
     pub const BASIC_CLIENT: (&'static str, &'static str) = ("basic-client", "basic-secret");
     /// Client `post-client` (client_secret_post) and its secret.
     pub const POST_CLIENT: (&'static str, &'static str) = ("post-client", "post-secret");
+    /// Client `dpop-client` (client_secret_basic; DPoP-bound tokens required) and its secret.
+    pub const DPOP_CLIENT: (&'static str, &'static str) = ("dpop-client", "dpop-secret");
+    /// Client `dpop-nonce-client`: like [`DPOP_CLIENT`](Self::DPOP_CLIENT), and the token
+    /// endpoint requires a server nonce in its DPoP proofs.
+    pub const DPOP_NONCE_CLIENT: (&'static str, &'static str) =
+        ("dpop-nonce-client", "dpop-nonce-secret");
     /// A resource (audience) the provider issues JWTs for.
     pub const API: &'static str = "https://api.example.com";
 

@@ -75,6 +75,19 @@ impl<A: Authorizer> AuthInterceptor<A> {
                 })
                 .transpose()
             });
+        // An interceptor sees no method or URL, so it cannot make per-request proofs (DPoP).
+        let key = key.and_then(|key| {
+            if cache.uses_request_proofs() {
+                Err(en_auth_core::Error::InvalidConfiguration {
+                    setting: "authorizer".into(),
+                    reason: "this authorizer needs a proof per request (DPoP), which an \
+                             interceptor cannot make: use AuthLayer instead"
+                        .into(),
+                })
+            } else {
+                Ok(key)
+            }
+        });
         let (api_key, api_key_error) = match key {
             Ok(key) => (
                 key.map(|mut value| {

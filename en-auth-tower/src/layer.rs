@@ -60,6 +60,8 @@ pub struct AuthLayer<A: Authorizer> {
     api_key_error: Option<Arc<str>>,
     replay: bool,
     allow_plain_http: bool,
+    /// The authorizer wants a proof per request (DPoP): requests take the proof path.
+    proofs: bool,
 }
 
 impl<A: Authorizer> Clone for AuthLayer<A> {
@@ -70,6 +72,7 @@ impl<A: Authorizer> Clone for AuthLayer<A> {
             api_key_error: self.api_key_error.clone(),
             replay: self.replay,
             allow_plain_http: self.allow_plain_http,
+            proofs: self.proofs,
         }
     }
 }
@@ -80,6 +83,7 @@ impl<A: Authorizer> std::fmt::Debug for AuthLayer<A> {
             .field("cache", &self.cache)
             .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
             .field("replay", &self.replay)
+            .field("proofs", &self.proofs)
             .finish()
     }
 }
@@ -103,6 +107,7 @@ impl<A: Authorizer> AuthLayer<A> {
             }
         };
         Self {
+            proofs: cache.uses_request_proofs(),
             cache,
             api_key,
             api_key_error,
@@ -230,6 +235,13 @@ where
             let err: BoxError = Box::new(err);
             return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
         }
+    }
+    if auth.proofs {
+        // A proof per request (DPoP): its own path, with the service that was polled ready.
+        let fresh = inner.clone();
+        let ready = std::mem::replace(inner, fresh);
+        let auth = Arc::clone(auth);
+        return ResponseFuture::slow(Box::pin(send_with_proofs(auth, ready, request)));
     }
     let Some(token) = auth.cache.cached() else {
         // No usable token: the request waits for the shared fetch, so it takes the service
@@ -496,4 +508,81 @@ where
         .await
         .map_err(Into::into)?;
     service.call(request).await.map_err(Into::into)
+}
+
+/// Adds the authorizer's proof (DPoP) for this request to it.
+fn add_proof<A: Authorizer, B>(
+    auth: &AuthLayer<A>,
+    request: &mut Request<B>,
+    token: &CachedToken<A::Token>,
+    url: &str,
+) -> Result<(), BoxError> {
+    if let Some((name, value)) = auth.cache.request_proof(token, request.method(), url)? {
+        request.headers_mut().insert(name, value);
+    }
+    Ok(())
+}
+
+/// The request path for authorizers that prove possession of a key per request (DPoP): a
+/// fresh proof on every request (the request's URI must be absolute, as a client's is); a
+/// server nonce challenge (`use_dpop_nonce`) is answered by sending the request once more
+/// with the same token and a new proof; any other rejection is handled as on the bearer
+/// path (new token, one replay).
+async fn send_with_proofs<S, A, ReqB, ResB>(
+    auth: Arc<AuthLayer<A>>,
+    mut service: S,
+    mut request: Request<ReqB>,
+) -> Result<Response<ResB>, BoxError>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    let token = auth.cache.get().await.map_err(BoxError::from)?;
+    let url = request.uri().to_string();
+    let replay = if auth.replay {
+        Saved::prepare(&request)
+    } else {
+        None
+    };
+    auth.authorize(&mut request, &token);
+    add_proof(&auth, &mut request, &token, &url)?;
+    let response = service.call(request).await.map_err(Into::into)?;
+    let challenged =
+        auth.cache
+            .proof_challenge(&url, response.status().as_u16(), response.headers());
+    if !is_rejection(&response) {
+        return Ok(response);
+    }
+    let new_token = if challenged {
+        tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
+        Arc::clone(&token)
+    } else {
+        auth.cache.invalidate(&token).await;
+        if !token.is_rejected() {
+            return Ok(response);
+        }
+        match auth.cache.replacement(&token).await {
+            Ok(new_token) if !new_token.same_token(&token) => new_token,
+            _ => return Ok(response),
+        }
+    };
+    let Some((saved, body)) = replay else {
+        return Ok(response);
+    };
+    let mut again = saved.into_request(body);
+    auth.authorize(&mut again, &new_token);
+    add_proof(&auth, &mut again, &new_token, &url)?;
+    auth.cache.record_replay();
+    drop(response);
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let response = service.call(again).await.map_err(Into::into)?;
+    auth.cache
+        .proof_challenge(&url, response.status().as_u16(), response.headers());
+    Ok(response)
 }

@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::dpop::{DpopError, DpopRequest, DpopVerifier, bound_thumbprint};
 use crate::verifier::check_scopes;
 use crate::{Claims, Verifier};
 
@@ -52,6 +53,28 @@ impl std::ops::Deref for Authenticated {
 pub struct RequireAuth {
     verifier: Verifier,
     scopes: Arc<[String]>,
+    /// DPoP required on the wrapped routes (sender-constrained tokens, RFC 9449).
+    dpop: Option<DpopVerifier>,
+}
+
+/// What a DPoP route needs from the request besides the token.
+struct ProofParts {
+    method: http::Method,
+    path: String,
+    host: Option<HeaderValue>,
+    proofs: Vec<HeaderValue>,
+}
+
+/// Why a request is refused: the token (or scopes), or its DPoP proof.
+enum Refusal {
+    Token(Error),
+    Proof(DpopError),
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Self {
+        Refusal::Token(err)
+    }
 }
 
 impl RequireAuth {
@@ -60,7 +83,28 @@ impl RequireAuth {
         Self {
             verifier,
             scopes: Arc::from(Vec::new()),
+            dpop: None,
         }
+    }
+
+    /// Requires DPoP-bound tokens (RFC 9449) on the wrapped routes: `Authorization: DPoP
+    /// <token>` whose token names a key (`cnf.jkt`), and a `DPoP` proof by that key for this
+    /// request, checked by a [`DpopVerifier`] with default settings. A bound token presented
+    /// as `Bearer` is refused (on every route, with or without this).
+    ///
+    /// ```no_run
+    /// # use en_auth_verify::{RequireAuth, Verifier};
+    /// let layer = RequireAuth::new(Verifier::oidc("https://idp.example.com/", "https://api.example.com")).dpop();
+    /// # let _ = layer;
+    /// ```
+    pub fn dpop(self) -> Self {
+        self.dpop_with(DpopVerifier::new())
+    }
+
+    /// Like [`dpop`](Self::dpop), with a configured verifier (public origin, window, nonce).
+    pub fn dpop_with(mut self, verifier: DpopVerifier) -> Self {
+        self.dpop = Some(verifier);
+        self
     }
 
     /// Also requires these scopes (each in `scope` or Auth0 `permissions`) on the wrapped
@@ -90,6 +134,57 @@ impl RequireAuth {
                 reason: "no bearer token".into(),
             })?;
         let claims = self.verifier.verify_shared(token).await?;
+        if bound_thumbprint(&claims).is_some() {
+            return Err(Error::InvalidToken {
+                reason: "a DPoP-bound token was presented as a bearer token".into(),
+            });
+        }
+        check_scopes(&claims, &self.scopes)?;
+        Ok(claims)
+    }
+
+    /// Verifies a DPoP route's request: `DPoP` token, its binding and the proof.
+    async fn check_dpop(
+        &self,
+        dpop: &DpopVerifier,
+        authorization: Option<HeaderValue>,
+        parts: ProofParts,
+    ) -> Result<Arc<Claims>, Refusal> {
+        let token = authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| scheme_token(v, "dpop"))
+            .ok_or_else(|| Error::InvalidToken {
+                reason: "this route requires a DPoP-bound token (`Authorization: DPoP …`)".into(),
+            })?;
+        let claims = self.verifier.verify_shared(token).await?;
+        let jkt = bound_thumbprint(&claims).ok_or_else(|| Error::InvalidToken {
+            reason: "the token is not DPoP-bound (no cnf.jkt)".into(),
+        })?;
+        let proof = match parts.proofs.as_slice() {
+            [one] => one.to_str().map_err(|_| {
+                Refusal::Proof(DpopError::InvalidProof("the proof is not text".into()))
+            })?,
+            [] => {
+                return Err(Refusal::Proof(DpopError::InvalidProof(
+                    "no DPoP header".into(),
+                )));
+            }
+            _ => {
+                return Err(Refusal::Proof(DpopError::InvalidProof(
+                    "more than one DPoP header".into(),
+                )));
+            }
+        };
+        dpop.verify(&DpopRequest {
+            method: parts.method.as_str(),
+            url: &parts.path,
+            host: parts.host.as_ref().and_then(|h| h.to_str().ok()),
+            access_token: token,
+            proof,
+            jkt,
+        })
+        .map_err(Refusal::Proof)?;
         check_scopes(&claims, &self.scopes)?;
         Ok(claims)
     }
@@ -117,9 +212,49 @@ impl Authorization {
 
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
 fn bearer_token(value: &str) -> Option<&str> {
+    scheme_token(value, "bearer")
+}
+
+/// The token of an `Authorization: <scheme> <token>` value (scheme case-insensitive).
+fn scheme_token<'v>(value: &'v str, wanted: &str) -> Option<&'v str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    (scheme.eq_ignore_ascii_case(wanted) && !token.is_empty()).then_some(token)
+}
+
+/// The response for a request refused on a DPoP route.
+fn dpop_rejection<B: Default>(refusal: &Refusal) -> Response<B> {
+    let (challenge, nonce) = match refusal {
+        Refusal::Token(err @ Error::InvalidToken { .. }) => {
+            tracing::info!(status = 401, reason = %err, "request refused");
+            (
+                "DPoP error=\"invalid_token\", algs=\"ES256 ES384 RS256 PS256 EdDSA\"",
+                None,
+            )
+        }
+        Refusal::Token(err) => return rejection(err),
+        Refusal::Proof(err @ DpopError::InvalidProof(_)) => {
+            tracing::info!(status = 401, reason = %err, "request refused");
+            (
+                "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 RS256 PS256 EdDSA\"",
+                None,
+            )
+        }
+        Refusal::Proof(DpopError::UseNonce(nonce)) => {
+            tracing::debug!("DPoP nonce required: challenge sent");
+            ("DPoP error=\"use_dpop_nonce\"", Some(nonce.as_str()))
+        }
+    };
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    if let Some(nonce) = nonce.and_then(|n| HeaderValue::try_from(n).ok()) {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
+    response
 }
 
 /// The response for a rejected request.
@@ -190,6 +325,32 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         let authorization = Authorization::of(request.headers());
+        if let Some(dpop) = auth.dpop.clone() {
+            let Authorization::One(authorization) = authorization else {
+                let refusal = Refusal::Token(Error::InvalidToken {
+                    reason: "more than one Authorization header".into(),
+                });
+                return Box::pin(async move { Ok(dpop_rejection(&refusal)) });
+            };
+            let parts = ProofParts {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                host: request.headers().get(header::HOST).cloned().or_else(|| {
+                    let authority = request.uri().authority()?;
+                    HeaderValue::try_from(authority.as_str()).ok()
+                }),
+                proofs: request.headers().get_all("dpop").iter().cloned().collect(),
+            };
+            return Box::pin(async move {
+                match auth.check_dpop(&dpop, authorization, parts).await {
+                    Ok(claims) => {
+                        request.extensions_mut().insert(Authenticated(claims));
+                        inner.call(request).await
+                    }
+                    Err(refusal) => Ok(dpop_rejection(&refusal)),
+                }
+            });
+        }
         Box::pin(async move {
             match auth.check(authorization).await {
                 Ok(claims) => {

@@ -9,6 +9,9 @@
 //! before is answered from a bounded cache of verified tokens, with every check whose answer
 //! can change (expiry, key still published, scopes) run again.
 //!
+//! Sender-constrained tokens (DPoP, RFC 9449): [`RequireAuth::dpop`] requires them on a route,
+//! with each request's proof checked by a [`DpopVerifier`].
+//!
 //! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
 //! handlers read the claims with the [`Authenticated`] extractor.
 //!
@@ -31,12 +34,16 @@
 
 mod claims;
 mod decode;
+mod dpop;
 mod jwks;
 mod layer;
 mod token_cache;
 mod verifier;
 
 pub use claims::Claims;
+pub use dpop::{
+    DEFAULT_MAX_REMEMBERED, DEFAULT_PROOF_WINDOW, DpopError, DpopRequest, DpopVerifier,
+};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_EVERY};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};

@@ -8,6 +8,8 @@
 //     post-client  / post-secret    client_secret_post,  scopes read:data write:data
 //     customer-1 … customer-50 / customer-N-secret   client_secret_post, scopes read:data write:data
 //                                  (the token proxy's simulated customers)
+//     dpop-client / dpop-secret     client_secret_basic, DPoP-bound tokens (RFC 9449)
+//     dpop-nonce-client / dpop-nonce-secret   the same, and the token endpoint requires a DPoP nonce
 // - Resource indicators (RFC 8707) with JWT access tokens (RS256) for
 //   https://api.example.com and https://orders.example.com; any other resource is
 //   invalid_target. Auth0's `audience` parameter is accepted as an alias of `resource`.
@@ -125,6 +127,24 @@ async function passwordGrant(ctx) {
     scope,
   };
 }
+// --- DPoP (RFC 9449) ---
+const DPOP_CLIENTS = ['dpop-client', 'dpop-nonce-client'].map((id) => ({
+  client_id: id,
+  client_secret: id.replace('-client', '-secret'),
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+  scope: 'read:data write:data',
+  dpop_bound_access_tokens: true,
+}));
+const DPOP_NONCE_SECRET = crypto.randomBytes(32);
+const dPoP = {
+  enabled: true,
+  nonceSecret: DPOP_NONCE_SECRET,
+  requireNonce: (ctx) => ctx.oidc?.client?.clientId === 'dpop-nonce-client',
+};
+// --- end DPoP ---
 
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
@@ -150,6 +170,7 @@ function makeProvider(issuer, key) {
       ...CUSTOMERS,
       ...KEY_CLIENTS,
       ...PASSWORD_CLIENTS,
+      ...DPOP_CLIENTS,
     ],
     findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
     rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
@@ -159,6 +180,7 @@ function makeProvider(issuer, key) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      dPoP,
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,

@@ -1,0 +1,455 @@
+//! DPoP (RFC 9449): proofs of possession that bind a token to a key the client holds.
+//!
+//! A DPoP client owns an EC P-256 key. Every request — the token request and each API request
+//! — carries a `DPoP` header: a short JWT (`typ: dpop+jwt`, `alg: ES256`, the public key as
+//! `jwk` in its header) that names the request's method (`htm`) and URL without query and
+//! fragment (`htu`), when it was made (`iat`), a random id (`jti`), for API requests the
+//! SHA-256 of the access token (`ath`), and the server's latest nonce when it handed one out.
+//! The provider binds the token to the key's thumbprint (RFC 7638, the token's `cnf.jkt`), so
+//! a stolen token is useless without the key.
+//!
+//! [`DpopKey`] makes the proofs (ECDSA from RustCrypto's `p256`; the private key never leaves
+//! it and is never printed). The nonces servers hand out (`DPoP-Nonce`) are remembered per
+//! origin by the authorizer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use en_auth_core::Error;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The request header a DPoP proof travels in.
+pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
+/// The response header a server hands out its nonce in.
+pub const DPOP_NONCE_HEADER: HeaderName = HeaderName::from_static("dpop-nonce");
+
+/// Servers whose nonces are remembered at most; past it the memory starts over (a forgotten
+/// nonce costs one retry, never a failure).
+const MAX_REMEMBERED_ORIGINS: usize = 256;
+
+/// An EC P-256 key that signs DPoP proofs (ES256).
+///
+/// Generate one per authorizer ([`generate`](Self::generate), what
+/// [`with_dpop`](crate::ServiceAccountAuthorizer::with_dpop) does) or load a key you keep
+/// ([`from_pkcs8_pem`](Self::from_pkcs8_pem)) when tokens must stay bound to the same key
+/// across restarts. `Debug` shows only the public key's thumbprint.
+///
+/// ```
+/// use en_auth_oauth2::DpopKey;
+/// let key = DpopKey::generate().unwrap();
+/// let proof = key.proof("GET", "https://api.example.com/orders?page=2", Some("token"), None).unwrap();
+/// assert_eq!(proof.split('.').count(), 3);
+/// assert_eq!(key.thumbprint().len(), 43); // base64url of a SHA-256
+/// assert!(!format!("{key:?}").contains("d\""));
+/// ```
+///
+/// Clones share nothing but the key: one key may serve several authorizers.
+#[derive(Clone)]
+pub struct DpopKey {
+    signing: SigningKey,
+    /// The public key as a JWK, members in RFC 7638 order.
+    jwk: PublicJwk,
+    thumbprint: String,
+    /// The proof header, base64url-encoded once: it is the same for every proof.
+    header_b64: String,
+}
+
+#[derive(Clone, Serialize)]
+struct PublicJwk {
+    crv: &'static str,
+    kty: &'static str,
+    x: String,
+    y: String,
+}
+
+#[derive(Serialize)]
+struct ProofHeader<'a> {
+    typ: &'static str,
+    alg: &'static str,
+    jwk: &'a PublicJwk,
+}
+
+#[derive(Serialize)]
+struct ProofClaims<'a> {
+    jti: &'a str,
+    htm: &'a str,
+    htu: &'a str,
+    iat: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ath: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+}
+
+impl DpopKey {
+    /// A fresh random key (from the operating system's random source).
+    pub fn generate() -> Result<Self, Error> {
+        // A random 32-byte string is a valid P-256 scalar except with probability ~2^-32;
+        // draw again in that case.
+        for _ in 0..8 {
+            let mut bytes = [0u8; 32];
+            getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
+                setting: "DPoP key".into(),
+                reason: format!("the operating system gave no randomness for a key ({e})"),
+            })?;
+            if let Ok(signing) = SigningKey::from_slice(&bytes) {
+                return Ok(Self::from_signing_key(signing));
+            }
+        }
+        Err(Error::InvalidConfiguration {
+            setting: "DPoP key".into(),
+            reason: "could not draw a valid P-256 key; check the system's random source".into(),
+        })
+    }
+
+    /// Loads an EC P-256 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as
+    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes it.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, Error> {
+        use p256::pkcs8::DecodePrivateKey;
+        let signing = SigningKey::from_pkcs8_pem(pem).map_err(|_| Error::InvalidConfiguration {
+            setting: "DPoP key".into(),
+            reason: "not a PKCS#8 PEM EC P-256 private key (`-----BEGIN PRIVATE KEY-----`); \
+                     convert a SEC1 key with `openssl pkcs8 -topk8 -nocrypt`"
+                .into(),
+        })?;
+        Ok(Self::from_signing_key(signing))
+    }
+
+    fn from_signing_key(signing: SigningKey) -> Self {
+        let point = signing.verifying_key().to_encoded_point(false);
+        let coordinate = |c: Option<&p256::FieldBytes>| c.map(|c| URL_SAFE_NO_PAD.encode(c));
+        let jwk = PublicJwk {
+            crv: "P-256",
+            kty: "EC",
+            x: coordinate(point.x()).unwrap_or_default(),
+            y: coordinate(point.y()).unwrap_or_default(),
+        };
+        // RFC 7638: the required members, lexicographic order, no whitespace — exactly how
+        // `PublicJwk` serializes.
+        let canonical = serde_json::to_vec(&jwk).unwrap_or_default();
+        let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(&canonical));
+        let header = ProofHeader {
+            typ: "dpop+jwt",
+            alg: "ES256",
+            jwk: &jwk,
+        };
+        let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+        Self {
+            signing,
+            jwk,
+            thumbprint,
+            header_b64,
+        }
+    }
+
+    /// The RFC 7638 thumbprint of the public key (base64url SHA-256): what a DPoP-bound
+    /// token's `cnf.jkt` names.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// The public key as a JWK (`kty`, `crv`, `x`, `y`), e.g. to register it with a provider.
+    pub fn public_jwk(&self) -> serde_json::Value {
+        serde_json::to_value(&self.jwk).unwrap_or_default()
+    }
+
+    /// A proof for one request: `method` and `url` (its query and fragment are left out of
+    /// `htu`), the access token it goes with (`ath`; `None` for the token request) and the
+    /// server's nonce, if it gave one.
+    pub fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, Error> {
+        let htu = htu(url)?;
+        let mut jti = [0u8; 16];
+        getrandom::getrandom(&mut jti).map_err(|e| Error::InvalidConfiguration {
+            setting: "DPoP proof".into(),
+            reason: format!("the operating system gave no randomness for a proof id ({e})"),
+        })?;
+        let jti = URL_SAFE_NO_PAD.encode(jti);
+        let claims = ProofClaims {
+            jti: &jti,
+            htm: method,
+            htu: &htu,
+            iat: chrono::Utc::now().timestamp(),
+            ath: access_token.map(access_token_hash),
+            nonce,
+        };
+        let claims = serde_json::to_vec(&claims).map_err(|e| Error::InvalidConfiguration {
+            setting: "DPoP proof".into(),
+            reason: format!("could not encode the proof's claims ({e})"),
+        })?;
+        let mut jwt = String::with_capacity(self.header_b64.len() + claims.len() * 4 / 3 + 92);
+        jwt.push_str(&self.header_b64);
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
+        let signature: Signature = self.signing.sign(jwt.as_bytes());
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut jwt);
+        Ok(jwt)
+    }
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `ath`: base64url of the SHA-256 of the access token.
+pub fn access_token_hash(access_token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+}
+
+/// `htu`: the URL without query and fragment, normalized as a WHATWG URL serializes it.
+fn htu(url: &str) -> Result<String, Error> {
+    let mut parsed = Url::parse(url).map_err(|_| Error::InvalidConfiguration {
+        setting: "request URL".into(),
+        reason: "a DPoP proof needs the request's absolute URL (scheme, host and path)".into(),
+    })?;
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    Ok(parsed.into())
+}
+
+/// An authorizer's DPoP state: the key and the latest nonce of each server.
+pub(crate) struct Dpop {
+    key: DpopKey,
+    nonces: Mutex<HashMap<String, String>>,
+}
+
+impl Dpop {
+    pub(crate) fn new(key: DpopKey) -> Self {
+        Self {
+            key,
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &DpopKey {
+        &self.key
+    }
+
+    fn nonce_for(&self, url: &str) -> Option<String> {
+        let origin = Url::parse(url).ok()?.origin().ascii_serialization();
+        self.nonces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&origin)
+            .cloned()
+    }
+
+    /// The `DPoP` header value for a request, with the server's latest nonce.
+    pub(crate) fn header(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+    ) -> Result<HeaderValue, Error> {
+        let nonce = self.nonce_for(url);
+        let proof = self
+            .key
+            .proof(method, url, access_token, nonce.as_deref())?;
+        HeaderValue::try_from(proof).map_err(|_| Error::InvalidConfiguration {
+            setting: "DPoP proof".into(),
+            reason: "the proof is not a valid header value".into(),
+        })
+    }
+
+    /// Remembers the nonce a response handed out.
+    fn remember_nonce(&self, url: &str, headers: &HeaderMap) {
+        let Some(nonce) = headers
+            .get(DPOP_NONCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| !n.is_empty() && n.len() <= 1024)
+        else {
+            return;
+        };
+        let Some(origin) = Url::parse(url)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+        else {
+            return;
+        };
+        let mut nonces = self
+            .nonces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if nonces.len() >= MAX_REMEMBERED_ORIGINS && !nonces.contains_key(&origin) {
+            nonces.clear();
+        }
+        nonces.insert(origin, nonce.to_owned());
+    }
+
+    /// An API's answer: remembers its nonce; `true` when it refused the request only for
+    /// want of that nonce (`401`, `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a
+    /// `DPoP-Nonce`). The callers retry at most once, so a server that keeps asking cannot
+    /// make a loop.
+    pub(crate) fn api_challenge(&self, url: &str, status: u16, headers: &HeaderMap) -> bool {
+        let has_nonce = headers.contains_key(DPOP_NONCE_HEADER);
+        self.remember_nonce(url, headers);
+        has_nonce
+            && status == 401
+            && headers
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.trim_start()
+                        .get(..4)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("dpop"))
+                        && v.contains("use_dpop_nonce")
+                })
+    }
+
+    /// The token endpoint's answer: remembers its nonce; `true` when it refused the request
+    /// only for want of that nonce (`400` with `"error": "use_dpop_nonce"`).
+    pub(crate) fn token_endpoint_challenge(
+        &self,
+        url: &str,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> bool {
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            error: String,
+        }
+        let has_nonce = headers.contains_key(DPOP_NONCE_HEADER);
+        self.remember_nonce(url, headers);
+        has_nonce
+            && (400..500).contains(&status)
+            && serde_json::from_slice::<ErrorBody>(body)
+                .is_ok_and(|body| body.error == "use_dpop_nonce")
+    }
+}
+
+impl fmt::Debug for Dpop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dpop").field("key", &self.key).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::VerifyingKey;
+    use p256::ecdsa::signature::Verifier;
+
+    fn decode(part: &str) -> serde_json::Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_proof_is_an_es256_jwt_with_the_public_key_and_the_request() {
+        let key = DpopKey::generate().unwrap();
+        let proof = key
+            .proof(
+                "POST",
+                "https://API.example.com:443/orders/7?x=1#frag",
+                Some("tok"),
+                Some("n-1"),
+            )
+            .unwrap();
+        let parts: Vec<&str> = proof.split('.').collect();
+        let header = decode(parts[0]);
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["jwk"]["kty"], "EC");
+        assert!(header["jwk"].get("d").is_none(), "no private part");
+        let claims = decode(parts[1]);
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "https://api.example.com/orders/7");
+        assert_eq!(claims["ath"], access_token_hash("tok"));
+        assert_eq!(claims["nonce"], "n-1");
+        assert!((claims["iat"].as_i64().unwrap() - chrono::Utc::now().timestamp()).abs() < 5);
+        // The signature verifies with the public key.
+        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let verifying = VerifyingKey::from(&key.signing);
+        let input = format!("{}.{}", parts[0], parts[1]);
+        verifying.verify(input.as_bytes(), &signature).unwrap();
+        // A second proof has another jti.
+        let other = key
+            .proof("POST", "https://api.example.com/", None, None)
+            .unwrap();
+        let other_claims = decode(other.split('.').nth(1).unwrap());
+        assert_ne!(claims["jti"], other_claims["jti"]);
+        assert!(other_claims.get("ath").is_none() && other_claims.get("nonce").is_none());
+    }
+
+    #[test]
+    fn the_thumbprint_follows_rfc_7638() {
+        // RFC 7638's members for an EC key, computed by hand from the JWK text.
+        let key = DpopKey::generate().unwrap();
+        let jwk = key.public_jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap(),
+            jwk["y"].as_str().unwrap()
+        );
+        assert_eq!(
+            key.thumbprint(),
+            URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+        );
+        assert_ne!(
+            key.thumbprint(),
+            DpopKey::generate().unwrap().thumbprint(),
+            "a fresh key each time"
+        );
+    }
+
+    #[test]
+    fn nonces_are_remembered_per_origin_and_challenges_recognised() {
+        let dpop = Dpop::new(DpopKey::generate().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(DPOP_NONCE_HEADER, HeaderValue::from_static("n-7"));
+        headers.insert(
+            reqwest::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"DPoP error="use_dpop_nonce", algs="ES256""#),
+        );
+        assert!(dpop.api_challenge("http://127.0.0.1:9/a?q", 401, &headers));
+        assert!(
+            !dpop.api_challenge("http://127.0.0.1:9/b", 403, &headers),
+            "only a 401 is a challenge"
+        );
+        assert_eq!(
+            dpop.nonce_for("http://127.0.0.1:9/x").as_deref(),
+            Some("n-7")
+        );
+        assert_eq!(dpop.nonce_for("http://127.0.0.1:10/x"), None);
+        let body = br#"{"error":"use_dpop_nonce"}"#;
+        headers.insert(DPOP_NONCE_HEADER, HeaderValue::from_static("n-8"));
+        assert!(dpop.token_endpoint_challenge("http://127.0.0.1:9/token", 400, &headers, body));
+        assert_eq!(
+            dpop.nonce_for("http://127.0.0.1:9/x").as_deref(),
+            Some("n-8")
+        );
+        headers.remove(DPOP_NONCE_HEADER);
+        assert!(
+            !dpop.token_endpoint_challenge("http://127.0.0.1:9/token", 400, &headers, body),
+            "no nonce, nothing to retry with"
+        );
+    }
+
+    #[test]
+    fn the_private_key_is_never_printed() {
+        let key = DpopKey::generate().unwrap();
+        let secret = URL_SAFE_NO_PAD.encode(key.signing.to_bytes());
+        let printed = format!("{key:?} {:?}", Dpop::new(key.clone()));
+        assert!(!printed.contains(&secret));
+        assert!(printed.contains("thumbprint"));
+    }
+}
