@@ -10,6 +10,8 @@
 //! Every command takes `--json` for scripts. Errors are one line on stderr and a non-zero
 //! exit status: 1 for a failure (a refused token, a missing variable), 2 for a usage error.
 #![forbid(unsafe_code)]
+// Doc comments on the argument types are clap's --help text, read in a terminal: URLs stay bare.
+#![allow(rustdoc::bare_urls)]
 #![warn(missing_docs)]
 
 mod cli;

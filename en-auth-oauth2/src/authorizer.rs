@@ -227,21 +227,15 @@ impl ServiceAccountAuthorizer {
     /// nonce when it asks for one (`use_dpop_nonce`).
     async fn send_token_request(
         &self,
-        request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Error> {
         let Some(dpop) = self.dpop()? else {
-            return send_once(request).await;
+            return send_once(self.build_token_request(url)?).await;
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(this_try) = request.try_clone() else {
-                return Err(Error::InvalidConfiguration {
-                    setting: "token request".into(),
-                    reason: "the token request body cannot be sent twice".into(),
-                });
-            };
+            let this_try = self.build_token_request(url)?;
             let proof = dpop.header("POST", url.as_str(), None)?;
             let (status, headers, body) = send_once(this_try.header(DPOP_HEADER, proof)).await?;
             if attempt == 1 && dpop.token_endpoint_challenge(url.as_str(), status, &headers, &body)
@@ -278,8 +272,11 @@ impl ServiceAccountAuthorizer {
         form
     }
 
-    async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
-        let credentials = self.authentication.credentials(&self.info, &url)?;
+    /// One token request to `url`, client credentials included. Built afresh for every send,
+    /// so a retry (a DPoP nonce) carries a new client assertion (`private_key_jwt` assertions
+    /// are single-use).
+    fn build_token_request(&self, url: &Url) -> Result<reqwest::RequestBuilder, Error> {
+        let credentials = self.authentication.credentials(&self.info, url)?;
         let scope = self.scopes.join(" ");
         let mut form = self.form();
         if !scope.is_empty() {
@@ -296,8 +293,12 @@ impl ServiceAccountAuthorizer {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
+        Ok(request.body(body))
+    }
+
+    async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
         let started = Instant::now();
-        let (status, headers, bytes) = self.send_token_request(request.body(body), &url).await?;
+        let (status, headers, bytes) = self.send_token_request(&url).await?;
         let span = tracing::Span::current();
         span.record("status", status);
         span.record("duration_ms", started.elapsed().as_millis() as u64);

@@ -198,3 +198,31 @@ async fn the_cache_key_follows_the_public_key_not_the_private_key() {
     assert_eq!(thumbprint.len(), 43, "SHA-256, base64url");
     assert!(!key(&rsa).as_str().contains(&thumbprint));
 }
+
+/// `private_key_jwt` with DPoP against a provider that demands a DPoP nonce: the retry with
+/// the nonce carries a new assertion (a replayed `jti` would be refused).
+#[tokio::test]
+async fn a_dpop_nonce_retry_sends_a_fresh_assertion() {
+    let provider = OidcProvider::start(600).await;
+    let key = PrivateKeyJwt::from_pem(provider.client_key("ec").await.as_bytes(), "ec-1").unwrap();
+    let authorizer = authorizer(
+        &provider,
+        OidcProvider::EC_KEY_CLIENT,
+        ClientAuthentication::PrivateKeyJwt(key),
+    )
+    .with_dpop();
+    let token = authorizer.authorize().await.expect("a DPoP-bound token");
+    assert!(!token.access_token().is_empty());
+    assert_eq!(
+        provider.token_requests().await,
+        2,
+        "one nonce challenge, one retry"
+    );
+    assert_eq!(provider.tokens_issued().await, 1);
+    let assertions = provider.client_assertions().await;
+    let jtis: std::collections::HashSet<_> = assertions
+        .iter()
+        .map(|a| a["claims"]["jti"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(jtis.len(), assertions.len(), "{assertions:?}");
+}

@@ -142,7 +142,8 @@ const DPOP_NONCE_SECRET = crypto.randomBytes(32);
 const dPoP = {
   enabled: true,
   nonceSecret: DPOP_NONCE_SECRET,
-  requireNonce: (ctx) => ctx.oidc?.client?.clientId === 'dpop-nonce-client',
+  // pkjwt-ec too: a nonce retry must carry a fresh client assertion (they are single-use).
+  requireNonce: (ctx) => ['dpop-nonce-client', 'pkjwt-ec'].includes(ctx.oidc?.client?.clientId),
 };
 // --- end DPoP ---
 
