@@ -265,27 +265,17 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
             return Ok(response);
         }
 
-        self.cache.invalidate(&token).await;
-        if !token.is_rejected() {
-            tracing::debug!("401 not replayed: a token was rejected moments ago (401 storm bound)");
-            return Ok(response);
-        }
         let Some(mut replay) = replay.into_request(&sent_to, &response) else {
+            self.cache.invalidate(&token).await;
             tracing::debug!(
                 "401 not replayed: the body cannot be cloned, or the request was redirected"
             );
             return Ok(response);
         };
-        let new_token = match self.cache.replacement(&token).await {
-            Ok(new_token) if !new_token.same_token(&token) => new_token,
-            Ok(_) => {
-                tracing::debug!("401 not replayed: the provider returned the same token");
-                return Ok(response);
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "401 not replayed: no new token");
-                return Ok(response);
-            }
+        // The lifecycle's one replay rule: the current token if a refresh already replaced
+        // this one, else the replacement, unless the 401-storm bound holds it back.
+        let Some(new_token) = self.cache.token_after_rejection(&token).await else {
+            return Ok(response);
         };
         self.authorize_request(&mut replay, &new_token);
         self.cache.record_replay();
@@ -347,13 +337,9 @@ impl<A: Authorizer> AuthMiddleware<A> {
             tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
             Arc::clone(&token)
         } else {
-            self.cache.invalidate(&token).await;
-            if !token.is_rejected() {
-                return Ok(response);
-            }
-            match self.cache.replacement(&token).await {
-                Ok(new_token) if !new_token.same_token(&token) => new_token,
-                _ => return Ok(response),
+            match self.cache.token_after_rejection(&token).await {
+                Some(new_token) => new_token,
+                None => return Ok(response),
             }
         };
         let Some(mut again) = replay.into_request(&sent_to, &response) else {

@@ -484,21 +484,14 @@ where
     ReqB: Send + 'static,
     ResB: Send + 'static,
 {
-    auth.cache.invalidate(&token).await;
-    if !token.is_rejected() {
-        tracing::debug!("rejected request not replayed: a token was rejected moments ago");
-        return Ok(response);
-    }
     let Some((saved, body, mut service)) = replay.map(|boxed| *boxed) else {
+        auth.cache.invalidate(&token).await;
         tracing::debug!("rejected request not replayed: its body cannot be sent twice");
         return Ok(response);
     };
-    let new_token = match auth.cache.replacement(&token).await {
-        Ok(new_token) if !new_token.same_token(&token) => new_token,
-        Ok(_) | Err(_) => {
-            tracing::debug!("rejected request not replayed: no new token to offer");
-            return Ok(response);
-        }
+    // The lifecycle's one replay rule (see TokenCache::token_after_rejection).
+    let Some(new_token) = auth.cache.token_after_rejection(&token).await else {
+        return Ok(response);
     };
     let mut request = saved.into_request(body);
     auth.authorize(&mut request, &new_token);
@@ -561,13 +554,9 @@ where
         tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
         Arc::clone(&token)
     } else {
-        auth.cache.invalidate(&token).await;
-        if !token.is_rejected() {
-            return Ok(response);
-        }
-        match auth.cache.replacement(&token).await {
-            Ok(new_token) if !new_token.same_token(&token) => new_token,
-            _ => return Ok(response),
+        match auth.cache.token_after_rejection(&token).await {
+            Some(new_token) => new_token,
+            None => return Ok(response),
         }
     };
     let Some((saved, body)) = replay else {

@@ -51,6 +51,24 @@ pub(crate) fn signed_claims(
     })
 }
 
+/// The payload of a compact JWS `token` whose signature verifies with `key` under `alg`
+/// (asked of [`BACKEND`]); `None` if it is malformed or does not verify.
+pub(crate) fn verified_payload(
+    token: &str,
+    alg: Algorithm,
+    key: &jsonwebtoken::DecodingKey,
+) -> Option<Vec<u8>> {
+    let (message, signature) = token.rsplit_once('.')?;
+    let (_header, payload) = message.split_once('.')?;
+    if payload.contains('.') {
+        return None;
+    }
+    let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+    let verifier = (BACKEND.verifier_factory)(&alg, key).ok()?;
+    verifier.verify(message.as_bytes(), &signature).ok()?;
+    URL_SAFE_NO_PAD.decode(payload).ok()
+}
+
 fn malformed() -> Error {
     invalid("malformed token: a JWT has three parts")
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::ThumbprintHash;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -52,6 +52,28 @@ const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::PS256,
     Algorithm::EdDSA,
 ];
+
+/// The RFC 7638 SHA-256 thumbprint of a public JWK (EC or RSA), base64url.
+fn jwk_thumbprint(jwk: &Jwk) -> Option<String> {
+    let members = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let crv = serde_json::to_string(&ec.curve).ok()?;
+            format!(
+                r#"{{"crv":{crv},"kty":"EC","x":"{}","y":"{}"}}"#,
+                ec.x, ec.y
+            )
+        }
+        AlgorithmParameters::RSA(rsa) => {
+            format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, rsa.e, rsa.n)
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            let crv = serde_json::to_string(&okp.curve).ok()?;
+            format!(r#"{{"crv":{crv},"kty":"OKP","x":"{}"}}"#, okp.x)
+        }
+        _ => return None,
+    };
+    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(members.as_bytes())))
+}
 
 /// Why a DPoP proof was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,17 +268,14 @@ impl DpopVerifier {
             .ok_or_else(|| invalid("the proof's header has no jwk"))?;
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|_| invalid("the proof's jwk is not a usable key"))?;
-        let mut validation = Validation::new(header.alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<ProofClaims>(proof, &key, &validation)
-            .map_err(|_| invalid("the proof's signature does not verify with its jwk"))?
-            .claims;
-        let thumbprint = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|_| invalid("the proof's jwk has no thumbprint"))?;
+        // Signature and claims with the backend en-auth is built with, never through
+        // jsonwebtoken's process default (see `decode`).
+        let payload = crate::decode::verified_payload(proof, header.alg, &key)
+            .ok_or_else(|| invalid("the proof's signature does not verify with its jwk"))?;
+        let claims: ProofClaims = serde_json::from_slice(&payload)
+            .map_err(|_| invalid("the proof's claims are not readable"))?;
+        let thumbprint =
+            jwk_thumbprint(jwk).ok_or_else(|| invalid("the proof's jwk has no thumbprint"))?;
         if thumbprint != request.jkt {
             return Err(invalid(
                 "the proof is signed by another key than the token is bound to",
@@ -515,11 +534,16 @@ mod tests {
 #[cfg(test)]
 mod rsa_tests {
     use super::*;
-    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
     use jsonwebtoken::{EncodingKey, Header};
 
     #[test]
     fn an_rs256_proof_is_checked_like_an_es256_one() {
+        // This test's own jsonwebtoken calls use the process default: name it (the workspace
+        // build also enables rust_crypto).
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
         let pem = include_bytes!("../tests/fixtures/rsa.pem");
         let key = EncodingKey::from_rsa_pem(pem).unwrap();
         let mut header = Header::new(Algorithm::RS256);
