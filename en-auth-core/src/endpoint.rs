@@ -219,22 +219,41 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<OpenIdConf
     let trimmed = base.as_str().trim_end_matches('/');
     let url = format!("{trimmed}/.well-known/openid-configuration");
     let body = get_document(http, &url).await?;
-    let config: OpenIdConfiguration =
-        serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
-            status: Some(200),
-            reason: format!("OIDC discovery document is not valid: {e}"),
-        })?;
-    if let Some(found) = &config.issuer {
-        if found.trim_end_matches('/') != trimmed {
-            return Err(Error::InvalidResponse {
+    OpenIdConfiguration::from_document(&base, &body)
+}
+
+impl OpenIdConfiguration {
+    /// Reads a discovery document fetched from `issuer` (already checked with
+    /// [`secure_url`]) and checks that it names `issuer`, trailing slashes aside.
+    ///
+    /// ```
+    /// use en_auth_core::{OpenIdConfiguration, secure_url};
+    /// let issuer = secure_url("issuer", "https://idp.example.com/").unwrap();
+    /// let doc = br#"{"issuer":"https://idp.example.com","jwks_uri":"https://idp.example.com/jwks"}"#;
+    /// let config = OpenIdConfiguration::from_document(&issuer, doc).unwrap();
+    /// assert_eq!(config.jwks_uri.as_deref(), Some("https://idp.example.com/jwks"));
+    /// let other = br#"{"issuer":"https://evil.example.com"}"#;
+    /// assert!(OpenIdConfiguration::from_document(&issuer, other).is_err());
+    /// ```
+    pub fn from_document(issuer: &Url, body: &[u8]) -> Result<Self, Error> {
+        let trimmed = issuer.as_str().trim_end_matches('/');
+        let config: OpenIdConfiguration =
+            serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
                 status: Some(200),
-                reason: format!(
-                    "discovery document names issuer `{}`, expected `{}`",
-                    crate::untrusted_text(found),
-                    url_for_logs(&base)
-                ),
-            });
+                reason: format!("OIDC discovery document is not valid: {e}"),
+            })?;
+        if let Some(found) = &config.issuer {
+            if found.trim_end_matches('/') != trimmed {
+                return Err(Error::InvalidResponse {
+                    status: Some(200),
+                    reason: format!(
+                        "discovery document names issuer `{}`, expected `{}`",
+                        crate::untrusted_text(found),
+                        url_for_logs(issuer)
+                    ),
+                });
+            }
         }
+        Ok(config)
     }
-    Ok(config)
 }
