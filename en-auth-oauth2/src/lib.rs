@@ -21,6 +21,9 @@
 mod authorizer;
 mod endpoint;
 pub mod env;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod response;
 
 pub use authorizer::{ClientAuthentication, ServiceAccountAuthorizer};

@@ -199,7 +199,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// The longest `Retry-After` taken at its word: a day. Larger values (a gateway's garbage, or
 /// `u64::MAX`) are clamped so that no later time arithmetic can overflow; the lifecycle caps
 /// its own waits far below this anyway.
-const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+pub(crate) const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
 /// `Retry-After` as seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
