@@ -30,10 +30,10 @@ pub(crate) struct VerificationKey {
     pub alg: Option<Algorithm>,
 }
 
-struct KeySet {
-    by_kid: HashMap<String, Arc<VerificationKey>>,
+pub(crate) struct KeySet {
+    pub(crate) by_kid: HashMap<String, Arc<VerificationKey>>,
     /// With a single key, tokens without a `kid` may use it.
-    only: Option<Arc<VerificationKey>>,
+    pub(crate) only: Option<Arc<VerificationKey>>,
     fetched_at: Instant,
 }
 
@@ -180,44 +180,49 @@ impl JwksCache {
     async fn fetch(&self) -> Result<KeySet, Error> {
         let url = self.url().await?;
         let body = get_document(&self.http, url).await?;
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
-            status: Some(200),
-            reason: format!("JWKS is not valid: {e}"),
-        })?;
-        let mut by_kid = HashMap::new();
-        let mut usable = Vec::new();
-        for jwk in &set.keys {
-            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
-                continue;
-            }
-            let family = match jwk.algorithm {
-                AlgorithmParameters::RSA(_) => jsonwebtoken::AlgorithmFamily::Rsa,
-                AlgorithmParameters::EllipticCurve(_) => jsonwebtoken::AlgorithmFamily::Ec,
-                AlgorithmParameters::OctetKeyPair(_) => jsonwebtoken::AlgorithmFamily::Ed,
-                AlgorithmParameters::OctetKey(_) => continue,
-                _ => continue,
-            };
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                tracing::debug!(kid = ?jwk.common.key_id, "skipping a key that cannot be used");
-                continue;
-            };
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            let key = Arc::new(VerificationKey { key, family, alg });
-            if let Some(kid) = &jwk.common.key_id {
-                by_kid.insert(kid.clone(), Arc::clone(&key));
-            }
-            usable.push(key);
-        }
-        tracing::debug!(keys = usable.len(), "fetched the issuer's key set");
-        Ok(KeySet {
-            by_kid,
-            only: (usable.len() == 1).then(|| usable.remove(0)),
-            fetched_at: Instant::now(),
-        })
+        parse_key_set(&body)
     }
+}
+
+/// The usable keys of a JWKS document (see the module's rules).
+pub(crate) fn parse_key_set(body: &[u8]) -> Result<KeySet, Error> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
+        status: Some(200),
+        reason: format!("JWKS is not valid: {e}"),
+    })?;
+    let mut by_kid = HashMap::new();
+    let mut usable = Vec::new();
+    for jwk in &set.keys {
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            continue;
+        }
+        let family = match jwk.algorithm {
+            AlgorithmParameters::RSA(_) => jsonwebtoken::AlgorithmFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => jsonwebtoken::AlgorithmFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => jsonwebtoken::AlgorithmFamily::Ed,
+            AlgorithmParameters::OctetKey(_) => continue,
+            _ => continue,
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            tracing::debug!(kid = ?jwk.common.key_id, "skipping a key that cannot be used");
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        let key = Arc::new(VerificationKey { key, family, alg });
+        if let Some(kid) = &jwk.common.key_id {
+            by_kid.insert(kid.clone(), Arc::clone(&key));
+        }
+        usable.push(key);
+    }
+    tracing::debug!(keys = usable.len(), "fetched the issuer's key set");
+    Ok(KeySet {
+        by_kid,
+        only: (usable.len() == 1).then(|| usable.remove(0)),
+        fetched_at: Instant::now(),
+    })
 }
 
 fn lookup(set: &KeySet, kid: Option<&str>) -> Option<Arc<VerificationKey>> {

@@ -35,4 +35,7 @@ pub use claims::Claims;
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_MAX_AGE, DEFAULT_MIN_REFRESH_INTERVAL};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use verifier::fuzzing;
 pub use verifier::{ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Verifier};

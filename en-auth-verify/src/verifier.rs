@@ -390,3 +390,9 @@ fn describe(err: &jsonwebtoken::errors::Error) -> String {
         other => format!("malformed token: {other:?}"),
     }
 }
+
+/// Entry points for the fuzz targets (feature `fuzzing`): a child module, so that it can
+/// build verifiers around single keys.
+#[cfg(feature = "fuzzing")]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;
