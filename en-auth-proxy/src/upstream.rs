@@ -284,7 +284,11 @@ struct ErrorBody {
 const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// Reads the provider's answer into a token or an error the handler can relay.
-fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<UpstreamToken, Error> {
+pub(crate) fn parse_answer(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<UpstreamToken, Error> {
     match status {
         200..=299 => {
             let parsed: SuccessBody =
