@@ -324,7 +324,8 @@ fn normalize_scope(scope: &str) -> Result<String, OAuthError> {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            "scope tokens are printable ASCII without `\"` or `\\` (RFC 6749 §3.3)",
+            "scope tokens are printable ASCII without double quotes or backslashes (RFC 6749 \
+             section 3.3)",
         ));
     }
     scopes.sort_unstable();
@@ -479,7 +480,7 @@ pub(crate) fn token_form(
         };
         if slot.is_some() {
             return Err(OAuthError::invalid_request(format!(
-                "parameter `{name}` is repeated (RFC 6749 §3.2)"
+                "parameter `{name}` is repeated (RFC 6749 section 3.2)"
             )));
         }
         *slot = Some(value.into_owned());
@@ -558,8 +559,8 @@ async fn m2mauth(State(shared): State<Arc<Shared>>, body: Body) -> Response {
 pub(crate) fn m2m_request(bytes: &[u8]) -> Result<(Credentials, TokenRequest), OAuthError> {
     let parsed: M2mBody = serde_json::from_slice(bytes).map_err(|_| {
         OAuthError::invalid_request(
-            "the body must be JSON: {\"clientId\", \"clientSecret\", \"permissions\"} and \
-             optionally \"audience\"",
+            "the body must be a JSON object with clientId, clientSecret, permissions and \
+             optionally audience",
         )
     })?;
     let (Some(client_id), Some(secret)) = (parsed.client_id, parsed.client_secret) else {
@@ -701,5 +702,39 @@ mod tests {
     fn scopes_are_normalized() {
         assert_eq!(normalize_scope(" b a  b ").unwrap(), "a b");
         assert!(normalize_scope("a\\b").is_err());
+    }
+
+    fn refusal(result: Result<(Credentials, TokenRequest), OAuthError>) -> String {
+        let err = result.err().expect("refused");
+        let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        body["error_description"].as_str().unwrap().to_owned()
+    }
+
+    /// Found by the `proxy_request` fuzz target: three of the proxy's own refusals had
+    /// `"`, `\\` or `§` in `error_description`, which RFC 6749 §5.2 limits to
+    /// `%x20-21 / %x23-5B / %x5D-7E`.
+    #[test]
+    fn refusals_use_only_the_characters_rfc_6749_allows() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let descriptions = [
+            refusal(token_form(
+                &headers,
+                None,
+                b"grant_type=client_credentials&client_id=a&client_secret=b&scope=%22x%5C",
+            )),
+            refusal(token_form(
+                &headers,
+                None,
+                b"grant_type=client_credentials&grant_type=client_credentials",
+            )),
+            refusal(m2m_request(b"not json")),
+        ];
+        for description in descriptions {
+            assert_eq!(clean(&description), description, "{description:?}");
+        }
     }
 }
