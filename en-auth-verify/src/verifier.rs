@@ -284,7 +284,13 @@ impl Verifier {
                 config.max_token_bytes
             )));
         }
-        let header = decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
+        // The parser's message can quote the token (an unknown `alg`): escaped and capped.
+        let header = decode_header(token).map_err(|e| {
+            invalid(format!(
+                "malformed token: {}",
+                en_auth_core::untrusted_text(&e.to_string())
+            ))
+        })?;
         let Some(validation) = config
             .validations
             .iter()
@@ -387,7 +393,10 @@ fn describe(err: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::InvalidAudience => "wrong audience".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("missing claim `{claim}`"),
         ErrorKind::InvalidAlgorithm => "algorithm does not match the key".into(),
-        other => format!("malformed token: {other:?}"),
+        other => format!(
+            "malformed token: {}",
+            en_auth_core::untrusted_text(&format!("{other:?}"))
+        ),
     }
 }
 
