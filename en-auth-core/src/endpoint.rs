@@ -45,17 +45,21 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
 }
 
 /// `url` as it may appear in logs, spans and errors: scheme, host, port and path — never a
-/// user name, password, query string or fragment, which may carry secrets.
+/// user name, password, query string or fragment, which may carry secrets — and at most
+/// [`MAX_UNTRUSTED_TEXT`](crate::MAX_UNTRUSTED_TEXT) bytes of it (a provider can name a
+/// URL of any length in a discovery document), saying how much was left out.
 ///
 /// ```
 /// use en_auth_core::url_for_logs;
 /// let url = reqwest::Url::parse("https://u:p@idp.example.com/token?key=s3cret#x").unwrap();
 /// assert_eq!(url_for_logs(&url), "https://idp.example.com/token");
+/// let long = reqwest::Url::parse(&format!("https://idp.example.com/{}", "a".repeat(10_000))).unwrap();
+/// assert!(url_for_logs(&long).ends_with("(9768 more bytes)"));
 /// ```
 pub fn url_for_logs(url: &Url) -> String {
     let mut shown = url.clone();
     strip_secrets(&mut shown);
-    shown.to_string()
+    crate::untrusted_text(shown.as_str())
 }
 
 /// Like [`url_for_logs`] for a URL given as text; text that is not a URL is shown as
@@ -255,5 +259,21 @@ impl OpenIdConfiguration {
             }
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `oidc_discovery` fuzz target: a URL of any length (a discovery
+    /// document's `jwks_uri`, say) went whole into errors and logs.
+    #[test]
+    fn urls_in_logs_are_capped() {
+        let long = format!("https://idp.example.com/{}", "a".repeat(100_000));
+        let shown = str_for_logs(&long);
+        assert!(shown.len() < 300, "{} bytes", shown.len());
+        assert!(shown.starts_with("https://idp.example.com/aaa"), "{shown}");
+        assert!(shown.ends_with("(99768 more bytes)"), "{shown}");
     }
 }
