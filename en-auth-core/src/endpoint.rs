@@ -244,7 +244,11 @@ impl OpenIdConfiguration {
         let config: OpenIdConfiguration =
             serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
                 status: Some(200),
-                reason: format!("OIDC discovery document is not valid: {e}"),
+                // serde quotes mistyped values (a whole document sent as one string): capped.
+                reason: format!(
+                    "OIDC discovery document is not valid: {}",
+                    crate::untrusted_text(&e.to_string())
+                ),
             })?;
         if let Some(found) = &config.issuer {
             if found.trim_end_matches('/') != trimmed {
@@ -275,5 +279,19 @@ mod tests {
         assert!(shown.len() < 300, "{} bytes", shown.len());
         assert!(shown.starts_with("https://idp.example.com/aaa"), "{shown}");
         assert!(shown.ends_with("(99768 more bytes)"), "{shown}");
+    }
+
+    /// Found by the `oidc_discovery` fuzz target: a document that is one JSON string was
+    /// quoted whole by serde's message in the error.
+    #[test]
+    fn an_invalid_discovery_document_is_quoted_capped() {
+        let issuer = secure_url("issuer", "https://idp.example.com").unwrap();
+        let document = serde_json::to_vec(&"x".repeat(100_000)).unwrap();
+        let err = OpenIdConfiguration::from_document(&issuer, &document)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.len() < 600, "{} bytes", err.len());
+        assert!(err.contains("more bytes)"), "{err}");
     }
 }
