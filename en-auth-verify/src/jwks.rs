@@ -188,7 +188,11 @@ impl JwksCache {
 pub(crate) fn parse_key_set(body: &[u8]) -> Result<KeySet, Error> {
     let set: JwkSet = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
         status: Some(200),
-        reason: format!("JWKS is not valid: {e}"),
+        // serde quotes mistyped values (an unknown `alg`, a string for the set): escaped, capped.
+        reason: format!(
+            "JWKS is not valid: {}",
+            en_auth_core::untrusted_text(&e.to_string())
+        ),
     })?;
     let mut by_kid = HashMap::new();
     let mut usable = Vec::new();

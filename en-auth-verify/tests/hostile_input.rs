@@ -37,3 +37,17 @@ fn an_unknown_alg_is_escaped_and_capped_in_the_rejection() {
     assert!(shown.len() < 1_000, "{} bytes", shown.len());
     assert!(shown.contains("more bytes)"), "{shown}");
 }
+
+/// The twin of a finding of the `oidc_discovery` fuzz target: serde's message quoted a JWKS
+/// sent as one JSON string whole in the error (and so in the warn log of every failed fetch).
+#[cfg(feature = "fuzzing")]
+#[test]
+fn an_invalid_jwks_is_quoted_capped() {
+    let as_string = serde_json::to_vec(&"x\n".repeat(50_000)).unwrap();
+    let shown = match en_auth_verify::fuzzing::jwks_keys(&as_string) {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(shown.len() < 600, "{} bytes", shown.len());
+    assert!(shown.contains("more bytes)"), "{shown}");
+}
