@@ -45,17 +45,21 @@ pub fn secure_url(setting: &str, url: &str) -> Result<Url, Error> {
 }
 
 /// `url` as it may appear in logs, spans and errors: scheme, host, port and path — never a
-/// user name, password, query string or fragment, which may carry secrets.
+/// user name, password, query string or fragment, which may carry secrets — and at most
+/// [`MAX_UNTRUSTED_TEXT`](crate::MAX_UNTRUSTED_TEXT) bytes of it (a provider can name a
+/// URL of any length in a discovery document), saying how much was left out.
 ///
 /// ```
 /// use en_auth_core::url_for_logs;
 /// let url = reqwest::Url::parse("https://u:p@idp.example.com/token?key=s3cret#x").unwrap();
 /// assert_eq!(url_for_logs(&url), "https://idp.example.com/token");
+/// let long = reqwest::Url::parse(&format!("https://idp.example.com/{}", "a".repeat(10_000))).unwrap();
+/// assert!(url_for_logs(&long).ends_with("(9768 more bytes)"));
 /// ```
 pub fn url_for_logs(url: &Url) -> String {
     let mut shown = url.clone();
     strip_secrets(&mut shown);
-    shown.to_string()
+    crate::untrusted_text(shown.as_str())
 }
 
 /// Like [`url_for_logs`] for a URL given as text; text that is not a URL is shown as
@@ -219,22 +223,75 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<OpenIdConf
     let trimmed = base.as_str().trim_end_matches('/');
     let url = format!("{trimmed}/.well-known/openid-configuration");
     let body = get_document(http, &url).await?;
-    let config: OpenIdConfiguration =
-        serde_json::from_slice(&body).map_err(|e| Error::InvalidResponse {
-            status: Some(200),
-            reason: format!("OIDC discovery document is not valid: {e}"),
-        })?;
-    if let Some(found) = &config.issuer {
-        if found.trim_end_matches('/') != trimmed {
-            return Err(Error::InvalidResponse {
+    OpenIdConfiguration::from_document(&base, &body)
+}
+
+impl OpenIdConfiguration {
+    /// Reads a discovery document fetched from `issuer` (already checked with
+    /// [`secure_url`]) and checks that it names `issuer`, trailing slashes aside.
+    ///
+    /// ```
+    /// use en_auth_core::{OpenIdConfiguration, secure_url};
+    /// let issuer = secure_url("issuer", "https://idp.example.com/").unwrap();
+    /// let doc = br#"{"issuer":"https://idp.example.com","jwks_uri":"https://idp.example.com/jwks"}"#;
+    /// let config = OpenIdConfiguration::from_document(&issuer, doc).unwrap();
+    /// assert_eq!(config.jwks_uri.as_deref(), Some("https://idp.example.com/jwks"));
+    /// let other = br#"{"issuer":"https://evil.example.com"}"#;
+    /// assert!(OpenIdConfiguration::from_document(&issuer, other).is_err());
+    /// ```
+    pub fn from_document(issuer: &Url, body: &[u8]) -> Result<Self, Error> {
+        let trimmed = issuer.as_str().trim_end_matches('/');
+        let config: OpenIdConfiguration =
+            serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
                 status: Some(200),
+                // serde quotes mistyped values (a whole document sent as one string): capped.
                 reason: format!(
-                    "discovery document names issuer `{}`, expected `{}`",
-                    crate::untrusted_text(found),
-                    url_for_logs(&base)
+                    "OIDC discovery document is not valid: {}",
+                    crate::untrusted_text(&e.to_string())
                 ),
-            });
+            })?;
+        if let Some(found) = &config.issuer {
+            if found.trim_end_matches('/') != trimmed {
+                return Err(Error::InvalidResponse {
+                    status: Some(200),
+                    reason: format!(
+                        "discovery document names issuer `{}`, expected `{}`",
+                        crate::untrusted_text(found),
+                        url_for_logs(issuer)
+                    ),
+                });
+            }
         }
+        Ok(config)
     }
-    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `oidc_discovery` fuzz target: a URL of any length (a discovery
+    /// document's `jwks_uri`, say) went whole into errors and logs.
+    #[test]
+    fn urls_in_logs_are_capped() {
+        let long = format!("https://idp.example.com/{}", "a".repeat(100_000));
+        let shown = str_for_logs(&long);
+        assert!(shown.len() < 300, "{} bytes", shown.len());
+        assert!(shown.starts_with("https://idp.example.com/aaa"), "{shown}");
+        assert!(shown.ends_with("(99768 more bytes)"), "{shown}");
+    }
+
+    /// Found by the `oidc_discovery` fuzz target: a document that is one JSON string was
+    /// quoted whole by serde's message in the error.
+    #[test]
+    fn an_invalid_discovery_document_is_quoted_capped() {
+        let issuer = secure_url("issuer", "https://idp.example.com").unwrap();
+        let document = serde_json::to_vec(&"x".repeat(100_000)).unwrap();
+        let err = OpenIdConfiguration::from_document(&issuer, &document)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.len() < 600, "{} bytes", err.len());
+        assert!(err.contains("more bytes)"), "{err}");
+    }
 }

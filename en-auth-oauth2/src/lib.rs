@@ -28,6 +28,9 @@ mod client_auth;
 pub mod dpop;
 mod endpoint;
 pub mod env;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod jwk_key;
 mod password;
 mod response;

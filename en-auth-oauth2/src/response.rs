@@ -232,7 +232,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// The longest `Retry-After` taken at its word: a day. Larger values (a gateway's garbage, or
 /// `u64::MAX`) are clamped so that no later time arithmetic can overflow; the lifecycle caps
 /// its own waits far below this anyway.
-const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+pub(crate) const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
 /// `Retry-After` as seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -247,12 +247,15 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(wait.min(Duration::from_secs(MAX_RETRY_AFTER_SECS)))
 }
 
-/// A 429's retry-after and reset time (`X-RateLimit-Reset`, unix seconds, as Auth0 sends).
+/// A 429's retry-after and reset time (`X-RateLimit-Reset`, unix seconds, as Auth0 sends),
+/// the reset clamped like `Retry-After` to at most a day ahead.
 fn rate_limited(headers: &HeaderMap) -> Error {
     let retry_after = retry_after(headers);
+    let latest = Utc::now() + chrono::Duration::seconds(MAX_RETRY_AFTER_SECS as i64);
     let reset_at = header_str(headers, "x-ratelimit-reset")
         .and_then(|v| v.trim().parse::<i64>().ok())
         .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .map(|at| at.min(latest))
         .or_else(|| {
             retry_after
                 .and_then(|d| chrono::Duration::from_std(d).ok())
@@ -447,5 +450,26 @@ mod tests {
             .unwrap();
         assert!(err.is_transient());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    }
+
+    /// Found by the `retry_after` fuzz target: an `X-RateLimit-Reset` decades ahead made
+    /// `Error::retry_after()` name a wait of decades, past the one-day clamp of `Retry-After`.
+    #[test]
+    fn a_far_rate_limit_reset_is_clamped_to_a_day() {
+        let decades = (Utc::now() + chrono::Duration::days(20_000)).timestamp();
+        let h = headers(&[("x-ratelimit-reset", &decades.to_string())]);
+        let err = parse_token_response(429, &h, b"{}", None).err().unwrap();
+        let day = Duration::from_secs(MAX_RETRY_AFTER_SECS);
+        let wait = err.retry_after().unwrap();
+        assert!(
+            wait <= day && wait > day - Duration::from_secs(5),
+            "{wait:?}"
+        );
+        match err {
+            Error::RateLimited {
+                reset_at: Some(at), ..
+            } => assert!(at <= Utc::now() + chrono::Duration::days(1)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -25,6 +25,9 @@
 
 mod cache;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod quota;
 mod server;

@@ -100,7 +100,7 @@ impl OAuthError {
 
     /// The answer for a lifecycle error: upstream refusals relayed, rate limits as 429,
     /// upstream trouble as 502/503/504.
-    fn from_error(err: &Error) -> Self {
+    pub(crate) fn from_error(err: &Error) -> Self {
         match err {
             Error::InvalidClient {
                 status,
@@ -203,15 +203,27 @@ struct ErrorBody<'a> {
     error_uri: Option<&'a str>,
 }
 
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&ErrorBody {
+impl OAuthError {
+    /// The answer's status.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The answer's JSON body.
+    pub(crate) fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
             error: &self.error,
             error_description: self.description.as_deref(),
             error_uri: self.error_uri.as_deref(),
         })
-        .unwrap_or_default();
-        let mut response = json_response(self.status, body);
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        let mut response = json_response(self.status(), body);
         let headers = response.headers_mut();
         if let Some(wait) = self.retry_after {
             headers.insert(
@@ -266,12 +278,12 @@ fn token_response(token: &CachedToken<UpstreamToken>) -> Response {
 }
 
 /// A customer's credentials as presented.
-struct Credentials {
-    client_id: String,
-    secret: SecretString,
+pub(crate) struct Credentials {
+    pub(crate) client_id: String,
+    pub(crate) secret: SecretString,
 }
 
-fn check_client_id(client_id: &str) -> Result<(), OAuthError> {
+pub(crate) fn check_client_id(client_id: &str) -> Result<(), OAuthError> {
     if client_id.is_empty()
         || client_id.len() > MAX_CLIENT_ID
         || client_id.chars().any(char::is_control)
@@ -283,7 +295,7 @@ fn check_client_id(client_id: &str) -> Result<(), OAuthError> {
     Ok(())
 }
 
-fn check_secret(secret: &str) -> Result<(), OAuthError> {
+pub(crate) fn check_secret(secret: &str) -> Result<(), OAuthError> {
     if secret.is_empty() || secret.len() > MAX_SECRET {
         return Err(OAuthError::invalid_client(format!(
             "client_secret must be 1 to {MAX_SECRET} bytes"
@@ -312,7 +324,8 @@ fn normalize_scope(scope: &str) -> Result<String, OAuthError> {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            "scope tokens are printable ASCII without `\"` or `\\` (RFC 6749 §3.3)",
+            "scope tokens are printable ASCII without double quotes or backslashes (RFC 6749 \
+             section 3.3)",
         ));
     }
     scopes.sort_unstable();
@@ -357,7 +370,7 @@ async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, OAu
 }
 
 /// `Authorization: Basic` credentials, form-urldecoded as RFC 6749 §2.3.1 requires.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, OAuthError> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, OAuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -414,91 +427,102 @@ async fn oauth_token(
     let answer = async {
         let basic = basic_credentials(&headers)?;
         let bytes = read_body(&shared, body).await?;
-        let form_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if form_type != Some(true) {
-            return Err(OAuthError::invalid_request(
-                "the body must be application/x-www-form-urlencoded",
-            ));
-        }
-        let mut grant_type = None;
-        let mut client_id = None;
-        let mut client_secret = None;
-        let mut audience = None;
-        let mut scope = None;
-        let mut resources = Vec::new();
-        for (name, value) in form_urlencoded::parse(&bytes) {
-            let slot = match name.as_ref() {
-                "grant_type" => &mut grant_type,
-                "client_id" => &mut client_id,
-                "client_secret" => &mut client_secret,
-                "audience" => &mut audience,
-                "scope" => &mut scope,
-                "resource" => {
-                    if resources.len() <= MAX_RESOURCES {
-                        resources.push(value.into_owned());
-                    }
-                    continue;
-                }
-                _ => continue, // RFC 6749 §3.2: unknown parameters are ignored
-            };
-            if slot.is_some() {
-                return Err(OAuthError::invalid_request(format!(
-                    "parameter `{name}` is repeated (RFC 6749 §3.2)"
-                )));
-            }
-            *slot = Some(value.into_owned());
-        }
-        match grant_type.as_deref() {
-            None => return Err(OAuthError::invalid_request("grant_type is required")),
-            Some("client_credentials") => {}
-            Some(_) => {
-                return Err(OAuthError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unsupported_grant_type",
-                    "only the client_credentials grant is supported",
-                ));
-            }
-        }
-        let credentials = match (basic, client_secret) {
-            (Some(_), Some(_)) => {
-                return Err(OAuthError::invalid_request(
-                    "use one client authentication method, not both Basic and client_secret",
-                ));
-            }
-            (Some(basic), None) => {
-                if client_id.as_ref().is_some_and(|id| *id != basic.client_id) {
-                    return Err(OAuthError::invalid_request(
-                        "client_id in the body differs from the Authorization header",
-                    ));
-                }
-                basic
-            }
-            (None, Some(secret)) => Credentials {
-                client_id: client_id.unwrap_or_default(),
-                secret: SecretString::from(secret),
-            },
-            (None, None) => {
-                return Err(OAuthError::invalid_client(
-                    "client authentication required: Basic, or client_id and client_secret in \
-                     the body",
-                ));
-            }
-        };
-        let request = token_request(audience, resources, scope.as_deref())?;
-        Ok((credentials, request))
+        token_form(&headers, basic, &bytes)
     }
     .await;
     match answer {
         Ok((credentials, request)) => issue(&shared, credentials, request).await,
         Err(err) => err.into_response(),
     }
+}
+
+/// Reads a `POST /oauth/token` request — its `Content-Type`, the Basic credentials already
+/// decoded from its `Authorization` header, its form body — into the customer's credentials
+/// and the token request.
+pub(crate) fn token_form(
+    headers: &HeaderMap,
+    basic: Option<Credentials>,
+    bytes: &[u8],
+) -> Result<(Credentials, TokenRequest), OAuthError> {
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form_type != Some(true) {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let mut grant_type = None;
+    let mut client_id = None;
+    let mut client_secret = None;
+    let mut audience = None;
+    let mut scope = None;
+    let mut resources = Vec::new();
+    for (name, value) in form_urlencoded::parse(bytes) {
+        let slot = match name.as_ref() {
+            "grant_type" => &mut grant_type,
+            "client_id" => &mut client_id,
+            "client_secret" => &mut client_secret,
+            "audience" => &mut audience,
+            "scope" => &mut scope,
+            "resource" => {
+                if resources.len() <= MAX_RESOURCES {
+                    resources.push(value.into_owned());
+                }
+                continue;
+            }
+            _ => continue, // RFC 6749 §3.2: unknown parameters are ignored
+        };
+        if slot.is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "parameter `{name}` is repeated (RFC 6749 section 3.2)"
+            )));
+        }
+        *slot = Some(value.into_owned());
+    }
+    match grant_type.as_deref() {
+        None => return Err(OAuthError::invalid_request("grant_type is required")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only the client_credentials grant is supported",
+            ));
+        }
+    }
+    let credentials = match (basic, client_secret) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "use one client authentication method, not both Basic and client_secret",
+            ));
+        }
+        (Some(basic), None) => {
+            if client_id.as_ref().is_some_and(|id| *id != basic.client_id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id in the body differs from the Authorization header",
+                ));
+            }
+            basic
+        }
+        (None, Some(secret)) => Credentials {
+            client_id: client_id.unwrap_or_default(),
+            secret: SecretString::from(secret),
+        },
+        (None, None) => {
+            return Err(OAuthError::invalid_client(
+                "client authentication required: Basic, or client_id and client_secret in \
+                 the body",
+            ));
+        }
+    };
+    let request = token_request(audience, resources, scope.as_deref())?;
+    Ok((credentials, request))
 }
 
 /// `permissions` as a space-separated string or a list.
@@ -522,36 +546,41 @@ struct M2mBody {
 async fn m2mauth(State(shared): State<Arc<Shared>>, body: Body) -> Response {
     let answer = async {
         let bytes = read_body(&shared, body).await?;
-        let parsed: M2mBody = serde_json::from_slice(&bytes).map_err(|_| {
-            OAuthError::invalid_request(
-                "the body must be JSON: {\"clientId\", \"clientSecret\", \"permissions\"} and \
-                 optionally \"audience\"",
-            )
-        })?;
-        let (Some(client_id), Some(secret)) = (parsed.client_id, parsed.client_secret) else {
-            return Err(OAuthError::invalid_request(
-                "clientId and clientSecret are required",
-            ));
-        };
-        let scope = match parsed.permissions {
-            None => String::new(),
-            Some(Permissions::Text(text)) => text,
-            Some(Permissions::List(list)) => list.join(" "),
-        };
-        let request = token_request(parsed.audience, Vec::new(), Some(&scope))?;
-        Ok((
-            Credentials {
-                client_id,
-                secret: SecretString::from(secret),
-            },
-            request,
-        ))
+        m2m_request(&bytes)
     }
     .await;
     match answer {
         Ok((credentials, request)) => issue(&shared, credentials, request).await,
         Err(err) => err.into_response(),
     }
+}
+
+/// Reads a `POST /m2mauth` JSON body into the customer's credentials and the token request.
+pub(crate) fn m2m_request(bytes: &[u8]) -> Result<(Credentials, TokenRequest), OAuthError> {
+    let parsed: M2mBody = serde_json::from_slice(bytes).map_err(|_| {
+        OAuthError::invalid_request(
+            "the body must be a JSON object with clientId, clientSecret, permissions and \
+             optionally audience",
+        )
+    })?;
+    let (Some(client_id), Some(secret)) = (parsed.client_id, parsed.client_secret) else {
+        return Err(OAuthError::invalid_request(
+            "clientId and clientSecret are required",
+        ));
+    };
+    let scope = match parsed.permissions {
+        None => String::new(),
+        Some(Permissions::Text(text)) => text,
+        Some(Permissions::List(list)) => list.join(" "),
+    };
+    let request = token_request(parsed.audience, Vec::new(), Some(&scope))?;
+    Ok((
+        Credentials {
+            client_id,
+            secret: SecretString::from(secret),
+        },
+        request,
+    ))
 }
 
 /// Answers a validated token request: quota, cache (authenticated), upstream.
@@ -724,5 +753,39 @@ mod tests {
     fn scopes_are_normalized() {
         assert_eq!(normalize_scope(" b a  b ").unwrap(), "a b");
         assert!(normalize_scope("a\\b").is_err());
+    }
+
+    fn refusal(result: Result<(Credentials, TokenRequest), OAuthError>) -> String {
+        let err = result.err().expect("refused");
+        let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        body["error_description"].as_str().unwrap().to_owned()
+    }
+
+    /// Found by the `proxy_request` fuzz target: three of the proxy's own refusals had
+    /// `"`, `\\` or `§` in `error_description`, which RFC 6749 §5.2 limits to
+    /// `%x20-21 / %x23-5B / %x5D-7E`.
+    #[test]
+    fn refusals_use_only_the_characters_rfc_6749_allows() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let descriptions = [
+            refusal(token_form(
+                &headers,
+                None,
+                b"grant_type=client_credentials&client_id=a&client_secret=b&scope=%22x%5C",
+            )),
+            refusal(token_form(
+                &headers,
+                None,
+                b"grant_type=client_credentials&grant_type=client_credentials",
+            )),
+            refusal(m2m_request(b"not json")),
+        ];
+        for description in descriptions {
+            assert_eq!(clean(&description), description, "{description:?}");
+        }
     }
 }

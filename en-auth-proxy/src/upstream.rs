@@ -20,7 +20,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use en_auth_core::{
     AccessToken, Authorizer, CacheKey, ClientInfo, Error, MAX_DOCUMENT_BYTES, read_body_limited,
-    secure_url,
+    secure_url, untrusted_text,
 };
 use http::HeaderMap;
 use parking_lot::Mutex;
@@ -290,7 +290,11 @@ const MAX_WAIT: Duration = Duration::from_secs(86_400);
 const MAX_GLOBAL_BLOCK: Duration = Duration::from_secs(300);
 
 /// Reads the provider's answer into a token or an error the handler can relay.
-fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<UpstreamToken, Error> {
+pub(crate) fn parse_answer(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<UpstreamToken, Error> {
     match status {
         200..=299 => {
             let parsed: SuccessBody =
@@ -302,7 +306,7 @@ fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Upstrea
                 if !kind.eq_ignore_ascii_case("bearer") {
                     return Err(Error::InvalidResponse {
                         status: Some(status),
-                        reason: format!("unsupported token_type `{kind}`"),
+                        reason: format!("unsupported token_type `{}`", untrusted_text(kind)),
                     });
                 }
             }
@@ -350,16 +354,17 @@ fn parse_answer(status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Upstrea
             status,
             retry_after: retry_after(headers),
         }),
+        // The provider's words go into `Display` and logs: escaped and capped.
         _ => match serde_json::from_slice::<ErrorBody>(body) {
             Ok(parsed) if parsed.error == "invalid_client" => Err(Error::InvalidClient {
                 status: Some(status),
-                description: parsed.error_description,
+                description: parsed.error_description.as_deref().map(untrusted_text),
             }),
             Ok(parsed) => Err(Error::Authorization {
                 status: Some(status),
-                error: parsed.error,
-                description: parsed.error_description,
-                error_uri: parsed.error_uri,
+                error: untrusted_text(&parsed.error),
+                description: parsed.error_description.as_deref().map(untrusted_text),
+                error_uri: parsed.error_uri.as_deref().map(untrusted_text),
             }),
             Err(_) => Err(Error::InvalidResponse {
                 status: Some(status),
@@ -760,5 +765,38 @@ mod tests {
         .unwrap();
         assert_eq!(token.scope(), Some("a"));
         assert!(format!("{token:?}").contains("REDACTED"));
+    }
+
+    /// Found by the `token_response` fuzz target: the provider's `error` and
+    /// `error_description` went verbatim into the error's `Display` (logged for every failed
+    /// request), newlines and terminal escapes included, at any length.
+    #[test]
+    fn provider_text_in_errors_is_escaped_and_capped() {
+        let long = "x".repeat(100_000);
+        let body = serde_json::json!({
+            "error": "access_denied\nINFO forged",
+            "error_description": format!("\u{1b}[31mred\u{202e}gnp.exe{long}"),
+            "error_uri": "https://e/\r\n",
+        });
+        let err = parse_answer(400, &HeaderMap::new(), body.to_string().as_bytes())
+            .err()
+            .unwrap();
+        let shown = err.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert!(shown.contains("access_denied\\nINFO forged"), "{shown:?}");
+        assert!(shown.len() < 1_000, "{} bytes", shown.len());
+        match err {
+            Error::Authorization { error_uri, .. } => {
+                assert_eq!(error_uri.as_deref(), Some("https://e/\\r\\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let odd_type = br#"{"access_token":"t","token_type":"DPoP\n forged"}"#;
+        let shown = parse_answer(200, &HeaderMap::new(), odd_type)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
     }
 }

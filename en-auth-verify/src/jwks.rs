@@ -56,10 +56,10 @@ impl VerificationKey {
     }
 }
 
-struct KeySet {
-    by_kid: HashMap<String, Arc<VerificationKey>>,
+pub(crate) struct KeySet {
+    pub(crate) by_kid: HashMap<String, Arc<VerificationKey>>,
     /// With a single key, tokens without a `kid` may use it.
-    only: Option<Arc<VerificationKey>>,
+    pub(crate) only: Option<Arc<VerificationKey>>,
     fetched_at: Instant,
 }
 
@@ -378,10 +378,14 @@ impl Shared {
 }
 
 /// The usable signing keys of a JWKS document. Keys equal to one in `previous` keep its `Arc`.
-fn parse_key_set(body: &[u8], previous: Option<&KeySet>) -> Result<KeySet, Error> {
+pub(crate) fn parse_key_set(body: &[u8], previous: Option<&KeySet>) -> Result<KeySet, Error> {
     let set: JwkSet = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
         status: Some(200),
-        reason: format!("JWKS is not valid: {e}"),
+        // serde quotes mistyped values (an unknown `alg`, a string for the set): escaped, capped.
+        reason: format!(
+            "JWKS is not valid: {}",
+            en_auth_core::untrusted_text(&e.to_string())
+        ),
     })?;
     let mut by_kid = HashMap::new();
     let mut usable = Vec::new();

@@ -48,4 +48,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_EVERY};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};
 pub use token_cache::{DEFAULT_TOKEN_CACHE_CAPACITY, DEFAULT_TOKEN_CACHE_MAX_AGE};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use verifier::fuzzing;
 pub use verifier::{ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Verifier};

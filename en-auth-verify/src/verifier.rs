@@ -400,7 +400,13 @@ impl Verifier {
     /// Header checks, the key, and the signature: the claims of an authentic token.
     async fn verify_signature(&self, token: &str) -> Result<(Claims, Arc<VerificationKey>), Error> {
         let config = &*self.config;
-        let header = decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
+        // The parser's message can quote the token (an unknown `alg`): escaped and capped.
+        let header = decode_header(token).map_err(|e| {
+            invalid(format!(
+                "malformed token: {}",
+                en_auth_core::untrusted_text(&e.to_string())
+            ))
+        })?;
         if !config.algorithms.contains(&header.alg) {
             return Err(invalid(format!(
                 "algorithm {:?} is not allowed",
@@ -533,3 +539,9 @@ fn jwks_http_client() -> reqwest::Client {
 fn invalid(reason: String) -> Error {
     Error::InvalidToken { reason }
 }
+
+/// Entry points for the fuzz targets (feature `fuzzing`): a child module, so that it can
+/// build verifiers around single keys.
+#[cfg(feature = "fuzzing")]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;

@@ -1,0 +1,91 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`). Not part of the
+//! public API: the signatures follow the private parsers they expose and may change.
+
+use std::time::Duration;
+
+use en_auth_core::Error;
+use http::HeaderMap;
+use secrecy::ExposeSecret;
+
+use crate::server::{self, Credentials, OAuthError};
+use crate::upstream::{self, Purpose, RateLimits, TokenRequest, UpstreamToken};
+
+/// What the proxy makes of a customer's token request before any cache or upstream work.
+#[derive(Debug)]
+pub enum Request {
+    /// Accepted: the request would be looked up in the cache.
+    Accepted {
+        /// The client id, checked.
+        client_id: String,
+        /// The secret's length (the secret itself stays inside).
+        secret_len: usize,
+        /// The normalized request.
+        request: TokenRequest,
+    },
+    /// Refused with this status and JSON body.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The RFC 6749 §5.2 JSON body.
+        body: Vec<u8>,
+    },
+}
+
+fn answer(parsed: Result<(Credentials, TokenRequest), OAuthError>) -> Request {
+    let checked = parsed.and_then(|(credentials, request)| {
+        // The first checks of the issuing step, before quotas and the cache.
+        server::check_client_id(&credentials.client_id)?;
+        server::check_secret(credentials.secret.expose_secret())?;
+        Ok((credentials, request))
+    });
+    match checked {
+        Ok((credentials, request)) => Request::Accepted {
+            secret_len: credentials.secret.expose_secret().len(),
+            client_id: credentials.client_id,
+            request,
+        },
+        Err(err) => Request::Refused {
+            status: err.status().as_u16(),
+            body: err.body(),
+        },
+    }
+}
+
+/// `POST /oauth/token` with these headers (`Authorization: Basic`, `Content-Type`) and form
+/// body.
+pub fn token_form(headers: &HeaderMap, body: &[u8]) -> Request {
+    answer(
+        server::basic_credentials(headers)
+            .and_then(|basic| server::token_form(headers, basic, body)),
+    )
+}
+
+/// `POST /m2mauth` with this JSON body.
+pub fn m2m_body(body: &[u8]) -> Request {
+    answer(server::m2m_request(body))
+}
+
+/// The upstream answer parser: the token, or the error and the answer the proxy would relay
+/// to the customer (status and JSON body).
+pub fn parse_answer(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<UpstreamToken, (Error, u16, Vec<u8>)> {
+    upstream::parse_answer(status, headers, body).map_err(|err| {
+        let relayed = OAuthError::from_error(&err);
+        let (status, body) = (relayed.status().as_u16(), relayed.body());
+        (err, status, body)
+    })
+}
+
+/// How long the proxy holds every request back after an upstream answer with `status` and
+/// `headers` (rate-limit headers, `Retry-After`, Auth0 client quotas), if at all.
+pub fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
+    let limits = RateLimits::new(0);
+    limits.observe("client", status, headers);
+    match limits.admit("client", Purpose::Miss) {
+        Ok(()) => None,
+        Err(err) => err.retry_after(),
+    }
+}
