@@ -72,7 +72,11 @@ pub async fn run(args: TokenArgs) -> Result<ExitCode, String> {
     if granted.is_empty() {
         println!("Scopes: (none in the token)");
     } else {
-        println!("Scopes: {}", granted.join(" "));
+        // Token text is the provider's: escaped before it reaches the terminal.
+        println!(
+            "Scopes: {}",
+            en_auth_core::untrusted_text(&granted.join(" "))
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

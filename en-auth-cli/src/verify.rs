@@ -63,19 +63,26 @@ pub async fn run(args: VerifyArgs) -> Result<ExitCode, String> {
                 println!("valid");
                 let show = |name: &str, value: Option<&str>| {
                     if let Some(value) = value {
-                        println!("{name}: {value}");
+                        // Claims are the token's text: escaped for the terminal.
+                        println!("{name}: {}", en_auth_core::untrusted_text(value));
                     }
                 };
                 show("issuer", claims.iss.as_deref());
                 show("subject", claims.sub.as_deref());
                 show("client", claims.client_id.as_deref());
                 if !claims.aud.is_empty() {
-                    println!("audience: {}", claims.aud.join(" "));
+                    println!(
+                        "audience: {}",
+                        en_auth_core::untrusted_text(&claims.aud.join(" "))
+                    );
                 }
                 if let Some(seconds) = expires_in {
                     println!("expires in: {seconds} s");
                 }
-                println!("scopes: {}", scopes(&all).join(" "));
+                println!(
+                    "scopes: {}",
+                    en_auth_core::untrusted_text(&scopes(&all).join(" "))
+                );
                 if args.audience.is_none() {
                     println!("note: the audience was not checked (no --audience)");
                 }

@@ -214,15 +214,29 @@ pub fn access_token_hash(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
 }
 
-/// `htu`: the URL without query and fragment, normalized as a WHATWG URL serializes it.
+/// `htu`: the URL without user info, query and fragment, normalized as a WHATWG URL
+/// serializes it (RFC 9449's target URI never carries a user name or password).
 fn htu(url: &str) -> Result<String, Error> {
     let mut parsed = Url::parse(url).map_err(|_| Error::InvalidConfiguration {
         setting: "request URL".into(),
         reason: "a DPoP proof needs the request's absolute URL (scheme, host and path)".into(),
     })?;
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
     parsed.set_query(None);
     parsed.set_fragment(None);
     Ok(parsed.into())
+}
+
+#[cfg(test)]
+mod htu_tests {
+    #[test]
+    fn htu_drops_user_info_query_and_fragment() {
+        assert_eq!(
+            super::htu("https://user:pass@API.test:443/x/y?q=1#f").unwrap(),
+            "https://api.test/x/y"
+        );
+    }
 }
 
 /// An authorizer's DPoP state: the key and the latest nonce of each server.

@@ -17,8 +17,8 @@
 //! 7. the server nonce, when one is configured ([`DpopVerifier::with_nonce`]); a missing or
 //!    stale nonce is answered with `use_dpop_nonce` and the current nonce;
 //! 8. its `jti` has not been seen within the window (replay). The memory of seen ids is
-//!    bounded ([`DpopVerifier::with_max_remembered`]); when it is full of live ids, new proofs
-//!    are refused rather than let through unchecked.
+//!    bounded ([`DpopVerifier::with_max_remembered`]; one key may hold an eighth of it); when
+//!    it is full of live ids, new proofs are refused (503, never let through unchecked).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -85,6 +85,9 @@ pub enum DpopError {
     /// The proof lacks the server's current nonce: send it again with this one
     /// (`error="use_dpop_nonce"` and a `DPoP-Nonce` header).
     UseNonce(String),
+    /// The replay memory is full of live proof ids: this proof cannot be checked for replay
+    /// now (answered 503 with `Retry-After`, not as a bad token).
+    Busy,
 }
 
 impl fmt::Display for DpopError {
@@ -92,6 +95,9 @@ impl fmt::Display for DpopError {
         match self {
             DpopError::InvalidProof(reason) => write!(f, "invalid DPoP proof: {reason}"),
             DpopError::UseNonce(_) => f.write_str("the DPoP proof lacks the server's nonce"),
+            DpopError::Busy => {
+                f.write_str("too many recent DPoP proofs to check this one for replay")
+            }
         }
     }
 }
@@ -146,6 +152,8 @@ struct Settings {
 #[derive(Default)]
 struct SeenIds {
     ids: HashSet<String>,
+    /// Live ids per key thumbprint: one key cannot fill the memory for every other.
+    per_key: std::collections::HashMap<String, usize>,
     /// Insertion order with expiry (seconds): expiries grow with insertion time.
     order: VecDeque<(i64, String)>,
 }
@@ -310,57 +318,118 @@ impl DpopVerifier {
             .jti
             .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
             .ok_or_else(|| invalid("the proof has no usable jti"))?;
-        self.remember(format!("{thumbprint}.{jti}"), now, window)
+        self.remember(&thumbprint, format!("{thumbprint}.{jti}"), now, window)
     }
 
     /// Records a proof id; refuses one seen within the window.
-    fn remember(&self, id: String, now: i64, window: i64) -> Result<(), DpopError> {
+    /// Each key may hold at most an eighth of the memory (at least 16 ids), so one client
+    /// signing proofs in bulk locks out only itself; a memory full across keys answers
+    /// [`DpopError::Busy`].
+    fn remember(&self, key: &str, id: String, now: i64, window: i64) -> Result<(), DpopError> {
+        let max = self.inner.settings.max_remembered;
+        let per_key_max = (max / 8).max(16).min(max);
         let mut seen = self.inner.seen.lock();
         while seen.order.front().is_some_and(|(expiry, _)| *expiry < now) {
             if let Some((_, old)) = seen.order.pop_front() {
                 seen.ids.remove(&old);
+                let owner = old.split_once('.').map_or("", |(k, _)| k).to_owned();
+                if let Some(count) = seen.per_key.get_mut(&owner) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        seen.per_key.remove(&owner);
+                    }
+                }
             }
         }
         if seen.ids.contains(&id) {
             return Err(invalid("the proof was already used (replayed jti)"));
         }
-        if seen.ids.len() >= self.inner.settings.max_remembered {
+        if seen.per_key.get(key).is_some_and(|n| *n >= per_key_max) {
             return Err(invalid(
-                "too many recent proofs to check this one for replay; try again shortly",
+                "too many recent proofs from this key to check this one for replay",
             ));
+        }
+        if seen.ids.len() >= max {
+            return Err(DpopError::Busy);
         }
         let expiry = now.saturating_add(window).saturating_add(FUTURE_SKEW_SECS);
         seen.ids.insert(id.clone());
+        *seen.per_key.entry(key.to_owned()).or_insert(0) += 1;
         seen.order.push_back((expiry, id));
         Ok(())
     }
 
     /// Whether `htu` names the request's URL (scheme, host, port, path; no query/fragment).
+    /// The request's path is compared as received, never re-parsed together with the host,
+    /// and a `Host` header must be a bare authority: a `Host` such as `api/orders#` cannot
+    /// move the comparison to another path.
     fn same_target(&self, htu: &str, request: &DpopRequest<'_>) -> bool {
         let Ok(claimed) = reqwest::Url::parse(htu) else {
             return false;
         };
-        let expected = if request.url.starts_with('/') {
-            let origin = match (&self.inner.settings.public_origin, request.host) {
-                (Some(origin), _) => origin.clone(),
-                // Without a configured origin: the Host header, with the proof's own scheme
-                // when it is http or https.
-                (None, Some(host)) if matches!(claimed.scheme(), "http" | "https") => {
-                    format!("{}://{host}", claimed.scheme())
-                }
-                _ => return false,
-            };
-            reqwest::Url::parse(&format!("{origin}{}", request.url))
-        } else {
-            reqwest::Url::parse(request.url)
-        };
-        let Ok(expected) = expected else {
+        let Some(claimed_host) = claimed.host_str() else {
             return false;
         };
-        claimed.scheme() == expected.scheme()
-            && claimed.host() == expected.host()
-            && claimed.port_or_known_default() == expected.port_or_known_default()
-            && claimed.path() == expected.path()
+        let (scheme, host, port, path): (String, String, Option<u16>, &str) =
+            if request.url.starts_with('/') {
+                let path = request.url.split(['?', '#']).next().unwrap_or_default();
+                match (&self.inner.settings.public_origin, request.host) {
+                    (Some(origin), _) => {
+                        let Ok(origin) = reqwest::Url::parse(origin) else {
+                            return false;
+                        };
+                        let Some(host) = origin.host_str() else {
+                            return false;
+                        };
+                        (
+                            origin.scheme().to_owned(),
+                            host.to_owned(),
+                            origin.port_or_known_default(),
+                            path,
+                        )
+                    }
+                    // Without a configured origin: the Host header, with the proof's own scheme
+                    // when it is http or https.
+                    (None, Some(host)) if matches!(claimed.scheme(), "http" | "https") => {
+                        if host.contains(['/', '?', '#', '@', '\\']) {
+                            return false;
+                        }
+                        let Ok(authority) = host.parse::<http::uri::Authority>() else {
+                            return false;
+                        };
+                        let default = if claimed.scheme() == "https" { 443 } else { 80 };
+                        (
+                            claimed.scheme().to_owned(),
+                            authority.host().to_owned(),
+                            Some(authority.port_u16().unwrap_or(default)),
+                            path,
+                        )
+                    }
+                    _ => return false,
+                }
+            } else {
+                let Ok(expected) = reqwest::Url::parse(request.url) else {
+                    return false;
+                };
+                let Some(host) = expected.host_str() else {
+                    return false;
+                };
+                if let Some(origin) = &self.inner.settings.public_origin {
+                    let same_origin =
+                        reqwest::Url::parse(origin).is_ok_and(|o| o.origin() == expected.origin());
+                    if !same_origin {
+                        return false;
+                    }
+                }
+                return claimed.scheme() == expected.scheme()
+                    && claimed_host.eq_ignore_ascii_case(host)
+                    && claimed.port_or_known_default() == expected.port_or_known_default()
+                    && claimed.path() == expected.path();
+            };
+        claimed.scheme() == scheme
+            && claimed_host.eq_ignore_ascii_case(&host)
+            && claimed.port_or_known_default() == port
+            && claimed.path() == path
     }
 }
 
@@ -419,6 +488,60 @@ mod tests {
         ));
         // A clone shares the memory.
         assert!(verifier.clone().verify(&req).is_err());
+    }
+
+    #[test]
+    fn one_key_cannot_fill_the_replay_memory_for_the_others() {
+        let verifier = DpopVerifier::new().with_max_remembered(32); // 16 per key
+        let greedy = DpopKey::generate().unwrap();
+        let send = |key: &DpopKey| {
+            let proof = key
+                .proof("GET", "https://api.test:8443/orders", Some("tok"), None)
+                .unwrap();
+            verifier.verify(&request(&proof, key.thumbprint(), "/orders"))
+        };
+        for _ in 0..16 {
+            assert_eq!(send(&greedy), Ok(()));
+        }
+        assert!(matches!(send(&greedy), Err(DpopError::InvalidProof(_))));
+        // Other keys still get through, until the whole memory is full: then 503, not 401.
+        let others: Vec<DpopKey> = (0..2).map(|_| DpopKey::generate().unwrap()).collect();
+        for key in &others {
+            for _ in 0..8 {
+                assert_eq!(send(key), Ok(()));
+            }
+        }
+        let late = DpopKey::generate().unwrap();
+        assert_eq!(send(&late), Err(DpopError::Busy));
+    }
+
+    #[test]
+    fn a_host_header_cannot_move_the_path_comparison() {
+        let key = DpopKey::generate().unwrap();
+        let verifier = DpopVerifier::new();
+        let proof = key
+            .proof("GET", "https://api.test:8443/orders", Some("tok"), None)
+            .unwrap();
+        for (host, path) in [
+            ("api.test:8443/orders#", "/admin"),
+            ("api.test:8443/orders?", "/admin"),
+            ("api.test:8443", "/x/%2e%2e/orders"),
+            ("u@api.test:8443", "/orders"),
+        ] {
+            let request = DpopRequest {
+                host: Some(host),
+                ..request(&proof, key.thumbprint(), path)
+            };
+            assert!(
+                matches!(verifier.verify(&request), Err(DpopError::InvalidProof(_))),
+                "Host {host}, path {path}"
+            );
+        }
+        // The honest request still passes.
+        assert_eq!(
+            verifier.verify(&request(&proof, key.thumbprint(), "/orders")),
+            Ok(())
+        );
     }
 
     #[test]

@@ -341,7 +341,18 @@ impl Shared {
     }
 
     async fn fetch_and_store(&self) -> Outcome {
-        match self.fetch().await {
+        let fetched = self.fetch().await.and_then(|set| {
+            // A set with no key a token could name (empty, or only `enc`/`oct`/unreadable
+            // keys) is a failed fetch: the cached keys keep serving.
+            if set.by_kid.is_empty() && set.only.is_none() {
+                return Err(Error::InvalidResponse {
+                    status: Some(200),
+                    reason: "the JWKS document has no usable signing key".into(),
+                });
+            }
+            Ok(set)
+        });
+        match fetched {
             Ok(set) => {
                 *self.keys.write() = Some(Arc::new(set));
                 Ok(())

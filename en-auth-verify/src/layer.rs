@@ -244,6 +244,19 @@ fn dpop_rejection<B: Default>(refusal: &Refusal) -> Response<B> {
             tracing::debug!("DPoP nonce required: challenge sent");
             ("DPoP error=\"use_dpop_nonce\"", Some(nonce.as_str()))
         }
+        Refusal::Proof(DpopError::Busy) => {
+            // Not the client's fault: a 401 would make it drop a good token and fetch another.
+            tracing::warn!(
+                status = 503,
+                "DPoP replay memory full; request refused for now"
+            );
+            let mut response = Response::new(B::default());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     let mut response = Response::new(B::default());
     *response.status_mut() = StatusCode::UNAUTHORIZED;

@@ -102,6 +102,8 @@ type Generation = HashMap<TokenDigest, Entry, BuildHasherDefault<PassThrough>>;
 pub(crate) struct Entry {
     pub claims: Arc<Claims>,
     pub key: Arc<VerificationKey>,
+    /// Whether the token named its key's `kid` (else it used the set's only key).
+    pub token_names_kid: bool,
     pub verified_at: Instant,
 }
 

@@ -36,11 +36,13 @@ enum Keys {
 }
 
 impl Keys {
-    /// The key that verified a cached token, if it is still the one published for its `kid`.
-    fn still_published(&self, key: &Arc<VerificationKey>) -> bool {
+    /// The key that verified a cached token, if it is still the one a fresh verification
+    /// would pick: the key published for the token's `kid`, or — for a token without one —
+    /// still the set's only key.
+    fn still_published(&self, key: &Arc<VerificationKey>, token_names_kid: bool) -> bool {
         match self {
             Keys::Jwks(cache) => cache
-                .cached_key(key.kid.as_deref())
+                .cached_key(key.kid.as_deref().filter(|_| token_names_kid))
                 .is_some_and(|current| Arc::ptr_eq(&current, key)),
             Keys::Shared(shared) => Arc::ptr_eq(shared, key),
         }
@@ -370,7 +372,7 @@ impl Verifier {
         });
         if let Some((cache, digest)) = &digest {
             if let Some(entry) = cache.get(digest) {
-                if self.keys.still_published(&entry.key) {
+                if self.keys.still_published(&entry.key, entry.token_names_kid) {
                     // The same checks a fresh verification ends with.
                     self.check_time(&entry.claims, now)?;
                     self.check_claims(&entry.claims)?;
@@ -380,7 +382,7 @@ impl Verifier {
                 cache.remove(digest);
             }
         }
-        let (claims, key) = self.verify_signature(token).await?;
+        let (claims, key, token_names_kid) = self.verify_signature(token).await?;
         self.check_registered(&claims, now)?;
         let claims = Arc::new(claims);
         if let Some((cache, digest)) = digest {
@@ -389,6 +391,7 @@ impl Verifier {
                 Entry {
                     claims: Arc::clone(&claims),
                     key,
+                    token_names_kid,
                     verified_at: Instant::now(),
                 },
             );
@@ -398,7 +401,11 @@ impl Verifier {
     }
 
     /// Header checks, the key, and the signature: the claims of an authentic token.
-    async fn verify_signature(&self, token: &str) -> Result<(Claims, Arc<VerificationKey>), Error> {
+    /// Also says whether the token named a `kid` (a token without one used the set's only key).
+    async fn verify_signature(
+        &self,
+        token: &str,
+    ) -> Result<(Claims, Arc<VerificationKey>, bool), Error> {
         let config = &*self.config;
         // The parser's message can quote the token (an unknown `alg`): escaped and capped.
         let header = decode_header(token).map_err(|e| {
@@ -435,7 +442,7 @@ impl Verifier {
             )));
         }
         let claims = crate::decode::signed_claims(token, header.alg, &key)?;
-        Ok((claims, key))
+        Ok((claims, key, header.kid.is_some()))
     }
 
     /// The registered claims of an authentic token: `exp` (required), `nbf`, `iss`, `aud`.

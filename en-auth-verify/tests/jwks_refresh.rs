@@ -249,3 +249,28 @@ async fn a_fetch_that_died_with_its_runtime_is_started_again() {
         .expect("a new fetch brings the keys");
     assert_eq!(verified.sub.as_deref(), Some("service-a"));
 }
+
+/// A refetched JWKS with no usable signing key (empty, or only encryption keys) is a failed
+/// fetch: the cached keys keep serving instead of every token becoming invalid.
+#[tokio::test]
+async fn a_refetched_set_without_usable_keys_keeps_the_cached_keys() {
+    let jwks = JwksServer::start().await;
+    jwks.publish(jwks_with(&["rsa-1"]));
+    let v = verifier(&jwks)
+        .with_jwks_refresh_every(Duration::from_millis(200))
+        .with_jwks_refresh_interval(Duration::from_secs(600));
+    v.verify(&rs256(&claims(json!({})))).await.unwrap();
+    jwks.publish(json!({ "keys": [] }).to_string());
+    let before = jwks.fetches();
+    for _ in 0..100 {
+        if jwks.fetches() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(jwks.fetches() > before, "the periodic refresh ran");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    v.verify(&rs256(&claims(json!({ "jti": "another-token" }))))
+        .await
+        .expect("the cached key still verifies");
+}

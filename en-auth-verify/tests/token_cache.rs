@@ -274,3 +274,32 @@ async fn a_cached_token_is_verified_again_after_the_maximum_age() {
     v.verify(&token).await.unwrap();
     assert_eq!(v.token_cache_hits(), 2, "and cached again");
 }
+
+/// A token without a `kid` verified with the set's only key is not answered from the cache
+/// once the set has several keys: a fresh verification would refuse it (which key?).
+#[tokio::test]
+async fn a_token_without_kid_is_refused_from_a_warm_cache_once_the_set_has_several_keys() {
+    let jwks = JwksServer::start().await;
+    jwks.publish(jwks_with(&["rsa-1"]));
+    let v = verifier(&jwks).with_jwks_refresh_every(Duration::from_millis(200));
+    install_crypto_backend();
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.typ = Some("at+jwt".into());
+    let token = jsonwebtoken::encode(&header, &claims(json!({})), &rsa_key()).unwrap();
+    v.verify(&token).await.expect("the only key verifies it");
+    v.verify(&token).await.expect("and again, from the cache");
+    jwks.publish(jwks_with(&["rsa-1", "ec-1"]));
+    let before = jwks.fetches();
+    for _ in 0..100 {
+        if jwks.fetches() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_invalid(v.verify(&token).await, "no kid, several keys");
+    assert_invalid(
+        verifier(&jwks).verify(&token).await,
+        "a fresh verifier agrees",
+    );
+}
