@@ -78,12 +78,18 @@ pub(crate) fn strip_secrets(url: &mut Url) {
 
 /// Whether `url`'s host is `localhost` or a loopback address.
 pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
+    url.host_str().is_some_and(is_loopback_host)
+}
+
+/// Whether `host` — a name, an IPv4 address or a bracketed IPv6 address, as in a URL or an
+/// `http::Uri` — is `localhost` or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Connect timeout towards an identity provider: one that cannot be reached in 5 s is down.

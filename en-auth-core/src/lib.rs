@@ -47,7 +47,8 @@ pub use authorizer::{
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
     CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,
-    get_document, provider_http_client, read_body_limited, secure_url, str_for_logs, url_for_logs,
+    get_document, is_loopback_host, provider_http_client, read_body_limited, secure_url,
+    str_for_logs, url_for_logs,
 };
 pub use error::{Error, Result};
 pub use lifecycle::{

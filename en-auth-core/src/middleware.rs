@@ -227,6 +227,15 @@ impl<A: Authorizer> AuthMiddleware<A> {
         }
     }
 
+    /// What a replay after a 401 will need, unless replays are off.
+    fn prepare_replay(&self, request: &Request) -> Replay {
+        if self.replay_on_unauthorized {
+            Replay::prepare(request)
+        } else {
+            Replay::Impossible
+        }
+    }
+
     async fn fresh_token(&self) -> reqwest_middleware::Result<Arc<CachedToken<A::Token>>> {
         self.cache
             .get()
@@ -251,16 +260,10 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         }
         let token = self.fresh_token().await?;
         let sent_to = KeptUrl::new(request.url());
-        let replay = if self.replay_on_unauthorized {
-            Replay::prepare(&request)
-        } else {
-            Replay::Impossible
-        };
+        let replay = self.prepare_replay(&request);
         self.authorize_request(&mut request, &token);
         let response = next.clone().run(request, extensions).await?;
-        if !sent_to.is(response.url()) && !sent_to.same_origin(response.url()) {
-            return Err(followed_elsewhere(response.url()));
-        }
+        sent_to.check_answered_from(response.url())?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -314,17 +317,11 @@ impl<A: Authorizer> AuthMiddleware<A> {
     ) -> reqwest_middleware::Result<Response> {
         let token = self.fresh_token().await?;
         let sent_to = KeptUrl::new(request.url());
-        let replay = if self.replay_on_unauthorized {
-            Replay::prepare(&request)
-        } else {
-            Replay::Impossible
-        };
+        let replay = self.prepare_replay(&request);
         self.authorize_request(&mut request, &token);
         self.add_proof(&mut request, &token)?;
         let response = next.clone().run(request, extensions).await?;
-        if !sent_to.is(response.url()) && !sent_to.same_origin(response.url()) {
-            return Err(followed_elsewhere(response.url()));
-        }
+        sent_to.check_answered_from(response.url())?;
         let challenged = self.cache.proof_challenge(
             response.url().as_str(),
             response.status().as_u16(),
@@ -333,6 +330,12 @@ impl<A: Authorizer> AuthMiddleware<A> {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        let Some(mut again) = replay.into_request(&sent_to, &response) else {
+            if !challenged {
+                self.cache.invalidate(&token).await;
+            }
+            return Ok(response);
+        };
         let new_token = if challenged {
             tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
             Arc::clone(&token)
@@ -341,9 +344,6 @@ impl<A: Authorizer> AuthMiddleware<A> {
                 Some(new_token) => new_token,
                 None => return Ok(response),
             }
-        };
-        let Some(mut again) = replay.into_request(&sent_to, &response) else {
-            return Ok(response);
         };
         self.authorize_request(&mut again, &new_token);
         self.add_proof(&mut again, &new_token)?;
@@ -530,6 +530,16 @@ impl KeptUrl {
             .ok()
             .and_then(|text| reqwest::Url::parse(text).ok())
             .is_some_and(|kept| same_origin(&kept, url))
+    }
+
+    /// Refuses a response that came from another origin than the request went to: a
+    /// permissive client followed a redirect with the credentials on board.
+    fn check_answered_from(&self, url: &reqwest::Url) -> reqwest_middleware::Result<()> {
+        if self.is(url) || self.same_origin(url) {
+            Ok(())
+        } else {
+            Err(followed_elsewhere(url))
+        }
     }
 }
 

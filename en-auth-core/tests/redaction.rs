@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use en_auth_core::{
@@ -11,25 +9,11 @@ use en_auth_core::{
     UserCredentials,
 };
 use en_auth_testkit::{Fault, IdpConfig};
-use parking_lot::Mutex;
 use support::Rig;
 
 const CLIENT_SECRET: &str = "client-secret-Zq81";
 const API_KEY: &str = "api-key-Vx22";
 const PASSWORD: &str = "password-Lm47";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn assert_clean(what: &str, text: &str, secrets: &[String]) {
     for secret in secrets {
@@ -42,14 +26,7 @@ fn assert_clean(what: &str, text: &str, secrets: &[String]) {
 
 #[tokio::test]
 async fn secrets_appear_in_no_debug_display_error_or_trace_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = en_auth_testkit::capture_traces();
 
     let config = IdpConfig {
         client_secret: CLIENT_SECRET.into(),
@@ -149,7 +126,7 @@ async fn secrets_appear_in_no_debug_display_error_or_trace_output() {
         assert_clean(&format!("output {i}"), text, &secrets);
     }
 
-    let trace = String::from_utf8(captured.0.lock().clone()).unwrap();
+    let trace = captured.text();
     assert!(
         trace.contains("token obtained"),
         "tracing was captured: {trace}"

@@ -7,19 +7,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use en_auth_core::{AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error};
 use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::HeaderValue;
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
 use crate::dpop::{DPOP_HEADER, Dpop, DpopKey};
-use crate::endpoint::{discover_token_endpoint, token_http_client};
+use crate::endpoint::{discover_token_endpoint, send_once, token_http_client, token_request};
 use crate::response::parse_token_response_for;
-use en_auth_core::{
-    MAX_DOCUMENT_BYTES, provider_http_client, read_body_limited, secure_url, str_for_logs,
-    untrusted_text, url_for_logs,
-};
+use en_auth_core::{provider_http_client, secure_url, str_for_logs, untrusted_text, url_for_logs};
 
 enum TokenEndpoint {
     /// A URL as given; checked with [`secure_url`] before each use, so a bad one fails the
@@ -276,24 +273,12 @@ impl ServiceAccountAuthorizer {
     /// so a retry (a DPoP nonce) carries a new client assertion (`private_key_jwt` assertions
     /// are single-use).
     fn build_token_request(&self, url: &Url) -> Result<reqwest::RequestBuilder, Error> {
-        let credentials = self.authentication.credentials(&self.info, url)?;
         let scope = self.scopes.join(" ");
         let mut form = self.form();
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        let mut request = self.http.post(url.clone()).header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        if let Some(value) = credentials.authorization.clone() {
-            request = request.header(AUTHORIZATION, value);
-        }
-        form.extend(credentials.form());
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        Ok(request.body(body))
+        token_request(&self.http, url, &self.info, &self.authentication, form)
     }
 
     async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
@@ -414,15 +399,4 @@ impl fmt::Debug for ServiceAccountAuthorizer {
             .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
-}
-
-/// Sends one token request and reads the answer (bounded).
-async fn send_once(
-    request: reqwest::RequestBuilder,
-) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Error> {
-    let mut response = request.send().await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
-    Ok((status, headers, bytes))
 }

@@ -1,9 +1,13 @@
 //! Where tokens come from: validated endpoint URLs, the token HTTP client, OIDC discovery.
 
 use en_auth_core::{
-    CONNECT_TIMEOUT, Error, REQUEST_TIMEOUT, discover, provider_http_client, secure_url,
+    CONNECT_TIMEOUT, ClientInfo, Error, MAX_DOCUMENT_BYTES, REQUEST_TIMEOUT, discover,
+    provider_http_client, read_body_limited, secure_url,
 };
 use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use crate::client_auth::ClientAuthentication;
 
 /// The HTTP client en-auth uses for token requests: no redirects, [`CONNECT_TIMEOUT`] and
 /// [`REQUEST_TIMEOUT`].
@@ -21,4 +25,40 @@ pub async fn discover_token_endpoint(http: &reqwest::Client, issuer: &str) -> Re
             reason: "discovery document has no token_endpoint".into(),
         })?;
     secure_url("token_endpoint", &endpoint)
+}
+
+/// A token request: a form POST to `url` with `form` and the client's authentication
+/// (`Authorization` header and/or form parameters). Build one per send: a `private_key_jwt`
+/// assertion is single-use.
+pub(crate) fn token_request<'a>(
+    http: &reqwest::Client,
+    url: &Url,
+    info: &ClientInfo,
+    authentication: &ClientAuthentication,
+    form: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<reqwest::RequestBuilder, Error> {
+    let credentials = authentication.credentials(info, url)?;
+    let mut request = http.post(url.clone()).header(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    if let Some(value) = credentials.authorization.clone() {
+        request = request.header(AUTHORIZATION, value);
+    }
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .extend_pairs(credentials.form())
+        .finish();
+    Ok(request.body(body))
+}
+
+/// Sends one token request and reads the answer (bounded).
+pub(crate) async fn send_once(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+    let mut response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
+    Ok((status, headers, bytes))
 }

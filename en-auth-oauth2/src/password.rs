@@ -23,18 +23,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use en_auth_core::{
-    AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, MAX_DOCUMENT_BYTES,
-    UserCredentials, deserialize_optional_secret, read_body_limited, secure_url,
-    serialize_optional_secret, str_for_logs, untrusted_text, url_for_logs,
+    AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, UserCredentials,
+    deserialize_optional_secret, secure_url, serialize_optional_secret, str_for_logs,
+    untrusted_text, url_for_logs,
 };
 use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
-use crate::endpoint::token_http_client;
+use crate::endpoint::{send_once, token_http_client, token_request};
 use crate::response::parse_token_response;
 
 /// Auth0's grant for a password login against a named connection (`realm`).
@@ -269,23 +268,9 @@ impl PasswordAuthorizer {
             duration_ms = tracing::field::Empty,
         );
         let result = async {
-            let credentials = self.authentication.credentials(&self.info, &url)?;
-            let mut request = self.http.post(url).header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            );
-            if let Some(value) = credentials.authorization.clone() {
-                request = request.header(AUTHORIZATION, value);
-            }
-            let body = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(form)
-                .extend_pairs(credentials.form())
-                .finish();
+            let request = token_request(&self.http, &url, &self.info, &self.authentication, form)?;
             let started = Instant::now();
-            let mut response = request.body(body).send().await?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
+            let (status, headers, bytes) = send_once(request).await?;
             let span = tracing::Span::current();
             span.record("status", status);
             span.record("duration_ms", started.elapsed().as_millis() as u64);

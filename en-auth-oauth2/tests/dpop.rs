@@ -1,14 +1,10 @@
 //! DPoP on the client side against panva's `oidc-provider`: the private key stays out of every
 //! `Debug`, error and TRACE output; the cache key tells DPoP keys apart.
 
-use std::io::Write;
-use std::sync::Arc;
-
 use base64::Engine;
 use en_auth_core::{AuthMiddleware, Authorizer, ClientInfo};
 use en_auth_oauth2::{DpopKey, ServiceAccountAuthorizer};
 use en_auth_testkit::OidcProvider;
-use parking_lot::Mutex;
 
 /// A P-256 key made with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`
 /// for this test only.
@@ -20,19 +16,6 @@ GgId0sbgP9TTTKmzvwK73Fq88XA0ywZp4ILDrze1lA6INCK2XfibxmEi
 ";
 /// Its private scalar, as `openssl ec -text` prints it.
 const PRIVATE_HEX: &str = "81497fe0d4641c41ffd769fc89d551af744897c3615c73a738f7f44273bc7f40";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Every form the private key could leak in.
 fn private_forms() -> Vec<String> {
@@ -52,14 +35,7 @@ fn private_forms() -> Vec<String> {
 #[tokio::test]
 async fn the_dpop_private_key_appears_in_no_debug_error_or_trace_output() {
     let provider = OidcProvider::start(600).await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = en_auth_testkit::capture_traces();
 
     let key = DpopKey::from_pkcs8_pem(PEM).unwrap();
     let (id, secret) = OidcProvider::DPOP_CLIENT;
@@ -76,7 +52,7 @@ async fn the_dpop_private_key_appears_in_no_debug_error_or_trace_output() {
     outputs.push(format!("{err} {err:?}"));
     let bad_pem = DpopKey::from_pkcs8_pem(&PEM.replace("MIGH", "MIGX")).expect_err("bad PEM");
     outputs.push(format!("{bad_pem} {bad_pem:?}"));
-    outputs.push(String::from_utf8_lossy(&captured.0.lock()).into_owned());
+    outputs.push(captured.text());
 
     assert!(outputs[0].contains(key.thumbprint()), "{}", outputs[0]);
     assert!(

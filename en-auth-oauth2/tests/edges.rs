@@ -1,43 +1,9 @@
 //! Provider URLs and provider text at the edges: user info and query strings never reach
 //! logs or errors; what a provider writes into its errors is escaped and bounded.
 
-use std::io::Write;
-use std::sync::Arc;
-
 use en_auth_core::{Authorizer, ClientInfo, Error};
 use en_auth_oauth2::ServiceAccountAuthorizer;
 use en_auth_testkit::{IdpConfig, LocalIdp};
-use parking_lot::Mutex;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
-
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
-}
 
 fn info(idp: &LocalIdp) -> ClientInfo {
     ClientInfo::new(idp.client_id(), idp.client_secret())
@@ -81,7 +47,7 @@ async fn user_info_in_provider_urls_is_refused_before_any_io() {
 
 #[tokio::test]
 async fn provider_url_query_strings_reach_no_log_line_or_error() {
-    let (captured, _guard) = capture();
+    let (captured, _guard) = en_auth_testkit::capture_traces();
     let idp = LocalIdp::start(IdpConfig::default()).await.expect("idp");
     let authorizer =
         ServiceAccountAuthorizer::new(info(&idp), format!("{}?tenant=q-Secret2", idp.token_url()));
@@ -124,7 +90,7 @@ async fn provider_text_in_errors_and_logs_is_escaped_and_bounded() {
     use en_auth_core::{AuthMiddleware, LifecyclePolicy, RetryPolicy};
     use en_auth_testkit::Fault;
 
-    let (captured, _guard) = capture();
+    let (captured, _guard) = en_auth_testkit::capture_traces();
     let idp = LocalIdp::start(IdpConfig::default()).await.expect("idp");
     let forged = "\nERROR en_auth: forged log line\u{1b}[2J";
     let huge = "d".repeat(400 * 1024);

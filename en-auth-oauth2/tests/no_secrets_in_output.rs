@@ -5,15 +5,11 @@
 //! else runs; they live in their own test binary so that no test without a subscriber can
 //! make tracing cache a callsite as disabled first.
 
-use std::io::Write;
-use std::sync::Arc;
-
 use en_auth_core::{AccessToken, AuthMiddleware, Authorizer, ClientInfo, Error, UserCredentials};
 use en_auth_oauth2::{
     ClientAuthentication, JWT_BEARER_ASSERTION_TYPE, PasswordAuthorizer, ServiceAccountAuthorizer,
 };
 use en_auth_testkit::OidcProvider;
-use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 
 fn authorizer(
@@ -40,29 +36,9 @@ fn password_authorizer(
     .with_scopes(["openid", "offline_access"])
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_wrong_key_is_invalid_client_and_no_key_reaches_debug_errors_or_traces() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = en_auth_testkit::capture_traces();
 
     let provider = OidcProvider::start(600).await;
     let stray = provider.client_key("stray_rsa").await;
@@ -100,7 +76,7 @@ async fn a_wrong_key_is_invalid_client_and_no_key_reaches_debug_errors_or_traces
     let token = AuthMiddleware::new(right).access_token().await.unwrap();
     assert!(!token.is_empty());
 
-    let output = String::from_utf8(captured.0.lock().clone()).unwrap();
+    let output = captured.text();
     assert!(
         output.contains("en_auth.token_request"),
         "traces were captured"
@@ -132,14 +108,7 @@ async fn a_wrong_key_is_invalid_client_and_no_key_reaches_debug_errors_or_traces
 
 #[tokio::test]
 async fn the_password_and_refresh_tokens_appear_in_no_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = en_auth_testkit::capture_traces();
 
     let provider = OidcProvider::start(600).await;
     let client = OidcProvider::ROTATING_PASSWORD_CLIENT;
@@ -163,7 +132,7 @@ async fn the_password_and_refresh_tokens_appear_in_no_output() {
         secrets.push(token.refresh_token().unwrap().expose_secret().to_owned());
         secrets.push(token.access_token().to_owned());
     }
-    let trace = String::from_utf8(captured.0.lock().clone()).unwrap();
+    let trace = captured.text();
     assert!(
         trace.contains("en_auth.token_request"),
         "traces were captured"

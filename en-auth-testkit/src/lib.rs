@@ -8,6 +8,7 @@
 //!
 //! - [`OidcProvider`]: panva's `oidc-provider`, a certified OpenID provider, run with Node.
 //! - [`RedisServer`]: Debian's `redis-server` on a free loopback port.
+//! - [`capture_traces`]: what the code under test logs, to check that no secret is in it.
 //!
 //! Every server binds `127.0.0.1:0` (a free port) and stops when dropped.
 #![forbid(unsafe_code)]
@@ -18,9 +19,11 @@ mod idp;
 mod peers;
 mod redis;
 mod server;
+mod traces;
 
 pub use api::{ProtectedApi, SeenRequest};
 pub use idp::{Fault, IdpConfig, LocalIdp};
 pub use peers::{MotoServer, OidcProvider, peers_dir};
 pub use redis::RedisServer;
 pub use server::LoopbackServer;
+pub use traces::{TraceCapture, capture_traces};

@@ -145,6 +145,16 @@ impl<A: Authorizer> AuthLayer<A> {
         &self.cache
     }
 
+    /// A copy of the request's head and body for a replay after a 401, when replays are on
+    /// and the body can be sent twice.
+    fn prepare_replay<B: ReplayBody>(&self, request: &Request<B>) -> Option<(Saved, B)> {
+        if self.replay {
+            Saved::prepare(request)
+        } else {
+            None
+        }
+    }
+
     fn authorize<B>(&self, request: &mut Request<B>, token: &CachedToken<A::Token>) {
         let headers = request.headers_mut();
         headers.insert(http::header::AUTHORIZATION, token.authorization().clone());
@@ -254,11 +264,9 @@ where
     };
     // A copy of the request and a spare service for the replay, only when the body can be
     // sent twice; the spare is polled ready before it is used.
-    let replay = if auth.replay {
-        Saved::prepare(&request).map(|(saved, body)| Box::new((saved, body, inner.clone())))
-    } else {
-        None
-    };
+    let replay = auth
+        .prepare_replay(&request)
+        .map(|(saved, body)| Box::new((saved, body, inner.clone())));
     auth.authorize(&mut request, &token);
     let future = inner.call(request);
     ResponseFuture {
@@ -277,12 +285,7 @@ where
 #[cold]
 fn plain_http_error(uri: &Uri) -> Option<en_auth_core::Error> {
     let host = uri.host().unwrap_or("");
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then(|| en_auth_core::Error::InvalidConfiguration {
+    (!en_auth_core::is_loopback_host(host)).then(|| en_auth_core::Error::InvalidConfiguration {
         setting: "request URL".into(),
         reason: format!(
             "credentials are not sent over `http://` to {}, which is not loopback; use https \
@@ -454,11 +457,7 @@ where
     ResB: Send + 'static,
 {
     let token = auth.cache.get().await.map_err(BoxError::from)?;
-    let replay = if auth.replay {
-        Saved::prepare(&request)
-    } else {
-        None
-    };
+    let replay = auth.prepare_replay(&request);
     auth.authorize(&mut request, &token);
     let response = service.call(request).await.map_err(Into::into)?;
     if !is_rejection(&response) {
@@ -497,6 +496,19 @@ where
     auth.authorize(&mut request, &new_token);
     auth.cache.record_replay();
     drop(response);
+    call_when_ready(&mut service, request).await
+}
+
+/// Waits for `service` to be ready, then calls it (the replay's spare service was never
+/// polled).
+async fn call_when_ready<S, ReqB, ResB>(
+    service: &mut S,
+    request: Request<ReqB>,
+) -> Result<Response<ResB>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
     std::future::poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(Into::into)?;
@@ -536,11 +548,7 @@ where
 {
     let token = auth.cache.get().await.map_err(BoxError::from)?;
     let url = request.uri().to_string();
-    let replay = if auth.replay {
-        Saved::prepare(&request)
-    } else {
-        None
-    };
+    let replay = auth.prepare_replay(&request);
     auth.authorize(&mut request, &token);
     add_proof(&auth, &mut request, &token, &url)?;
     let response = service.call(request).await.map_err(Into::into)?;
@@ -550,6 +558,12 @@ where
     if !is_rejection(&response) {
         return Ok(response);
     }
+    let Some((saved, body)) = replay else {
+        if !challenged {
+            auth.cache.invalidate(&token).await;
+        }
+        return Ok(response);
+    };
     let new_token = if challenged {
         tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
         Arc::clone(&token)
@@ -559,18 +573,12 @@ where
             None => return Ok(response),
         }
     };
-    let Some((saved, body)) = replay else {
-        return Ok(response);
-    };
     let mut again = saved.into_request(body);
     auth.authorize(&mut again, &new_token);
     add_proof(&auth, &mut again, &new_token, &url)?;
     auth.cache.record_replay();
     drop(response);
-    std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(Into::into)?;
-    let response = service.call(again).await.map_err(Into::into)?;
+    let response = call_when_ready(&mut service, again).await?;
     auth.cache
         .proof_challenge(&url, response.status().as_u16(), response.headers());
     Ok(response)
