@@ -46,64 +46,37 @@ impl OidcProvider {
     }
 
     /// Starts the provider with access tokens valid for `ttl_secs`.
+    ///
+    /// A start that has not said `READY` within [`START_ATTEMPT_TIMEOUT`] is killed and tried
+    /// again, up to [`START_ATTEMPTS`] times: on a loaded 2-core CI machine a Node process
+    /// has been seen to stall at start once in a long while, and one stalled start must not
+    /// fail a whole run.
     pub async fn start(ttl_secs: u64) -> Self {
         let dir = peers_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "oidc-provider is not installed: run ./scripts/install-peers (./scripts/test does)"
         );
-        let mut child = Command::new("node")
-            .arg("oidc-provider.mjs")
-            .arg("--ttl")
-            .arg(ttl_secs.to_string())
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let stderr = child.stderr.take().expect("stderr piped");
-        // Keep the provider's warnings and errors for the failure message.
-        let errors = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
-        let sink = errors.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut all = sink.lock();
-                if all.len() < 16 * 1024 {
-                    all.push_str(&line);
-                    all.push('\n');
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match launch_oidc_provider(&dir, ttl_secs).await {
+                Ok((child, port)) => {
+                    if attempt > 1 {
+                        eprintln!("oidc-provider started on attempt {attempt}: {failures:?}");
+                    }
+                    return Self {
+                        port,
+                        _child: child,
+                        http: reqwest::Client::new(),
+                    };
                 }
+                Err(failure) => failures.push(format!("attempt {attempt}: {failure}")),
             }
-        });
-        let mut lines = BufReader::new(stdout).lines();
-        // Generous: on a loaded 2-core machine Node takes a while to load the provider.
-        let ready = tokio::time::timeout(Duration::from_secs(120), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(port) = line.strip_prefix("READY ") {
-                    return port.trim().parse::<u16>().ok();
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(port)) = ready else {
-            panic!(
-                "oidc-provider did not become ready ({}); its stderr:\n{}",
-                if ready.is_err() {
-                    "timed out after 120 s"
-                } else {
-                    "exited"
-                },
-                errors.lock()
-            );
-        };
-        Self {
-            port,
-            _child: child,
-            http: reqwest::Client::new(),
         }
+        panic!(
+            "oidc-provider did not become ready in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
     }
 
     /// The issuer, `http://127.0.0.1:<port>`.
@@ -214,6 +187,75 @@ impl OidcProvider {
             .send()
             .await
             .expect("rotate");
+    }
+}
+
+/// How many times [`OidcProvider::start`] launches the provider before it gives up.
+pub const START_ATTEMPTS: u32 = 3;
+/// How long one launch of the provider may take to say `READY` (alone it takes ≈ 2 s).
+pub const START_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// One launch of `oidc-provider.mjs`: the running child and its port, or what went wrong
+/// (with the provider's stdout and stderr so far). A launch that fails is killed.
+async fn launch_oidc_provider(
+    dir: &std::path::Path,
+    ttl_secs: u64,
+) -> Result<(Child, u16), String> {
+    let mut child = Command::new("node")
+        .arg("oidc-provider.mjs")
+        .arg("--ttl")
+        .arg(ttl_secs.to_string())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("node does not start: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    // Keep the provider's warnings and errors for the failure message.
+    let errors = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+    let sink = errors.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut all = sink.lock();
+            if all.len() < 16 * 1024 {
+                all.push_str(&line);
+                all.push('\n');
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(START_ATTEMPT_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(port) = line.strip_prefix("READY ") {
+                return port.trim().parse::<u16>().ok();
+            }
+            if seen.len() < 4096 {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        }
+        None
+    })
+    .await;
+    match ready {
+        Ok(Some(port)) => Ok((child, port)),
+        outcome => {
+            let _ = child.start_kill();
+            Err(format!(
+                "{}; stdout:\n{seen}stderr:\n{}",
+                if outcome.is_err() {
+                    format!("no READY within {} s", START_ATTEMPT_TIMEOUT.as_secs())
+                } else {
+                    "exited before READY".to_owned()
+                },
+                errors.lock()
+            ))
+        }
     }
 }
 
