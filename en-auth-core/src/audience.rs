@@ -139,7 +139,7 @@ impl<A: Authorizer, T: Clone> AudienceRouter<A, T> {
         let url_prefix = url_prefix.into();
         let Some(prefix) = RoutePrefix::parse(&url_prefix) else {
             tracing::error!(
-                prefix = %url_prefix,
+                prefix = %crate::str_for_logs(&url_prefix),
                 "audience route ignored: the prefix is not an absolute URL without user info"
             );
             return;

@@ -1388,10 +1388,17 @@ impl<A: Authorizer> TokenCache<A> {
                 }
             }
         };
-        // Re-check after taking the lock: the previous holder may have just published. A
-        // token read here is not written back (rule 9).
-        let result = match self.load_from_store(binding, previous).await {
-            Some(entry) => Ok(entry),
+        // Re-check after taking the lock: the previous holder may have just published its
+        // token, or its failure (which it publishes before unlocking, so a waiter that read
+        // "no failure" just before may take the lock right after it). A token read here is not
+        // written back (rule 9).
+        let shared_failure = match self.load_from_store(binding, previous).await {
+            Some(entry) => Some(Ok(entry)),
+            None if lock.is_some() => self.load_shared_failure(binding).await.map(Err),
+            None => None,
+        };
+        let result = match shared_failure {
+            Some(outcome) => outcome,
             None => {
                 let result = self.fetch_from_provider(previous).await;
                 match &result {

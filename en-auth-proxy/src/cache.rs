@@ -65,6 +65,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The keyed hash (HMAC with the process's random key) of the secret of this entry.
+    pub fn secret_mac(&self) -> &[u8; 32] {
+        &self.mac
+    }
+
     /// The cached token if it may be handed out now without waiting: it has at least the
     /// minimum remaining lifetime (clamped to a quarter of a short token's life). Seeing a
     /// token in its renewal window starts the renewal in the background (once).

@@ -25,8 +25,18 @@ struct PerClient {
 
 impl PerClient {
     fn bump(&self, client_id: &str) {
+        self.bump_labelled(client_id, true);
+    }
+
+    /// Counts one for `client_id`; a label not yet shown is added only when `may_add` (and
+    /// while fewer than [`MAX_CLIENT_LABELS`] exist), else the count goes to `_other`.
+    fn bump_labelled(&self, client_id: &str, may_add: bool) {
         if let Some(counter) = self.counts.read().get(client_id) {
             counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !may_add {
+            self.other.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut counts = self.counts.write();
@@ -124,8 +134,10 @@ impl Metrics {
         metrics
     }
 
-    pub(crate) fn token_request(&self, client_id: &str) {
-        self.token_requests.bump(client_id);
+    /// Counts a token request of `client_id`. Only a client id that authenticated (now, or
+    /// earlier) gets a label of its own: made-up client ids cannot use up the labels.
+    pub(crate) fn token_request(&self, client_id: &str, authenticated: bool) {
+        self.token_requests.bump_labelled(client_id, authenticated);
     }
 
     pub(crate) fn cache_hit(&self) {
@@ -332,14 +344,14 @@ mod tests {
     #[test]
     fn client_labels_are_escaped_and_bounded() {
         let m = Metrics::new();
-        m.token_request("a\"b\\c\nd");
+        m.token_request("a\"b\\c\nd", true);
         let text = m.render();
         assert!(
             text.contains(r#"en_auth_proxy_token_requests_total{client_id="a\"b\\c\nd"} 1"#),
             "{text}"
         );
         for i in 0..MAX_CLIENT_LABELS + 5 {
-            m.token_request(&format!("c{i}"));
+            m.token_request(&format!("c{i}"), true);
         }
         assert!(
             m.render()

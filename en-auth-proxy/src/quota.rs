@@ -73,16 +73,30 @@ impl Quotas {
 /// secrets (each remembered only for itself) cannot hammer the upstream through the proxy.
 pub const MAX_REFUSALS_PER_WINDOW: u32 = 5;
 
-/// Counts upstream refusals (`invalid_client`) per client id, in windows of the refusal time.
+/// Counts upstream refusals (`invalid_client`) per client id, in windows of the refusal time,
+/// and remembers the keyed hash of the secret the upstream last accepted for each client id:
+/// that secret is never locked out, so whoever merely knows a customer's client id cannot
+/// lock the customer out by sending wrong secrets.
 #[derive(Default)]
 pub struct Refusals {
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    accepted: Mutex<HashMap<String, [u8; 32]>>,
 }
 
 impl Refusals {
     /// `Err(wait)` while `client_id` has had [`MAX_REFUSALS_PER_WINDOW`] upstream refusals in
-    /// the current window: secrets not already cached for it are refused locally.
-    pub fn check(&self, client_id: &str) -> Result<(), Duration> {
+    /// the current window and `secret_mac` (the keyed hash of the presented secret) is not the
+    /// one the upstream last accepted: such secrets are refused locally.
+    pub fn check(&self, client_id: &str, secret_mac: &[u8; 32]) -> Result<(), Duration> {
+        use subtle::ConstantTimeEq;
+        let known_good = self
+            .accepted
+            .lock()
+            .get(client_id)
+            .is_some_and(|accepted| bool::from(accepted.ct_eq(secret_mac)));
+        if known_good {
+            return Ok(());
+        }
         let now = Instant::now();
         match self.windows.lock().get(client_id) {
             Some((until, count)) if *until > now && *count >= MAX_REFUSALS_PER_WINDOW => Err(until
@@ -111,9 +125,23 @@ impl Refusals {
         entry.1 = entry.1.saturating_add(1);
     }
 
-    /// The client's secret was accepted upstream: its count starts over.
-    pub fn clear(&self, client_id: &str) {
-        self.windows.lock().remove(client_id);
+    /// Whether the upstream has accepted a secret for `client_id` (since the start, or since
+    /// the memory of accepted secrets was last cleared).
+    pub fn is_known(&self, client_id: &str) -> bool {
+        self.accepted.lock().contains_key(client_id)
+    }
+
+    /// The upstream accepted the secret whose keyed hash is `secret_mac` for `client_id`: it
+    /// is exempt from the lock-out from now on. The count of refusals is kept: an accepted
+    /// secret does not give the guessers a fresh allowance.
+    pub fn accepted(&self, client_id: &str, secret_mac: [u8; 32]) {
+        let mut accepted = self.accepted.lock();
+        if accepted.len() >= MAX_TRACKED && !accepted.contains_key(client_id) {
+            // Bounded: past the cap, forget everything (customers re-earn it on their next
+            // accepted request); the cap is far above any real number of customers.
+            accepted.clear();
+        }
+        accepted.insert(client_id.to_owned(), secret_mac);
     }
 }
 

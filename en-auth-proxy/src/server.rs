@@ -593,7 +593,13 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
         return err.into_response();
     }
     let metrics = &shared.metrics;
-    metrics.token_request(&client_id);
+    // Counted once the outcome is known (see `Metrics::token_request`).
+    let count = |client_id: &str, authenticated: bool| {
+        metrics.token_request(
+            client_id,
+            authenticated || shared.refusals.is_known(client_id),
+        );
+    };
     // Quotas count authenticated requests only (a token handed out after the secret matched,
     // or one the upstream issued): whoever merely knows a client id cannot spend its quota.
     let quota = shared.config.quota_of(&client_id);
@@ -601,6 +607,7 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     let entry = shared.cache.entry(&key, &secret);
     drop(secret);
     if let Some(token) = entry.hand_out() {
+        count(&key.client_id, true);
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false) {
             return refusal;
         }
@@ -609,12 +616,15 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     }
     // Over quota already: refused before any upstream call (without counting this one).
     if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true) {
+        count(&key.client_id, false);
         return refusal;
     }
     // Many secrets for this client were refused upstream just now: another unknown one is
-    // refused here (a cached token still goes to the secret that obtained it, above).
+    // refused here (a cached token still goes to the secret that obtained it, above, and the
+    // secret the upstream last accepted for this client is never refused here).
     if entry.cache.cached().is_none() {
-        if let Err(wait) = shared.refusals.check(&key.client_id) {
+        if let Err(wait) = shared.refusals.check(&key.client_id, entry.secret_mac()) {
+            count(&key.client_id, false);
             metrics.refused_locally();
             tracing::warn!(
                 client_id = %key.client_id,
@@ -632,13 +642,17 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     let served_before = entry.cache.stats().failures_served;
     match entry.get().await {
         Ok(token) => {
+            count(&key.client_id, true);
             if let Some(per_minute) = quota {
                 let _ = shared.quotas.take(&key.client_id, per_minute);
             }
-            shared.refusals.clear(&key.client_id);
+            shared
+                .refusals
+                .accepted(&key.client_id, *entry.secret_mac());
             token_response(&token)
         }
         Err(err) => {
+            count(&key.client_id, false);
             let remembered = entry.cache.stats().failures_served > served_before;
             if !remembered && matches!(err, Error::InvalidClient { .. }) {
                 shared

@@ -5,7 +5,7 @@
 //! `FLEET_TOKEN_URL`, `FLEET_CLIENT_ID`, `FLEET_CLIENT_SECRET`, `FLEET_API_URL` (required),
 //! `FLEET_AUDIENCE`, `FLEET_SCOPES` (space-separated), `FLEET_REDIS_URL` (no store without it),
 //! `FLEET_ENCRYPTION_KEY` (64 hex digits), `FLEET_EXPIRATION_GAP_MS`, `FLEET_LOCK_WAIT_MS`, `FLEET_MAX_ELAPSED_MS`,
-//! `FLEET_BREAKER_COOLDOWN_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
+//! `FLEET_BREAKER_COOLDOWN_MS`, `FLEET_COMMAND_TIMEOUT_MS`, `FLEET_CONNECT_TIMEOUT_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
 //!
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
 //! `round N` (N concurrent API requests), `token` (one token), `stats`, `fleet-fetches`
@@ -71,6 +71,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut store = None;
     if let Some(url) = env("FLEET_REDIS_URL") {
         let mut config = RedisTokenStore::builder(url);
+        if let Some(timeout) = millis_env("FLEET_COMMAND_TIMEOUT_MS") {
+            config = config.command_timeout(timeout);
+        }
+        if let Some(timeout) = millis_env("FLEET_CONNECT_TIMEOUT_MS") {
+            config = config.connect_timeout(timeout);
+        }
         if let Some(cooldown) = millis_env("FLEET_BREAKER_COOLDOWN_MS") {
             config = config.breaker_cooldown(cooldown);
         }

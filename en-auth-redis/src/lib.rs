@@ -546,24 +546,30 @@ impl TokenStore for RedisTokenStore {
 
     async fn remove_if(&self, key: &CacheKey, value: &SecretString) -> Result<(), Error> {
         let redis_key = self.inner.key("tok", key);
-        if let Some(raw) = self.inner.get(&redis_key).await? {
-            let same = record::open(&raw, &redis_key, self.inner.encryption.as_ref())
-                .is_some_and(|record| record.token.expose_secret() == value.expose_secret());
-            if same {
-                let mut conn = self.inner.manager.clone();
-                let script = redis::Script::new(UNLOCK_SCRIPT);
-                let key_for_script = redis_key.clone();
-                self.inner
-                    .run("remove_if", async move {
-                        script
-                            .key(key_for_script)
-                            .arg(raw)
-                            .invoke_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await?;
+        // A failed read or delete does not skip the message below: the other processes must
+        // drop the rejected token from memory whatever happened to the stored copy.
+        let removed: Result<(), Error> = async {
+            if let Some(raw) = self.inner.get(&redis_key).await? {
+                let same = record::open(&raw, &redis_key, self.inner.encryption.as_ref())
+                    .is_some_and(|record| record.token.expose_secret() == value.expose_secret());
+                if same {
+                    let mut conn = self.inner.manager.clone();
+                    let script = redis::Script::new(UNLOCK_SCRIPT);
+                    let key_for_script = redis_key.clone();
+                    self.inner
+                        .run("remove_if", async move {
+                            script
+                                .key(key_for_script)
+                                .arg(raw)
+                                .invoke_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await?;
+                }
             }
+            Ok(())
         }
+        .await;
         // Tell the others even when the stored token is already another one: they may still
         // hold the rejected one in memory.
         let message = serde_json::json!({
@@ -573,12 +579,14 @@ impl TokenStore for RedisTokenStore {
         .to_string();
         let channel = self.inner.channel.clone();
         let mut conn = self.inner.manager.clone();
-        self.inner
+        let published = self
+            .inner
             .run("publish", async move {
                 conn.publish::<_, _, i64>(channel, message).await
             })
             .await
-            .map(drop)
+            .map(drop);
+        removed.and(published)
     }
 
     async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {

@@ -33,6 +33,7 @@ fn oidc_env(
     if let Some(redis) = redis {
         env.push(("FLEET_REDIS_URL", redis.url()));
         env.push(("FLEET_ENCRYPTION_KEY", "42".repeat(32)));
+        env.extend(generous_redis_timeouts());
     }
     env
 }
@@ -53,6 +54,19 @@ fn idp_env(
         // Lock TTL = max(1 s, retries' deadline + 5 s).
         ("FLEET_LOCK_WAIT_MS", "1000".to_owned()),
         ("FLEET_MAX_ELAPSED_MS", max_elapsed_ms.to_string()),
+        generous_redis_timeouts()[0].clone(),
+        generous_redis_timeouts()[1].clone(),
+    ]
+}
+
+/// Redis timeouts for members on a loaded 2-core machine (16 processes at once): one command
+/// slower than the 200 ms default would trip a member's circuit breaker and make it fetch on
+/// its own, which these tests count as a sharing failure. A stopped Redis refuses connections
+/// at once, so the outage tests do not wait on these.
+fn generous_redis_timeouts() -> [(&'static str, String); 2] {
+    [
+        ("FLEET_COMMAND_TIMEOUT_MS", "2000".to_owned()),
+        ("FLEET_CONNECT_TIMEOUT_MS", "3000".to_owned()),
     ]
 }
 
@@ -174,8 +188,9 @@ async fn a_killed_lock_holder_is_replaced_within_the_lock_ttl() {
     let api = TestApi::start().await;
     // The holder's token request hangs, and the holder dies while holding the lock.
     idp.push_faults([Fault::Delay(Duration::from_secs(60))]);
-    // Lock TTL 6 s.
-    let env = idp_env(&idp, &api, &redis, &idp.client_secret(), 1000);
+    // The holder's fetch deadline (5 s) leaves ample time to kill it while it holds the lock
+    // (a holder that gave up first would publish its failure instead). Lock TTL 10 s.
+    let env = idp_env(&idp, &api, &redis, &idp.client_secret(), 5000);
     let mut members = start_members(3, &env).await;
     members[0].send("token").await;
     for _ in 0..200 {
@@ -194,9 +209,16 @@ async fn a_killed_lock_holder_is_replaced_within_the_lock_ttl() {
     assert_eq!(b["ok"], true, "{b:?}");
     assert_eq!(c["ok"], true, "{c:?}");
     eprintln!(
-        "KILLED HOLDER: waiters got a token after {} ms and {} ms (lock TTL 6 s + one fetch)",
+        "KILLED HOLDER: waiters got a token after {} ms and {} ms (lock TTL 10 s + one fetch)",
         b["ms"], c["ms"]
     );
+    for waiter in [&b, &c] {
+        let waited = waiter["ms"].as_u64().expect("ms");
+        assert!(
+            waited <= 10_000 + 5_000,
+            "a waiter got its token within the lock TTL + one fetch: {waited} ms"
+        );
+    }
     let stats = vec![members[1].ask("stats").await, members[2].ask("stats").await];
     assert_eq!(
         idp.token_requests(),
@@ -243,6 +265,13 @@ async fn a_holders_permanent_failure_reaches_waiters_in_other_processes() {
                 .unwrap_or("")
                 .contains("invalid client"),
             "the waiter sees the holder's error: {waiter:?}"
+        );
+    }
+    for waiter in &waiters {
+        let waited = waiter["ms"].as_u64().expect("ms");
+        assert!(
+            waited < 6_000,
+            "waiters learn the failure when it happens, not after the 8 s lock: {waited} ms"
         );
     }
     // A process arriving later backs off with the fleet instead of asking again.

@@ -15,6 +15,15 @@ use sha2::{Digest, Sha256};
 
 const SECRET: &str = "a-client-secret-nobody-may-see";
 
+/// A store with generous timeouts: on a loaded 2-core CI machine a Redis command can take
+/// longer than the 200 ms default, and one slow command would trip the circuit breaker and
+/// turn a sharing test into a fallback test. (The fallback has its own tests.)
+fn store_builder(url: String) -> en_auth_redis::RedisTokenStoreBuilder {
+    RedisTokenStore::builder(url)
+        .command_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(5))
+}
+
 fn fleet_key() {
     en_auth_core::set_fleet_key(FLEET_KEY.as_bytes()).unwrap();
 }
@@ -48,7 +57,7 @@ async fn the_hot_path_sends_no_redis_command() {
     let redis = RedisServer::start();
     let idp = idp().await;
     let api = TestApi::start().await;
-    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let store = store_builder(redis.url()).connect().await.unwrap();
     let auth = AuthMiddleware::from_cache(cache(authorizer(&idp), &store));
     auth.cache().warm_up().await.unwrap();
     let before = store.stats().commands;
@@ -79,7 +88,7 @@ async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token(
     fleet_key();
     let redis = RedisServer::start();
     let idp = idp().await;
-    let plain = RedisTokenStore::builder(redis.url())
+    let plain = store_builder(redis.url())
         .prefix("plain")
         .connect()
         .await
@@ -88,7 +97,7 @@ async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token(
         .access_token()
         .await
         .unwrap();
-    let encrypted = RedisTokenStore::builder(redis.url())
+    let encrypted = store_builder(redis.url())
         .prefix("sealed")
         .encryption(EncryptionKeys::new("k1", &[9u8; 32]).unwrap())
         .connect()
@@ -123,7 +132,7 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
     fleet_key();
     let redis = RedisServer::start();
     let idp = idp().await;
-    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let store = store_builder(redis.url()).connect().await.unwrap();
     let key = store.token_key(&en_auth_core::Authorizer::cache_key(&authorizer(&idp)));
     // A record valid in every way but its schema version, then garbage: both misses.
     let first = cache(authorizer(&idp), &store)
@@ -153,14 +162,14 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
         assert!(stored.contains(r#""v":1"#), "overwritten: {stored}");
     }
     // Written under a key id this process does not know: a miss, then overwritten.
-    let old = RedisTokenStore::builder(redis.url())
+    let old = store_builder(redis.url())
         .prefix("rotating")
         .encryption(EncryptionKeys::new("old", &[1u8; 32]).unwrap())
         .connect()
         .await
         .unwrap();
     cache(authorizer(&idp), &old).access_token().await.unwrap();
-    let new = RedisTokenStore::builder(redis.url())
+    let new = store_builder(redis.url())
         .prefix("rotating")
         .encryption(EncryptionKeys::new("new", &[2u8; 32]).unwrap())
         .connect()
@@ -171,7 +180,7 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
     assert_eq!(idp.token_requests(), before + 1, "unknown key id is a miss");
     assert!(new.stats().unreadable_values >= 1);
     // With the old key kept for rotation, the new writer's value is read by both.
-    let both = RedisTokenStore::builder(redis.url())
+    let both = store_builder(redis.url())
         .prefix("rotating")
         .encryption(
             EncryptionKeys::new("newer", &[3u8; 32])
@@ -195,7 +204,7 @@ async fn different_scopes_audiences_secrets_and_urls_never_share() {
     fleet_key();
     let redis = RedisServer::start();
     let (one, two) = tokio::join!(idp(), idp());
-    let store = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let store = store_builder(redis.url()).connect().await.unwrap();
     let base = || authorizer(&one);
     let mut seen = std::collections::HashSet::new();
     seen.insert(cache(base(), &store).access_token().await.unwrap());
@@ -279,7 +288,7 @@ async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_fal
     let idp = idp().await;
     // Generous timeouts: a TLS handshake in a debug build (post-quantum key exchange when the
     // workspace build enables it) on a loaded machine can take longer than the 200 ms default.
-    let trusted = RedisTokenStore::builder(redis.url())
+    let trusted = store_builder(redis.url())
         .tls_root_certificate(redis.ca_certificate().unwrap())
         .command_timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_secs(5))
@@ -300,7 +309,7 @@ async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_fal
     assert_eq!(trusted.stats().errors, 0);
     // The system roots do not know the test CA: the handshake fails, the store is degraded,
     // and tokens still come from the provider.
-    let untrusted = RedisTokenStore::connect(&redis.url()).await.unwrap();
+    let untrusted = store_builder(redis.url()).connect().await.unwrap();
     assert!(!untrusted.is_available());
     let other = cache(authorizer(&idp).with_scopes(["x"]), &untrusted);
     other.access_token().await.unwrap();

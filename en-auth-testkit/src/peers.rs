@@ -47,8 +47,8 @@ impl OidcProvider {
 
     /// Starts the provider with access tokens valid for `ttl_secs`.
     ///
-    /// A start that has not said `READY` within [`START_ATTEMPT_TIMEOUT`] is killed and tried
-    /// again, up to [`START_ATTEMPTS`] times: on a loaded 2-core CI machine a Node process
+    /// A start that has not said `READY` within 45 s is killed and tried
+    /// again, up to 3 times: on a loaded 2-core CI machine a Node process
     /// has been seen to stall at start once in a long while, and one stalled start must not
     /// fail a whole run.
     pub async fn start(ttl_secs: u64) -> Self {
@@ -191,9 +191,9 @@ impl OidcProvider {
 }
 
 /// How many times [`OidcProvider::start`] launches the provider before it gives up.
-pub const START_ATTEMPTS: u32 = 3;
+const START_ATTEMPTS: u32 = 3;
 /// How long one launch of the provider may take to say `READY` (alone it takes ≈ 2 s).
-pub const START_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+const START_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One launch of `oidc-provider.mjs`: the running child and its port, or what went wrong
 /// (with the provider's stdout and stderr so far). A launch that fails is killed.

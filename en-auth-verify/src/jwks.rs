@@ -127,6 +127,8 @@ struct Shared {
     flight: Mutex<Flight>,
     settings: JwksSettings,
     fetches: AtomicU64,
+    /// Fetches whose key set replaced the cached one.
+    updates: AtomicU64,
     /// The periodic refresh task, once started (restarted if its runtime shut down).
     timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -161,6 +163,7 @@ impl JwksCache {
                 flight: Mutex::new(Flight::default()),
                 settings,
                 fetches: AtomicU64::new(0),
+                updates: AtomicU64::new(0),
                 timer: Mutex::new(None),
             }),
         }
@@ -204,6 +207,11 @@ impl JwksCache {
     /// JWKS fetches started so far (failed ones included).
     pub(crate) fn fetches(&self) -> u64 {
         self.shared.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches so far whose key set replaced the cached one.
+    pub(crate) fn updates(&self) -> u64 {
+        self.shared.updates.load(Ordering::Relaxed)
     }
 
     /// The cached key for `kid`, without any waiting; starts a background refresh when the
@@ -355,6 +363,7 @@ impl Shared {
         match fetched {
             Ok(set) => {
                 *self.keys.write() = Some(Arc::new(set));
+                self.updates.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(err) => {

@@ -349,6 +349,16 @@ impl Verifier {
         }
     }
 
+    /// JWKS fetches so far whose key set is now in use (0 for a shared-secret verifier): with
+    /// [`jwks_fetches`](Self::jwks_fetches), how many fetches failed; for a test, when a
+    /// published change has been learnt.
+    pub fn jwks_updates(&self) -> u64 {
+        match &self.keys {
+            Keys::Jwks(cache) => cache.updates(),
+            Keys::Shared(_) => 0,
+        }
+    }
+
     /// Verifies `token` (the bare JWT, without `Bearer `) and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, Error> {
         self.verify_shared(token).await.map(Arc::unwrap_or_clone)

@@ -157,3 +157,18 @@ impl JwksServer {
         self.fetches.load(Ordering::SeqCst)
     }
 }
+
+/// Waits (up to 10 s) until `verifier` has stored two more key sets than `before`: the second
+/// one was fetched after whatever the test published before calling this (the first may have
+/// been under way already). Polls instead of sleeping a fixed time, which a loaded CI machine
+/// can overshoot.
+pub async fn until_learnt(verifier: &en_auth_verify::Verifier, before: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while verifier.jwks_updates() < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verifier did not refresh its key set within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
