@@ -1392,12 +1392,12 @@ impl<A: Authorizer> TokenCache<A> {
         // token, or its failure (which it publishes before unlocking, so a waiter that read
         // "no failure" just before may take the lock right after it). A token read here is not
         // written back (rule 9).
-        let shared_failure = match self.load_from_store(binding, previous).await {
+        let settled = match self.load_from_store(binding, previous).await {
             Some(entry) => Some(Ok(entry)),
             None if lock.is_some() => self.load_shared_failure(binding).await.map(Err),
             None => None,
         };
-        let result = match shared_failure {
+        let result = match settled {
             Some(outcome) => outcome,
             None => {
                 let result = self.fetch_from_provider(previous).await;

@@ -45,7 +45,7 @@ fn idp_env(
     secret: &str,
     max_elapsed_ms: u64,
 ) -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("FLEET_TOKEN_URL", idp.token_url()),
         ("FLEET_CLIENT_ID", idp.client_id()),
         ("FLEET_CLIENT_SECRET", secret.to_owned()),
@@ -54,9 +54,9 @@ fn idp_env(
         // Lock TTL = max(1 s, retries' deadline + 5 s).
         ("FLEET_LOCK_WAIT_MS", "1000".to_owned()),
         ("FLEET_MAX_ELAPSED_MS", max_elapsed_ms.to_string()),
-        generous_redis_timeouts()[0].clone(),
-        generous_redis_timeouts()[1].clone(),
-    ]
+    ];
+    env.extend(generous_redis_timeouts());
+    env
 }
 
 /// Redis timeouts for members on a loaded 2-core machine (16 processes at once): one command

@@ -291,7 +291,6 @@ async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_fal
     let trusted = store_builder(redis.url())
         .tls_root_certificate(redis.ca_certificate().unwrap())
         .command_timeout(Duration::from_secs(3))
-        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .unwrap();
