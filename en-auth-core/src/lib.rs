@@ -52,8 +52,8 @@ pub use endpoint::{
 };
 pub use error::{Error, Result};
 pub use lifecycle::{
-    CachedToken, LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF, TokenCache,
-    TokenCacheBuilder, TokenStats,
+    Backoff, CachedToken, Freshness, LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF,
+    STORE_CALL_TIMEOUT, TokenCache, TokenCacheBuilder, TokenStats,
 };
 pub use middleware::{AuthMiddleware, same_origin_redirects};
 pub use retry::RetryPolicy;
