@@ -17,20 +17,16 @@
 //!   then the least recently used (their lifecycles end with them).
 //! - **Lifecycle.** Everything about when to fetch — one fetch per entry at a time, renewal
 //!   started in the background `2 × min_remaining` before expiry while callers keep getting
-//!   the current token, failures remembered with backoff — is the core lifecycle's. Below
-//!   `min_remaining` (see [`Entry::hand_out`]) callers wait for the renewal rather than
-//!   receive a token about to expire.
+//!   the current token, failures remembered with backoff, and the floor below which a token
+//!   is not handed out (`min_remaining`, the lifecycle's pass-on floor) — is the core
+//!   lifecycle's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use std::time::Duration;
-
-use chrono::Utc;
 use en_auth_core::{
-    AccessToken, CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy, TokenCache,
-    TokenStore,
+    CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy, TokenCache, TokenStore,
 };
 use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
@@ -61,7 +57,6 @@ pub struct Entry {
     /// The core lifecycle for this key and secret.
     pub cache: TokenCache<UpstreamAuthorizer>,
     last_used: AtomicI64,
-    min_remaining: Duration,
 }
 
 impl Entry {
@@ -70,46 +65,20 @@ impl Entry {
         &self.mac
     }
 
-    /// The cached token if it may be handed out now without waiting: it has at least the
-    /// minimum remaining lifetime (clamped to a quarter of a short token's life). Seeing a
-    /// token in its renewal window starts the renewal in the background (once).
+    /// The cached token if it may be handed out now without waiting: the lifecycle's
+    /// pass-on rule ([`LifecyclePolicy::min_pass_on_lifetime`], clamped to a quarter of a
+    /// short token's life). Seeing a token in its renewal window starts the renewal in the
+    /// background (once).
     pub fn hand_out(&self) -> Option<Arc<CachedToken<UpstreamToken>>> {
-        let token = self.cache.cached()?;
-        let (floor, remaining) = self.floor_and_remaining(&token);
-        (remaining >= floor && remaining > Duration::ZERO).then_some(token)
+        self.cache.ready_to_pass_on()
     }
 
-    /// The minimum remaining lifetime for `token` (clamped to a quarter of its life) and
-    /// the lifetime it has left.
-    fn floor_and_remaining(&self, token: &CachedToken<UpstreamToken>) -> (Duration, Duration) {
-        let expires_at = token.expires_at();
-        let lifetime = token
-            .token()
-            .issued_at()
-            .map(|at| (expires_at - at).to_std().unwrap_or_default())
-            .unwrap_or_default();
-        let floor = self.min_remaining.min(lifetime / 4);
-        let remaining = (expires_at - Utc::now()).to_std().unwrap_or_default();
-        (floor, remaining)
-    }
-
-    /// A token to hand out, waiting for the renewal (or the first fetch) if the cached one
+    /// A token to hand out, waiting for the renewal (or the first fetch) when the cached one
     /// is below the minimum remaining lifetime. When upstream cannot give a new one, the
-    /// current token is still returned while it has at least half the minimum left; below
-    /// that it would expire in the caller's hands, and the answer is an error (503).
+    /// current token is still returned while it has half the minimum left; below that the
+    /// answer is upstream's failure.
     pub async fn get(&self) -> Result<Arc<CachedToken<UpstreamToken>>, Error> {
-        if let Some(token) = self.hand_out() {
-            return Ok(token);
-        }
-        let token = self.cache.get_fresh().await?;
-        let (floor, remaining) = self.floor_and_remaining(&token);
-        if remaining < floor / 2 || remaining.is_zero() {
-            return Err(Error::ServerError {
-                status: 503,
-                retry_after: Some(Duration::from_secs(1)),
-            });
-        }
-        Ok(token)
+        self.cache.get_to_pass_on().await
     }
 }
 
@@ -143,8 +112,10 @@ impl ProxyCache {
         })?;
         let refusal = config.refusal();
         let policy = LifecyclePolicy::default()
-            // Renewal starts at twice the minimum, so callers rarely wait for it.
+            // Renewal starts at twice the minimum, so callers rarely wait for it; below the
+            // minimum a token is not handed out.
             .with_expiration_gap(config.min_remaining().saturating_mul(2))
+            .with_min_pass_on_lifetime(config.min_remaining())
             // A refused secret is refused locally for this long (doubling on repeats).
             .with_permanent_failure_backoff(refusal)
             .with_max_failure_backoff(refusal.max(std::time::Duration::from_secs(300)))
@@ -213,7 +184,7 @@ impl ProxyCache {
                 .enumerate()
                 .min_by_key(|(_, e)| {
                     (
-                        e.cache.cached_fresh().is_some(),
+                        e.cache.has_usable_token(),
                         e.last_used.load(Ordering::Relaxed),
                     )
                 })
@@ -242,7 +213,6 @@ impl ProxyCache {
             mac,
             cache: builder.build(),
             last_used: AtomicI64::new(now),
-            min_remaining: self.config.min_remaining(),
         }
     }
 
@@ -277,7 +247,7 @@ fn evict(slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, max: usize) -> usize {
         .iter()
         .map(|(key, entries)| {
             // Any unexpired token counts: one in its renewal window is a customer's too.
-            let has_token = entries.iter().any(|e| e.cache.cached().is_some());
+            let has_token = entries.iter().any(|e| e.cache.has_usable_token());
             let last = entries
                 .iter()
                 .map(|e| e.last_used.load(Ordering::Relaxed))

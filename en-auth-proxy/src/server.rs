@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use chrono::Utc;
 use en_auth_core::{AccessToken, CachedToken, Error};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use secrecy::SecretString;
@@ -265,7 +264,13 @@ struct TokenBody<'a> {
 
 /// The answer for a token: `expires_in` is what is left of its life, in whole seconds.
 fn token_response(token: &CachedToken<UpstreamToken>) -> Response {
-    let remaining = (token.expires_at() - Utc::now()).num_seconds().max(0);
+    let remaining = token
+        .freshness()
+        .expires_at()
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_secs()
+        .try_into()
+        .unwrap_or(i64::MAX);
     let inner = token.token();
     let body = serde_json::to_vec(&TokenBody {
         access_token: inner.access_token(),
@@ -622,7 +627,7 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
     // Many secrets for this client were refused upstream just now: another unknown one is
     // refused here (a cached token still goes to the secret that obtained it, above, and the
     // secret the upstream last accepted for this client is never refused here).
-    if entry.cache.cached().is_none() {
+    if !entry.cache.has_usable_token() {
         if let Err(wait) = shared.refusals.check(&key.client_id, entry.secret_mac()) {
             count(&key.client_id, false);
             metrics.refused_locally();

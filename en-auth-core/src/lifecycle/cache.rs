@@ -241,7 +241,6 @@ impl<A: Authorizer> TokenCache<A> {
     /// waiting (for synchronous callers). Returns the remembered failure while one is backed
     /// off.
     pub(crate) fn start_fetch(&self) -> Result<(), Error> {
-        self.start_tasks();
         match self.step(Instant::now(), Need::Usable) {
             Step::Failed(err) => Err(err),
             Step::Token(_) | Step::Wait(_) => Ok(()),
@@ -334,7 +333,9 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// Asks the machine what `need` gets now; registers (and spawns) any fetch it starts.
+    /// The slow path: it also (re)starts the cache's own tasks on this runtime.
     fn step(&self, now: Instant, need: Need) -> Step<A::Token> {
+        self.start_tasks();
         let (step, spawn) = {
             let mut driven = self.inner.state.lock();
             match driven.machine.on_request(now, need) {
@@ -367,7 +368,6 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// The slow path: join the running fetch, start one, or answer with the failure.
     async fn obtain(&self, need: Need) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        self.start_tasks();
         let mut outcome = match self.step(Instant::now(), need) {
             Step::Token(token) => return Ok(token),
             Step::Failed(err) => return Err(err),
