@@ -11,7 +11,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::endpoint::is_loopback;
-use crate::{AccessToken, Authorizer, CachedToken, Error, LifecyclePolicy, TokenCache, TokenStats};
+use crate::{Authorizer, CachedToken, Error, LifecyclePolicy, TokenCache, TokenStats};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -206,7 +206,7 @@ impl<A: Authorizer> AuthMiddleware<A> {
 
     /// The current access token, fetched if needed (en_auth's `access_token` property).
     pub async fn access_token(&self) -> Result<String, Error> {
-        Ok(self.cache.get().await?.token().access_token().to_owned())
+        self.cache.access_token().await
     }
 
     /// The token cache behind this middleware.

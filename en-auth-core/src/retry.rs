@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Error;
+use crate::{Backoff, Error};
 
 /// How transient failures ([`Error::is_transient`]) of `authorize`/`refresh` are retried.
 ///
-/// The delay before attempt *n + 1* is drawn at random from `[d/2, d]` with
+/// The waits follow the one [`Backoff`] schedule from `initial_backoff` to `max_backoff`: the
+/// delay before attempt *n + 1* is drawn from `[d/2, d]` with
 /// `d = min(initial_backoff · 2ⁿ, max_backoff)` — the jitter keeps a fleet that failed together
 /// from retrying together. When the server names a delay (`Retry-After`, rate-limit reset), the
 /// delay is at least that. No retry starts that would end after `max_elapsed`: the error is
@@ -75,15 +76,9 @@ impl RetryPolicy {
         self
     }
 
-    /// The jittered backoff before retry number `retry` (0-based).
-    fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(16));
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff);
-        let ceiling_ns = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        Duration::from_nanos(fastrand::u64(ceiling_ns / 2..=ceiling_ns))
+    /// The schedule of the waits between attempts.
+    pub fn schedule(&self) -> Backoff {
+        Backoff::new(self.initial_backoff, self.max_backoff)
     }
 
     /// Runs `operation` until it succeeds, fails permanently, or the budget is spent.
@@ -120,17 +115,12 @@ impl RetryPolicy {
                 Err(err) if err.is_transient() => err,
                 Err(err) => return Err(err),
             };
-            let delay = match err.retry_after() {
-                Some(named) => {
-                    let named = named.min(self.max_elapsed.saturating_add(Duration::from_secs(1)));
-                    let spread = (named / 10).min(Duration::from_secs(1));
-                    let jitter_ns = spread.as_nanos().min(u64::MAX as u128) as u64;
-                    named
-                        .saturating_add(Duration::from_nanos(fastrand::u64(0..=jitter_ns)))
-                        .max(self.backoff(attempt - 1))
-                }
-                None => self.backoff(attempt - 1),
-            };
+            // A named delay longer than the budget is capped just past it, so the check below
+            // ends the retries with the server's error.
+            let cap = self.max_elapsed.saturating_add(Duration::from_secs(1));
+            let delay = self
+                .schedule()
+                .honouring(attempt - 1, err.retry_after(), cap);
             let would_end = started
                 .elapsed()
                 .saturating_add(delay)
@@ -155,7 +145,7 @@ mod tests {
         let p = RetryPolicy::default();
         for retry in 0..10 {
             let ceiling = (p.initial_backoff * 2u32.pow(retry)).min(p.max_backoff);
-            let d = p.backoff(retry);
+            let d = p.schedule().delay(retry);
             assert!(
                 d >= ceiling / 2 && d <= ceiling,
                 "retry {retry}: {d:?} vs {ceiling:?}"

@@ -52,7 +52,8 @@ async fn a_login_then_refreshes_with_the_refresh_token_not_the_password() {
         cache.invalidate(&cached).await,
         "marked as rejected by an API"
     );
-    let replaced = cache.replacement(&cached).await.unwrap();
+    // Requests wait for the replacement of a rejected token.
+    let replaced = cache.get().await.unwrap();
     assert_ne!(
         cached.token().access_token(),
         replaced.token().access_token()

@@ -135,6 +135,11 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
+    /// The access token string of [`get`](Self::get) (en_auth's `access_token`).
+    pub async fn access_token(&self) -> Result<String, Error> {
+        Ok(self.get().await?.token().access_token().to_owned())
+    }
+
     /// A token to pass on to someone else (the token proxy's customers): one with at least
     /// [`LifecyclePolicy::min_pass_on_lifetime`] left. Below that the caller waits for the
     /// refresh; when the refresh fails, the token is still handed out while it has half that
