@@ -239,7 +239,8 @@ pub trait TokenStore: Send + Sync + 'static {
 /// credentials so they share one token. Its fetch lock works like a fleet store's: one holder
 /// per key at a time, released by [`TokenStore::unlock`] or when its time to live ends; a
 /// failed fetch is shared too ([`TokenStore::publish_failure`]), so the caches back off
-/// together instead of each asking the provider in turn.
+/// together instead of each asking the provider in turn. Entries are filed under the
+/// [`CacheKey`] itself: nothing leaves the process, so the store needs no fleet key.
 #[derive(Default)]
 pub struct MemoryTokenStore {
     entries: Mutex<HashMap<CacheKey, (SecretString, Instant)>>,
