@@ -68,14 +68,29 @@ struct RoutePrefix {
 }
 
 impl RoutePrefix {
-    fn parse(prefix: &str) -> Option<Self> {
-        let url = url::Url::parse(prefix).ok()?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return None;
+    /// The prefix, if it is an absolute `http`/`https` URL with a host and no user info.
+    fn parse(prefix: &str) -> Result<Self, Error> {
+        let refuse = |why: &str| Error::InvalidConfiguration {
+            setting: "audience route".into(),
+            reason: format!(
+                "the URL prefix {} {why}; write it as an absolute URL such as \
+                 https://api.example.com/",
+                crate::str_for_logs(prefix)
+            ),
+        };
+        let url = url::Url::parse(prefix).map_err(|_| refuse("is not an absolute URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(refuse("does not start with http:// or https://"));
         }
-        Some(Self {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("carries user info"));
+        }
+        let Some(host) = url.host_str() else {
+            return Err(refuse("has no host"));
+        };
+        Ok(Self {
             scheme: url.scheme().to_owned(),
-            host: url.host_str()?.to_owned(),
+            host: host.to_owned(),
             port: url.port_or_known_default(),
             path: url.path().to_owned(),
         })
@@ -133,20 +148,28 @@ impl<A: Authorizer, T: Clone> AudienceRouter<A, T> {
 
     /// Requests to `url_prefix` get `audience`: same scheme, host and port, and a path
     /// under the prefix's path on a segment boundary (the longest matching prefix wins; an
-    /// [`Audience`] extension on the request wins over any route). A prefix that is not an
-    /// absolute URL (or carries a user name) is ignored with an error in the log.
-    pub fn add_route(&mut self, url_prefix: impl Into<String>, audience: impl AsRef<str>) {
-        let url_prefix = url_prefix.into();
-        let Some(prefix) = RoutePrefix::parse(&url_prefix) else {
-            tracing::error!(
-                prefix = %crate::str_for_logs(&url_prefix),
-                "audience route ignored: the prefix is not an absolute URL without user info"
-            );
-            return;
-        };
+    /// [`Audience`] extension on the request wins over any route).
+    ///
+    /// Fails with [`Error::InvalidConfiguration`], adding nothing, when the prefix is not an
+    /// absolute `http://` or `https://` URL with a host and without user info (a prefix
+    /// without a scheme, such as `api.example.com/`, would never match), or when the
+    /// audience is empty.
+    pub fn add_route(
+        &mut self,
+        url_prefix: impl Into<String>,
+        audience: impl AsRef<str>,
+    ) -> Result<(), Error> {
+        let prefix = RoutePrefix::parse(&url_prefix.into())?;
+        if audience.as_ref().is_empty() {
+            return Err(Error::InvalidConfiguration {
+                setting: "audience route".into(),
+                reason: "the audience is empty".into(),
+            });
+        }
         self.routes.push((prefix, Audience::new(audience)));
         self.routes
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(())
     }
 
     /// Sets what requests with no audience get.
@@ -236,6 +259,18 @@ impl<A: Authorizer, T> std::fmt::Debug for AudienceRouter<A, T> {
     }
 }
 
+/// The error of a configuring call made after the adapter (`what`) was cloned: its clones
+/// share one router, so the change cannot reach them all.
+fn configured_after_clone(what: &str) -> Error {
+    Error::InvalidConfiguration {
+        setting: "audience routing".into(),
+        reason: format!(
+            "{what} configured after it was cloned or attached to a client; its clones share \
+             one router, so configure it completely before cloning it"
+        ),
+    }
+}
+
 /// A `reqwest-middleware` middleware with one token lifecycle per audience.
 ///
 /// ```no_run
@@ -286,33 +321,74 @@ impl<A: Authorizer> AudienceMiddleware<A> {
         }
     }
 
-    fn configure(mut self, change: impl FnOnce(&mut AudienceRouter<A, AuthMiddleware<A>>)) -> Self {
-        match Arc::get_mut(&mut self.router) {
-            Some(router) => change(router),
-            None => tracing::warn!(
-                "AudienceMiddleware configured after it was cloned; the change is ignored"
-            ),
-        }
-        self
+    /// Applies `change` to the router; fails when the middleware was cloned already (the
+    /// clones share the router, and a change only some of them saw would send one API's
+    /// token to another).
+    fn try_configure(
+        mut self,
+        change: impl FnOnce(&mut AudienceRouter<A, AuthMiddleware<A>>) -> Result<(), Error>,
+    ) -> Result<Self, Error> {
+        let router = Arc::get_mut(&mut self.router)
+            .ok_or_else(|| configured_after_clone("AudienceMiddleware"))?;
+        change(router)?;
+        Ok(self)
+    }
+
+    fn configure(self, change: impl FnOnce(&mut AudienceRouter<A, AuthMiddleware<A>>)) -> Self {
+        self.try_configure(|router| {
+            change(router);
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("AudienceMiddleware: {err}"))
     }
 
     /// Requests whose URL starts with `url_prefix` get `audience` (the longest matching
-    /// prefix wins; an [`Audience`] extension on the request wins over any route).
+    /// prefix wins; an [`Audience`] extension on the request wins over any route). For
+    /// prefixes that come from configuration, use [`try_route`](Self::try_route).
+    ///
+    /// # Panics
+    ///
+    /// When `url_prefix` is not an absolute `http://` or `https://` URL with a host and
+    /// without user info, when `audience` is empty, and when the middleware was cloned (or
+    /// attached to a client) before this call: configure it completely first.
     pub fn route(self, url_prefix: impl Into<String>, audience: impl AsRef<str>) -> Self {
-        self.configure(|router| router.add_route(url_prefix, audience))
+        self.try_route(url_prefix, audience)
+            .unwrap_or_else(|err| panic!("AudienceMiddleware::route: {err}"))
+    }
+
+    /// Like [`route`](Self::route), failing with [`Error::InvalidConfiguration`] instead of
+    /// panicking.
+    pub fn try_route(
+        self,
+        url_prefix: impl Into<String>,
+        audience: impl AsRef<str>,
+    ) -> Result<Self, Error> {
+        self.try_configure(|router| router.add_route(url_prefix, audience))
     }
 
     /// What requests with no audience get (default: [`DefaultAudience::Refuse`]).
+    ///
+    /// # Panics
+    ///
+    /// When the middleware was cloned (or attached to a client) before this call.
     pub fn default_audience(self, default: DefaultAudience) -> Self {
         self.configure(|router| router.set_default(default))
     }
 
     /// The most audiences (token lifecycles) this middleware creates. Default 32.
+    ///
+    /// # Panics
+    ///
+    /// When the middleware was cloned (or attached to a client) before this call.
     pub fn max_audiences(self, max: usize) -> Self {
         self.configure(|router| router.set_max_audiences(max))
     }
 
     /// The lifecycle policy of every audience's cache.
+    ///
+    /// # Panics
+    ///
+    /// When the middleware was cloned (or attached to a client) before this call.
     pub fn policy(self, policy: LifecyclePolicy) -> Self {
         self.configure(|router| router.set_policy(policy))
     }
@@ -337,5 +413,124 @@ impl<A: Authorizer> Middleware for AudienceMiddleware<A> {
             .and_then(|audience| self.router.adapter_for(&audience))
             .map_err(reqwest_middleware::Error::middleware)?;
         middleware.handle(request, extensions, next).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{BearerToken, ClientInfo};
+
+    struct Fixed(ClientInfo);
+
+    #[async_trait]
+    impl Authorizer for Fixed {
+        type Token = BearerToken;
+        fn client_info(&self) -> &ClientInfo {
+            &self.0
+        }
+        async fn authorize(&self) -> Result<BearerToken, Error> {
+            Ok(BearerToken::new("t", Some(Duration::from_secs(60))))
+        }
+    }
+
+    fn middleware() -> AudienceMiddleware<Fixed> {
+        AudienceMiddleware::new(|_: &Audience| Fixed(ClientInfo::new("id", "secret")))
+    }
+
+    fn is_invalid(result: Result<AudienceMiddleware<Fixed>, Error>, mentions: &str) {
+        match result {
+            Err(err @ Error::InvalidConfiguration { .. }) => {
+                assert!(err.to_string().contains(mentions), "{err}");
+            }
+            other => panic!("expected InvalidConfiguration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prefixes_without_scheme_or_host_are_refused() {
+        is_invalid(
+            middleware().try_route("billing.example.com/", "https://billing"),
+            "not an absolute URL",
+        );
+        is_invalid(
+            middleware().try_route("localhost:8080/", "https://billing"),
+            "http:// or https://",
+        );
+        is_invalid(
+            middleware().try_route("ftp://billing.example.com/", "https://billing"),
+            "http:// or https://",
+        );
+        is_invalid(
+            middleware().try_route("https://user:pw@billing.example.com/", "https://billing"),
+            "user info",
+        );
+        is_invalid(
+            middleware().try_route("https://billing.example.com/", ""),
+            "audience is empty",
+        );
+        let err = middleware()
+            .try_route("https://user:pw@billing.example.com/", "https://billing")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn a_valid_route_is_kept() {
+        let auth = middleware()
+            .try_route("https://billing.example.com/v1", "https://billing")
+            .unwrap();
+        let url = url::Url::parse("https://billing.example.com/v1/invoices").unwrap();
+        assert_eq!(
+            auth.router.audience_for(Some(&url), None).unwrap(),
+            Audience::new("https://billing")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not an absolute URL")]
+    fn route_panics_on_a_prefix_without_scheme() {
+        let _ = middleware().route("billing.example.com/", "https://billing");
+    }
+
+    #[test]
+    fn configuring_after_a_clone_fails_instead_of_dropping_the_route() {
+        let auth = middleware();
+        let clone = auth.clone();
+        is_invalid(
+            auth.try_route("https://billing.example.com/", "https://billing"),
+            "after it was cloned",
+        );
+        drop(clone);
+    }
+
+    #[test]
+    #[should_panic(expected = "after it was cloned")]
+    fn route_panics_after_a_clone() {
+        let auth = middleware();
+        let _clone = auth.clone();
+        let _ = auth.route("https://billing.example.com/", "https://billing");
+    }
+
+    #[test]
+    #[should_panic(expected = "after it was cloned")]
+    fn other_settings_panic_after_a_clone() {
+        let auth = middleware();
+        let _clone = auth.clone();
+        let _ = auth.max_audiences(4);
+    }
+
+    /// Attached to a client, the middleware is shared: configuring the original then fails.
+    #[test]
+    #[should_panic(expected = "after it was cloned")]
+    fn route_panics_after_the_middleware_was_attached() {
+        let auth = middleware();
+        let _client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(auth.clone())
+            .build();
+        let _ = auth.default_audience(DefaultAudience::Refuse);
     }
 }

@@ -30,6 +30,7 @@
 
 mod audience;
 mod authorizer;
+mod cache_key;
 mod credentials;
 mod endpoint;
 mod error;
@@ -41,9 +42,10 @@ mod text;
 mod token;
 
 pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
-pub use authorizer::{
-    Authorizer, CacheKey, CacheKeyBuilder, FLEET_KEY_ENV, fleet_key_is_shared, set_fleet_key,
-};
+pub use authorizer::Authorizer;
+pub use cache_key::{CacheKey, CacheKeyBuilder, FLEET_KEY_ENV, FleetKey, MIN_FLEET_KEY_BYTES};
+#[allow(deprecated)]
+pub use cache_key::{fleet_key_is_shared, set_fleet_key};
 pub use credentials::{API_KEY_HEADER, AUTHORIZATION_HEADER, ClientInfo, UserCredentials};
 pub use endpoint::{
     CONNECT_TIMEOUT, MAX_DOCUMENT_BYTES, OpenIdConfiguration, REQUEST_TIMEOUT, discover,

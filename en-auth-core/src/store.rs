@@ -1,7 +1,9 @@
 //! Where tokens live beyond one [`TokenCache`](crate::TokenCache): the [`TokenStore`] trait
 //! and the in-process [`MemoryTokenStore`].
 //!
-//! A store holds serialized tokens (JSON) under a [`CacheKey`]. The lifecycle reads it when
+//! A store holds serialized tokens (JSON) under a [`CacheKey`]; a store other processes can
+//! read files them under a name of its own making ([`CacheKey::name_with`] a
+//! [`FleetKey`](crate::FleetKey)), never under anything printed. The lifecycle reads it when
 //! its own copy is missing or stale and writes every token it obtains, so several caches —
 //! in one process with [`MemoryTokenStore`], or across a fleet with a Redis store — share one
 //! token per key. A store may also offer a short lock so that, fleet-wide, only one process
@@ -29,7 +31,10 @@ pub enum StoreEvent {
     /// A token was rejected by an API and removed from the store by another process: caches
     /// holding the token with this [fingerprint](value_fingerprint) drop it.
     Invalidated {
-        /// The [`CacheKey`] (as a string) the token was stored under.
+        /// This process's label of the [`CacheKey`] the token was stored under
+        /// ([`CacheKey::as_str`]). Labels differ between processes, so a shared store
+        /// translates the name it received (e.g. [`CacheKey::name_with`] its fleet key) back
+        /// to the label of the local key before delivering the event.
         key: String,
         /// [`value_fingerprint`] of the removed value.
         fingerprint: String,
@@ -234,7 +239,8 @@ pub trait TokenStore: Send + Sync + 'static {
 /// credentials so they share one token. Its fetch lock works like a fleet store's: one holder
 /// per key at a time, released by [`TokenStore::unlock`] or when its time to live ends; a
 /// failed fetch is shared too ([`TokenStore::publish_failure`]), so the caches back off
-/// together instead of each asking the provider in turn.
+/// together instead of each asking the provider in turn. Entries are filed under the
+/// [`CacheKey`] itself: nothing leaves the process, so the store needs no fleet key.
 #[derive(Default)]
 pub struct MemoryTokenStore {
     entries: Mutex<HashMap<CacheKey, (SecretString, Instant)>>,

@@ -60,15 +60,6 @@ async fn main() -> ExitCode {
     let redis_url = config.redis_url.clone();
     let mut builder = Proxy::builder(config);
     if let Some(url) = redis_url {
-        // Instances share tokens only when they hash secrets with the same fleet key.
-        if !en_auth_core::fleet_key_is_shared() {
-            eprintln!(
-                "en-auth-proxy: EN_AUTH_PROXY_REDIS_URL is set but EN_AUTH_FLEET_KEY is not: \
-                 set the same EN_AUTH_FLEET_KEY (at least 32 bytes) on every instance so they \
-                 share tokens"
-            );
-            return ExitCode::from(2);
-        }
         // Customers' tokens are encrypted at rest: whoever can read Redis must not hold
         // every tenant's tokens.
         let keys = match redis_encryption_keys(std::env::var(REDIS_KEYS_ENV).ok().as_deref()) {
@@ -78,8 +69,10 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        // connect() succeeds in a degraded mode when Redis is unreachable: each instance
-        // then falls back to its own cache until Redis answers.
+        // connect() reads the fleet key from EN_AUTH_FLEET_KEY and refuses to start without
+        // one (instances share tokens only with the same key); it succeeds in a degraded mode
+        // when Redis is unreachable: each instance then falls back to its own cache until
+        // Redis answers.
         match en_auth_redis::RedisTokenStore::builder(url)
             .encryption(keys)
             .connect()

@@ -757,16 +757,17 @@ async fn two_binaries_sharing_redis_make_one_upstream_request_per_key() {
         .unwrap();
     assert_eq!(status.code(), Some(2));
 
-    // Without a shared fleet key, a Redis URL is refused at start.
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
+    // Without a shared fleet key, a Redis URL is refused at start, naming the variable.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"))
         .env_clear()
         .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("EN_AUTH_PROXY_TOKEN_URL", idp.token_url())
         .env("EN_AUTH_PROXY_REDIS_URL", redis.url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .env(shared[2].0, &shared[2].1)
+        .output()
         .await
         .unwrap();
-    assert_eq!(status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EN_AUTH_FLEET_KEY"), "{stderr}");
 }

@@ -5,7 +5,9 @@
 //! `FLEET_TOKEN_URL`, `FLEET_CLIENT_ID`, `FLEET_CLIENT_SECRET`, `FLEET_API_URL` (required),
 //! `FLEET_AUDIENCE`, `FLEET_SCOPES` (space-separated), `FLEET_REDIS_URL` (no store without it),
 //! `FLEET_ENCRYPTION_KEY` (64 hex digits), `FLEET_EXPIRATION_GAP_MS`, `FLEET_LOCK_WAIT_MS`, `FLEET_MAX_ELAPSED_MS`,
-//! `FLEET_BREAKER_COOLDOWN_MS`, `FLEET_COMMAND_TIMEOUT_MS`, `FLEET_CONNECT_TIMEOUT_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key).
+//! `FLEET_BREAKER_COOLDOWN_MS`, `FLEET_COMMAND_TIMEOUT_MS`, `FLEET_CONNECT_TIMEOUT_MS`, and `EN_AUTH_FLEET_KEY` (the fleet key,
+//! required with `FLEET_REDIS_URL`: `RedisTokenStore::builder(url).connect()` reads it and
+//! fails without it).
 //!
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
 //! `round N` (N concurrent API requests), `token` (one token), `stats`, `fleet-fetches`

@@ -1,25 +1,34 @@
 //! Redis token store for en-auth: every process of a fleet that shares one Redis shares each
 //! token, and the fleet asks the identity provider **once per token lifetime**.
 //!
+//! A fleet needs a **shared fleet key**: the same secret (at least 32 random bytes) in every
+//! process, from `EN_AUTH_FLEET_KEY` or [`RedisTokenStoreBuilder::fleet_key`]. Without one,
+//! connecting fails with [`Error::MissingConfiguration`]: a store that cannot share must not
+//! start as if it did.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use en_auth_core::{Authorizer, TokenCache};
 //! use en_auth_redis::RedisTokenStore;
 //!
 //! # async fn demo(authorizer: impl Authorizer<Token = en_auth_core::BearerToken>) -> Result<(), en_auth_core::Error> {
-//! // The same fleet key in every process (from your secret manager), before any cache is built.
-//! en_auth_core::set_fleet_key(std::env::var("FLEET_KEY").unwrap_or_default().as_bytes())?;
+//! // The fleet key comes from EN_AUTH_FLEET_KEY, the same in every process.
 //! let store = RedisTokenStore::connect("redis://127.0.0.1:6379").await?;
+//! // or from your secret manager:
+//! # let fleet_key = String::new();
+//! let store = RedisTokenStore::builder("redis://127.0.0.1:6379").fleet_key(&fleet_key).connect().await?;
 //! let cache = TokenCache::builder(authorizer).store(Arc::new(store)).build();
 //! let token = cache.get().await?; // one process fetches; the others read it from Redis
 //! # let _ = token; Ok(()) }
 //! ```
 //!
 //! What it does (details in `docs/fleet.md`):
-//! - **Keys** `<prefix>:v1:tok:<cache key>`; the cache key is a hash of every input that
-//!   changes the token, secrets only through HMAC with the fleet key
-//!   ([`en_auth_core::set_fleet_key`]). Lock `<prefix>:v1:lock:…`, published failures
-//!   `<prefix>:v1:fail:…`, events on the channel `<prefix>:v1:events`.
+//! - **Keys** `<prefix>:v1:tok:<kind>:<name>`, the name an HMAC-SHA256 with the fleet key of
+//!   the [`CacheKey`]'s digest of every input that changes the token
+//!   ([`CacheKey::name_with`]): without the fleet key a name reveals nothing about the
+//!   client or its secret. Lock `<prefix>:v1:lock:…`, published failures `<prefix>:v1:fail:…`
+//!   (their `retry_at` clamped to [`RedisTokenStoreBuilder::max_failure_wait`] when read),
+//!   events on the channel `<prefix>:v1:events`.
 //! - **Values** a versioned JSON record (schema version, token, `expires_at`, `issued_at`),
 //!   optionally encrypted with AES-256-GCM ([`EncryptionKeys`]); the Redis TTL is the token's
 //!   remaining lifetime. A value that does not parse or decrypt is a miss and gets
@@ -39,12 +48,13 @@
 mod crypto;
 mod record;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use en_auth_core::{CacheKey, Error, SharedFailure, StoreEvent, StoreLock, TokenStore};
+use en_auth_core::{CacheKey, Error, FleetKey, SharedFailure, StoreEvent, StoreLock, TokenStore};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::AsyncCommands;
@@ -64,6 +74,30 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Default time the circuit breaker stays open after a failed command.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Default longest wait a failure record read from Redis can impose (see
+/// [`RedisTokenStoreBuilder::max_failure_wait`]).
+pub const DEFAULT_MAX_FAILURE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Longest interval between pings of the events connection: longer ones would only let a dead
+/// connection go unnoticed for longer.
+const MAX_EVENTS_PING: Duration = Duration::from_secs(3600);
+
+/// How many key names a store remembers to turn other processes' events back into local
+/// keys; beyond that the memory starts again (keys in use are remembered again at their next
+/// store call).
+const MAX_REMEMBERED_NAMES: usize = 10_000;
+
+/// Stands in for "never" when a configured duration does not fit after now: 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + duration`, or a far-future instant when that does not fit: durations come from
+/// configuration and must never panic.
+fn saturating_after(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
 
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -101,10 +135,11 @@ struct Counters {
 /// Configures a [`RedisTokenStore`].
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), en_auth_core::Error> {
+/// # async fn demo(fleet_key: String) -> Result<(), en_auth_core::Error> {
 /// use std::time::Duration;
 /// use en_auth_redis::{EncryptionKeys, RedisTokenStore};
 /// let store = RedisTokenStore::builder("rediss://redis.internal:6380")
+///     .fleet_key(&fleet_key) // the same in every process; else from EN_AUTH_FLEET_KEY
 ///     .prefix("billing")
 ///     .command_timeout(Duration::from_millis(150))
 ///     .encryption(EncryptionKeys::new("2026-11", &[7u8; 32])?)
@@ -119,9 +154,10 @@ pub struct RedisTokenStoreBuilder {
     connect_timeout: Duration,
     breaker_cooldown: Duration,
     encryption: Option<EncryptionKeys>,
-    fleet_key: Option<Vec<u8>>,
+    fleet_key: Option<Result<FleetKey, Error>>,
     tls_root: Option<Vec<u8>>,
     events_ping: Duration,
+    max_failure_wait: Duration,
 }
 
 impl std::fmt::Debug for RedisTokenStoreBuilder {
@@ -132,6 +168,8 @@ impl std::fmt::Debug for RedisTokenStoreBuilder {
             .field("command_timeout", &self.command_timeout)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("encryption", &self.encryption)
+            .field("fleet_key", &self.fleet_key.as_ref().map(|_| "[REDACTED]"))
+            .field("max_failure_wait", &self.max_failure_wait)
             .finish_non_exhaustive()
     }
 }
@@ -167,9 +205,20 @@ impl RedisTokenStoreBuilder {
     /// How often the connection that listens for other processes' events is pinged (default
     /// 10 s). A ping unanswered within the connect timeout means the connection is dead
     /// (a Redis host that vanished without closing it, a partition): it is replaced, so
-    /// the process does not stop hearing about rejected tokens for good.
+    /// the process does not stop hearing about rejected tokens for good. Kept between
+    /// 100 ms and one hour.
     pub fn events_ping_interval(mut self, interval: Duration) -> Self {
-        self.events_ping = interval.max(Duration::from_millis(100));
+        self.events_ping = interval.clamp(Duration::from_millis(100), MAX_EVENTS_PING);
+        self
+    }
+
+    /// The longest a failure another process published can make this one wait before it
+    /// asks the provider itself (default [`DEFAULT_MAX_FAILURE_WAIT`], one hour). A record
+    /// read from Redis is data anyone with write access could have written: its `retry_at`
+    /// is clamped to now plus this bound, so no record can stop the fleet from fetching for
+    /// good.
+    pub fn max_failure_wait(mut self, bound: Duration) -> Self {
+        self.max_failure_wait = bound;
         self
     }
 
@@ -186,29 +235,26 @@ impl RedisTokenStoreBuilder {
         self
     }
 
-    /// Sets the fleet key ([`en_auth_core::set_fleet_key`]) at connect time: every process
-    /// of the fleet must use the same one, or they do not share tokens.
-    pub fn fleet_key(mut self, key: &[u8]) -> Self {
-        self.fleet_key = Some(key.to_vec());
+    /// The fleet key this store names keys with (see [`FleetKey`]): at least 32 bytes of
+    /// random data, the same in every process of the fleet and as secret as the client
+    /// secrets. Stores with different fleet keys share nothing, even in one process. Without
+    /// this call, [`connect`](Self::connect) reads [`FLEET_KEY_ENV`](en_auth_core::FLEET_KEY_ENV).
+    pub fn fleet_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.fleet_key = Some(FleetKey::new(key));
         self
     }
 
-    /// Creates the store. Fails only on configuration errors (a malformed URL, a fleet key
-    /// that conflicts with the one in use); an unreachable Redis is logged as a warning and
-    /// the store starts degraded: every call fails fast and the lifecycle fetches in-process
-    /// until Redis answers.
+    /// Creates the store. Fails on configuration errors: no fleet key
+    /// ([`Error::MissingConfiguration`] naming `EN_AUTH_FLEET_KEY` when neither
+    /// [`fleet_key`](Self::fleet_key) nor the variable gives one), a fleet key shorter than
+    /// 32 bytes, a malformed URL. An unreachable Redis is logged as a warning and the store
+    /// starts degraded: every call fails fast and the lifecycle fetches in-process until
+    /// Redis answers.
     pub async fn connect(self) -> Result<RedisTokenStore, Error> {
-        if let Some(key) = &self.fleet_key {
-            en_auth_core::set_fleet_key(key)?;
-        }
-        if !en_auth_core::fleet_key_is_shared() {
-            tracing::warn!(
-                "no fleet key is set (en_auth_core::set_fleet_key or {}): secrets in cache \
-                 keys are hashed with a per-process salt, so processes do not share tokens \
-                 whose keys include a secret",
-                en_auth_core::FLEET_KEY_ENV
-            );
-        }
+        let fleet_key = match self.fleet_key {
+            Some(key) => key?,
+            None => FleetKey::from_env()?,
+        };
         let client = match self.tls_root.clone() {
             None => redis::Client::open(self.url.as_str()),
             Some(root) => redis::Client::build_with_tls(
@@ -249,6 +295,9 @@ impl RedisTokenStoreBuilder {
             prefix,
             command_timeout: self.command_timeout,
             cooldown: self.breaker_cooldown,
+            max_failure_wait: self.max_failure_wait,
+            fleet_key,
+            names: Mutex::new(HashMap::new()),
             encryption: self.encryption,
             open_until: Mutex::new(None),
             failing: AtomicBool::new(false),
@@ -278,7 +327,8 @@ impl RedisTokenStoreBuilder {
 }
 
 /// A [`TokenStore`] in Redis (6 or later), shared by every process that connects to it with
-/// the same prefix and fleet key. See the [crate documentation](crate).
+/// the same prefix and [fleet key](RedisTokenStoreBuilder::fleet_key). See the
+/// [crate documentation](crate).
 #[derive(Clone)]
 pub struct RedisTokenStore {
     inner: Arc<Inner>,
@@ -290,6 +340,11 @@ struct Inner {
     channel: String,
     command_timeout: Duration,
     cooldown: Duration,
+    max_failure_wait: Duration,
+    fleet_key: FleetKey,
+    /// Names this store gave keys ([`CacheKey::name_with`]) → the keys, to deliver other
+    /// processes' events under the local key's label.
+    names: Mutex<HashMap<String, CacheKey>>,
     encryption: Option<EncryptionKeys>,
     open_until: Mutex<Option<Instant>>,
     failing: AtomicBool,
@@ -309,8 +364,10 @@ impl std::fmt::Debug for RedisTokenStore {
 }
 
 impl RedisTokenStore {
-    /// Connects with the defaults (prefix `en-auth`, 200 ms command timeout, no encryption);
-    /// see [`builder`](Self::builder) and [`RedisTokenStoreBuilder::connect`].
+    /// Connects with the defaults (prefix `en-auth`, 200 ms command timeout, no encryption)
+    /// and the fleet key from [`FLEET_KEY_ENV`](en_auth_core::FLEET_KEY_ENV); fails with
+    /// [`Error::MissingConfiguration`] naming that variable when it is not set. See
+    /// [`builder`](Self::builder) and [`RedisTokenStoreBuilder::connect`].
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::builder(url).connect().await
     }
@@ -328,6 +385,7 @@ impl RedisTokenStore {
             fleet_key: None,
             tls_root: None,
             events_ping: Duration::from_secs(10),
+            max_failure_wait: DEFAULT_MAX_FAILURE_WAIT,
         }
     }
 
@@ -395,10 +453,29 @@ impl RedisTokenStore {
 }
 
 impl Inner {
+    /// The name of `key` in Redis, remembered for [`local_label`](Self::local_label).
+    fn name(&self, key: &CacheKey) -> String {
+        let name = key.name_with(&self.fleet_key);
+        let mut names = self.names.lock();
+        if !names.contains_key(&name) {
+            if names.len() >= MAX_REMEMBERED_NAMES {
+                names.clear();
+            }
+            names.insert(name.clone(), key.clone());
+        }
+        name
+    }
+
+    /// The label of the local key another process's event names, if this store used it.
+    fn local_label(&self, name: &str) -> Option<String> {
+        self.names
+            .lock()
+            .get(name)
+            .map(|key| key.as_str().to_owned())
+    }
+
     fn key(&self, kind: &str, key: &CacheKey) -> String {
-        let name = key.as_str();
-        let name = name.strip_prefix("en-auth:").unwrap_or(name);
-        format!("{}:{kind}:{name}", self.prefix)
+        format!("{}:{kind}:{}", self.prefix, self.name(key))
     }
 
     /// Runs one command through the circuit breaker and the command timeout.
@@ -461,7 +538,7 @@ impl Inner {
     }
 
     fn trip(&self) {
-        *self.open_until.lock() = Some(Instant::now() + self.cooldown);
+        *self.open_until.lock() = Some(saturating_after(Instant::now(), self.cooldown));
         self.counters.breaker_trips.fetch_add(1, Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::debug!(
@@ -573,7 +650,7 @@ impl TokenStore for RedisTokenStore {
         // Tell the others even when the stored token is already another one: they may still
         // hold the rejected one in memory.
         let message = serde_json::json!({
-            "k": key.as_str(),
+            "k": self.inner.name(key),
             "f": en_auth_core::value_fingerprint(value.expose_secret()),
         })
         .to_string();
@@ -630,6 +707,7 @@ impl TokenStore for RedisTokenStore {
         let Ok(ttl) = (failure.retry_at - chrono::Utc::now()).to_std() else {
             return Ok(());
         };
+        let ttl = ttl.min(self.inner.max_failure_wait);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if ttl_ms == 0 {
             return Ok(());
@@ -655,12 +733,37 @@ impl TokenStore for RedisTokenStore {
         let Some(raw) = self.inner.get(&fail_key).await? else {
             return Ok(None);
         };
-        Ok(serde_json::from_slice(&raw).ok())
+        let Ok(failure) = serde_json::from_slice::<SharedFailure>(&raw) else {
+            self.inner.unreadable();
+            return Ok(None);
+        };
+        Ok(Some(clamp_failure(
+            failure,
+            chrono::Utc::now(),
+            self.inner.max_failure_wait,
+        )))
     }
 
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.inner.events.subscribe())
     }
+}
+
+/// `failure` with its `retry_at` no later than `now + bound`: a record read from Redis is
+/// trusted for what went wrong, not for how long the fleet must stop asking.
+fn clamp_failure(
+    mut failure: SharedFailure,
+    now: chrono::DateTime<chrono::Utc>,
+    bound: Duration,
+) -> SharedFailure {
+    let latest = chrono::Duration::from_std(bound)
+        .ok()
+        .and_then(|bound| now.checked_add_signed(bound))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    if failure.retry_at > latest {
+        failure.retry_at = latest;
+    }
+    failure
 }
 
 /// Listens on the events channel with a connection of its own, reconnecting while the store
@@ -709,17 +812,19 @@ async fn listen(
                     else {
                         continue;
                     };
-                    let (Some(key), Some(fingerprint)) = (body["k"].as_str(), body["f"].as_str())
+                    let (Some(name), Some(fingerprint)) = (body["k"].as_str(), body["f"].as_str())
                     else {
                         continue;
                     };
-                    if let Some(inner) = store.upgrade() {
-                        inner
-                            .counters
-                            .events_received
-                            .fetch_add(1, Ordering::Relaxed);
+                    let Some(inner) = store.upgrade() else { return };
+                    inner
+                        .counters
+                        .events_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    // A key this store never named is one no cache of this process holds.
+                    if let Some(label) = inner.local_label(name) {
+                        let _ = events.send(StoreEvent::invalidated(label, fingerprint));
                     }
-                    let _ = events.send(StoreEvent::invalidated(key, fingerprint));
                 }
             }
         }

@@ -20,12 +20,9 @@ const SECRET: &str = "a-client-secret-nobody-may-see";
 /// turn a sharing test into a fallback test. (The fallback has its own tests.)
 fn store_builder(url: String) -> en_auth_redis::RedisTokenStoreBuilder {
     RedisTokenStore::builder(url)
+        .fleet_key(FLEET_KEY)
         .command_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(5))
-}
-
-fn fleet_key() {
-    en_auth_core::set_fleet_key(FLEET_KEY.as_bytes()).unwrap();
 }
 
 async fn idp() -> LocalIdp {
@@ -53,7 +50,6 @@ fn cache(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hot_path_sends_no_redis_command() {
-    fleet_key();
     let redis = RedisServer::start();
     let idp = idp().await;
     let api = TestApi::start().await;
@@ -85,7 +81,6 @@ async fn the_hot_path_sends_no_redis_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token() {
-    fleet_key();
     let redis = RedisServer::start();
     let idp = idp().await;
     let plain = store_builder(redis.url())
@@ -129,7 +124,6 @@ async fn keys_and_values_hold_no_plaintext_secret_and_encrypted_values_no_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_values_are_misses_and_get_overwritten() {
-    fleet_key();
     let redis = RedisServer::start();
     let idp = idp().await;
     let store = store_builder(redis.url()).connect().await.unwrap();
@@ -201,7 +195,6 @@ async fn unreadable_values_are_misses_and_get_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_scopes_audiences_secrets_and_urls_never_share() {
-    fleet_key();
     let redis = RedisServer::start();
     let (one, two) = tokio::join!(idp(), idp());
     let store = store_builder(redis.url()).connect().await.unwrap();
@@ -238,7 +231,6 @@ async fn different_scopes_audiences_secrets_and_urls_never_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
-    fleet_key();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -246,7 +238,9 @@ async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
         .port();
     let idp = idp().await;
     let api = TestApi::start().await;
-    let store = RedisTokenStore::connect(&format!("redis://127.0.0.1:{port}"))
+    let store = RedisTokenStore::builder(format!("redis://127.0.0.1:{port}"))
+        .fleet_key(FLEET_KEY)
+        .connect()
         .await
         .expect("connect succeeds degraded");
     assert!(!store.is_available());
@@ -282,7 +276,6 @@ async fn an_unreachable_redis_at_start_up_does_not_fail_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_shares_tokens_and_an_untrusted_certificate_falls_back() {
-    fleet_key();
     let redis = RedisServer::start_tls();
     assert!(redis.url().starts_with("rediss://"));
     let idp = idp().await;
@@ -407,10 +400,10 @@ impl SilencingRelay {
 /// silent without being closed, it is replaced, and events reach the process again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_events_connection_is_replaced() {
-    fleet_key();
     let redis = RedisServer::start();
     let relay = SilencingRelay::start(redis.port()).await;
     let store = RedisTokenStore::builder(format!("redis://127.0.0.1:{}/", relay.port))
+        .fleet_key(FLEET_KEY)
         .connect_timeout(Duration::from_millis(500))
         .events_ping_interval(Duration::from_millis(300))
         .connect()
@@ -448,4 +441,172 @@ async fn a_silent_events_connection_is_replaced() {
         received(before + 1).await,
         "events arrive again once the silent connection is replaced"
     );
+}
+
+/// The fleet key belongs to the store: two stores with one key share tokens, a store with
+/// another key in the same process shares nothing, and neither's key names show the label
+/// this process prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_share_tokens_only_with_the_same_fleet_key() {
+    const OTHER_KEY: &str = "another-fleet-key-abcdefghijklmnopqrstuvwxyz";
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let first = store_builder(redis.url()).connect().await.unwrap();
+    let same = store_builder(redis.url()).connect().await.unwrap();
+    let other = store_builder(redis.url())
+        .fleet_key(OTHER_KEY)
+        .connect()
+        .await
+        .unwrap();
+    let key = en_auth_core::Authorizer::cache_key(&authorizer(&idp));
+    assert_eq!(first.token_key(&key), same.token_key(&key));
+    assert_ne!(first.token_key(&key), other.token_key(&key));
+
+    let token = cache(authorizer(&idp), &first)
+        .access_token()
+        .await
+        .unwrap();
+    assert_eq!(idp.token_requests(), 1);
+    let shared = cache(authorizer(&idp), &same).access_token().await.unwrap();
+    assert_eq!(shared, token, "the same fleet key shares the token");
+    assert_eq!(idp.token_requests(), 1);
+    let separate = cache(authorizer(&idp), &other)
+        .access_token()
+        .await
+        .unwrap();
+    assert_ne!(separate, token, "another fleet key shares nothing");
+    assert_eq!(idp.token_requests(), 2);
+
+    let keys = redis.command(&["KEYS", "*"]).unwrap();
+    let label = key.as_str();
+    let label_hex = label.rsplit(':').next().unwrap();
+    assert!(!keys.contains(label_hex), "{keys} contains {label}");
+    assert!(keys.contains(&first.token_key(&key)), "{keys}");
+    assert!(keys.contains(&other.token_key(&key)), "{keys}");
+}
+
+/// Another process's rejection arrives under the local key's label, whatever the name the
+/// key has in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_under_the_local_label() {
+    use en_auth_core::TokenStore;
+    use en_auth_core::secrecy::SecretString;
+    let redis = RedisServer::start();
+    let sender = store_builder(redis.url()).connect().await.unwrap();
+    let receiver = store_builder(redis.url()).connect().await.unwrap();
+    let key = en_auth_core::CacheKey::builder("test")
+        .part("client_id", "events")
+        .secret("client_secret", SECRET)
+        .build();
+    // The receiver uses the key (as a cache does: it reads before anything else).
+    assert!(receiver.load(&key).await.unwrap().is_none());
+    let mut events = receiver.events().unwrap();
+    let value = SecretString::from("a-rejected-token-value".to_owned());
+    let mut event = None;
+    for _ in 0..50 {
+        sender.remove_if(&key, &value).await.unwrap();
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            event = Some(got);
+            break;
+        }
+    }
+    assert_eq!(
+        event,
+        Some(en_auth_core::StoreEvent::invalidated(
+            key.as_str(),
+            en_auth_core::value_fingerprint("a-rejected-token-value"),
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_short_fleet_key_is_refused_without_being_shown() {
+    let short = "short-fleet-key-1234";
+    let err = RedisTokenStore::builder("redis://127.0.0.1:1")
+        .fleet_key(short)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, en_auth_core::Error::InvalidConfiguration { .. }),
+        "{err:?}"
+    );
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("at least 32 bytes"), "{text}");
+    assert!(!text.contains(short), "{text}");
+    let builder = RedisTokenStore::builder("redis://127.0.0.1:1").fleet_key(FLEET_KEY);
+    assert!(!format!("{builder:?}").contains(FLEET_KEY));
+}
+
+/// Durations from configuration never overflow `Instant`: a breaker cool-down of
+/// `Duration::MAX` opens the breaker (for as long as an `Instant` can say) instead of
+/// panicking inside the fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_configured_durations_do_not_panic() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let idp = idp().await;
+    let store = RedisTokenStore::builder(format!("redis://127.0.0.1:{port}"))
+        .fleet_key(FLEET_KEY)
+        .breaker_cooldown(Duration::MAX)
+        .events_ping_interval(Duration::MAX)
+        .max_failure_wait(Duration::MAX)
+        .connect()
+        .await
+        .expect("connect succeeds degraded");
+    assert!(!store.is_available());
+    let cache = cache(authorizer(&idp), &store);
+    cache.access_token().await.expect("fetched in-process");
+    assert_eq!(idp.token_requests(), 1);
+    let stats = store.stats();
+    assert!(stats.breaker_trips >= 1, "{stats:?}");
+    assert!(!store.is_available(), "the breaker stays open");
+}
+
+/// A failure record is data anyone who can write to Redis could have written: its `retry_at`
+/// is trusted only up to the configured bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_records_from_redis_wait_at_most_the_bound() {
+    use en_auth_core::TokenStore;
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let key = en_auth_core::Authorizer::cache_key(&authorizer(&idp));
+    let record = r#"{"kind":"server_error","status":503,"retry_at":"9999-01-01T00:00:00Z"}"#;
+    for (bound, store) in [
+        (
+            Duration::from_secs(3600),
+            store_builder(redis.url()).connect().await.unwrap(),
+        ),
+        (
+            Duration::from_secs(30),
+            store_builder(redis.url())
+                .max_failure_wait(Duration::from_secs(30))
+                .connect()
+                .await
+                .unwrap(),
+        ),
+    ] {
+        let fail_key = store.failure_key(&key);
+        redis
+            .command(&["SET", &fail_key, record, "PX", "600000"])
+            .unwrap();
+        let before = chrono::Utc::now();
+        let failure = store
+            .load_failure(&key)
+            .await
+            .unwrap()
+            .expect("the record is read");
+        assert_eq!(failure.kind, "server_error");
+        let bound = chrono::Duration::from_std(bound).unwrap();
+        assert!(failure.retry_at > before, "{failure:?}");
+        assert!(
+            failure.retry_at <= chrono::Utc::now() + bound,
+            "retry_at {} is beyond the bound {bound}",
+            failure.retry_at
+        );
+        assert!(failure.retry_at >= before + bound - chrono::Duration::seconds(5));
+    }
 }

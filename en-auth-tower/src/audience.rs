@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use en_auth_core::{Audience, AudienceRouter, Authorizer, DefaultAudience, LifecyclePolicy};
+use en_auth_core::{Audience, AudienceRouter, Authorizer, DefaultAudience, Error, LifecyclePolicy};
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -61,34 +61,77 @@ impl<A: Authorizer> AudienceLayer<A> {
         }
     }
 
-    fn configure(mut self, change: impl FnOnce(&mut AudienceRouter<A, Arc<AuthLayer<A>>>)) -> Self {
-        match Arc::get_mut(&mut self.router) {
-            Some(router) => change(router),
-            None => {
-                tracing::warn!(
-                    "AudienceLayer configured after it was cloned; the change is ignored"
-                )
-            }
-        }
-        self
+    /// Applies `change` to the router; fails when the layer was cloned or applied already
+    /// (its clones and services share the router, and a change only some of them saw would
+    /// send one API's token to another).
+    fn try_configure(
+        mut self,
+        change: impl FnOnce(&mut AudienceRouter<A, Arc<AuthLayer<A>>>) -> Result<(), Error>,
+    ) -> Result<Self, Error> {
+        let router = Arc::get_mut(&mut self.router).ok_or_else(|| Error::InvalidConfiguration {
+            setting: "audience routing".into(),
+            reason: "AudienceLayer configured after it was cloned or applied to a service; its \
+                     clones share one router, so configure it completely first"
+                .into(),
+        })?;
+        change(router)?;
+        Ok(self)
     }
 
-    /// Requests whose URL starts with `url_prefix` get `audience`.
+    fn configure(self, change: impl FnOnce(&mut AudienceRouter<A, Arc<AuthLayer<A>>>)) -> Self {
+        self.try_configure(|router| {
+            change(router);
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("AudienceLayer: {err}"))
+    }
+
+    /// Requests whose URL starts with `url_prefix` get `audience`. For prefixes that come
+    /// from configuration, use [`try_route`](Self::try_route).
+    ///
+    /// # Panics
+    ///
+    /// When `url_prefix` is not an absolute `http://` or `https://` URL with a host and
+    /// without user info, when `audience` is empty, and when the layer was cloned or applied
+    /// to a service before this call.
     pub fn route(self, url_prefix: impl Into<String>, audience: impl AsRef<str>) -> Self {
-        self.configure(|router| router.add_route(url_prefix, audience))
+        self.try_route(url_prefix, audience)
+            .unwrap_or_else(|err| panic!("AudienceLayer::route: {err}"))
+    }
+
+    /// Like [`route`](Self::route), failing with [`Error::InvalidConfiguration`] instead of
+    /// panicking.
+    pub fn try_route(
+        self,
+        url_prefix: impl Into<String>,
+        audience: impl AsRef<str>,
+    ) -> Result<Self, Error> {
+        self.try_configure(|router| router.add_route(url_prefix, audience))
     }
 
     /// What requests with no audience get (default: [`DefaultAudience::Refuse`]).
+    ///
+    /// # Panics
+    ///
+    /// When the layer was cloned or applied to a service before this call.
     pub fn default_audience(self, default: DefaultAudience) -> Self {
         self.configure(|router| router.set_default(default))
     }
 
     /// The most audiences (token lifecycles) this layer creates. Default 32.
+    ///
+    /// # Panics
+    ///
+    /// When the layer was cloned or applied to a service before this call.
     pub fn max_audiences(self, max: usize) -> Self {
         self.configure(|router| router.set_max_audiences(max))
     }
 
     /// The lifecycle policy of every audience's cache.
+    ///
+    /// # Panics
+    ///
+    /// When the layer was cloned or applied to a service before this call.
     pub fn policy(self, policy: LifecyclePolicy) -> Self {
         self.configure(|router| router.set_policy(policy))
     }
@@ -155,5 +198,79 @@ where
             Ok(auth) => call_authorized(&auth, &mut self.inner, request),
             Err(err) => ResponseFuture::slow(Box::pin(async move { Err(BoxError::from(err)) })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use en_auth_core::{BearerToken, ClientInfo};
+
+    use super::*;
+
+    struct Fixed(ClientInfo);
+
+    #[en_auth_core::async_trait]
+    impl Authorizer for Fixed {
+        type Token = BearerToken;
+        fn client_info(&self) -> &ClientInfo {
+            &self.0
+        }
+        async fn authorize(&self) -> Result<BearerToken, Error> {
+            Ok(BearerToken::new("t", Some(Duration::from_secs(60))))
+        }
+    }
+
+    fn layer() -> AudienceLayer<Fixed> {
+        AudienceLayer::new(|_: &Audience| Fixed(ClientInfo::new("id", "secret")))
+    }
+
+    fn reason(result: Result<AudienceLayer<Fixed>, Error>) -> String {
+        match result {
+            Err(err @ Error::InvalidConfiguration { .. }) => err.to_string(),
+            other => panic!("expected InvalidConfiguration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prefixes_without_scheme_are_refused() {
+        let text = reason(layer().try_route("billing.example.com/", "https://billing"));
+        assert!(text.contains("not an absolute URL"), "{text}");
+        let text = reason(layer().try_route("localhost:8080/", "https://billing"));
+        assert!(text.contains("http:// or https://"), "{text}");
+        assert!(
+            layer()
+                .try_route("https://billing.example.com/", "https://billing")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn configuring_after_a_clone_or_layering_fails() {
+        let original = layer();
+        let clone = original.clone();
+        let text = reason(original.try_route("https://billing.example.com/", "https://billing"));
+        assert!(text.contains("after it was cloned"), "{text}");
+        drop(clone);
+
+        let original = layer();
+        let _service = original.layer(());
+        let text = reason(original.try_route("https://billing.example.com/", "https://billing"));
+        assert!(text.contains("after it was cloned"), "{text}");
+    }
+
+    #[test]
+    #[should_panic(expected = "not an absolute URL")]
+    fn route_panics_on_a_prefix_without_scheme() {
+        let _ = layer().route("billing.example.com/", "https://billing");
+    }
+
+    #[test]
+    #[should_panic(expected = "after it was cloned")]
+    fn settings_panic_after_a_clone() {
+        let original = layer();
+        let _clone = original.clone();
+        let _ = original.policy(LifecyclePolicy::default());
     }
 }
