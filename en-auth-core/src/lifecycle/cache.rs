@@ -127,11 +127,18 @@ impl<A: Authorizer> TokenCache<A> {
     /// starts one refresh in the background), otherwise the outcome of the one shared fetch —
     /// or, while a failure is being backed off, that failure at once.
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        match self.cached() {
-            Some(token) => Ok(token),
+        let now = Instant::now();
+        if let Some(token) = self.served_as_is(now) {
+            return Ok(token);
+        }
+        // The machine is asked once per call: asking again would count a served failure
+        // twice and take the lock twice.
+        match self.slow_step(now, Need::Usable) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
             // Boxed so that the hot path's future stays small: every adapter's per-request
             // future embeds this one.
-            None => Box::pin(self.obtain(Need::Usable)).await,
+            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::Usable)).await,
         }
     }
 
@@ -140,9 +147,14 @@ impl<A: Authorizer> TokenCache<A> {
     /// refresh; when the refresh fails, the token is still handed out while it has half that
     /// floor left.
     pub async fn get_to_pass_on(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        match self.ready_to_pass_on() {
-            Some(token) => Ok(token),
-            None => Box::pin(self.obtain(Need::PassOn)).await,
+        let now = Instant::now();
+        if let Some(token) = self.passed_on_as_is(now) {
+            return Ok(token);
+        }
+        match self.slow_step(now, Need::PassOn) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
+            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::PassOn)).await,
         }
     }
 
@@ -150,10 +162,8 @@ impl<A: Authorizer> TokenCache<A> {
     /// if there is one (seeing a stale one starts its refresh).
     pub fn ready_to_pass_on(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
-        if let Some(token) = self.inner.current.read().as_ref() {
-            if token.serves_as_is(now) && token.freshness().is_fresh_to_pass_on(now) {
-                return Some(Arc::clone(token));
-            }
+        if let Some(token) = self.passed_on_as_is(now) {
+            return Some(token);
         }
         match self.step(now, Need::PassOn) {
             Step::Token(token) => Some(token),
@@ -190,12 +200,28 @@ impl<A: Authorizer> TokenCache<A> {
     #[inline]
     pub(crate) fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
-        if let Some(token) = self.inner.current.read().as_ref() {
-            if token.serves_as_is(now) {
-                return Some(Arc::clone(token));
-            }
+        if let Some(token) = self.served_as_is(now) {
+            return Some(token);
         }
         self.cached_slow(now)
+    }
+
+    /// The per-request read: the cached token if it is served as is (fresh, not rejected),
+    /// without asking the machine.
+    #[inline]
+    fn served_as_is(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
+        let current = self.inner.current.read();
+        current
+            .as_ref()
+            .filter(|token| token.serves_as_is(now))
+            .map(Arc::clone)
+    }
+
+    /// The same for passing on: fresh, not rejected, and above the pass-on floor.
+    #[inline]
+    fn passed_on_as_is(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
+        self.served_as_is(now)
+            .filter(|token| token.freshness().is_fresh_to_pass_on(now))
     }
 
     #[cold]
@@ -365,14 +391,30 @@ impl<A: Authorizer> TokenCache<A> {
         step
     }
 
+    /// The slow path's decision: start the cache's tasks if they are not running, then one
+    /// step of the machine.
+    #[cold]
+    fn slow_step(&self, now: Instant, need: Need) -> Step<A::Token> {
+        self.start_tasks();
+        self.step(now, need)
+    }
+
     /// The slow path: join the running fetch, start one, or answer with the failure.
     async fn obtain(&self, need: Need) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        self.start_tasks();
-        let mut outcome = match self.step(Instant::now(), need) {
-            Step::Token(token) => return Ok(token),
-            Step::Failed(err) => return Err(err),
-            Step::Wait(outcome) => outcome,
-        };
+        match self.slow_step(Instant::now(), need) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
+            Step::Wait(outcome) => self.wait(outcome, need).await,
+        }
+    }
+
+    /// Waits for the outcome of the fetch the machine asked to wait for; when it failed,
+    /// the token that may still serve `need`, if any.
+    async fn wait(
+        &self,
+        mut outcome: OutcomeReceiver<A::Token>,
+        need: Need,
+    ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         bump(&self.inner.counters.waits);
         let result = match outcome.wait_for(Option::is_some).await {
             Ok(settled) => settled.clone(),
@@ -716,3 +758,7 @@ pub(super) fn apply_remote_invalidation<A: Authorizer>(
         );
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;
