@@ -196,8 +196,9 @@ impl<A: Authorizer> TokenCache<A> {
         matches!(self.report_rejection(token).await, Rejected::Marked(_))
     }
 
-    /// The hot path: the cached token if it may be sent now without waiting.
-    #[inline]
+    /// The cached token if it may be sent now without waiting (seeing a stale one starts
+    /// its refresh). [`get`](Self::get) without the wait; for the crate's tests.
+    #[cfg(test)]
     pub(crate) fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
         if let Some(token) = self.served_as_is(now) {
@@ -224,7 +225,7 @@ impl<A: Authorizer> TokenCache<A> {
             .filter(|token| token.freshness().is_fresh_to_pass_on(now))
     }
 
-    #[cold]
+    #[cfg(test)]
     fn cached_slow(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
         match self.step(now, Need::Usable) {
             Step::Token(token) => Some(token),
@@ -265,7 +266,8 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Starts the one shared fetch if no usable token is cached and none is running, without
     /// waiting (for synchronous callers). Returns the remembered failure while one is backed
-    /// off.
+    /// off. Used by the crate's tests only, so far.
+    #[cfg(test)]
     pub(crate) fn start_fetch(&self) -> Result<(), Error> {
         self.start_tasks();
         match self.step(Instant::now(), Need::Usable) {
