@@ -1,18 +1,22 @@
 //! The lifecycle under fire: a provider that is slow, hangs, fails, rate-limits or answers
 //! nonsense, and callers that give up halfway. Each test counts the calls the provider
 //! actually received.
+//!
+//! The provider is in process and every test runs on paused time: its latencies, the
+//! backoffs and the tokens' lifetimes pass on tokio's clock, in microseconds.
 
 mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use en_auth_core::{
     AccessToken, Authorizer, BearerToken, ClientInfo, Error, LifecyclePolicy, MemoryTokenStore,
     RetryPolicy, TokenCache, TokenStore,
 };
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 /// What the scripted provider answers.
 #[derive(Clone)]
@@ -112,6 +116,11 @@ fn no_retries() -> LifecyclePolicy {
 
 const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
 
+/// The current access token, fetched if needed.
+async fn access_token(cache: &TokenCache<Provider>) -> Result<String, Error> {
+    Ok(cache.get().await?.token().access_token().to_owned())
+}
+
 fn server_error() -> Error {
     Error::ServerError {
         status: 503,
@@ -126,7 +135,7 @@ fn invalid_client() -> Error {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn caller_deadlines_shorter_than_the_provider_do_not_cancel_the_fetch() {
     let idp = ScriptedIdp::new(Duration::from_secs(1), Answer::Token(HOUR));
     let cache = cache(&idp, LifecyclePolicy::default());
@@ -151,7 +160,7 @@ async fn caller_deadlines_shorter_than_the_provider_do_not_cancel_the_fetch() {
     assert!(tokens > 50, "tokens served once fetched: {tokens}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fifty_callers_against_a_hanging_provider_share_one_fetch_and_its_error() {
     let idp = ScriptedIdp::new(Duration::from_millis(1500), Answer::Fail(server_error));
     let cache = cache(&idp, no_retries());
@@ -182,7 +191,7 @@ async fn fifty_callers_against_a_hanging_provider_share_one_fetch_and_its_error(
     assert_eq!(cache.stats().failures_served, 50);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_permanent_error_costs_one_provider_call_not_one_per_request() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Fail(invalid_client));
     let cache = cache(&idp, LifecyclePolicy::default());
@@ -194,7 +203,7 @@ async fn a_permanent_error_costs_one_provider_call_not_one_per_request() {
     assert_eq!(cache.stats().failures_served, 99);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn permanent_failures_back_off_longer_than_transient_ones() {
     let policy = no_retries()
         .with_failure_cooldown(Duration::from_millis(100))
@@ -227,7 +236,7 @@ fn rate_limited_3s() -> Error {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured_by_every_caller() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Fail(rate_limited_3s));
     let cache = cache(&idp, no_retries());
@@ -274,12 +283,12 @@ async fn retry_after_is_honoured_by_every_caller() {
     assert_eq!(idp.calls(), 2, "then exactly one call");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile() {
     // A 4 s token turns stale after 2 s (the gap is clamped to half its life).
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(Some(Duration::from_secs(4))));
     let cache = cache(&idp, LifecyclePolicy::default());
-    let first = cache.access_token().await.unwrap();
+    let first = access_token(&cache).await.unwrap();
     idp.set(
         Duration::from_secs(2),
         Answer::Token(Some(Duration::from_secs(4))),
@@ -289,7 +298,7 @@ async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile()
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let cache = cache.clone();
-        callers.spawn(async move { cache.access_token().await });
+        callers.spawn(async move { access_token(&cache).await });
     }
     while let Some(result) = callers.join_next().await {
         assert_eq!(result.unwrap().unwrap(), first, "the current token");
@@ -303,49 +312,44 @@ async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile()
     assert_eq!(cache.stats().waits, 1, "only the very first caller waited");
 
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_ne!(cache.access_token().await.unwrap(), first, "refreshed");
+    assert_ne!(access_token(&cache).await.unwrap(), first, "refreshed");
     assert_eq!(idp.calls(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_failing_refresh_keeps_serving_the_valid_token_on_a_backoff_schedule() {
     let policy = no_retries().with_failure_cooldown(Duration::from_millis(400));
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(Some(Duration::from_secs(4))));
     let cache = cache(&idp, policy);
     let entry = cache.get().await.unwrap();
     let first = entry.token().access_token().to_owned();
+    let hard_expiry = entry.freshness().expires_at();
     idp.set(Duration::ZERO, Answer::Fail(server_error));
     tokio::time::sleep(Duration::from_millis(2100)).await; // stale from 2 s on
     let started = Instant::now();
-    // Until 1.7 s from now, or 300 ms before the hard expiry if the sleep overshot.
-    let hard_expiry_in = (entry.expires_at() - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    let window =
-        Duration::from_millis(1700).min(hard_expiry_in.saturating_sub(Duration::from_millis(300)));
+    // For 1.7 s: until 200 ms before the hard expiry.
+    let window = Duration::from_millis(1700);
+    assert!(started + window < hard_expiry);
     let mut served = 0;
     while started.elapsed() < window {
-        assert_eq!(cache.access_token().await.unwrap(), first);
+        assert_eq!(access_token(&cache).await.unwrap(), first);
         served += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(served > 20, "{served}");
     // Backoff 400 ms, then 800 ms (each jittered down to at most half) in 1.7 s: 2 to 4
-    // refresh attempts (1 if the window was cut short), not one per request.
+    // refresh attempts, not one per request.
     let refreshes = idp.calls() - 1;
     assert!(
-        (1..=4).contains(&refreshes),
+        (2..=4).contains(&refreshes),
         "refresh attempts: {refreshes}"
     );
-    tokio::time::sleep(
-        hard_expiry_in.saturating_sub(started.elapsed()) + Duration::from_millis(100),
-    )
-    .await; // past the hard expiry
+    tokio::time::sleep_until(hard_expiry + Duration::from_millis(100)).await; // past the hard expiry
     let err = cache.get().await.unwrap_err();
     assert!(matches!(err, Error::ServerError { .. }), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn background_refresh_means_no_request_waits_once_warm() {
     let idp = ScriptedIdp::new(
         Duration::from_secs(1),
@@ -394,7 +398,7 @@ async fn background_refresh_means_no_request_waits_once_warm() {
     assert_eq!(idp.calls(), after_drop, "no provider calls after the drop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn background_refresh_retries_failures_and_never_stops() {
     let policy = no_retries()
         .with_background_refresh(true)
@@ -412,11 +416,16 @@ async fn background_refresh_retries_failures_and_never_stops() {
     idp.set(Duration::ZERO, Answer::Token(HOUR));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(cache.stats().waits, 1, "only warm_up waited");
-    let token = cache.cached().expect("the task obtained a token by itself");
+    assert!(
+        cache.has_usable_token(),
+        "the task obtained a token by itself"
+    );
+    let token = cache.get().await.unwrap();
     assert!(token.is_usable());
+    assert_eq!(cache.stats().waits, 1, "served without waiting");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn hostile_numbers_are_typed_outcomes_never_panics() {
     fn huge_retry_after() -> Error {
         Error::RateLimited {
@@ -466,7 +475,7 @@ async fn hostile_numbers_are_typed_outcomes_never_panics() {
     assert_eq!(idp.calls(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_zero_default_lifetime_is_refused_or_corrected() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(None));
     let err = TokenCache::builder(Provider(Arc::clone(&idp)))
@@ -483,7 +492,7 @@ async fn a_zero_default_lifetime_is_refused_or_corrected() {
     assert_eq!(idp.calls(), 1, "not one fetch per request");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn zero_failure_backoffs_are_refused_or_corrected() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Fail(server_error));
     for policy in [
@@ -505,12 +514,13 @@ async fn zero_failure_backoffs_are_refused_or_corrected() {
                 .with_max_failure_backoff(Duration::ZERO),
         )
         .build();
-    let until = std::time::Instant::now() + Duration::from_millis(500);
+    // One request per millisecond for 500 ms.
+    let until = Instant::now() + Duration::from_millis(500);
     let mut requests = 0;
-    while std::time::Instant::now() < until {
+    while Instant::now() < until {
         assert!(cache.get().await.is_err());
         requests += 1;
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert!(requests > 100, "{requests}");
     assert!(
@@ -520,7 +530,7 @@ async fn zero_failure_backoffs_are_refused_or_corrected() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_holder_still_releases_the_store_lock() {
     let store = Arc::new(MemoryTokenStore::new());
     let idp = ScriptedIdp::new(Duration::from_millis(600), Answer::Token(HOUR));
@@ -537,13 +547,13 @@ async fn a_cancelled_holder_still_releases_the_store_lock() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!store.is_locked(&key), "released although its caller left");
     assert!(store.load(&key).await.unwrap().is_some(), "token published");
-    let from_b = b.access_token().await.unwrap();
-    assert_eq!(from_b, a.access_token().await.unwrap());
+    let from_b = access_token(&b).await.unwrap();
+    assert_eq!(from_b, access_token(&a).await.unwrap());
     assert_eq!(idp.calls(), 1, "one provider call for both caches");
     assert_eq!(b.stats().store_hits, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_provider_does_not_wedge_the_cache() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Panic);
     let cache = cache(
@@ -593,7 +603,7 @@ impl TokenStore for HangingStore {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_hanging_store_delays_but_never_blocks_the_fetch() {
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(HOUR));
     let cache = TokenCache::builder(Provider(Arc::clone(&idp)))
@@ -605,57 +615,4 @@ async fn a_hanging_store_delays_but_never_blocks_the_fetch() {
         .expect("a token from the provider");
     assert!(token.is_usable());
     assert_eq!(idp.calls(), 1);
-}
-
-#[test]
-fn a_fetch_started_on_a_runtime_that_is_shutting_down_does_not_deadlock() {
-    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(HOUR));
-    let cache = cache(&idp, LifecyclePolicy::default());
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let handle = runtime.handle().clone();
-        drop(runtime);
-        // Inside the dead runtime's context a spawned task is dropped at once; its guard
-        // records the abandoned fetch, taking the lock the spawner must not hold.
-        let _entered = handle.enter();
-        let started = cache.start_fetch();
-        let failures = cache.stats().failures;
-        let again = cache.start_fetch();
-        let _ = done.send((started.is_ok(), failures, again.is_err()));
-    });
-    let (started, failures, remembered) = finished
-        .recv_timeout(Duration::from_secs(10))
-        .expect("no deadlock");
-    assert!(started);
-    assert_eq!(failures, 1, "the abandoned fetch is recorded");
-    assert!(remembered, "and backed off, not retried at once");
-}
-
-/// A 401 for a token that a refresh already replaced while the request was in flight is
-/// answered with the current token at once: replay without another provider call.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_401_for_an_already_replaced_token_replays_with_the_current_one() {
-    let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(Some(Duration::from_secs(4))));
-    let cache = cache(&idp, no_retries());
-    let sent_with = cache.get().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await; // stale: a refresh starts
-    assert!(cache.cached().is_some());
-    let mut current = cache.cached().unwrap();
-    for _ in 0..200 {
-        if !current.same_token(&sent_with) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        current = cache.cached().unwrap();
-    }
-    assert!(!current.same_token(&sent_with), "refreshed");
-    assert_eq!(idp.calls(), 2);
-    // The API now rejects the request that was sent with the old token.
-    let replay_with = cache
-        .token_after_rejection(&sent_with)
-        .await
-        .expect("replayed");
-    assert!(replay_with.same_token(&current));
-    assert_eq!(idp.calls(), 2, "no provider call for it");
 }

@@ -1,5 +1,10 @@
-//! The token lifecycle through `AuthMiddleware`, against a local identity provider that counts
-//! the token requests it receives.
+//! The token lifecycle through `AuthMiddleware`, against an identity provider that counts the
+//! token requests it receives.
+//!
+//! Timing tests run on paused time against the in-process provider and API of
+//! `support::sim` (a token's seconds pass in microseconds); tests of HTTP itself (replays,
+//! redirects, bodies, timeouts, error mapping) run against the loopback servers of
+//! `en-auth-testkit` on real time, and sleep nowhere.
 
 mod support;
 
@@ -11,6 +16,7 @@ use en_auth_core::{
     TokenCache, TokenStore,
 };
 use en_auth_testkit::{Fault, IdpConfig};
+use support::sim::{SimFault, SimRig};
 use support::{Rig, TestAuthorizer, quick_policy};
 
 /// Two separate 401 episodes in one test: no rejection interval.
@@ -18,11 +24,12 @@ fn two_rejections_allowed() -> LifecyclePolicy {
     LifecyclePolicy::default().with_rejection_interval(Duration::ZERO)
 }
 
-async fn burst(rig: &Rig, n: usize) -> Vec<u16> {
+/// `n` concurrent GETs of `url`; their statuses.
+async fn burst(client: &reqwest_middleware::ClientWithMiddleware, url: &str, n: usize) -> Vec<u16> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let client = rig.client.clone();
-        let url = rig.api.url("/data");
+        let client = client.clone();
+        let url = url.to_owned();
         tasks.spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
     }
     let mut statuses = Vec::with_capacity(n);
@@ -32,11 +39,12 @@ async fn burst(rig: &Rig, n: usize) -> Vec<u16> {
     statuses
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
-    let rig = Rig::start(Some(Duration::from_secs(6)), LifecyclePolicy::default()).await;
+    let rig = SimRig::new(Some(Duration::from_secs(6)), LifecyclePolicy::default());
+    let url = rig.api.url("/data");
 
-    let statuses = burst(&rig, 1000).await;
+    let statuses = burst(&rig.client, &url, 1000).await;
     assert!(
         statuses.iter().all(|s| *s == 200),
         "all 1000 requests authorized"
@@ -48,7 +56,7 @@ async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
     );
 
     tokio::time::sleep(Duration::from_millis(6200)).await; // past the token's expiry
-    let statuses = burst(&rig, 1000).await;
+    let statuses = burst(&rig.client, &url, 1000).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(
         rig.idp.token_requests(),
@@ -58,10 +66,10 @@ async fn a_cold_burst_fetches_one_token_and_one_more_after_expiry() {
     assert_eq!(rig.auth.stats().refreshes, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_short_token_is_refreshed_ahead_of_expiry_but_still_used() {
     // A 4-second token: the 60 s gap is clamped to half its life, so it is used for ~2 s.
-    let rig = Rig::start(Some(Duration::from_secs(4)), LifecyclePolicy::default()).await;
+    let rig = SimRig::new(Some(Duration::from_secs(4)), LifecyclePolicy::default());
     assert_eq!(rig.get().await, 200);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(rig.get().await, 200);
@@ -89,12 +97,12 @@ async fn a_short_token_is_refreshed_ahead_of_expiry_but_still_used() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_expiration_gap_can_be_overridden_per_cache() {
     // A 1 s gap on a 4 s token: still fresh at 2.3 s, where the default gap (clamped to 2 s)
     // would already refresh it; stale at 3.1 s.
     let policy = LifecyclePolicy::default().with_expiration_gap(Duration::from_secs(1));
-    let rig = Rig::start(Some(Duration::from_secs(4)), policy).await;
+    let rig = SimRig::new(Some(Duration::from_secs(4)), policy);
     assert_eq!(rig.get().await, 200);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(rig.get().await, 200);
@@ -109,10 +117,10 @@ async fn the_expiration_gap_can_be_overridden_per_cache() {
     assert_eq!(rig.idp.token_requests(), 2, "refreshed within the 1 s gap");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_without_expiry_uses_the_default_lifetime() {
     let policy = LifecyclePolicy::default().with_default_lifetime(Duration::from_secs(2));
-    let rig = Rig::start(None, policy).await;
+    let rig = SimRig::new(None, policy);
     for _ in 0..5 {
         assert_eq!(rig.get().await, 200);
     }
@@ -250,7 +258,7 @@ async fn concurrent_401s_for_one_token_cause_one_fetch() {
     let rig = Rig::start(Some(Duration::from_secs(3600)), LifecyclePolicy::default()).await;
     assert_eq!(rig.get().await, 200);
     rig.idp.revoke_all();
-    let statuses = burst(&rig, 50).await;
+    let statuses = burst(&rig.client, &rig.api.url("/data"), 50).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(
         rig.idp.token_requests(),
@@ -259,14 +267,13 @@ async fn concurrent_401s_for_one_token_cause_one_fetch() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failure_is_remembered_until_its_backoff_ends() {
     let policy = quick_policy()
         .with_retry(RetryPolicy::none())
         .with_failure_cooldown(Duration::from_millis(300));
-    let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
-    rig.idp
-        .push_faults([Fault::json(500, r#"{"error":"server_error"}"#)]);
+    let rig = SimRig::new(Some(Duration::from_secs(3600)), policy);
+    rig.idp.push_faults([SimFault::Status(500)]);
     let err = rig.auth.access_token().await.unwrap_err();
     assert!(
         matches!(err, Error::ServerError { status: 500, .. }),
@@ -283,13 +290,13 @@ async fn a_failure_is_remembered_until_its_backoff_ends() {
     assert_eq!(rig.idp.token_requests(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_still_valid_token_is_served_while_refresh_fails() {
     let policy = quick_policy().with_retry(RetryPolicy::none());
-    let rig = Rig::start(Some(Duration::from_secs(4)), policy).await;
+    let rig = SimRig::new(Some(Duration::from_secs(4)), policy);
     assert_eq!(rig.get().await, 200);
     tokio::time::sleep(Duration::from_millis(2300)).await; // stale, not expired
-    rig.idp.push_faults([Fault::json(503, "{}")]);
+    rig.idp.push_faults([SimFault::Status(503)]);
     assert_eq!(rig.get().await, 200, "served the old token");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rig.token_seen(1), rig.token_seen(0));
@@ -353,12 +360,12 @@ async fn an_api_that_always_answers_401_costs_a_constant_number_of_token_request
     assert_eq!(rig.idp.token_requests(), token_requests);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_and_retry_after_is_waited_out() {
-    let rig = Rig::start(Some(Duration::from_secs(3600)), quick_policy()).await;
+    let rig = SimRig::new(Some(Duration::from_secs(3600)), quick_policy());
     rig.idp
-        .push_faults([Fault::rate_limited(1), Fault::json(503, "{}")]);
-    let started = Instant::now();
+        .push_faults([SimFault::RateLimited(1), SimFault::Status(503)]);
+    let started = tokio::time::Instant::now();
     assert_eq!(rig.get().await, 200);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -450,7 +457,8 @@ async fn caches_sharing_a_store_share_one_token() {
     let rejected = a.cache().get().await.unwrap();
     assert!(a.cache().invalidate(&rejected).await);
     assert!(rejected.is_rejected());
-    let new_a = a.cache().replacement(&rejected).await.unwrap();
+    // A rejected token is not served: `get` waits for its replacement.
+    let new_a = a.cache().get().await.unwrap();
     assert_ne!(new_a.token().access_token(), ta);
     assert_eq!(
         a.access_token().await.unwrap(),
@@ -514,34 +522,26 @@ async fn a_transport_failure_is_a_transient_typed_error() {
 /// After an API rejected the token while the provider hangs, the other APIs keep being
 /// served at once: every later attempt to replace the token runs in the background, not in
 /// front of every request each time the backoff ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_401_while_the_provider_hangs_does_not_stall_the_other_apis() {
     let policy = quick_policy()
         .with_retry(RetryPolicy::none().with_max_elapsed(Duration::from_secs(3)))
         .with_failure_cooldown(Duration::from_millis(200))
         .with_max_failure_backoff(Duration::from_millis(400));
-    let rig = Rig::start(Some(Duration::from_secs(3600)), policy).await;
-    let broken = en_auth_testkit::ProtectedApi::start(&rig.idp)
-        .await
-        .unwrap();
+    let rig = SimRig::new(Some(Duration::from_secs(3600)), policy);
+    let broken = rig.another_api();
     assert_eq!(rig.get().await, 200);
     // The provider hangs (each attempt is cut off after 3 s), then an API rejects the token.
     rig.idp
-        .push_faults((0..50).map(|_| Fault::Delay(Duration::from_secs(60))));
+        .push_faults((0..50).map(|_| SimFault::Delay(Duration::from_secs(60))));
     broken.reject_next(1);
-    let status = rig
-        .client
-        .get(broken.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 401, "no replacement: the 401 is returned");
+    let status = rig.get_url(&broken.url("/x")).await;
+    assert_eq!(status, 401, "no replacement: the 401 is returned");
     // Across several ends of the backoff, each request to the healthy API is answered
     // without waiting for the hanging provider.
-    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut served = 0;
-    while std::time::Instant::now() < until {
+    while tokio::time::Instant::now() < until {
         let status = tokio::time::timeout(Duration::from_millis(1500), rig.get())
             .await
             .expect("a request waited for the hanging provider");

@@ -33,16 +33,22 @@ async fn secrets_appear_in_no_debug_display_error_or_trace_output() {
         lifetime: Some(Duration::from_secs(4)),
         ..IdpConfig::default()
     };
-    let policy = LifecyclePolicy::default().with_retry(RetryPolicy::none());
+    let policy = LifecyclePolicy::default()
+        .with_retry(RetryPolicy::none())
+        .with_rejection_interval(Duration::ZERO);
     let rig = Rig::start_with(config, |info| info.with_api_key(API_KEY), policy).await;
 
-    // A full flow: first token, a 401 replay, a failed refresh served from cache, an error.
+    // A full flow against the loopback servers (their HTTP is traced too): first token, a
+    // 401 replay, a failed refresh (after another 401) with the token served from cache
+    // meanwhile, an error.
     assert_eq!(rig.get().await, 200);
     rig.idp.revoke_all();
     assert_eq!(rig.get().await, 200);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
     rig.idp.push_faults([Fault::json(503, "{}")]);
-    assert_eq!(rig.get().await, 200);
+    rig.api.reject_next(1);
+    assert_eq!(rig.get().await, 401, "no replacement: the 401 is returned");
+    assert_eq!(rig.get().await, 200, "the current token is still served");
+    assert_eq!(rig.auth.stats().failures, 1);
     let cached = rig.auth.cache().get().await.unwrap();
 
     let mut secrets: Vec<String> = vec![CLIENT_SECRET.into(), API_KEY.into(), PASSWORD.into()];

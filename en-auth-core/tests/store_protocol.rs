@@ -1,16 +1,21 @@
 //! The store protocol of the lifecycle (rules 9–12): no write-back of read tokens, a failing
 //! store never fails a request, published failures are served without a provider call, and
 //! invalidation events drop a token rejected elsewhere.
+//!
+//! On paused time: the providers and stores are in process, and the store lock of
+//! [`FleetStore`] expires on tokio's clock, so a dead holder's lock runs out in virtual time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use en_auth_core::{
-    Authorizer, BearerToken, CacheKey, ClientInfo, Error, MemoryTokenStore, SharedFailure,
-    StoreEvent, StoreLock, TokenCache, TokenStore, async_trait, secrecy::SecretString,
-    value_fingerprint,
+    AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, MemoryTokenStore,
+    SharedFailure, StoreEvent, StoreLock, TokenCache, TokenStore, async_trait,
+    secrecy::SecretString, value_fingerprint,
 };
 use parking_lot::Mutex;
 use secrecy::ExposeSecret;
@@ -62,6 +67,9 @@ struct FleetStore {
     saves: AtomicU64,
     loads: AtomicU64,
     broken: AtomicBool,
+    /// The fetch locks: id and expiry, on tokio's clock.
+    locks: Mutex<HashMap<CacheKey, (u64, Instant)>>,
+    next_lock: AtomicU64,
     failures: Mutex<HashMap<CacheKey, SharedFailure>>,
     events: Mutex<Option<broadcast::Sender<StoreEvent>>>,
 }
@@ -108,11 +116,25 @@ impl TokenStore for FleetStore {
     }
     async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {
         self.check()?;
-        self.memory.try_lock(key, ttl).await
+        let now = Instant::now();
+        let mut locks = self.locks.lock();
+        if locks.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(None);
+        }
+        let id = self.next_lock.fetch_add(1, Ordering::SeqCst);
+        locks.insert(key.clone(), (id, now + ttl));
+        Ok(Some(StoreLock::new(id.to_string())))
     }
     async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
         self.check()?;
-        self.memory.unlock(key, lock).await
+        let mut locks = self.locks.lock();
+        if locks
+            .get(key)
+            .is_some_and(|(id, _)| id.to_string() == lock.id())
+        {
+            locks.remove(key);
+        }
+        Ok(())
     }
     async fn publish_failure(&self, key: &CacheKey, failure: &SharedFailure) -> Result<(), Error> {
         self.check()?;
@@ -128,27 +150,32 @@ impl TokenStore for FleetStore {
     }
 }
 
+/// The current access token of `cache`, fetched if needed.
+async fn access_token<A: Authorizer>(cache: &TokenCache<A>) -> Result<String, Error> {
+    Ok(cache.get().await?.token().access_token().to_owned())
+}
+
 fn cache(store: &Arc<FleetStore>, authorizer: Counting) -> TokenCache<Counting> {
     TokenCache::builder(authorizer)
         .store(Arc::clone(store) as Arc<dyn TokenStore>)
         .build()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_read_from_the_store_is_not_written_back() {
     let store = Arc::new(FleetStore::default());
     let calls = Arc::new(AtomicU64::new(0));
     let a = cache(&store, authorizer(&calls, false));
     let b = cache(&store, authorizer(&calls, false));
-    let first = a.access_token().await.unwrap();
+    let first = access_token(&a).await.unwrap();
     assert_eq!(store.saves.load(Ordering::SeqCst), 1);
-    assert_eq!(b.access_token().await.unwrap(), first);
+    assert_eq!(access_token(&b).await.unwrap(), first);
     assert_eq!(b.stats().store_hits, 1);
     assert_eq!(store.saves.load(Ordering::SeqCst), 1, "no write-back");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_failing_store_never_fails_a_request() {
     let store = Arc::new(FleetStore::default());
     store.broken.store(true, Ordering::SeqCst);
@@ -165,7 +192,7 @@ async fn a_failing_store_never_fails_a_request() {
     assert!(cache.stats().store_errors >= 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_published_failure_is_answered_without_a_provider_call() {
     let store = Arc::new(FleetStore::default());
     let calls = Arc::new(AtomicU64::new(0));
@@ -187,7 +214,7 @@ async fn a_published_failure_is_answered_without_a_provider_call() {
     assert_eq!(other.stats().shared_failures, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_token_rejected_elsewhere_is_dropped_here() {
     let store = Arc::new(FleetStore::default());
     let calls = Arc::new(AtomicU64::new(0));
@@ -204,12 +231,12 @@ async fn a_token_rejected_elsewhere_is_dropped_here() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(b.stats().remote_invalidations, 1);
-    assert!(
-        b.cached().is_none(),
-        "b no longer serves the rejected token"
-    );
+    assert!(same.is_rejected(), "b's copy is marked rejected");
+    // b no longer serves the rejected token: its next caller waits for a replacement.
+    let waits = b.stats().waits;
     let replacement = b.get().await.unwrap();
     assert!(!replacement.same_token(&same));
+    assert_eq!(b.stats().waits, waits + 1, "waited for the replacement");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -242,7 +269,7 @@ impl Authorizer for Slow {
 /// A holder died with the lock; when its lock runs out one waiter takes over and fetches
 /// slowly. The other waiters keep waiting for the new holder instead of each fetching on
 /// its own one second after the dead holder's lock ran out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
     let store = Arc::new(FleetStore::default());
     let calls = Arc::new(AtomicU64::new(0));
@@ -253,7 +280,7 @@ async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
     let lock_ttl = policy.store_lock_ttl();
     // The dead holder: took the lock with the fleet's TTL just before the waiters came.
     let key = CacheKey::builder("test").part("client", "shared").build();
-    let dead = store.memory.try_lock(&key, lock_ttl).await.unwrap();
+    let dead = store.try_lock(&key, lock_ttl).await.unwrap();
     assert!(dead.is_some());
     let members: Vec<_> = (0..4)
         .map(|_| {
@@ -269,7 +296,7 @@ async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
         .collect();
     let gets = members.iter().map(|cache| {
         let cache = cache.clone();
-        tokio::spawn(async move { cache.access_token().await })
+        tokio::spawn(async move { access_token(&cache).await })
     });
     let tokens: Vec<String> = futures_util::future::join_all(gets)
         .await
@@ -291,7 +318,10 @@ async fn waiters_keep_waiting_for_a_holder_that_took_over_a_dead_lock() {
 
 /// A token without its own expiry read from the store keeps the default lifetime counted
 /// from when it was issued, not from each read: another process never extends it.
-#[tokio::test]
+///
+/// A token's age is read from the wall clock, which paused time does not move: the token is
+/// issued a second before it is read instead of read a second after it was issued.
+#[tokio::test(start_paused = true)]
 async fn a_default_lifetime_counts_from_issue_not_from_each_read() {
     struct NoExpiry {
         info: ClientInfo,
@@ -305,7 +335,8 @@ async fn a_default_lifetime_counts_from_issue_not_from_each_read() {
         }
         async fn authorize(&self) -> Result<BearerToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(BearerToken::new(format!("token-{n}"), None))
+            let issued = chrono::Utc::now() - chrono::Duration::seconds(1);
+            Ok(BearerToken::with_times(format!("token-{n}"), issued, None))
         }
         fn cache_key(&self) -> CacheKey {
             CacheKey::builder("test").part("client", "shared").build()
@@ -324,21 +355,31 @@ async fn a_default_lifetime_counts_from_issue_not_from_each_read() {
     };
     let a = member();
     let first = a.get().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
     let b = member();
     let read = b.get().await.unwrap();
     assert!(read.same_token(&first), "read from the store");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let extended = (read.expires_at() - first.expires_at()).num_milliseconds();
-    assert!(
-        extended <= 50,
-        "the read extended the lifetime by {extended} ms"
-    );
+    assert_eq!(b.stats().store_hits, 1);
+    let issued = read.token().issued_at().expect("an issue time");
+    for (who, token) in [("the fetch", &first), ("the read", &read)] {
+        let extended =
+            (token.expires_at() - (issued + chrono::Duration::seconds(4))).num_milliseconds();
+        assert!(
+            extended.abs() <= 50,
+            "{who} moved the expiry by {extended} ms"
+        );
+    }
+    // On the lifecycle's clock too: 3 s left for both, not 4 s for the reader.
+    let lag = read
+        .freshness()
+        .expires_at()
+        .saturating_duration_since(first.freshness().expires_at());
+    assert!(lag <= Duration::from_millis(50), "{lag:?}");
 }
 
 /// Caches sharing a `MemoryTokenStore` share a failed fetch too: a wrong secret costs one
 /// provider call, not one per cache in turn.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn caches_on_one_memory_store_share_a_failure() {
     struct SlowRefusal {
         info: ClientInfo,

@@ -127,11 +127,18 @@ impl<A: Authorizer> TokenCache<A> {
     /// starts one refresh in the background), otherwise the outcome of the one shared fetch —
     /// or, while a failure is being backed off, that failure at once.
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        match self.cached() {
-            Some(token) => Ok(token),
+        let now = Instant::now();
+        if let Some(token) = self.served_as_is(now) {
+            return Ok(token);
+        }
+        // The machine is asked once per call: asking again would count a served failure
+        // twice and take the lock twice.
+        match self.slow_step(now, Need::Usable) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
             // Boxed so that the hot path's future stays small: every adapter's per-request
             // future embeds this one.
-            None => Box::pin(self.obtain(Need::Usable)).await,
+            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::Usable)).await,
         }
     }
 
@@ -145,9 +152,14 @@ impl<A: Authorizer> TokenCache<A> {
     /// refresh; when the refresh fails, the token is still handed out while it has half that
     /// floor left.
     pub async fn get_to_pass_on(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        match self.ready_to_pass_on() {
-            Some(token) => Ok(token),
-            None => Box::pin(self.obtain(Need::PassOn)).await,
+        let now = Instant::now();
+        if let Some(token) = self.passed_on_as_is(now) {
+            return Ok(token);
+        }
+        match self.slow_step(now, Need::PassOn) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
+            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::PassOn)).await,
         }
     }
 
@@ -155,10 +167,8 @@ impl<A: Authorizer> TokenCache<A> {
     /// if there is one (seeing a stale one starts its refresh).
     pub fn ready_to_pass_on(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
-        if let Some(token) = self.inner.current.read().as_ref() {
-            if token.serves_as_is(now) && token.freshness().is_fresh_to_pass_on(now) {
-                return Some(Arc::clone(token));
-            }
+        if let Some(token) = self.passed_on_as_is(now) {
+            return Some(token);
         }
         match self.step(now, Need::PassOn) {
             Step::Token(token) => Some(token),
@@ -191,19 +201,36 @@ impl<A: Authorizer> TokenCache<A> {
         matches!(self.report_rejection(token).await, Rejected::Marked(_))
     }
 
-    /// The hot path: the cached token if it may be sent now without waiting.
-    #[inline]
+    /// The cached token if it may be sent now without waiting (seeing a stale one starts
+    /// its refresh). [`get`](Self::get) without the wait; for the crate's tests.
+    #[cfg(test)]
     pub(crate) fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
-        if let Some(token) = self.inner.current.read().as_ref() {
-            if token.serves_as_is(now) {
-                return Some(Arc::clone(token));
-            }
+        if let Some(token) = self.served_as_is(now) {
+            return Some(token);
         }
         self.cached_slow(now)
     }
 
-    #[cold]
+    /// The per-request read: the cached token if it is served as is (fresh, not rejected),
+    /// without asking the machine.
+    #[inline]
+    fn served_as_is(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
+        let current = self.inner.current.read();
+        current
+            .as_ref()
+            .filter(|token| token.serves_as_is(now))
+            .map(Arc::clone)
+    }
+
+    /// The same for passing on: fresh, not rejected, and above the pass-on floor.
+    #[inline]
+    fn passed_on_as_is(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
+        self.served_as_is(now)
+            .filter(|token| token.freshness().is_fresh_to_pass_on(now))
+    }
+
+    #[cfg(test)]
     fn cached_slow(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
         match self.step(now, Need::Usable) {
             Step::Token(token) => Some(token),
@@ -244,7 +271,8 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Starts the one shared fetch if no usable token is cached and none is running, without
     /// waiting (for synchronous callers). Returns the remembered failure while one is backed
-    /// off.
+    /// off. Used by the crate's tests only, so far.
+    #[cfg(test)]
     pub(crate) fn start_fetch(&self) -> Result<(), Error> {
         match self.step(Instant::now(), Need::Usable) {
             Step::Failed(err) => Err(err),
@@ -371,13 +399,29 @@ impl<A: Authorizer> TokenCache<A> {
         step
     }
 
+    /// The slow path's decision: one step of the machine (which also starts the cache's
+    /// tasks if they are not running).
+    #[cold]
+    fn slow_step(&self, now: Instant, need: Need) -> Step<A::Token> {
+        self.step(now, need)
+    }
+
     /// The slow path: join the running fetch, start one, or answer with the failure.
     async fn obtain(&self, need: Need) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        let mut outcome = match self.step(Instant::now(), need) {
-            Step::Token(token) => return Ok(token),
-            Step::Failed(err) => return Err(err),
-            Step::Wait(outcome) => outcome,
-        };
+        match self.slow_step(Instant::now(), need) {
+            Step::Token(token) => Ok(token),
+            Step::Failed(err) => Err(err),
+            Step::Wait(outcome) => self.wait(outcome, need).await,
+        }
+    }
+
+    /// Waits for the outcome of the fetch the machine asked to wait for; when it failed,
+    /// the token that may still serve `need`, if any.
+    async fn wait(
+        &self,
+        mut outcome: OutcomeReceiver<A::Token>,
+        need: Need,
+    ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         bump(&self.inner.counters.waits);
         let result = match outcome.wait_for(Option::is_some).await {
             Ok(settled) => settled.clone(),
@@ -721,3 +765,7 @@ pub(super) fn apply_remote_invalidation<A: Authorizer>(
         );
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

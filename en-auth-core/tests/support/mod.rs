@@ -1,5 +1,5 @@
 //! Shared setup of the core tests: a client-credentials authorizer for [`LocalIdp`] and a
-//! client wired through [`AuthMiddleware`].
+//! client wired through [`AuthMiddleware`]; [`sim`]: the same, in process, for paused time.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -69,24 +69,7 @@ impl Authorizer for TestAuthorizer {
                     body.expires_in.map(Duration::from_secs),
                 ))
             }
-            429 => Err(Error::RateLimited {
-                retry_after,
-                reset_at: None,
-            }),
-            500..=599 => Err(Error::ServerError {
-                status,
-                retry_after,
-            }),
-            400 | 401 => Err(Error::InvalidClient {
-                status: Some(status),
-                description: None,
-            }),
-            _ => Err(Error::Authorization {
-                status: Some(status),
-                error: "unexpected".into(),
-                description: None,
-                error_uri: None,
-            }),
+            status => Err(sim::error_for_status(status, retry_after)),
         }
     }
 }
@@ -160,3 +143,5 @@ pub fn quick_policy() -> LifecyclePolicy {
             .with_max_elapsed(Duration::from_secs(5)),
     )
 }
+
+pub mod sim;
