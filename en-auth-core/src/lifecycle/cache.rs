@@ -170,10 +170,7 @@ impl<A: Authorizer> TokenCache<A> {
         if let Some(token) = self.passed_on_as_is(now) {
             return Some(token);
         }
-        match self.step(now, Need::PassOn) {
-            Step::Token(token) => Some(token),
-            Step::Wait(_) | Step::Failed(_) => None,
-        }
+        self.peek(now, Need::PassOn)
     }
 
     /// Whether a token that has not expired is cached. Reads only: starts nothing.
@@ -231,11 +228,9 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     #[cfg(test)]
+    #[cold]
     fn cached_slow(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
-        match self.step(now, Need::Usable) {
-            Step::Token(token) => Some(token),
-            Step::Wait(_) | Step::Failed(_) => None,
-        }
+        self.peek(now, Need::Usable)
     }
 
     /// After an API answered 401 to `rejected`: reports it and returns the token to replay
@@ -397,6 +392,24 @@ impl<A: Authorizer> TokenCache<A> {
             flight.spawn();
         }
         step
+    }
+
+    /// The token `need` may have now without waiting (seeing a stale one starts its
+    /// refresh); never starts a fetch that a caller would have to wait for.
+    fn peek(&self, now: Instant, need: Need) -> Option<Arc<CachedToken<A::Token>>> {
+        self.start_tasks();
+        let (token, spawn) = {
+            let mut driven = self.inner.state.lock();
+            match driven.machine.on_peek(now, need)? {
+                Action::Serve(token) => (token, None),
+                Action::ServeAndRefresh(token, id) => (token, self.register(&mut driven, id).ok()),
+                Action::Join | Action::Start(_) | Action::Fail(..) => return None,
+            }
+        };
+        if let Some(flight) = spawn {
+            flight.spawn();
+        }
+        Some(token)
     }
 
     /// The slow path's decision: one step of the machine (which also starts the cache's

@@ -296,21 +296,8 @@ impl<H: Clone> TokenState<H> {
 
     /// A caller needs a token.
     pub fn on_request(&mut self, now: Instant, need: Need) -> Action<H> {
-        if let Some(current) = self.acceptable(now, need) {
-            let awaiting_replacement = current.rejected && !current.replacement_failed;
-            let servable = match need {
-                Need::PassOn => !current.rejected && current.freshness.now_passable(now),
-                Need::Usable | Need::Replacing(_) => !awaiting_replacement,
-            };
-            if servable {
-                let token = current.token.clone();
-                let stale = current.rejected || !current.freshness.is_fresh(now);
-                let refresh_allowed = current.freshness.refresh_allowed(now);
-                if stale && refresh_allowed && self.flight.is_none() && !self.backing_off(now) {
-                    return Action::ServeAndRefresh(token, self.start_flight());
-                }
-                return Action::Serve(token);
-            }
+        if let Some(action) = self.serve(now, need) {
+            return action;
         }
         if self.flight.is_some() {
             return Action::Join;
@@ -326,6 +313,41 @@ impl<H: Clone> TokenState<H> {
             return Action::Fail(failure.0, failure.1);
         }
         Action::Start(self.start_flight())
+    }
+
+    /// A caller that will not wait: the token it may have now ([`Action::Serve`] or
+    /// [`Action::ServeAndRefresh`] when it is stale), or `None`. Never starts a fetch for
+    /// a caller that would have to wait for it.
+    pub fn on_peek(&mut self, now: Instant, need: Need) -> Option<Action<H>> {
+        if let Some(action) = self.serve(now, need) {
+            return Some(action);
+        }
+        // While a failure is backed off, what a waiter would fall back to is the answer.
+        self.backing_off(now)
+            .then(|| self.fallback(now, need))
+            .flatten()
+            .map(Action::Serve)
+    }
+
+    /// The serving part of [`on_request`](Self::on_request): the current token if `need`
+    /// may have it without waiting, with the refresh to start when it is stale.
+    fn serve(&mut self, now: Instant, need: Need) -> Option<Action<H>> {
+        let current = self.acceptable(now, need)?;
+        let awaiting_replacement = current.rejected && !current.replacement_failed;
+        let servable = match need {
+            Need::PassOn => !current.rejected && current.freshness.now_passable(now),
+            Need::Usable | Need::Replacing(_) => !awaiting_replacement,
+        };
+        if !servable {
+            return None;
+        }
+        let token = current.token.clone();
+        let stale = current.rejected || !current.freshness.is_fresh(now);
+        let refresh_allowed = current.freshness.refresh_allowed(now);
+        if stale && refresh_allowed && self.flight.is_none() && !self.backing_off(now) {
+            return Some(Action::ServeAndRefresh(token, self.start_flight()));
+        }
+        Some(Action::Serve(token))
     }
 
     /// What a waiter gets when the fetch it waited for failed or was abandoned: a token that

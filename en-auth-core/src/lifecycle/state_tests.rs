@@ -505,3 +505,46 @@ fn has_usable_reads_without_starting_anything() {
     assert!(!fx.machine.has_usable(fx.at(100.0)));
     assert!(fx.machine.flight.is_none());
 }
+
+#[test]
+fn a_caller_that_will_not_wait_never_starts_a_fetch_it_would_wait_for() {
+    let mut fx = Fixture::new(LifecyclePolicy::default());
+    assert!(fx.machine.on_peek(fx.t0, Need::Usable).is_none());
+    assert!(fx.machine.on_peek(fx.t0, Need::PassOn).is_none());
+    assert!(fx.machine.flight.is_none(), "nothing started");
+    fx.first_token(100);
+    assert!(matches!(
+        fx.machine.on_peek(fx.at(1.0), Need::Usable),
+        Some(Action::Serve("t1"))
+    ));
+    // Stale: served, and the refresh starts.
+    assert!(matches!(
+        fx.machine.on_peek(fx.at(60.0), Need::Usable),
+        Some(Action::ServeAndRefresh("t1", _))
+    ));
+    // Expired: nothing, and no second fetch.
+    let running = fx.machine.flight;
+    assert!(fx.machine.on_peek(fx.at(101.0), Need::Usable).is_none());
+    assert_eq!(fx.machine.flight, running);
+}
+
+#[test]
+fn a_caller_that_will_not_wait_gets_the_last_resort_only_while_a_failure_is_backed_off() {
+    let policy = LifecyclePolicy::default()
+        .with_expiration_gap(S(120))
+        .with_min_pass_on_lifetime(S(60));
+    let mut fx = Fixture::new(policy);
+    fx.first_token(3600); // pass on until 3540, last resort until 3570
+    assert!(
+        fx.machine.on_peek(fx.at(3545.0), Need::PassOn).is_none(),
+        "not while it can be refreshed"
+    );
+    let Action::Start(id) = fx.machine.on_request(fx.at(3545.0), Need::PassOn) else {
+        panic!("below the floor, no fetch running: start one");
+    };
+    fx.machine.on_failed(id, transient(), fx.at(3545.0));
+    assert!(matches!(
+        fx.machine.on_peek(fx.at(3545.1), Need::PassOn),
+        Some(Action::Serve("t1"))
+    ));
+}
