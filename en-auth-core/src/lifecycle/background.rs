@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
-use super::cache::{Inner, TokenCache, apply_remote_invalidation, background_step, next_wake};
+use tokio::time::Instant;
+
+use super::cache::{Inner, OutcomeReceiver, TokenCache};
+use super::state::Wake;
+use super::stats::bump;
 use crate::{Authorizer, StoreEvent};
 
 /// Starts the background refresh once, if the policy asks for it and a runtime is at hand.
@@ -117,5 +121,60 @@ async fn listen<A: Authorizer>(
             Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// The background refresh's step: join the running fetch or start one; `None` to sleep.
+fn background_step<A: Authorizer>(cache: &TokenCache<A>) -> Option<OutcomeReceiver<A::Token>> {
+    let (outcome, flight) = {
+        let mut driven = cache.inner.state.lock();
+        match driven.machine.on_wake(Instant::now()) {
+            Wake::Join => return driven.flight.as_ref().map(|(_, outcome)| outcome.clone()),
+            Wake::Sleep => return None,
+            Wake::Start(id) => {
+                let flight = cache.register(&mut driven, id).ok()?;
+                (flight.outcome(), flight)
+            }
+        }
+    };
+    flight.spawn();
+    Some(outcome)
+}
+
+/// When the background refresh should next wake.
+fn next_wake<A: Authorizer>(cache: &TokenCache<A>) -> Instant {
+    cache.inner.state.lock().machine.next_wake(Instant::now())
+}
+
+/// Applies another process's report that the token with `fingerprint` was rejected.
+fn apply_remote_invalidation<A: Authorizer>(cache: &TokenCache<A>, key: &str, fingerprint: &str) {
+    let Some(fleet) = &cache.inner.fleet else {
+        return;
+    };
+    if fleet.key.as_str() != key {
+        return;
+    }
+    let Some(current) = cache.inner.current.read().clone() else {
+        return;
+    };
+    let Ok(encoded) = (fleet.encode)(current.token()) else {
+        return;
+    };
+    if crate::value_fingerprint(&encoded) != fingerprint {
+        return;
+    }
+    let marked = cache
+        .inner
+        .state
+        .lock()
+        .machine
+        .on_rejected_elsewhere(current.generation);
+    if marked {
+        current.mark_rejected();
+        bump(&cache.inner.counters.remote_invalidations);
+        tracing::debug!(
+            client_id = cache.client_id(),
+            "token rejected in another process; dropped"
+        );
     }
 }

@@ -30,6 +30,7 @@ mod builder;
 mod cache;
 mod cached;
 mod fleet;
+mod flight;
 mod policy;
 mod state;
 mod stats;

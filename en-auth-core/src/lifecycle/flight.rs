@@ -1,0 +1,285 @@
+//! One fetch: registered under the state lock, run in a task of its own with its deadline,
+//! settled with the machine, its outcome handed to every waiter. A fetch cut off by its
+//! runtime's shutdown is abandoned (not remembered as a failure); a panic inside it is a
+//! failure like any other.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::cache::{Driven, Outcome, OutcomeReceiver, TokenCache};
+use super::cached::{CachedToken, Prepared};
+use super::fleet::{FetchContext, Judge, Judged};
+use super::state::{FlightId, Freshness};
+use super::stats::bump;
+use crate::{AccessToken, Authorizer, Error};
+
+impl<A: Authorizer> TokenCache<A> {
+    /// Registers fetch `id` (the machine has just started it): where its outcome will
+    /// appear, and the task to spawn once the lock is released. Fails only without a tokio
+    /// runtime (then the machine forgets the fetch).
+    pub(super) fn register(
+        &self,
+        driven: &mut Driven<A::Token>,
+        id: FlightId,
+    ) -> Result<PendingFlight<A>, Error> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            driven.machine.on_abandoned(id);
+            return Err(Error::InvalidConfiguration {
+                setting: "runtime".into(),
+                reason: "fetching a token needs a tokio runtime; call from within one".into(),
+            });
+        };
+        let (publish, outcome) = watch::channel(None);
+        driven.flight = Some((id, outcome));
+        bump(&self.inner.counters.fetches);
+        Ok(PendingFlight {
+            runtime,
+            guard: FlightGuard {
+                cache: self.clone(),
+                id,
+                publish,
+                settled: false,
+            },
+        })
+    }
+}
+
+impl<A: Authorizer> Judge<A::Token> for TokenCache<A> {
+    /// Prepares and judges a token that just arrived (from the provider or the store).
+    fn judge(&self, token: A::Token) -> Result<Judged<A::Token>, Error> {
+        let policy = &self.inner.policy;
+        // Asked only when the policy leaves staleness to the authorizer.
+        let stale = policy.expiration_gap.is_none() && self.inner.authorizer.expired(&token);
+        let prepared = Prepared::new(
+            token,
+            self.inner.authorizer.token_scheme(),
+            policy.default_lifetime,
+            Instant::now(),
+            stale,
+        )?;
+        let freshness = Freshness::on_arrival(policy, prepared.arrival, fastrand::f64())?;
+        Ok((prepared, freshness))
+    }
+}
+
+impl<A: Authorizer> TokenCache<A> {
+    pub(super) fn fetch_context(&self) -> FetchContext<'_, A::Token> {
+        FetchContext {
+            policy: &self.inner.policy,
+            counters: &self.inner.counters,
+            client_id: self.client_id(),
+            judge: self,
+        }
+    }
+
+    /// Gets a new token: through the fleet when there is a store, else from the provider
+    /// (refresh when there is a previous token, authorize otherwise), with retries.
+    async fn fetch(
+        &self,
+        previous: Option<&CachedToken<A::Token>>,
+    ) -> Result<Judged<A::Token>, Error> {
+        let provider = async {
+            let authorizer = &self.inner.authorizer;
+            let counters = &self.inner.counters;
+            let started = Instant::now();
+            let token = self
+                .inner
+                .policy
+                .retry
+                .run(|| async {
+                    match previous {
+                        Some(previous) => {
+                            bump(&counters.refreshes);
+                            authorizer.refresh(previous.token()).await
+                        }
+                        None => {
+                            bump(&counters.authorizations);
+                            authorizer.authorize().await
+                        }
+                    }
+                })
+                .await?;
+            let judged = self.judge(token)?;
+            tracing::debug!(
+                client_id = self.client_id(),
+                refreshed = previous.is_some(),
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "token obtained"
+            );
+            Ok(judged)
+        };
+        match &self.inner.fleet {
+            None => provider.await,
+            Some(fleet) => {
+                let previous = previous.map(|p| p.token().access_token());
+                fleet.fetch(&self.fetch_context(), previous, provider).await
+            }
+        }
+    }
+
+    /// The longest a fetch may take, store included: past it the fetch fails as timed out.
+    fn fetch_deadline(&self) -> Duration {
+        let policy = &self.inner.policy;
+        let store = if self.inner.fleet.is_some() {
+            // Waiting for another holder and one that took over from it, then our own store
+            // calls, each cut off after STORE_CALL_TIMEOUT.
+            policy
+                .store_lock_ttl()
+                .saturating_add(Duration::from_secs(1))
+                .saturating_mul(2)
+                .saturating_add(super::fleet::STORE_CALL_TIMEOUT.saturating_mul(8))
+        } else {
+            Duration::ZERO
+        };
+        policy
+            .retry
+            .max_elapsed
+            .saturating_add(store)
+            .saturating_add(Duration::from_secs(1))
+    }
+
+    /// Records a fetch's result with the machine and in the mirror.
+    fn settle(&self, id: FlightId, result: Result<Judged<A::Token>, Error>) -> Outcome<A::Token> {
+        let mut driven = self.inner.state.lock();
+        if driven
+            .flight
+            .as_ref()
+            .is_some_and(|(running, _)| *running == id)
+        {
+            driven.flight = None;
+        }
+        match result {
+            Ok((prepared, freshness)) => {
+                let generation = driven.machine.next_generation();
+                let token = Arc::new(prepared.finish(freshness, generation));
+                driven
+                    .machine
+                    .on_fetched(id, Arc::clone(&token), generation, freshness);
+                *self.inner.current.write() = Some(Arc::clone(&token));
+                Ok(token)
+            }
+            Err(err) => {
+                bump(&self.inner.counters.failures);
+                let err = Arc::new(err);
+                let delay = driven
+                    .machine
+                    .on_failed(id, Arc::clone(&err), Instant::now());
+                let next_attempt_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                if driven.machine.has_usable(Instant::now()) {
+                    tracing::warn!(client_id = self.client_id(), error = %err, next_attempt_in_ms,
+                        "token refresh failed; serving the current token until it expires");
+                } else {
+                    tracing::warn!(client_id = self.client_id(), error = %err, next_attempt_in_ms,
+                        "could not obtain a token");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// A fetch ended without an outcome (its runtime shut down).
+    fn abandon(&self, id: FlightId) -> Outcome<A::Token> {
+        let mut driven = self.inner.state.lock();
+        if driven
+            .flight
+            .as_ref()
+            .is_some_and(|(running, _)| *running == id)
+        {
+            driven.flight = None;
+        }
+        driven.machine.on_abandoned(id);
+        Err(Arc::new(abandoned_fetch()))
+    }
+}
+
+/// A registered fetch, to be spawned once the state lock is released.
+pub(super) struct PendingFlight<A: Authorizer> {
+    runtime: tokio::runtime::Handle,
+    guard: FlightGuard<A>,
+}
+
+impl<A: Authorizer> PendingFlight<A> {
+    pub(super) fn outcome(&self) -> OutcomeReceiver<A::Token> {
+        self.guard.publish.subscribe()
+    }
+
+    pub(super) fn spawn(self) {
+        let PendingFlight { runtime, mut guard } = self;
+        runtime.spawn(async move {
+            let cache = guard.cache.clone();
+            let previous = cache.inner.current.read().clone();
+            let deadline = cache.fetch_deadline();
+            let fetch = tokio::time::timeout(deadline, cache.fetch(previous.as_deref()));
+            let result = match CatchPanic(Box::pin(fetch)).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Transport {
+                    message: format!(
+                        "the token fetch did not finish within its deadline of {} s (provider \
+                         and token store included)",
+                        deadline.as_secs()
+                    ),
+                    timeout: true,
+                    source: None,
+                }),
+                // A panicking authorizer is remembered like any failure, so it is not called
+                // again on every request.
+                Err(()) => Err(Error::Transport {
+                    message: "the token fetch panicked".into(),
+                    timeout: false,
+                    source: None,
+                }),
+            };
+            let outcome = cache.settle(guard.id, result);
+            guard.settled = true;
+            guard.publish.send_replace(Some(outcome));
+        });
+    }
+}
+
+/// Owned by a fetch task. If the task ends without settling — its runtime shut down — the
+/// drop frees the fetch slot without remembering a failure, and tells any waiter.
+struct FlightGuard<A: Authorizer> {
+    cache: TokenCache<A>,
+    id: FlightId,
+    publish: watch::Sender<Option<Outcome<A::Token>>>,
+    settled: bool,
+}
+
+impl<A: Authorizer> Drop for FlightGuard<A> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let outcome = self.cache.abandon(self.id);
+            self.publish.send_replace(Some(outcome));
+        }
+    }
+}
+
+/// Runs a future, turning a panic inside it into `Err(())`.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+pub(super) fn abandoned_fetch() -> Error {
+    Error::Transport {
+        message: "the token fetch ended without a result (its runtime shut down)".into(),
+        timeout: false,
+        source: None,
+    }
+}
