@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use en_auth_core::{
-    AccessToken, Authorizer, BearerToken, ClientInfo, Error, LifecyclePolicy, MemoryTokenStore,
-    RetryPolicy, TokenCache, TokenStore,
+    AccessToken, AdapterCore, AfterResponse, Authorizer, BearerToken, ClientInfo, Error,
+    LifecyclePolicy, MemoryTokenStore, ResponseHead, RetryPolicy, TokenCache, TokenStore,
 };
 use parking_lot::Mutex;
 
@@ -279,7 +279,7 @@ async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile()
     // A 4 s token turns stale after 2 s (the gap is clamped to half its life).
     let idp = ScriptedIdp::new(Duration::ZERO, Answer::Token(Some(Duration::from_secs(4))));
     let cache = cache(&idp, LifecyclePolicy::default());
-    let first = cache.access_token().await.unwrap();
+    let first = access_token(&cache).await.unwrap();
     idp.set(
         Duration::from_secs(2),
         Answer::Token(Some(Duration::from_secs(4))),
@@ -289,7 +289,7 @@ async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile()
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let cache = cache.clone();
-        callers.spawn(async move { cache.access_token().await });
+        callers.spawn(async move { access_token(&cache).await });
     }
     while let Some(result) = callers.join_next().await {
         assert_eq!(result.unwrap().unwrap(), first, "the current token");
@@ -303,7 +303,7 @@ async fn refresh_ahead_with_a_slow_provider_serves_the_current_token_meanwhile()
     assert_eq!(cache.stats().waits, 1, "only the very first caller waited");
 
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_ne!(cache.access_token().await.unwrap(), first, "refreshed");
+    assert_ne!(access_token(&cache).await.unwrap(), first, "refreshed");
     assert_eq!(idp.calls(), 2);
 }
 
@@ -325,7 +325,7 @@ async fn a_failing_refresh_keeps_serving_the_valid_token_on_a_backoff_schedule()
         Duration::from_millis(1700).min(hard_expiry_in.saturating_sub(Duration::from_millis(300)));
     let mut served = 0;
     while started.elapsed() < window {
-        assert_eq!(cache.access_token().await.unwrap(), first);
+        assert_eq!(access_token(&cache).await.unwrap(), first);
         served += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -412,7 +412,7 @@ async fn background_refresh_retries_failures_and_never_stops() {
     idp.set(Duration::ZERO, Answer::Token(HOUR));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(cache.stats().waits, 1, "only warm_up waited");
-    let token = cache.cached().expect("the task obtained a token by itself");
+    let token = cached(&cache).expect("the task obtained a token by itself");
     assert!(token.is_usable());
 }
 
@@ -537,8 +537,8 @@ async fn a_cancelled_holder_still_releases_the_store_lock() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!store.is_locked(&key), "released although its caller left");
     assert!(store.load(&key).await.unwrap().is_some(), "token published");
-    let from_b = b.access_token().await.unwrap();
-    assert_eq!(from_b, a.access_token().await.unwrap());
+    let from_b = access_token(&b).await.unwrap();
+    assert_eq!(from_b, access_token(&a).await.unwrap());
     assert_eq!(idp.calls(), 1, "one provider call for both caches");
     assert_eq!(b.stats().store_hits, 1);
 }
@@ -619,9 +619,9 @@ fn a_fetch_started_on_a_runtime_that_is_shutting_down_does_not_deadlock() {
         // Inside the dead runtime's context a spawned task is dropped at once; its guard
         // records the abandoned fetch, taking the lock the spawner must not hold.
         let _entered = handle.enter();
-        let started = cache.start_fetch();
+        let started = AdapterCore::new(cache.clone(), "test").start_fetch();
         let failures = cache.stats().failures;
-        let again = cache.start_fetch();
+        let again = AdapterCore::new(cache.clone(), "test").start_fetch();
         let _ = done.send((started.is_ok(), failures, again.is_err()));
     });
     let (started, failures, remembered) = finished
@@ -640,22 +640,37 @@ async fn a_401_for_an_already_replaced_token_replays_with_the_current_one() {
     let cache = cache(&idp, no_retries());
     let sent_with = cache.get().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await; // stale: a refresh starts
-    assert!(cache.cached().is_some());
-    let mut current = cache.cached().unwrap();
+    assert!(cached(&cache).is_some());
+    let mut current = cached(&cache).unwrap();
     for _ in 0..200 {
         if !current.same_token(&sent_with) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        current = cache.cached().unwrap();
+        current = cached(&cache).unwrap();
     }
     assert!(!current.same_token(&sent_with), "refreshed");
     assert_eq!(idp.calls(), 2);
     // The API now rejects the request that was sent with the old token.
-    let replay_with = cache
-        .token_after_rejection(&sent_with)
-        .await
-        .expect("replayed");
+    let core = AdapterCore::new(cache.clone(), "test");
+    let headers = http::HeaderMap::new();
+    let rejected = ResponseHead::new("https://api.example.com/", 401, &headers);
+    let AfterResponse::Replay(replay_with) = core.after_response(&sent_with, rejected, true).await
+    else {
+        panic!("replayed");
+    };
     assert!(replay_with.same_token(&current));
     assert_eq!(idp.calls(), 2, "no provider call for it");
+}
+
+/// The cached token as an adapter's request sees it: without waiting.
+fn cached<A: Authorizer>(
+    cache: &TokenCache<A>,
+) -> Option<Arc<en_auth_core::CachedToken<A::Token>>> {
+    AdapterCore::new(cache.clone(), "test").cached_token()
+}
+
+/// The access token's text, fetched if needed.
+async fn access_token<A: Authorizer>(cache: &TokenCache<A>) -> Result<String, Error> {
+    Ok(cache.get().await?.token().access_token().to_owned())
 }
