@@ -51,7 +51,7 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// # async fn demo<A: Authorizer>(authorizer: A) -> Result<(), en_auth_core::Error> {
 /// let core = AdapterCore::new(TokenCache::new(authorizer), "MyAdapter");
 /// let (method, url) = (http::Method::GET, "https://api.example.com/orders");
-/// core.check_request(Some("https"), Some("api.example.com"))?;
+/// core.check_request(Some("https"), || Some("api.example.com"))?;
 /// let token = core.token().await?;
 /// let mut headers = http::HeaderMap::new();
 /// core.credentials(&token, &method, url)?.apply(&mut headers);
@@ -183,15 +183,28 @@ impl<A: Authorizer> AdapterCore<A> {
     /// Refuses, before any I/O (and before a token is fetched), a request that cannot carry
     /// the credentials safely: the API key cannot be sent, or the request goes over a scheme
     /// other than `https` to a host that is not loopback (unless plain http is allowed).
-    /// `scheme` and `host` are the request URL's; a request without a scheme (a path-only
-    /// URI, as a tonic `Channel` passes on) cannot be checked and passes.
+    /// `scheme` is the request URL's and `host` gives its host, asked only for a scheme other
+    /// than `https`; a request without a scheme (a path-only URI, as a tonic `Channel` passes
+    /// on) cannot be checked and passes.
+    ///
+    /// ```
+    /// # fn demo<A: en_auth_core::Authorizer>(core: en_auth_core::AdapterCore<A>) {
+    /// let url = reqwest::Url::parse("http://127.0.0.1:8080/orders").expect("url");
+    /// assert!(core.check_request(Some(url.scheme()), || url.host_str()).is_ok());
+    /// # }
+    /// ```
     #[inline]
-    pub fn check_request(&self, scheme: Option<&str>, host: Option<&str>) -> Result<(), Error> {
+    pub fn check_request<'h>(
+        &self,
+        scheme: Option<&str>,
+        host: impl FnOnce() -> Option<&'h str>,
+    ) -> Result<(), Error> {
         if let Some(reason) = &self.api_key_error {
             return Err(api_key_error(reason));
         }
         match scheme {
             Some(scheme) if scheme != "https" && !self.allow_plain_http => {
+                let host = host();
                 if host.is_some_and(is_loopback_host) {
                     Ok(())
                 } else {
@@ -629,7 +642,7 @@ mod tests {
     fn plain_http_goes_only_to_loopback_unless_allowed() {
         let core = bearer();
         let refused = |scheme: Option<&str>, host: Option<&str>| {
-            refused_setting(core.check_request(scheme, host))
+            refused_setting(core.check_request(scheme, || host))
         };
         for host in ["127.0.0.1", "localhost", "LOCALHOST", "[::1]", "127.8.0.1"] {
             assert_eq!(refused(Some("http"), Some(host)), None, "{host}");
@@ -655,7 +668,7 @@ mod tests {
         }
 
         let Err(Error::InvalidConfiguration { reason, .. }) =
-            core.check_request(Some("http"), Some("api.example.com"))
+            core.check_request(Some("http"), || Some("api.example.com"))
         else {
             panic!("refused");
         };
@@ -667,9 +680,11 @@ mod tests {
 
         let open = bearer().allow_plain_http(true);
         assert!(
-            open.check_request(Some("http"), Some("api.example.com"))
+            open.check_request(Some("http"), || Some("api.example.com"))
                 .is_ok()
         );
+        let unasked = || -> Option<&str> { panic!("the host is not needed for https") };
+        assert!(core.check_request(Some("https"), unasked).is_ok());
     }
 
     #[test]
@@ -680,7 +695,7 @@ mod tests {
         let core = AdapterCore::new(cache, "TestAdapter").allow_plain_http(true);
         for (scheme, host) in [(Some("https"), Some("api.example.com")), (None, None)] {
             assert_eq!(
-                refused_setting(core.check_request(scheme, host)).as_deref(),
+                refused_setting(core.check_request(scheme, || host)).as_deref(),
                 Some("api_key")
             );
         }

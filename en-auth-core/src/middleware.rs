@@ -282,7 +282,10 @@ impl<A: Authorizer> Middleware for AuthMiddleware<A> {
         Self: 'async_trait,
     {
         let url = request.url();
-        if let Err(err) = self.core.check_request(Some(url.scheme()), url.host_str()) {
+        if let Err(err) = self
+            .core
+            .check_request(Some(url.scheme()), || url.host_str())
+        {
             return failed(err);
         }
         match self.core.cached_token() {

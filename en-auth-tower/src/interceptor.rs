@@ -85,7 +85,7 @@ impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
         }
         // A gRPC call has no scheme or host here; only the API key can be refused.
         self.core
-            .check_request(None, None)
+            .check_request(None, || None)
             .map_err(|err| Status::failed_precondition(err.to_string()))?;
         let Some(token) = self.core.cached_token() else {
             // Start (or join) the one shared fetch without waiting; a remembered failure is

@@ -194,7 +194,8 @@ where
     ResB: Send + 'static,
 {
     let uri = request.uri();
-    if let Err(err) = auth.core.check_request(uri.scheme_str(), uri.host()) {
+    let host = || uri.authority().map(|authority| host_of(authority.as_str()));
+    if let Err(err) = auth.core.check_request(uri.scheme_str(), host) {
         return ResponseFuture::failed(err);
     }
     let Some(token) = auth.core.cached_token() else {
@@ -207,6 +208,25 @@ where
         return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
     };
     send(auth, inner, request, token)
+}
+
+/// The host of an authority (`userinfo@host:port`, the host possibly a bracketed IPv6
+/// address): what `http::uri::Authority::host` returns, found in one pass over the bytes.
+fn host_of(authority: &str) -> &str {
+    let bytes = authority.as_bytes();
+    let start = bytes
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |at| at + 1);
+    let rest = &authority[start..];
+    let end = if rest.starts_with('[') {
+        rest.bytes()
+            .position(|b| b == b']')
+            .map_or(rest.len(), |at| at + 1)
+    } else {
+        rest.bytes().position(|b| b == b':').unwrap_or(rest.len())
+    };
+    &rest[..end]
 }
 
 /// Sends `request` with `token` through `inner` (polled ready): the one path of every
@@ -486,4 +506,28 @@ where
         .await
         .map_err(Into::into)?;
     service.call(request).await.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_of_an_authority_is_what_http_finds() {
+        for authority in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost",
+            "user:pw@api.example.com:443",
+            "a@b@[::1]:9",
+            "[::1]",
+            "[fe80::1%25eth0]:80",
+            "api.example.com",
+        ] {
+            let uri: http::Uri = format!("http://{authority}/x").parse().expect("uri");
+            let expected = uri.host().expect("host");
+            assert_eq!(host_of(authority), expected, "{authority}");
+        }
+        assert_eq!(host_of(""), "");
+    }
 }
