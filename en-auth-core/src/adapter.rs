@@ -399,6 +399,7 @@ fn api_key_error(reason: &str) -> Error {
 /// The headers that authorize one request, from [`AdapterCore::credentials`].
 ///
 /// `Debug` shows only which headers there are, never their values.
+#[must_use = "credentials authorize nothing until applied to a request"]
 pub struct Credentials {
     authorization: HeaderValue,
     api_key: Option<HeaderValue>,
@@ -492,6 +493,7 @@ impl fmt::Debug for ResponseHead<'_> {
 }
 
 /// What an adapter does after a response, from [`AdapterCore::after_response`].
+#[must_use]
 pub enum AfterResponse<T> {
     /// Return the response as it is.
     Done,
