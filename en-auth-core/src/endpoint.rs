@@ -84,6 +84,10 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 /// Whether `host` — a name, an IPv4 address or a bracketed IPv6 address, as in a URL or an
 /// `http::Uri` — is `localhost` or a loopback address.
 pub fn is_loopback_host(host: &str) -> bool {
+    // The usual spellings first, without parsing an address.
+    if host == "127.0.0.1" || host == "[::1]" || host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

@@ -1,5 +1,6 @@
 //! Core of en-auth: the [`Authorizer`] trait, tokens, the token lifecycle ([`TokenCache`]),
-//! shared token stores and the `reqwest-middleware` adapter ([`AuthMiddleware`]).
+//! shared token stores, the `reqwest-middleware` adapter ([`AuthMiddleware`]) and the
+//! transport-neutral [`AdapterCore`] every adapter is built on.
 //!
 //! Most users depend on the `en-auth` facade instead, which re-exports everything here and
 //! adds ready-made authorizers behind features.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod adapter;
 mod audience;
 mod authorizer;
 mod cache_key;
@@ -41,6 +43,7 @@ mod store;
 mod text;
 mod token;
 
+pub use adapter::{AdapterCore, AfterResponse, Credentials, ResponseHead};
 pub use audience::{Audience, AudienceMiddleware, AudienceRouter, DefaultAudience};
 pub use authorizer::Authorizer;
 pub use cache_key::{CacheKey, CacheKeyBuilder, FLEET_KEY_ENV, FleetKey, MIN_FLEET_KEY_BYTES};

@@ -1,19 +1,21 @@
 //! [`AuthMiddleware`]: the `reqwest-middleware` adapter over [`TokenCache`].
 //!
-//! It holds no token logic of its own: it asks the cache for a token, sets the headers, and
-//! on a 401 reports the rejected token and replays the request once with a new one.
+//! It holds no token logic of its own: the [`AdapterCore`] decides which headers a request
+//! carries and what follows a response; this file only saves, sends and rebuilds reqwest
+//! requests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use http::{Extensions, HeaderName, HeaderValue, StatusCode};
+use http::{Extensions, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::endpoint::is_loopback;
-use crate::{Authorizer, CachedToken, Error, LifecyclePolicy, TokenCache, TokenStats};
-
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+use crate::{
+    AdapterCore, AfterResponse, Authorizer, CachedToken, Error, LifecyclePolicy, ResponseHead,
+    TokenCache, TokenStats,
+};
 
 /// Authorizes every request of a `reqwest-middleware` client.
 ///
@@ -47,25 +49,13 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// # let _ = response; Ok(()) }
 /// ```
 pub struct AuthMiddleware<A: Authorizer> {
-    cache: TokenCache<A>,
-    api_key: Option<HeaderValue>,
-    /// Why the client's API key cannot be sent, if it cannot: every request fails with it.
-    api_key_error: Option<Arc<str>>,
-    replay_on_unauthorized: bool,
-    allow_plain_http: bool,
-    /// The authorizer wants a proof per request (DPoP): requests take the proof path.
-    proofs: bool,
+    core: AdapterCore<A>,
 }
 
 impl<A: Authorizer> Clone for AuthMiddleware<A> {
     fn clone(&self) -> Self {
         Self {
-            cache: self.cache.clone(),
-            api_key: self.api_key.clone(),
-            api_key_error: self.api_key_error.clone(),
-            replay_on_unauthorized: self.replay_on_unauthorized,
-            allow_plain_http: self.allow_plain_http,
-            proofs: self.proofs,
+            core: self.core.clone(),
         }
     }
 }
@@ -73,15 +63,12 @@ impl<A: Authorizer> Clone for AuthMiddleware<A> {
 impl<A: Authorizer> std::fmt::Debug for AuthMiddleware<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthMiddleware")
-            .field("cache", &self.cache)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
-            .field("api_key_error", &self.api_key_error)
-            .field("replay_on_unauthorized", &self.replay_on_unauthorized)
-            .field("allow_plain_http", &self.allow_plain_http)
-            .field("proofs", &self.proofs)
+            .field("core", &self.core)
             .finish()
     }
 }
+
+const ADAPTER: &str = "AuthMiddleware";
 
 impl<A: Authorizer> AuthMiddleware<A> {
     /// Middleware with its own token cache and the default policy.
@@ -102,8 +89,9 @@ impl<A: Authorizer> AuthMiddleware<A> {
     /// Like [`from_cache`](Self::from_cache), but fails with [`Error::InvalidConfiguration`]
     /// when the client's API key cannot be sent as a header value.
     pub fn try_from_cache(cache: TokenCache<A>) -> Result<Self, Error> {
-        cache.authorizer().client_info().api_key_header()?;
-        Ok(Self::from_cache(cache))
+        Ok(Self {
+            core: AdapterCore::try_new(cache, ADAPTER)?,
+        })
     }
 
     /// Middleware with its own token cache and the given policy.
@@ -114,32 +102,17 @@ impl<A: Authorizer> AuthMiddleware<A> {
     /// Middleware over an existing cache (e.g. one built with a shared store). An API key
     /// that cannot be sent makes every request fail, as with [`new`](Self::new).
     pub fn from_cache(cache: TokenCache<A>) -> Self {
-        let (api_key, api_key_error) = match cache.authorizer().client_info().api_key_header() {
-            Ok(key) => (key, None),
-            Err(err) => {
-                tracing::error!(error = %err, "every request of this AuthMiddleware will fail");
-                let reason = match err {
-                    Error::InvalidConfiguration { reason, .. } => reason,
-                    other => other.to_string(),
-                };
-                (None, Some(Arc::from(reason)))
-            }
-        };
         Self {
-            proofs: cache.uses_request_proofs(),
-            cache,
-            api_key,
-            api_key_error,
-            replay_on_unauthorized: true,
-            allow_plain_http: false,
+            core: AdapterCore::new(cache, ADAPTER),
         }
     }
 
     /// Whether to replay a request once after a 401 (default `true`). Turning it off saves
-    /// cloning each request before it is sent.
-    pub fn replay_on_unauthorized(mut self, replay: bool) -> Self {
-        self.replay_on_unauthorized = replay;
-        self
+    /// keeping a copy of each request while it is sent.
+    pub fn replay_on_unauthorized(self, replay: bool) -> Self {
+        Self {
+            core: self.core.replay_on_unauthorized(replay),
+        }
     }
 
     /// Whether credentials may go over plain `http://` to hosts other than loopback (default
@@ -147,32 +120,10 @@ impl<A: Authorizer> AuthMiddleware<A> {
     /// anything is sent — before a token is even fetched — because a bearer token or API key
     /// sent in clear can be read and replayed by anyone on the path. `http://localhost` and
     /// loopback addresses are always allowed. Turn this on only for test networks you trust.
-    pub fn allow_plain_http(mut self, allow: bool) -> Self {
-        self.allow_plain_http = allow;
-        self
-    }
-
-    /// Refuses, before any I/O, requests that cannot carry the credentials safely: an API key
-    /// that cannot be sent, plain http to anything but loopback (unless allowed).
-    fn check_request(&self, url: &reqwest::Url) -> Result<(), Error> {
-        if let Some(reason) = &self.api_key_error {
-            return Err(Error::InvalidConfiguration {
-                setting: "api_key".into(),
-                reason: reason.to_string(),
-            });
+    pub fn allow_plain_http(self, allow: bool) -> Self {
+        Self {
+            core: self.core.allow_plain_http(allow),
         }
-        if self.allow_plain_http || url.scheme() == "https" || is_loopback(url) {
-            return Ok(());
-        }
-        Err(Error::InvalidConfiguration {
-            setting: "request URL".into(),
-            reason: format!(
-                "credentials are not sent over `{}://` to {}, which is not loopback; use https \
-                 (or AuthMiddleware::allow_plain_http(true) on a test network you trust)",
-                url.scheme(),
-                url.host_str().unwrap_or("a URL without a host"),
-            ),
-        })
     }
 
     /// A `reqwest-middleware` client with this middleware, on a reqwest client that follows
@@ -206,157 +157,148 @@ impl<A: Authorizer> AuthMiddleware<A> {
 
     /// The current access token, fetched if needed (en_auth's `access_token` property).
     pub async fn access_token(&self) -> Result<String, Error> {
-        self.cache.access_token().await
+        self.core.access_token().await
     }
 
     /// The token cache behind this middleware.
     pub fn cache(&self) -> &TokenCache<A> {
-        &self.cache
+        self.core.cache()
     }
 
     /// What the lifecycle has done so far.
     pub fn stats(&self) -> TokenStats {
-        self.cache.stats()
+        self.core.stats()
     }
 
-    fn authorize_request(&self, request: &mut Request, token: &CachedToken<A::Token>) {
-        let headers = request.headers_mut();
-        headers.insert(http::header::AUTHORIZATION, token.authorization().clone());
-        if let Some(key) = &self.api_key {
-            headers.insert(X_API_KEY, key.clone());
-        }
-    }
-
-    /// What a replay after a 401 will need, unless replays are off.
-    fn prepare_replay(&self, request: &Request) -> Replay {
-        if self.replay_on_unauthorized {
-            Replay::prepare(request)
-        } else {
-            Replay::Impossible
-        }
-    }
-
-    async fn fresh_token(&self) -> reqwest_middleware::Result<Arc<CachedToken<A::Token>>> {
-        self.cache
-            .get()
-            .await
-            .map_err(reqwest_middleware::Error::middleware)
-    }
-}
-
-#[async_trait]
-impl<A: Authorizer> Middleware for AuthMiddleware<A> {
-    async fn handle(
-        &self,
-        mut request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        self.check_request(request.url())
-            .map_err(reqwest_middleware::Error::middleware)?;
-        if self.proofs {
-            // Boxed: the bearer path's future stays as small as it was.
-            return Box::pin(self.handle_with_proofs(request, extensions, next)).await;
-        }
-        let token = self.fresh_token().await?;
-        let sent_to = KeptUrl::new(request.url());
-        let replay = self.prepare_replay(&request);
-        self.authorize_request(&mut request, &token);
-        let response = next.clone().run(request, extensions).await?;
-        sent_to.check_answered_from(response.url())?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
-        }
-
-        let Some(mut replay) = replay.into_request(&sent_to, &response) else {
-            self.cache.invalidate(&token).await;
-            tracing::debug!(
-                "401 not replayed: the body cannot be cloned, or the request was redirected"
-            );
-            return Ok(response);
-        };
-        // The lifecycle's one replay rule: the current token if a refresh already replaced
-        // this one, else the replacement, unless the 401-storm bound holds it back.
-        let Some(new_token) = self.cache.token_after_rejection(&token).await else {
-            return Ok(response);
-        };
-        self.authorize_request(&mut replay, &new_token);
-        self.cache.record_replay();
-        tracing::debug!("replaying request after 401 with a new token");
-        drop(response);
-        next.run(replay, extensions).await
-    }
-}
-
-impl<A: Authorizer> AuthMiddleware<A> {
-    /// Adds the authorizer's proof for this request (DPoP: method, URL and token bound).
-    fn add_proof(
+    /// Sets the request's credentials for `token`.
+    fn authorize(
         &self,
         request: &mut Request,
         token: &CachedToken<A::Token>,
     ) -> reqwest_middleware::Result<()> {
-        let proof = self
-            .cache
-            .request_proof(token, request.method(), request.url().as_str())
+        let credentials = self
+            .core
+            .credentials(token, request.method(), request.url().as_str())
             .map_err(reqwest_middleware::Error::middleware)?;
-        if let Some((name, value)) = proof {
-            request.headers_mut().insert(name, value);
-        }
+        credentials.apply(request.headers_mut());
         Ok(())
     }
 
-    /// The request path for authorizers that prove possession of a key per request (DPoP):
-    /// a fresh proof on every request; a server nonce challenge (`use_dpop_nonce`) is
-    /// answered by sending the request once more with the same token and a new proof; any
-    /// other 401 is handled as on the bearer path (new token, one replay).
-    async fn handle_with_proofs(
+    /// After a response the core wants to read (a 401, or any response when requests carry
+    /// proofs): sends the request once more when the core says so and it can be rebuilt.
+    async fn after_response(
         &self,
-        mut request: Request,
+        token: Arc<CachedToken<A::Token>>,
+        sent_to: KeptUrl,
+        replay: Replay,
+        response: Response,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let token = self.fresh_token().await?;
-        let sent_to = KeptUrl::new(request.url());
-        let replay = self.prepare_replay(&request);
-        self.authorize_request(&mut request, &token);
-        self.add_proof(&mut request, &token)?;
-        let response = next.clone().run(request, extensions).await?;
-        sent_to.check_answered_from(response.url())?;
-        let challenged = self.cache.proof_challenge(
+        let replayable = replay.possible(&sent_to, response.url());
+        let head = ResponseHead::new(
             response.url().as_str(),
             response.status().as_u16(),
             response.headers(),
         );
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
-        }
-        let Some(mut again) = replay.into_request(&sent_to, &response) else {
-            if !challenged {
-                self.cache.invalidate(&token).await;
-            }
+        let (AfterResponse::Replay(token) | AfterResponse::Resend(token)) =
+            self.core.after_response(&token, head, replayable).await
+        else {
             return Ok(response);
         };
-        let new_token = if challenged {
-            tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
-            Arc::clone(&token)
-        } else {
-            match self.cache.token_after_rejection(&token).await {
-                Some(new_token) => new_token,
-                None => return Ok(response),
-            }
+        let Some(mut again) = replay.into_request(response.url()) else {
+            return Ok(response);
         };
-        self.authorize_request(&mut again, &new_token);
-        self.add_proof(&mut again, &new_token)?;
-        self.cache.record_replay();
         drop(response);
+        self.authorize(&mut again, &token)?;
         let response = next.run(again, extensions).await?;
-        // Keep the nonce the server may have rotated; no further retry.
-        self.cache.proof_challenge(
+        self.core.after_final_response(ResponseHead::new(
             response.url().as_str(),
             response.status().as_u16(),
             response.headers(),
-        );
+        ));
         Ok(response)
+    }
+}
+
+type BoxFuture<'a> =
+    Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
+
+fn failed<'a>(err: Error) -> BoxFuture<'a> {
+    Box::pin(std::future::ready(Err(
+        reqwest_middleware::Error::middleware(err),
+    )))
+}
+
+impl<A: Authorizer> AuthMiddleware<A> {
+    /// Sends `request` with `token`: the one path of every request, whether its token was
+    /// cached or awaited. What needs no waiting is done before the future is made, so the
+    /// future holds only what the response needs (one allocation per request, and a small
+    /// one).
+    fn send<'a>(
+        &'a self,
+        mut request: Request,
+        token: Arc<CachedToken<A::Token>>,
+        extensions: &'a mut Extensions,
+        next: Next<'a>,
+    ) -> BoxFuture<'a> {
+        let sent_to = KeptUrl::new(request.url());
+        let replay = if self.core.replays() {
+            Replay::prepare(&request)
+        } else {
+            Replay::Impossible
+        };
+        if let Err(err) = self.authorize(&mut request, &token) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        Box::pin(async move {
+            let response = next.clone().run(request, extensions).await?;
+            sent_to.check_answered_from(response.url())?;
+            if !self
+                .core
+                .reads_response(response.status() == StatusCode::UNAUTHORIZED)
+            {
+                return Ok(response);
+            }
+            // Boxed: the common path's future stays small.
+            Box::pin(self.after_response(token, sent_to, replay, response, extensions, next)).await
+        })
+    }
+}
+
+// Written out instead of with `#[async_trait]`: the checks and the cached token need no
+// future, and the request is then moved straight into the one future that sends it.
+impl<A: Authorizer> Middleware for AuthMiddleware<A> {
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        request: Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> BoxFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        let url = request.url();
+        if let Err(err) = self
+            .core
+            .check_request(Some(url.scheme()), || url.host_str())
+        {
+            return failed(err);
+        }
+        match self.core.cached_token() {
+            Some(token) => self.send(request, token, extensions, next),
+            None => Box::pin(async move {
+                let token = self
+                    .core
+                    .token()
+                    .await
+                    .map_err(reqwest_middleware::Error::middleware)?;
+                self.send(request, token, extensions, next).await
+            }),
+        }
     }
 }
 
@@ -429,16 +371,18 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 /// A request with a body is cloned (when the body allows it: a stream does not). A body-less
 /// request — the common case — keeps only its method, version, timeout, headers and a copy of
 /// its URL's text (inline, without an allocation, for URLs up to [`INLINE_URL`] bytes; the
-/// headers cost nothing unless the request carries some of its own). The replay happens only
+/// headers cost nothing unless the request carries some of its own, and then they are boxed,
+/// so that the future every request travels in stays small). The replay happens only
 /// when the 401 came from exactly that URL, compared byte for byte: a request that was
 /// redirected is not replayed.
 enum Replay {
-    Cloned(Request),
+    Cloned(Box<Request>),
     BodyLess {
         method: http::Method,
         version: http::Version,
         timeout: Option<std::time::Duration>,
-        headers: http::HeaderMap,
+        /// `None`: the request had no headers of its own.
+        headers: Option<Box<http::HeaderMap>>,
     },
     Impossible,
 }
@@ -448,33 +392,44 @@ impl Replay {
         if request.body().is_some() {
             return request
                 .try_clone()
-                .map_or(Replay::Impossible, Replay::Cloned);
+                .map_or(Replay::Impossible, |copy| Replay::Cloned(Box::new(copy)));
         }
         Replay::BodyLess {
             method: request.method().clone(),
             version: request.version(),
             timeout: request.timeout().copied(),
-            headers: request.headers().clone(),
+            headers: (!request.headers().is_empty()).then(|| Box::new(request.headers().clone())),
         }
     }
 
-    /// The request to send again, if there is one. (In reqwest 0.13 the timeout is the only
-    /// per-request config; `a_replayed_request_keeps_its_method_headers_and_timeout` guards
-    /// that nothing else is lost.)
-    fn into_request(self, sent_to: &KeptUrl, response: &Response) -> Option<Request> {
+    /// Whether the request can be sent again after a response from `answered_from`: a copy
+    /// was kept, and a body-less request is replayed only to exactly the URL it went to (a
+    /// request that was redirected is not).
+    fn possible(&self, sent_to: &KeptUrl, answered_from: &reqwest::Url) -> bool {
         match self {
-            Replay::Cloned(request) => Some(request),
+            Replay::Cloned(_) => true,
+            Replay::BodyLess { .. } => sent_to.is(answered_from),
+            Replay::Impossible => false,
+        }
+    }
+
+    /// The request to send again to `url` (the one it went to: see
+    /// [`possible`](Self::possible)), if a copy was kept. (In reqwest 0.13 the timeout is the
+    /// only per-request config; `a_replayed_request_keeps_its_method_headers_and_timeout`
+    /// guards that nothing else is lost.)
+    fn into_request(self, url: &reqwest::Url) -> Option<Request> {
+        match self {
+            Replay::Cloned(request) => Some(*request),
             Replay::BodyLess {
                 method,
                 version,
                 timeout,
                 headers,
             } => {
-                if !sent_to.is(response.url()) {
-                    return None;
+                let mut request = Request::new(method, url.clone());
+                if let Some(headers) = headers {
+                    *request.headers_mut() = *headers;
                 }
-                let mut request = Request::new(method, response.url().clone());
-                *request.headers_mut() = headers;
                 *request.version_mut() = version;
                 if timeout.is_some() {
                     *request.timeout_mut() = timeout;
@@ -546,15 +501,20 @@ impl KeptUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::ResponseBuilderExt;
+    use http::HeaderValue;
 
-    fn response_from(url: &str) -> Response {
-        let response = http::Response::builder()
-            .status(401)
-            .url(reqwest::Url::parse(url).expect("url"))
-            .body("")
-            .expect("response");
-        Response::from(response)
+    fn url(text: &str) -> reqwest::Url {
+        reqwest::Url::parse(text).expect("url")
+    }
+
+    /// The request a replay would send after a 401 from `answered_from`, if any.
+    fn replayed(replay: Replay, sent_to: &KeptUrl, answered_from: &str) -> Option<Request> {
+        let answered_from = url(answered_from);
+        if replay.possible(sent_to, &answered_from) {
+            replay.into_request(&answered_from)
+        } else {
+            None
+        }
     }
 
     #[test]
@@ -570,16 +530,13 @@ mod tests {
         let sent_to = KeptUrl::new(request.url());
         let replay = Replay::prepare(&request);
         assert!(
-            replay
-                .into_request(&sent_to, &response_from("http://127.0.0.1:9/orders/8?x=1"))
-                .is_none(),
+            replayed(replay, &sent_to, "http://127.0.0.1:9/orders/8?x=1").is_none(),
             "a 401 from another URL (a redirect) is not replayed"
         );
 
         let replay = Replay::prepare(&request);
-        let again = replay
-            .into_request(&sent_to, &response_from("http://127.0.0.1:9/orders/7?x=1"))
-            .expect("replayed");
+        let again =
+            replayed(replay, &sent_to, "http://127.0.0.1:9/orders/7?x=1").expect("replayed");
         assert_eq!(again.url(), request.url(), "the request's own URL");
         assert_eq!(again.method(), http::Method::DELETE);
         assert_eq!(again.headers().get("x-request-id").unwrap(), "r-1");
@@ -589,19 +546,70 @@ mod tests {
         let request = Request::new(http::Method::GET, reqwest::Url::parse(&long).expect("url"));
         let sent_to = KeptUrl::new(request.url());
         let replay = Replay::prepare(&request);
-        assert!(
-            replay
-                .into_request(&sent_to, &response_from(&format!("{long}b")))
-                .is_none()
-        );
+        assert!(replayed(replay, &sent_to, &format!("{long}b")).is_none());
         let replay = Replay::prepare(&request);
-        assert!(
-            replay
-                .into_request(&sent_to, &response_from(&long))
-                .is_some()
-        );
+        assert!(replayed(replay, &sent_to, &long).is_some());
         assert!(sent_to.same_origin(&reqwest::Url::parse("http://127.0.0.1:9/x").expect("url")));
         assert!(!sent_to.same_origin(&reqwest::Url::parse("http://127.0.0.1:10/").expect("url")));
         assert!(!sent_to.same_origin(&reqwest::Url::parse("https://127.0.0.1:9/").expect("url")));
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+    use crate::{BearerToken, ClientInfo};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fixed(ClientInfo);
+
+    #[async_trait::async_trait]
+    impl Authorizer for Fixed {
+        type Token = BearerToken;
+        fn client_info(&self) -> &ClientInfo {
+            &self.0
+        }
+        async fn authorize(&self) -> Result<BearerToken, Error> {
+            Ok(BearerToken::new(
+                "t",
+                Some(std::time::Duration::from_secs(3600)),
+            ))
+        }
+    }
+
+    static SIZE: AtomicUsize = AtomicUsize::new(0);
+
+    struct Probe(AuthMiddleware<Fixed>);
+
+    #[async_trait::async_trait]
+    impl Middleware for Probe {
+        async fn handle(
+            &self,
+            request: Request,
+            extensions: &mut Extensions,
+            next: Next<'_>,
+        ) -> reqwest_middleware::Result<Response> {
+            let future = self.0.handle(request, extensions, next);
+            SIZE.store(std::mem::size_of_val(&*future), Ordering::SeqCst);
+            future.await
+        }
+    }
+
+    /// The future of a request with a cached token is the one allocation the middleware
+    /// makes per request. glibc serves requests up to about 1 KiB from its per-thread cache;
+    /// larger ones take its slow path on every request, which costs more than the rest of
+    /// the middleware together.
+    #[tokio::test]
+    async fn the_per_request_future_stays_well_under_a_kilobyte() {
+        let auth = AuthMiddleware::new(Fixed(ClientInfo::new("a", "b")));
+        auth.access_token().await.expect("a cached token");
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(Probe(auth))
+            .build();
+        // Nothing listens on the discard port: the request fails after its future was made.
+        let _ = client.get("http://127.0.0.1:9/").send().await;
+        let size = SIZE.load(Ordering::SeqCst);
+        assert!(size > 0, "measured");
+        assert!(size <= 1024, "the request future takes {size} bytes");
     }
 }

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use en_auth_core::{Authorizer, TokenCache};
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use en_auth_core::{AdapterCore, Authorizer, TokenCache};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -29,18 +28,16 @@ use tonic::{Request, Status};
 /// # let _ = interceptor; Ok(()) }
 /// ```
 pub struct AuthInterceptor<A: Authorizer> {
-    cache: TokenCache<A>,
-    api_key: Option<AsciiMetadataValue>,
-    /// Why the client's API key cannot be sent, if it cannot: every call fails with it.
-    api_key_error: Option<Arc<str>>,
+    core: AdapterCore<A>,
+    /// Why this interceptor cannot authorize calls at all, if it cannot: every call fails.
+    refusal: Option<Arc<str>>,
 }
 
 impl<A: Authorizer> Clone for AuthInterceptor<A> {
     fn clone(&self) -> Self {
         Self {
-            cache: self.cache.clone(),
-            api_key: self.api_key.clone(),
-            api_key_error: self.api_key_error.clone(),
+            core: self.core.clone(),
+            refusal: self.refusal.clone(),
         }
     }
 }
@@ -48,78 +45,52 @@ impl<A: Authorizer> Clone for AuthInterceptor<A> {
 impl<A: Authorizer> std::fmt::Debug for AuthInterceptor<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthInterceptor")
-            .field("cache", &self.cache)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .field("core", &self.core)
+            .field("refusal", &self.refusal)
             .finish()
     }
 }
 
 impl<A: Authorizer> AuthInterceptor<A> {
-    /// An interceptor reading `cache`. An API key that cannot be sent as metadata makes every
-    /// call fail with `FAILED_PRECONDITION` before anything is sent (never a call without the
-    /// key).
+    /// An interceptor reading `cache`. An API key that cannot be sent, or an authorizer that
+    /// needs a proof per request (DPoP, which an interceptor cannot make: it sees no method
+    /// or URL), makes every call fail with `FAILED_PRECONDITION` before anything is sent
+    /// (never a call without the key or the proof).
     pub fn new(cache: TokenCache<A>) -> Self {
-        let key = cache
-            .authorizer()
-            .client_info()
-            .api_key_header()
-            .and_then(|key| {
-                key.map(|key| {
-                    AsciiMetadataValue::try_from(key.as_bytes()).map_err(|_| {
-                        en_auth_core::Error::InvalidConfiguration {
-                            setting: "api_key".into(),
-                            reason: "the API key is not ASCII; it cannot be sent as gRPC metadata"
-                                .into(),
-                        }
-                    })
-                })
-                .transpose()
-            });
-        // An interceptor sees no method or URL, so it cannot make per-request proofs (DPoP).
-        let key = key.and_then(|key| {
-            if cache.uses_request_proofs() {
-                Err(en_auth_core::Error::InvalidConfiguration {
-                    setting: "authorizer".into(),
-                    reason: "this authorizer needs a proof per request (DPoP), which an \
-                             interceptor cannot make: use AuthLayer instead"
-                        .into(),
-                })
-            } else {
-                Ok(key)
-            }
+        let core = AdapterCore::new(cache, "AuthInterceptor");
+        let refusal = core.uses_request_proofs().then(|| {
+            tracing::error!(
+                "every call of this AuthInterceptor will fail: the authorizer needs a proof \
+                 per request (DPoP)"
+            );
+            Arc::from(
+                "this authorizer needs a proof per request (DPoP), which an interceptor cannot \
+                 make: use AuthLayer instead",
+            )
         });
-        let (api_key, api_key_error) = match key {
-            Ok(key) => (
-                key.map(|mut value| {
-                    value.set_sensitive(true);
-                    value
-                }),
-                None,
-            ),
-            Err(err) => {
-                tracing::error!(error = %err, "every call of this AuthInterceptor will fail");
-                (None, Some(Arc::from(crate::layer::api_key_reason(err))))
-            }
-        };
-        Self {
-            cache,
-            api_key,
-            api_key_error,
-        }
+        Self { core, refusal }
     }
 }
 
 impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(reason) = &self.api_key_error {
+        if let Some(reason) = &self.refusal {
             return Err(Status::failed_precondition(
-                crate::layer::api_key_error(reason).to_string(),
+                en_auth_core::Error::InvalidConfiguration {
+                    setting: "authorizer".into(),
+                    reason: reason.to_string(),
+                }
+                .to_string(),
             ));
         }
-        let Some(token) = self.cache.cached() else {
+        // A gRPC call has no scheme or host here; only the API key can be refused.
+        self.core
+            .check_request(None, || None)
+            .map_err(|err| Status::failed_precondition(err.to_string()))?;
+        let Some(token) = self.core.cached_token() else {
             // Start (or join) the one shared fetch without waiting; a remembered failure is
             // reported as it is, so wrong credentials do not read as "still fetching".
-            return Err(match self.cache.start_fetch() {
+            return Err(match self.core.start_fetch() {
                 Ok(()) => Status::unavailable(
                     "no access token yet; en-auth is fetching one (warm the cache up before serving)",
                 ),
@@ -129,14 +100,14 @@ impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
                 Err(err) => Status::failed_precondition(format!("no access token: {err}")),
             });
         };
-        let mut value = MetadataValue::try_from(token.authorization().as_bytes())
-            .map_err(|_| Status::internal("the access token is not a valid metadata value"))?;
-        value.set_sensitive(true);
-        let metadata = request.metadata_mut();
-        metadata.insert("authorization", value);
-        if let Some(key) = &self.api_key {
-            metadata.insert("x-api-key", key.clone());
-        }
+        // No proofs here (refused above), so neither method nor URL is read: every gRPC call
+        // is a POST. Header values are what tonic's ASCII metadata holds, so they go in as
+        // they are (marked sensitive), without a copy.
+        let credentials = self
+            .core
+            .credentials(&token, &http::Method::POST, "")
+            .map_err(|err| Status::internal(err.to_string()))?;
+        credentials.apply(request.metadata_mut().as_mut());
         Ok(request)
     }
 }

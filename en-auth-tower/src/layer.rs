@@ -5,10 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use en_auth_core::{Authorizer, CachedToken, TokenCache};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use en_auth_core::{AdapterCore, AfterResponse, Authorizer, CachedToken, ResponseHead, TokenCache};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -20,7 +18,6 @@ use crate::ReplayBody;
 /// `err.downcast_ref::<en_auth_core::Error>()`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// gRPC status code 16, `UNAUTHENTICATED`.
 const GRPC_UNAUTHENTICATED: &[u8] = b"16";
@@ -54,25 +51,13 @@ const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 /// # let _ = service; }
 /// ```
 pub struct AuthLayer<A: Authorizer> {
-    cache: TokenCache<A>,
-    api_key: Option<HeaderValue>,
-    /// Why the client's API key cannot be sent, if it cannot: every request fails with it.
-    api_key_error: Option<Arc<str>>,
-    replay: bool,
-    allow_plain_http: bool,
-    /// The authorizer wants a proof per request (DPoP): requests take the proof path.
-    proofs: bool,
+    core: AdapterCore<A>,
 }
 
 impl<A: Authorizer> Clone for AuthLayer<A> {
     fn clone(&self) -> Self {
         Self {
-            cache: self.cache.clone(),
-            api_key: self.api_key.clone(),
-            api_key_error: self.api_key_error.clone(),
-            replay: self.replay,
-            allow_plain_http: self.allow_plain_http,
-            proofs: self.proofs,
+            core: self.core.clone(),
         }
     }
 }
@@ -80,13 +65,12 @@ impl<A: Authorizer> Clone for AuthLayer<A> {
 impl<A: Authorizer> std::fmt::Debug for AuthLayer<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthLayer")
-            .field("cache", &self.cache)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
-            .field("replay", &self.replay)
-            .field("proofs", &self.proofs)
+            .field("core", &self.core)
             .finish()
     }
 }
+
+const ADAPTER: &str = "AuthLayer";
 
 impl<A: Authorizer> AuthLayer<A> {
     /// A layer with its own token cache and the default lifecycle policy.
@@ -99,20 +83,8 @@ impl<A: Authorizer> AuthLayer<A> {
     /// [`en_auth_core::Error::InvalidConfiguration`] before anything is sent (never a request
     /// without the key); [`try_from_cache`](Self::try_from_cache) reports it here instead.
     pub fn from_cache(cache: TokenCache<A>) -> Self {
-        let (api_key, api_key_error) = match cache.authorizer().client_info().api_key_header() {
-            Ok(key) => (key, None),
-            Err(err) => {
-                tracing::error!(error = %err, "every request of this AuthLayer will fail");
-                (None, Some(Arc::from(api_key_reason(err))))
-            }
-        };
         Self {
-            proofs: cache.uses_request_proofs(),
-            cache,
-            api_key,
-            api_key_error,
-            replay: true,
-            allow_plain_http: false,
+            core: AdapterCore::new(cache, ADAPTER),
         }
     }
 
@@ -120,14 +92,16 @@ impl<A: Authorizer> AuthLayer<A> {
     /// [`en_auth_core::Error::InvalidConfiguration`] when the client's API key cannot be sent
     /// as a header value.
     pub fn try_from_cache(cache: TokenCache<A>) -> Result<Self, en_auth_core::Error> {
-        cache.authorizer().client_info().api_key_header()?;
-        Ok(Self::from_cache(cache))
+        Ok(Self {
+            core: AdapterCore::try_new(cache, ADAPTER)?,
+        })
     }
 
     /// Whether to replay a rejected request once with a new token (default `true`).
-    pub fn replay_on_unauthorized(mut self, replay: bool) -> Self {
-        self.replay = replay;
-        self
+    pub fn replay_on_unauthorized(self, replay: bool) -> Self {
+        Self {
+            core: self.core.replay_on_unauthorized(replay),
+        }
     }
 
     /// Whether credentials may go over plain `http://` to hosts that are not loopback
@@ -135,32 +109,15 @@ impl<A: Authorizer> AuthLayer<A> {
     /// [`en_auth_core::Error::InvalidConfiguration`] before any I/O, and no token is fetched
     /// for them). Only requests with an absolute URI can be checked: a tonic `Channel` hands
     /// the layer path-only URIs, so give it an `https://` endpoint.
-    pub fn allow_plain_http(mut self, allow: bool) -> Self {
-        self.allow_plain_http = allow;
-        self
+    pub fn allow_plain_http(self, allow: bool) -> Self {
+        Self {
+            core: self.core.allow_plain_http(allow),
+        }
     }
 
     /// The token cache behind this layer.
     pub fn cache(&self) -> &TokenCache<A> {
-        &self.cache
-    }
-
-    /// A copy of the request's head and body for a replay after a 401, when replays are on
-    /// and the body can be sent twice.
-    fn prepare_replay<B: ReplayBody>(&self, request: &Request<B>) -> Option<(Saved, B)> {
-        if self.replay {
-            Saved::prepare(request)
-        } else {
-            None
-        }
-    }
-
-    fn authorize<B>(&self, request: &mut Request<B>, token: &CachedToken<A::Token>) {
-        let headers = request.headers_mut();
-        headers.insert(http::header::AUTHORIZATION, token.authorization().clone());
-        if let Some(key) = &self.api_key {
-            headers.insert(X_API_KEY, key.clone());
-        }
+        self.core.cache()
     }
 }
 
@@ -226,7 +183,7 @@ where
 pub(crate) fn call_authorized<S, A, ReqB, ResB>(
     auth: &Arc<AuthLayer<A>>,
     inner: &mut S,
-    mut request: Request<ReqB>,
+    request: Request<ReqB>,
 ) -> ResponseFuture<S, A, ReqB, ResB>
 where
     A: Authorizer,
@@ -236,24 +193,12 @@ where
     ReqB: ReplayBody + Send + 'static,
     ResB: Send + 'static,
 {
-    if let Some(reason) = &auth.api_key_error {
-        let err: BoxError = Box::new(api_key_error(reason));
-        return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
+    let uri = request.uri();
+    let host = || uri.authority().map(|authority| host_of(authority.as_str()));
+    if let Err(err) = auth.core.check_request(uri.scheme_str(), host) {
+        return ResponseFuture::failed(err);
     }
-    if !auth.allow_plain_http && request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-        if let Some(err) = plain_http_error(request.uri()) {
-            let err: BoxError = Box::new(err);
-            return ResponseFuture::slow(Box::pin(std::future::ready(Err(err))));
-        }
-    }
-    if auth.proofs {
-        // A proof per request (DPoP): its own path, with the service that was polled ready.
-        let fresh = inner.clone();
-        let ready = std::mem::replace(inner, fresh);
-        let auth = Arc::clone(auth);
-        return ResponseFuture::slow(Box::pin(send_with_proofs(auth, ready, request)));
-    }
-    let Some(token) = auth.cache.cached() else {
+    let Some(token) = auth.core.cached_token() else {
         // No usable token: the request waits for the shared fetch, so it takes the service
         // that was polled ready along, and a fresh clone stays behind for the next
         // poll_ready (calling an unpolled clone breaks buffered services).
@@ -262,12 +207,60 @@ where
         let auth = Arc::clone(auth);
         return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
     };
+    send(auth, inner, request, token)
+}
+
+/// The host of an authority (`userinfo@host:port`, the host possibly a bracketed IPv6
+/// address): what `http::uri::Authority::host` returns, found in one pass over the bytes.
+fn host_of(authority: &str) -> &str {
+    let bytes = authority.as_bytes();
+    let start = bytes
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |at| at + 1);
+    let rest = &authority[start..];
+    let end = if rest.starts_with('[') {
+        rest.bytes()
+            .position(|b| b == b']')
+            .map_or(rest.len(), |at| at + 1)
+    } else {
+        rest.bytes().position(|b| b == b':').unwrap_or(rest.len())
+    };
+    &rest[..end]
+}
+
+/// Sends `request` with `token` through `inner` (polled ready): the one path of every
+/// request, whether its token was cached or awaited.
+fn send<S, A, ReqB, ResB>(
+    auth: &Arc<AuthLayer<A>>,
+    inner: &mut S,
+    mut request: Request<ReqB>,
+    token: Arc<CachedToken<A::Token>>,
+) -> ResponseFuture<S, A, ReqB, ResB>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    // What a proof (DPoP) binds and the authorizer reads in responses: the absolute URI.
+    let url = if auth.core.uses_request_proofs() {
+        request.uri().to_string()
+    } else {
+        String::new()
+    };
     // A copy of the request and a spare service for the replay, only when the body can be
     // sent twice; the spare is polled ready before it is used.
-    let replay = auth
-        .prepare_replay(&request)
-        .map(|(saved, body)| Box::new((saved, body, inner.clone())));
-    auth.authorize(&mut request, &token);
+    let replay = if auth.core.replays() {
+        Saved::prepare(&request).map(|(saved, body)| Box::new((saved, body, inner.clone())))
+    } else {
+        None
+    };
+    if let Err(err) = authorize(&auth.core, &mut request, &token, &url) {
+        return ResponseFuture::failed(err);
+    }
     let future = inner.call(request);
     ResponseFuture {
         state: State::Sent {
@@ -275,40 +268,23 @@ where
             rejection: Some(Rejection {
                 auth: Arc::clone(auth),
                 token,
+                url,
                 replay,
             }),
         },
     }
 }
 
-/// The refusal of a plain-http request to `uri`, unless its host is loopback.
-#[cold]
-fn plain_http_error(uri: &Uri) -> Option<en_auth_core::Error> {
-    let host = uri.host().unwrap_or("");
-    (!en_auth_core::is_loopback_host(host)).then(|| en_auth_core::Error::InvalidConfiguration {
-        setting: "request URL".into(),
-        reason: format!(
-            "credentials are not sent over `http://` to {}, which is not loopback; use https \
-             (or AuthLayer::allow_plain_http(true) on a test network you trust)",
-            en_auth_core::untrusted_text(host)
-        ),
-    })
-}
-
-/// The reason inside an API-key configuration error.
-pub(crate) fn api_key_reason(err: en_auth_core::Error) -> String {
-    match err {
-        en_auth_core::Error::InvalidConfiguration { reason, .. } => reason,
-        other => other.to_string(),
-    }
-}
-
-/// The error every request gets when the API key cannot be sent.
-pub(crate) fn api_key_error(reason: &str) -> en_auth_core::Error {
-    en_auth_core::Error::InvalidConfiguration {
-        setting: "api_key".into(),
-        reason: reason.to_owned(),
-    }
+/// Sets the request's credentials for `token` (`url`: see [`send`]).
+fn authorize<A: Authorizer, B>(
+    core: &AdapterCore<A>,
+    request: &mut Request<B>,
+    token: &CachedToken<A::Token>,
+    url: &str,
+) -> Result<(), en_auth_core::Error> {
+    let credentials = core.credentials(token, request.method(), url)?;
+    credentials.apply(request.headers_mut());
+    Ok(())
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -317,6 +293,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 struct Rejection<S, A: Authorizer, ReqB> {
     auth: Arc<AuthLayer<A>>,
     token: Arc<CachedToken<A::Token>>,
+    /// The request's absolute URI when requests carry proofs, else empty.
+    url: String,
     replay: Option<Box<(Saved, ReqB, S)>>,
 }
 
@@ -362,6 +340,15 @@ where
             state: State::Slow { future },
         }
     }
+
+    /// A future that fails with `err` (a request refused before any I/O).
+    #[cold]
+    pub(crate) fn failed(err: impl Into<BoxError>) -> Self
+    where
+        ResB: Send + 'static,
+    {
+        Self::slow(Box::pin(std::future::ready(Err(err.into()))))
+    }
 }
 
 impl<S, A, ReqB, ResB> Future for ResponseFuture<S, A, ReqB, ResB>
@@ -380,13 +367,13 @@ where
             let next = match self.as_mut().project().state.project() {
                 StateProj::Sent { future, rejection } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if !is_rejection(&response) {
-                        return Poll::Ready(Ok(response));
-                    }
+                    let rejected = is_rejection(&response);
                     match rejection.take() {
-                        Some(r) => Box::pin(after_rejection(r.auth, r.token, r.replay, response))
-                            as BoxFuture<Response<ResB>>,
-                        None => return Poll::Ready(Ok(response)),
+                        Some(r) if r.auth.core.reads_response(rejected) => {
+                            Box::pin(after_response(r, response, rejected))
+                                as BoxFuture<Response<ResB>>
+                        }
+                        _ => return Poll::Ready(Ok(response)),
                     }
                 }
                 StateProj::Slow { future } => return future.as_mut().poll(cx),
@@ -446,34 +433,26 @@ impl Saved {
 async fn authorize_then_send<S, A, ReqB, ResB>(
     auth: Arc<AuthLayer<A>>,
     mut service: S,
-    mut request: Request<ReqB>,
+    request: Request<ReqB>,
 ) -> Result<Response<ResB>, BoxError>
 where
     A: Authorizer,
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ReqB: ReplayBody + Send + 'static,
     ResB: Send + 'static,
 {
-    let token = auth.cache.get().await.map_err(BoxError::from)?;
-    let replay = auth.prepare_replay(&request);
-    auth.authorize(&mut request, &token);
-    let response = service.call(request).await.map_err(Into::into)?;
-    if !is_rejection(&response) {
-        return Ok(response);
-    }
-    let replay = replay.map(|(saved, body)| Box::new((saved, body, service)));
-    after_rejection(auth, token, replay, response).await
+    let token = auth.core.token().await?;
+    send(&auth, &mut service, request, token).await
 }
 
-/// The API refused `token`: report it, and replay the request once with a new token when
-/// it can be replayed and the cache has a different token to offer.
-async fn after_rejection<S, A, ReqB, ResB>(
-    auth: Arc<AuthLayer<A>>,
-    token: Arc<CachedToken<A::Token>>,
-    replay: Option<Box<(Saved, ReqB, S)>>,
+/// A response the core reads (a rejection, or any response when requests carry proofs):
+/// send the request once more when the core says so and a copy was kept.
+async fn after_response<S, A, ReqB, ResB>(
+    rejection: Rejection<S, A, ReqB>,
     response: Response<ResB>,
+    rejected: bool,
 ) -> Result<Response<ResB>, BoxError>
 where
     A: Authorizer,
@@ -483,20 +462,34 @@ where
     ReqB: Send + 'static,
     ResB: Send + 'static,
 {
+    let Rejection {
+        auth,
+        token,
+        url,
+        replay,
+    } = rejection;
+    let head = ResponseHead::new(&url, response.status().as_u16(), response.headers())
+        .rejected_if(rejected);
+    let (AfterResponse::Replay(token) | AfterResponse::Resend(token)) = auth
+        .core
+        .after_response(&token, head, replay.is_some())
+        .await
+    else {
+        return Ok(response);
+    };
     let Some((saved, body, mut service)) = replay.map(|boxed| *boxed) else {
-        auth.cache.invalidate(&token).await;
-        tracing::debug!("rejected request not replayed: its body cannot be sent twice");
         return Ok(response);
     };
-    // The lifecycle's one replay rule (see TokenCache::token_after_rejection).
-    let Some(new_token) = auth.cache.token_after_rejection(&token).await else {
-        return Ok(response);
-    };
-    let mut request = saved.into_request(body);
-    auth.authorize(&mut request, &new_token);
-    auth.cache.record_replay();
+    let mut again = saved.into_request(body);
+    authorize(&auth.core, &mut again, &token, &url)?;
     drop(response);
-    call_when_ready(&mut service, request).await
+    let response = call_when_ready(&mut service, again).await?;
+    auth.core.after_final_response(ResponseHead::new(
+        &url,
+        response.status().as_u16(),
+        response.headers(),
+    ));
+    Ok(response)
 }
 
 /// Waits for `service` to be ready, then calls it (the replay's spare service was never
@@ -515,71 +508,26 @@ where
     service.call(request).await.map_err(Into::into)
 }
 
-/// Adds the authorizer's proof (DPoP) for this request to it.
-fn add_proof<A: Authorizer, B>(
-    auth: &AuthLayer<A>,
-    request: &mut Request<B>,
-    token: &CachedToken<A::Token>,
-    url: &str,
-) -> Result<(), BoxError> {
-    if let Some((name, value)) = auth.cache.request_proof(token, request.method(), url)? {
-        request.headers_mut().insert(name, value);
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::host_of;
 
-/// The request path for authorizers that prove possession of a key per request (DPoP): a
-/// fresh proof on every request (the request's URI must be absolute, as a client's is); a
-/// server nonce challenge (`use_dpop_nonce`) is answered by sending the request once more
-/// with the same token and a new proof; any other rejection is handled as on the bearer
-/// path (new token, one replay).
-async fn send_with_proofs<S, A, ReqB, ResB>(
-    auth: Arc<AuthLayer<A>>,
-    mut service: S,
-    mut request: Request<ReqB>,
-) -> Result<Response<ResB>, BoxError>
-where
-    A: Authorizer,
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ReqB: ReplayBody + Send + 'static,
-    ResB: Send + 'static,
-{
-    let token = auth.cache.get().await.map_err(BoxError::from)?;
-    let url = request.uri().to_string();
-    let replay = auth.prepare_replay(&request);
-    auth.authorize(&mut request, &token);
-    add_proof(&auth, &mut request, &token, &url)?;
-    let response = service.call(request).await.map_err(Into::into)?;
-    let challenged =
-        auth.cache
-            .proof_challenge(&url, response.status().as_u16(), response.headers());
-    if !is_rejection(&response) {
-        return Ok(response);
+    #[test]
+    fn the_host_of_an_authority_is_what_http_finds() {
+        for authority in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost",
+            "user:pw@api.example.com:443",
+            "a@b@[::1]:9",
+            "[::1]",
+            "[fe80::1%25eth0]:80",
+            "api.example.com",
+        ] {
+            let uri: http::Uri = format!("http://{authority}/x").parse().expect("uri");
+            let expected = uri.host().expect("host");
+            assert_eq!(host_of(authority), expected, "{authority}");
+        }
+        assert_eq!(host_of(""), "");
     }
-    let Some((saved, body)) = replay else {
-        if !challenged {
-            auth.cache.invalidate(&token).await;
-        }
-        return Ok(response);
-    };
-    let new_token = if challenged {
-        tracing::debug!("the API asked for a DPoP nonce: sending once more with it");
-        Arc::clone(&token)
-    } else {
-        match auth.cache.token_after_rejection(&token).await {
-            Some(new_token) => new_token,
-            None => return Ok(response),
-        }
-    };
-    let mut again = saved.into_request(body);
-    auth.authorize(&mut again, &new_token);
-    add_proof(&auth, &mut again, &new_token, &url)?;
-    auth.cache.record_replay();
-    drop(response);
-    let response = call_when_ready(&mut service, again).await?;
-    auth.cache
-        .proof_challenge(&url, response.status().as_u16(), response.headers());
-    Ok(response)
 }

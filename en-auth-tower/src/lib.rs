@@ -10,8 +10,10 @@
 //! # let _ = service; }
 //! ```
 //!
-//! The layer holds no token logic: it asks the cache for a token, sets the headers, and
-//! reports a 401 (or gRPC `UNAUTHENTICATED`) to the cache. Share one cache between an
+//! The layer holds no token logic: its rules (which headers, which requests are refused,
+//! what follows a 401 or gRPC `UNAUTHENTICATED`) are en-auth-core's
+//! [`AdapterCore`](en_auth_core::AdapterCore), shared with the reqwest middleware; this crate
+//! only sends, saves and rebuilds tower requests. Share one cache between an
 //! [`AuthMiddleware`](en_auth_core::AuthMiddleware) and an [`AuthLayer`] with
 //! [`AuthLayer::from_cache`] for one token for both.
 #![forbid(unsafe_code)]

@@ -196,9 +196,9 @@ impl<A: Authorizer> TokenCache<A> {
         matches!(self.report_rejection(token).await, Rejected::Marked(_))
     }
 
-    /// The cached token if it may be sent now without waiting (seeing a stale one starts
-    /// its refresh). [`get`](Self::get) without the wait; for the crate's tests.
-    #[cfg(test)]
+    /// The hot path of every adapter: the cached token if it may be sent now without
+    /// waiting (seeing a stale one starts its refresh). [`get`](Self::get) without the wait.
+    #[inline]
     pub(crate) fn cached(&self) -> Option<Arc<CachedToken<A::Token>>> {
         let now = Instant::now();
         if let Some(token) = self.served_as_is(now) {
@@ -225,7 +225,6 @@ impl<A: Authorizer> TokenCache<A> {
             .filter(|token| token.freshness().is_fresh_to_pass_on(now))
     }
 
-    #[cfg(test)]
     #[cold]
     fn cached_slow(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
         self.peek(now, Need::Usable)
@@ -264,8 +263,7 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Starts the one shared fetch if no usable token is cached and none is running, without
     /// waiting (for synchronous callers). Returns the remembered failure while one is backed
-    /// off. Used by the crate's tests only, so far.
-    #[cfg(test)]
+    /// off. For synchronous adapters (the tonic interceptor).
     pub(crate) fn start_fetch(&self) -> Result<(), Error> {
         match self.step(Instant::now(), Need::Usable) {
             Step::Failed(err) => Err(err),
