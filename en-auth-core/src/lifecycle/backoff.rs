@@ -14,7 +14,13 @@
 
 use std::time::Duration;
 
-/// An exponential backoff with jitter: see the [module docs](self).
+/// An exponential backoff with jitter, the one schedule of en-auth: retries inside a fetch,
+/// the lifecycle's failure memory and the failure a fleet publishes all wait by it.
+///
+/// The delay after the *n*-th consecutive failure (0-based) is drawn from `[c/2, c]` with
+/// `c = min(initial · 2ⁿ, max)`. A delay the server named wins when it is longer, capped by
+/// the caller, plus up to 10 % of it (at most 1 s), so that processes told the same instant
+/// do not return in the same millisecond.
 ///
 /// ```
 /// use std::time::Duration;

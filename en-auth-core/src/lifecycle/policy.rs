@@ -28,14 +28,14 @@ pub const MIN_FAILURE_BACKOFF: Duration = Duration::from_millis(50);
 /// ```
 #[derive(Clone, Debug)]
 pub struct LifecyclePolicy {
-    /// Refresh this long before expiry instead of asking [`Authorizer::expired`]. `None`
+    /// Refresh this long before expiry instead of asking [`Authorizer::expired`](crate::Authorizer::expired). `None`
     /// (default) lets the authorizer decide, which by default means
     /// [`EXPIRATION_GAP`](crate::EXPIRATION_GAP).
     pub expiration_gap: Option<Duration>,
     /// Lifetime of a token whose provider gave no expiry. Default 300 s: short enough that a
     /// revoked token is replaced soon, long enough not to refetch on every request. Values
     /// below [`MIN_DEFAULT_LIFETIME`] are raised to it (and refused by
-    /// [`TokenCacheBuilder::try_build`]).
+    /// [`TokenCacheBuilder::try_build`](crate::TokenCacheBuilder::try_build)).
     pub default_lifetime: Duration,
     /// Retries of transient failures inside one fetch; its `max_elapsed` is the fetch's
     /// deadline.

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of what the lifecycle did, for logs, tests and dashboards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenStats {
-    /// Calls of [`Authorizer::authorize`] (each retry counts).
+    /// Calls of [`Authorizer::authorize`](crate::Authorizer::authorize) (each retry counts).
     pub authorizations: u64,
-    /// Calls of [`Authorizer::refresh`] (each retry counts).
+    /// Calls of [`Authorizer::refresh`](crate::Authorizer::refresh) (each retry counts).
     pub refreshes: u64,
     /// Fetches started (each may make several provider calls when it retries).
     pub fetches: u64,
@@ -22,13 +22,13 @@ pub struct TokenStats {
     /// Tokens dropped because an API rejected them.
     pub invalidations: u64,
     /// Rejections (401s) that did not drop the token because one was dropped less than
-    /// [`LifecyclePolicy::rejection_interval`] ago.
+    /// [`LifecyclePolicy::rejection_interval`](crate::LifecyclePolicy::rejection_interval) ago.
     pub rejections_absorbed: u64,
     /// Requests replayed with a new token after a 401 (counted by the middleware).
     pub replays: u64,
     /// Fetches that found the store lock held by another process and waited for it.
     pub lock_waits: u64,
-    /// Waits for another lock holder that ran out (twice [`LifecyclePolicy::store_lock_ttl`]
+    /// Waits for another lock holder that ran out (twice [`LifecyclePolicy::store_lock_ttl`](crate::LifecyclePolicy::store_lock_ttl)
     /// plus a second: the holder and one that took over from it) without a token or failure;
     /// the fetch went on without the lock.
     pub lock_timeouts: u64,
