@@ -43,8 +43,14 @@ pub trait Authorizer: Send + Sync + 'static {
     /// lifecycle retries them with backoff. Do not retry inside this method.
     async fn authorize(&self) -> Result<Self::Token, Error>;
 
-    /// Whether `token` must be replaced before use. Default: it expires within
+    /// Whether `token` must be replaced at once. Default: it expires within
     /// [`EXPIRATION_GAP`] (clamped to half its lifetime, see [`expires_within`](crate::expires_within)).
+    ///
+    /// The lifecycle asks it once, when a token arrives, and only when its policy sets no
+    /// [`expiration_gap`](crate::LifecyclePolicy::expiration_gap): a token it calls expired
+    /// on arrival is refreshed as early as the lifecycle allows (a second after it arrived).
+    /// After that the token's `Freshness` decides; to refresh further ahead of expiry, set
+    /// [`LifecyclePolicy::expiration_gap`](crate::LifecyclePolicy::expiration_gap).
     fn expired(&self, token: &Self::Token) -> bool {
         expires_within_now(token, EXPIRATION_GAP)
     }

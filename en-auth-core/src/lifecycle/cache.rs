@@ -239,14 +239,13 @@ impl<A: Authorizer> TokenCache<A> {
     ) -> Option<Arc<CachedToken<A::Token>>> {
         let replacement = match self.report_rejection(rejected).await {
             Rejected::Replaced(current) => Ok(current),
-            Rejected::Marked(_) | Rejected::AlreadyMarked => {
+            Rejected::Marked(_) | Rejected::AwaitReplacement => {
                 Box::pin(self.obtain(Need::Replacing(rejected.generation))).await
             }
             Rejected::Absorbed => {
                 tracing::debug!("401 not replayed: a token was rejected moments ago");
                 return None;
             }
-            Rejected::Gone => return None,
         };
         match replacement {
             Ok(token) if !token.same_token(rejected) => Some(token),
@@ -321,6 +320,10 @@ impl<A: Authorizer> TokenCache<A> {
         let (rejected, spawn) = {
             let mut driven = self.inner.state.lock();
             let rejected = driven.machine.on_rejected(token.generation, Instant::now());
+            if let Rejected::Marked(_) = rejected {
+                // Under the lock: no request is served the token as is once it is marked.
+                token.mark_rejected();
+            }
             let spawn = match &rejected {
                 Rejected::Marked(Some(id)) => self.register(&mut driven, *id).ok(),
                 _ => None,
@@ -329,7 +332,6 @@ impl<A: Authorizer> TokenCache<A> {
         };
         match &rejected {
             Rejected::Marked(_) => {
-                token.mark_rejected();
                 if let Some(flight) = spawn {
                     flight.spawn();
                 }
@@ -372,7 +374,12 @@ impl<A: Authorizer> TokenCache<A> {
                 }
                 Action::Join => match &driven.flight {
                     Some((_, outcome)) => (Step::Wait(outcome.clone()), None),
-                    None => (Step::Failed(abandoned_fetch()), None),
+                    // The machine's fetch has no task (never expected): forget it so that
+                    // the next caller starts one, rather than wedging the cache.
+                    None => {
+                        driven.machine.forget_flight();
+                        (Step::Failed(abandoned_fetch()), None)
+                    }
                 },
                 Action::Start(id) => match self.register(&mut driven, id) {
                     Ok(flight) => (Step::Wait(flight.outcome()), Some(flight)),
@@ -396,11 +403,9 @@ impl<A: Authorizer> TokenCache<A> {
         self.start_tasks();
         let (token, spawn) = {
             let mut driven = self.inner.state.lock();
-            match driven.machine.on_peek(now, need)? {
-                Action::Serve(token) => (token, None),
-                Action::ServeAndRefresh(token, id) => (token, self.register(&mut driven, id).ok()),
-                Action::Join | Action::Start(_) | Action::Fail(..) => return None,
-            }
+            let (token, refresh) = driven.machine.on_peek(now, need)?;
+            let flight = refresh.and_then(|id| self.register(&mut driven, id).ok());
+            (token, flight)
         };
         if let Some(flight) = spawn {
             flight.spawn();
@@ -432,14 +437,27 @@ impl<A: Authorizer> TokenCache<A> {
         need: Need,
     ) -> Result<Arc<CachedToken<A::Token>>, Error> {
         bump(&self.inner.counters.waits);
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(settled) => settled.clone(),
-            Err(_) => None,
-        };
-        let err = match result {
-            Some(Ok(token)) => return Ok(token),
-            Some(Err(err)) => err.shared_copy(Duration::ZERO),
-            None => abandoned_fetch(),
+        let mut asked_again = false;
+        let err = loop {
+            let result = match outcome.wait_for(Option::is_some).await {
+                Ok(settled) => settled.clone(),
+                Err(_) => None,
+            };
+            match result {
+                Some(Ok(token)) => return Ok(token),
+                Some(Err(err)) => break err.shared_copy(Duration::ZERO),
+                // The fetch was abandoned (its runtime shut down, this caller's may live on):
+                // ask once more, which starts or joins a fetch on a live runtime.
+                None if !asked_again => {
+                    asked_again = true;
+                    match self.step(Instant::now(), need) {
+                        Step::Token(token) => return Ok(token),
+                        Step::Failed(err) => return Err(err),
+                        Step::Wait(next) => outcome = next,
+                    }
+                }
+                None => break abandoned_fetch(),
+            }
         };
         let fallback = self
             .inner

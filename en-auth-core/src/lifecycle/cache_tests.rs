@@ -163,3 +163,60 @@ async fn a_remembered_failure_served_counts_once_per_call() {
     assert_eq!((stats.fetches, stats.waits), (1, 1));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A request sent with a token that expired on its way gets a 401: it is replayed with a
+/// new token (one provider call), not handed back.
+#[tokio::test(start_paused = true)]
+async fn a_401_for_a_token_that_expired_in_flight_is_replayed_with_a_new_one() {
+    let (calls, cache) = cache(Duration::from_secs(10));
+    let sent_with = cache.get().await.expect("token");
+    tokio::time::sleep(Duration::from_secs(11)).await; // expired while "in flight"
+    let replay_with = cache
+        .token_after_rejection(&sent_with)
+        .await
+        .expect("replayed with a new token");
+    assert!(!replay_with.same_token(&sent_with));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// Panics on every call.
+struct Panicking {
+    info: ClientInfo,
+}
+
+#[async_trait::async_trait]
+impl Authorizer for Panicking {
+    type Token = BearerToken;
+
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        panic!("the authorizer panicked")
+    }
+}
+
+/// With a shared store, a panicking authorizer is a failure like any other: published to the
+/// other holders and the store's lock released at once, not left to run out.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_authorizer_releases_the_store_lock_and_publishes_its_failure() {
+    let store: Arc<dyn crate::TokenStore> = Arc::new(crate::MemoryTokenStore::new());
+    let make = || {
+        TokenCache::builder(Panicking {
+            info: ClientInfo::new("client", "secret"),
+        })
+        .policy(LifecyclePolicy::default().with_retry(RetryPolicy::none()))
+        .store(Arc::clone(&store))
+        .build()
+    };
+    let (first, second) = (make(), make());
+    let err = first.get().await.expect_err("the panic is a failure");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    let started = Instant::now();
+    let err = second.get().await.expect_err("the published failure");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no wait for a lock");
+    assert_eq!(second.stats().shared_failures, 1);
+    assert_eq!(second.stats().lock_waits, 0);
+}

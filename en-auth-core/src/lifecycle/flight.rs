@@ -114,6 +114,13 @@ impl<A: Authorizer> TokenCache<A> {
             );
             Ok(judged)
         };
+        // A panicking authorizer is a failure like any other: with a store, it is published
+        // and the store's lock released, instead of left to run out.
+        let provider = async {
+            CatchPanic(Box::pin(provider))
+                .await
+                .unwrap_or_else(|()| Err(panicked()))
+        };
         match &self.inner.fleet {
             None => provider.await,
             Some(fleet) => {
@@ -184,7 +191,7 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// A fetch ended without an outcome (its runtime shut down).
-    fn abandon(&self, id: FlightId) -> Outcome<A::Token> {
+    fn abandon(&self, id: FlightId) {
         let mut driven = self.inner.state.lock();
         if driven
             .flight
@@ -194,7 +201,6 @@ impl<A: Authorizer> TokenCache<A> {
             driven.flight = None;
         }
         driven.machine.on_abandoned(id);
-        Err(Arc::new(abandoned_fetch()))
     }
 }
 
@@ -227,13 +233,9 @@ impl<A: Authorizer> PendingFlight<A> {
                     timeout: true,
                     source: None,
                 }),
-                // A panicking authorizer is remembered like any failure, so it is not called
-                // again on every request.
-                Err(()) => Err(Error::Transport {
-                    message: "the token fetch panicked".into(),
-                    timeout: false,
-                    source: None,
-                }),
+                // A panic outside the provider call (a store's): remembered like any
+                // failure, so it is not repeated on every request.
+                Err(()) => Err(panicked()),
             };
             let outcome = cache.settle(guard.id, result);
             guard.settled = true;
@@ -243,7 +245,8 @@ impl<A: Authorizer> PendingFlight<A> {
 }
 
 /// Owned by a fetch task. If the task ends without settling — its runtime shut down — the
-/// drop frees the fetch slot without remembering a failure, and tells any waiter.
+/// drop frees the fetch slot without remembering a failure; waiters see the channel close
+/// without an outcome and ask again.
 struct FlightGuard<A: Authorizer> {
     cache: TokenCache<A>,
     id: FlightId,
@@ -254,8 +257,7 @@ struct FlightGuard<A: Authorizer> {
 impl<A: Authorizer> Drop for FlightGuard<A> {
     fn drop(&mut self) {
         if !self.settled {
-            let outcome = self.cache.abandon(self.id);
-            self.publish.send_replace(Some(outcome));
+            self.cache.abandon(self.id);
         }
     }
 }
@@ -273,6 +275,14 @@ impl<F: Future> Future for CatchPanic<F> {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Err(_) => Poll::Ready(Err(())),
         }
+    }
+}
+
+fn panicked() -> Error {
+    Error::Transport {
+        message: "the token fetch panicked".into(),
+        timeout: false,
+        source: None,
     }
 }
 

@@ -225,12 +225,11 @@ pub(crate) enum Rejected<H> {
     Replaced(H),
     /// Marked rejected now; the fetch to start for its replacement, if none runs.
     Marked(Option<FlightId>),
-    /// It was already marked (another 401): wait for its replacement.
-    AlreadyMarked,
+    /// Wait for a replacement: the token was already marked (another 401), or the token
+    /// that replaced it is itself being replaced, or it expired meanwhile.
+    AwaitReplacement,
     /// Kept: another token was dropped less than a rejection interval ago. Do not replay.
     Absorbed,
-    /// No token is current any more (it expired): nothing to drop, nothing to replay with.
-    Gone,
 }
 
 /// What the background refresh does when it wakes.
@@ -315,18 +314,25 @@ impl<H: Clone> TokenState<H> {
         Action::Start(self.start_flight())
     }
 
-    /// A caller that will not wait: the token it may have now ([`Action::Serve`] or
-    /// [`Action::ServeAndRefresh`] when it is stale), or `None`. Never starts a fetch for
-    /// a caller that would have to wait for it.
-    pub fn on_peek(&mut self, now: Instant, need: Need) -> Option<Action<H>> {
-        if let Some(action) = self.serve(now, need) {
-            return Some(action);
+    /// A caller that will not wait: the token it may have now, with the refresh to start
+    /// when it is stale, or `None`. Never starts a fetch for a caller that would have to
+    /// wait for it.
+    pub fn on_peek(&mut self, now: Instant, need: Need) -> Option<(H, Option<FlightId>)> {
+        match self.serve(now, need) {
+            Some(Action::Serve(token)) => return Some((token, None)),
+            Some(Action::ServeAndRefresh(token, id)) => return Some((token, Some(id))),
+            _ => {}
         }
         // While a failure is backed off, what a waiter would fall back to is the answer.
         self.backing_off(now)
             .then(|| self.fallback(now, need))
             .flatten()
-            .map(Action::Serve)
+            .map(|token| (token, None))
+    }
+
+    /// Forgets the running fetch without an outcome (the driver lost its task).
+    pub fn forget_flight(&mut self) {
+        self.flight = None;
     }
 
     /// The serving part of [`on_request`](Self::on_request): the current token if `need`
@@ -430,13 +436,22 @@ impl<H: Clone> TokenState<H> {
             .last_rejection
             .is_some_and(|at| now.saturating_duration_since(at) < interval);
         let Some(current) = self.current.as_mut().filter(|c| c.freshness.is_alive(now)) else {
-            return Rejected::Gone;
+            // It expired while the request was in flight: the replay waits for a new token
+            // like any request.
+            return Rejected::AwaitReplacement;
         };
+        let awaiting_replacement = current.rejected && !current.replacement_failed;
         if current.generation != generation {
-            return Rejected::Replaced(current.token.clone());
+            // A refresh replaced it already; unless its replacement was rejected too and is
+            // being replaced in turn, replay with the current one.
+            return if awaiting_replacement {
+                Rejected::AwaitReplacement
+            } else {
+                Rejected::Replaced(current.token.clone())
+            };
         }
         if current.rejected {
-            return Rejected::AlreadyMarked;
+            return Rejected::AwaitReplacement;
         }
         if recent {
             return Rejected::Absorbed;

@@ -358,7 +358,7 @@ fn a_rejection_drops_the_token_once_per_interval() {
     // Another 401 for the same token: wait for the same replacement.
     assert_eq!(
         fx.machine.on_rejected(g1, fx.at(10.1)),
-        Rejected::AlreadyMarked
+        Rejected::AwaitReplacement
     );
     // Requests wait for the replacement.
     assert!(matches!(
@@ -386,10 +386,17 @@ fn a_rejection_drops_the_token_once_per_interval() {
         fx.machine.on_rejected(g2, fx.at(21.0)),
         Rejected::Marked(Some(_))
     ));
-    // An expired token: nothing to do.
+    // A token that expired while the request was in flight: the replay waits for a new one.
     let mut fx = Fixture::new(LifecyclePolicy::default());
     let g = fx.first_token(10);
-    assert_eq!(fx.machine.on_rejected(g, fx.at(11.0)), Rejected::Gone);
+    assert_eq!(
+        fx.machine.on_rejected(g, fx.at(11.0)),
+        Rejected::AwaitReplacement
+    );
+    assert!(matches!(
+        fx.machine.on_request(fx.at(11.0), Need::Replacing(g)),
+        Action::Start(_)
+    ));
 }
 
 #[test]
@@ -515,12 +522,12 @@ fn a_caller_that_will_not_wait_never_starts_a_fetch_it_would_wait_for() {
     fx.first_token(100);
     assert!(matches!(
         fx.machine.on_peek(fx.at(1.0), Need::Usable),
-        Some(Action::Serve("t1"))
+        Some(("t1", None))
     ));
     // Stale: served, and the refresh starts.
     assert!(matches!(
         fx.machine.on_peek(fx.at(60.0), Need::Usable),
-        Some(Action::ServeAndRefresh("t1", _))
+        Some(("t1", Some(_)))
     ));
     // Expired: nothing, and no second fetch.
     let running = fx.machine.flight;
@@ -545,6 +552,29 @@ fn a_caller_that_will_not_wait_gets_the_last_resort_only_while_a_failure_is_back
     fx.machine.on_failed(id, transient(), fx.at(3545.0));
     assert!(matches!(
         fx.machine.on_peek(fx.at(3545.1), Need::PassOn),
-        Some(Action::Serve("t1"))
+        Some(("t1", None))
+    ));
+}
+
+#[test]
+fn a_late_401_for_a_replaced_token_waits_when_the_replacement_is_rejected_too() {
+    let mut fx = Fixture::new(LifecyclePolicy::default().with_rejection_interval(S(1)));
+    let g1 = fx.first_token(3600);
+    let Rejected::Marked(Some(id)) = fx.machine.on_rejected(g1, fx.at(10.0)) else {
+        panic!("marked");
+    };
+    let g2 = fx.land(id, "t2", 10.5, 3600);
+    assert!(matches!(
+        fx.machine.on_rejected(g2, fx.at(12.0)),
+        Rejected::Marked(Some(_))
+    ));
+    // A late 401 for t1: t2 is no better, wait for t3.
+    assert_eq!(
+        fx.machine.on_rejected(g1, fx.at(12.1)),
+        Rejected::AwaitReplacement
+    );
+    assert!(matches!(
+        fx.machine.on_request(fx.at(12.1), Need::Replacing(g1)),
+        Action::Join
     ));
 }
