@@ -127,7 +127,7 @@ async fn listen<A: Authorizer>(
 /// The background refresh's step: join the running fetch or start one; `None` to sleep.
 fn background_step<A: Authorizer>(cache: &TokenCache<A>) -> Option<OutcomeReceiver<A::Token>> {
     let (outcome, flight) = {
-        let mut driven = cache.inner.state.lock();
+        let mut driven = cache.lock_state();
         match driven.machine.on_wake(Instant::now()) {
             Wake::Join => return driven.flight.as_ref().map(|(_, outcome)| outcome.clone()),
             Wake::Sleep => return None,
@@ -143,7 +143,7 @@ fn background_step<A: Authorizer>(cache: &TokenCache<A>) -> Option<OutcomeReceiv
 
 /// When the background refresh should next wake.
 fn next_wake<A: Authorizer>(cache: &TokenCache<A>) -> Instant {
-    cache.inner.state.lock().machine.next_wake(Instant::now())
+    cache.lock_state().machine.next_wake(Instant::now())
 }
 
 /// Applies another process's report that the token with `fingerprint` was rejected.
@@ -164,9 +164,7 @@ fn apply_remote_invalidation<A: Authorizer>(cache: &TokenCache<A>, key: &str, fi
         return;
     }
     let marked = cache
-        .inner
-        .state
-        .lock()
+        .lock_state()
         .machine
         .on_rejected_elsewhere(current.generation);
     if marked {

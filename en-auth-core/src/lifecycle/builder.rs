@@ -1,7 +1,7 @@
 //! [`TokenCacheBuilder`]: policy, shared store and background refresh of a [`TokenCache`].
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -108,6 +108,8 @@ impl<A: Authorizer> TokenCacheBuilder<A> {
             authorizer: self.authorizer,
             current: RwLock::new(None),
             state: Mutex::new(Driven::new(TokenState::new(self.policy.clone()))),
+            quiet_until: AtomicU64::new(0),
+            clock_base: tokio::time::Instant::now(),
             policy: self.policy,
             fleet: self.fleet,
             counters: Counters::default(),

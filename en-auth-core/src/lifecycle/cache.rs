@@ -4,11 +4,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -47,7 +47,13 @@ pub(super) struct Inner<A: Authorizer> {
     pub(super) policy: LifecyclePolicy,
     /// The current token for the per-request read: the machine's, mirrored under `state`.
     pub(super) current: RwLock<Option<Arc<CachedToken<A::Token>>>>,
+    /// Only through [`TokenCache::lock_state`], which keeps `quiet_until` in step.
     pub(super) state: Mutex<Driven<A::Token>>,
+    /// The machine's [`quiet_until`](TokenState::quiet_until), in nanoseconds after
+    /// `clock_base` (0: ask the machine): lets requests for a stale token skip the lock while
+    /// its refresh runs or a failure is backed off.
+    pub(super) quiet_until: AtomicU64,
+    pub(super) clock_base: Instant,
     pub(super) fleet: Option<Fleet<A::Token>>,
     pub(super) counters: Counters,
     pub(super) background_started: AtomicBool,
@@ -227,7 +233,8 @@ impl<A: Authorizer> TokenCache<A> {
 
     #[cold]
     fn cached_slow(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
-        self.peek(now, Need::Usable)
+        self.served_quietly(now)
+            .or_else(|| self.peek(now, Need::Usable))
     }
 
     /// After an API answered 401 to `rejected`: reports it and returns the token to replay
@@ -318,7 +325,7 @@ impl<A: Authorizer> TokenCache<A> {
         token: &Arc<CachedToken<A::Token>>,
     ) -> Rejected<Arc<CachedToken<A::Token>>> {
         let (rejected, spawn) = {
-            let mut driven = self.inner.state.lock();
+            let mut driven = self.lock_state();
             let rejected = driven.machine.on_rejected(token.generation, Instant::now());
             if let Rejected::Marked(_) = rejected {
                 // Under the lock: no request is served the token as is once it is marked.
@@ -363,7 +370,7 @@ impl<A: Authorizer> TokenCache<A> {
     fn step(&self, now: Instant, need: Need) -> Step<A::Token> {
         self.start_tasks();
         let (step, spawn) = {
-            let mut driven = self.inner.state.lock();
+            let mut driven = self.lock_state();
             match driven.machine.on_request(now, need) {
                 Action::Serve(token) => (Step::Token(token), None),
                 Action::ServeAndRefresh(token, id) => {
@@ -402,7 +409,7 @@ impl<A: Authorizer> TokenCache<A> {
     fn peek(&self, now: Instant, need: Need) -> Option<Arc<CachedToken<A::Token>>> {
         self.start_tasks();
         let (token, spawn) = {
-            let mut driven = self.inner.state.lock();
+            let mut driven = self.lock_state();
             let (token, refresh) = driven.machine.on_peek(now, need)?;
             let flight = refresh.and_then(|id| self.register(&mut driven, id).ok());
             (token, flight)
@@ -459,13 +466,70 @@ impl<A: Authorizer> TokenCache<A> {
                 None => break abandoned_fetch(),
             }
         };
-        let fallback = self
-            .inner
-            .state
-            .lock()
-            .machine
-            .fallback(Instant::now(), need);
+        let fallback = self.lock_state().machine.fallback(Instant::now(), need);
         fallback.ok_or(err)
+    }
+}
+
+/// The machine under its lock; when dropped, publishes the machine's quiet time for the
+/// per-request read.
+pub(super) struct StateGuard<'a, A: Authorizer> {
+    inner: &'a Inner<A>,
+    driven: MutexGuard<'a, Driven<A::Token>>,
+}
+
+impl<A: Authorizer> std::ops::Deref for StateGuard<'_, A> {
+    type Target = Driven<A::Token>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.driven
+    }
+}
+
+impl<A: Authorizer> std::ops::DerefMut for StateGuard<'_, A> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.driven
+    }
+}
+
+impl<A: Authorizer> Drop for StateGuard<'_, A> {
+    fn drop(&mut self) {
+        let quiet = self
+            .driven
+            .machine
+            .quiet_until()
+            .map_or(0, |until| nanos_after(self.inner.clock_base, until));
+        self.inner.quiet_until.store(quiet, Ordering::Release);
+    }
+}
+
+/// Nanoseconds from `base` to `at` (at least 1, so that 0 keeps meaning "ask").
+fn nanos_after(base: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl<A: Authorizer> TokenCache<A> {
+    /// The machine, under its lock (never held across an `.await`).
+    pub(super) fn lock_state(&self) -> StateGuard<'_, A> {
+        StateGuard {
+            inner: &self.inner,
+            driven: self.inner.state.lock(),
+        }
+    }
+
+    /// A stale token while the machine is quiet: served without taking its lock.
+    fn served_quietly(&self, now: Instant) -> Option<Arc<CachedToken<A::Token>>> {
+        let quiet = self.inner.quiet_until.load(Ordering::Acquire);
+        if quiet == 0 || nanos_after(self.inner.clock_base, now) >= quiet {
+            return None;
+        }
+        let current = self.inner.current.read();
+        current
+            .as_ref()
+            .filter(|token| !token.is_rejected() && token.freshness().is_alive(now))
+            .map(Arc::clone)
     }
 }
 

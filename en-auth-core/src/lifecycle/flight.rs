@@ -153,7 +153,7 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Records a fetch's result with the machine and in the mirror.
     fn settle(&self, id: FlightId, result: Result<Judged<A::Token>, Error>) -> Outcome<A::Token> {
-        let mut driven = self.inner.state.lock();
+        let mut driven = self.lock_state();
         if driven
             .flight
             .as_ref()
@@ -192,7 +192,7 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// A fetch ended without an outcome (its runtime shut down).
     fn abandon(&self, id: FlightId) {
-        let mut driven = self.inner.state.lock();
+        let mut driven = self.lock_state();
         if driven
             .flight
             .as_ref()

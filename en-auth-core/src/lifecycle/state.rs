@@ -475,6 +475,23 @@ impl<H: Clone> TokenState<H> {
         }
     }
 
+    /// Until when every request for the current token is answered [`Action::Serve`] without
+    /// starting anything (fresh, a refresh not yet allowed, one running, or a failure being
+    /// backed off), so the driver may serve it without asking; `None` when it must ask (no
+    /// token, or a rejected one). Never past the token's expiry.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        let current = self.current.as_ref().filter(|c| !c.rejected)?;
+        let f = &current.freshness;
+        if self.flight.is_some() {
+            return Some(f.expires_at);
+        }
+        let mut until = f.refresh_at.max(f.earliest_refresh);
+        if let Some(failure) = &self.failure {
+            until = until.max(failure.retry_at);
+        }
+        Some(until.min(f.expires_at))
+    }
+
     /// When the background refresh should next wake.
     pub fn next_wake(&self, now: Instant) -> Instant {
         if let Some(failure) = self.failure.as_ref().filter(|f| now < f.retry_at) {

@@ -578,3 +578,44 @@ fn a_late_401_for_a_replaced_token_waits_when_the_replacement_is_rejected_too() 
         Action::Join
     ));
 }
+
+#[test]
+fn the_machine_is_quiet_while_a_stale_token_is_served_without_starting_anything() {
+    let mut fx = Fixture::new(LifecyclePolicy::default());
+    assert_eq!(fx.machine.quiet_until(), None, "no token: ask");
+    let g = fx.first_token(100); // stale from 50 s, dead at 100 s
+    assert_eq!(
+        fx.machine.quiet_until(),
+        Some(fx.at(50.0)),
+        "fresh until the refresh point"
+    );
+    let Action::ServeAndRefresh(_, id) = fx.machine.on_request(fx.at(60.0), Need::Usable) else {
+        panic!("stale");
+    };
+    assert_eq!(
+        fx.machine.quiet_until(),
+        Some(fx.at(100.0)),
+        "a refresh runs: until expiry"
+    );
+    let delay = fx.machine.on_failed(id, transient(), fx.at(61.0));
+    assert_eq!(
+        fx.machine.quiet_until(),
+        Some(fx.at(61.0) + delay),
+        "backing off"
+    );
+    // Every quiet moment is one where the machine would only serve.
+    for at in [61.1, 61.4] {
+        let now = fx.at(at);
+        if fx.machine.quiet_until().is_some_and(|until| now < until) {
+            assert!(matches!(
+                fx.machine.on_request(now, Need::Usable),
+                Action::Serve("t1")
+            ));
+        }
+    }
+    assert!(matches!(
+        fx.machine.on_rejected(g, fx.at(62.0)),
+        Rejected::Marked(_) | Rejected::Absorbed
+    ));
+    assert_eq!(fx.machine.quiet_until(), None, "rejected: ask");
+}
