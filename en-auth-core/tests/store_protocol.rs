@@ -1,6 +1,6 @@
-//! The store protocol of the lifecycle (rules 9–12): no write-back of read tokens, a failing
-//! store never fails a request, published failures are served without a provider call, and
-//! invalidation events drop a token rejected elsewhere.
+//! The store protocol of the lifecycle (docs/lifecycle.md, "Sharing through a store"): no
+//! write-back of read tokens, a failing store never fails a request, published failures are
+//! served without a provider call, and invalidation events drop a token rejected elsewhere.
 //!
 //! On paused time: the providers and stores are in process, and the store lock of
 //! [`FleetStore`] expires on tokio's clock, so a dead holder's lock runs out in virtual time.

@@ -1,6 +1,6 @@
-//! en-auth's token proxy (seed 001): a service between many customers and the identity
+//! en-auth's token proxy: a service between many customers and the identity
 //! provider. Customers ask it for tokens exactly as they would ask the provider
-//! (`POST /oauth/token`, RFC 6749 client credentials, or seed 001's `POST /m2mauth` JSON);
+//! (`POST /oauth/token`, RFC 6749 client credentials, or the m2m-auth proxy's `POST /m2mauth` JSON);
 //! it requests tokens on their behalf, caches them per (client id, audience/resource,
 //! scopes), watches the provider's rate-limit headers and throttles, enforces per-customer
 //! quotas, and counts how often each customer asks (`GET /metrics`).

@@ -547,7 +547,7 @@ struct M2mBody {
     audience: Option<String>,
 }
 
-/// `POST /m2mauth`: seed 001's JSON `{"clientId","clientSecret","permissions"}`.
+/// `POST /m2mauth`: the m2m-auth proxy's JSON `{"clientId","clientSecret","permissions"}`.
 async fn m2mauth(State(shared): State<Arc<Shared>>, body: Body) -> Response {
     let answer = async {
         let bytes = read_body(&shared, body).await?;

@@ -1,5 +1,5 @@
 //! JWKS fetches in their own task, background and periodic refresh, and the layer's header
-//! rules (issue 13, item 9). Each test fails on a verifier that fetches in the caller's future.
+//! rules. Each test fails on a verifier that fetches in the caller's future.
 
 mod support;
 

@@ -51,7 +51,7 @@ pub struct LifecyclePolicy {
     pub permanent_failure_backoff: Duration,
     /// Upper bound of every failure backoff, including server-named delays. Default 300 s.
     pub max_failure_backoff: Duration,
-    /// At most one token is dropped because of a 401 per this interval (see rule 7).
+    /// At most one token is dropped because of a 401 per this interval.
     /// Default 10 s.
     pub rejection_interval: Duration,
     /// With a shared store: the least time to live of the store lock; the lock lives at
