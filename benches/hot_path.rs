@@ -54,6 +54,24 @@ impl reqwest_middleware::Middleware for PassThrough {
     }
 }
 
+/// A middleware that only inserts a prebuilt `Authorization` header: the floor for any
+/// authorizer on reqwest-middleware (the target: `AuthMiddleware` ≥ 0.99 × this).
+struct StaticHeader(http::HeaderValue);
+
+#[en_auth::async_trait]
+impl reqwest_middleware::Middleware for StaticHeader {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, self.0.clone());
+        next.run(req, extensions).await
+    }
+}
+
 /// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -121,6 +139,9 @@ fn main() {
             .expect("client"),
     )
     .build();
+    let static_header_middleware = ClientBuilder::new(reqwest::Client::new())
+        .with(StaticHeader(token.authorization().clone()))
+        .build();
 
     if let Ok(spec) = std::env::var("EN_AUTH_HOT_PATH") {
         // Instruction-count mode: one warm-up request, then N requests through one client.
@@ -133,6 +154,7 @@ fn main() {
             "authorized" => &authorized,
             "authorized-no-replay" => &no_replay,
             "static-header" => &static_header,
+            "static-header-middleware" => &static_header_middleware,
             other => panic!("unknown client {other}"),
         };
         let n: u32 = n.parse().expect("request count");
