@@ -553,3 +553,7 @@ impl Freshness {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "freshness_tests.rs"]
+mod freshness_tests;
