@@ -129,7 +129,15 @@ fn background_step<A: Authorizer>(cache: &TokenCache<A>) -> Option<OutcomeReceiv
     let (outcome, flight) = {
         let mut driven = cache.lock_state();
         match driven.machine.on_wake(Instant::now()) {
-            Wake::Join => return driven.flight.as_ref().map(|(_, outcome)| outcome.clone()),
+            Wake::Join => {
+                let outcome = driven.flight.as_ref().map(|(_, outcome)| outcome.clone());
+                if outcome.is_none() {
+                    // The machine's fetch has no task (never expected): forget it, so the
+                    // next wake starts one instead of spinning.
+                    driven.machine.forget_flight();
+                }
+                return outcome;
+            }
             Wake::Sleep => return None,
             Wake::Start(id) => {
                 let flight = cache.register(&mut driven, id).ok()?;
@@ -163,12 +171,14 @@ fn apply_remote_invalidation<A: Authorizer>(cache: &TokenCache<A>, key: &str, fi
     if crate::value_fingerprint(&encoded) != fingerprint {
         return;
     }
-    let marked = cache
-        .lock_state()
-        .machine
-        .on_rejected_elsewhere(current.generation);
+    let mut driven = cache.lock_state();
+    let marked = driven.machine.on_rejected_elsewhere(current.generation);
     if marked {
+        // Under the lock: no request is served the token as is once it is marked.
         current.mark_rejected();
+    }
+    drop(driven);
+    if marked {
         bump(&cache.inner.counters.remote_invalidations);
         tracing::debug!(
             client_id = cache.client_id(),

@@ -211,7 +211,12 @@ impl<T: AccessToken> Fleet<T> {
         if previous.is_some_and(|p| p == token.access_token()) {
             return None; // the one being replaced
         }
-        let judged = cx.judge.judge(token).ok()?;
+        // Judging may call the application's `Authorizer::expired`: a panic there must not
+        // leave the store's lock to run out, so it counts as an unusable value.
+        let judged =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cx.judge.judge(token)))
+                .ok()?
+                .ok()?;
         if !judged.1.is_fresh(Instant::now()) {
             return None;
         }
