@@ -40,6 +40,17 @@ impl<T> Driven<T> {
             flight: None,
         }
     }
+
+    /// Drops the outcome channel of fetch `id` if it is the running one.
+    pub(super) fn end_flight(&mut self, id: FlightId) {
+        if self
+            .flight
+            .as_ref()
+            .is_some_and(|(running, _)| *running == id)
+        {
+            self.flight = None;
+        }
+    }
 }
 
 pub(super) struct Inner<A: Authorizer> {

@@ -154,13 +154,7 @@ impl<A: Authorizer> TokenCache<A> {
     /// Records a fetch's result with the machine and in the mirror.
     fn settle(&self, id: FlightId, result: Result<Judged<A::Token>, Error>) -> Outcome<A::Token> {
         let mut driven = self.lock_state();
-        if driven
-            .flight
-            .as_ref()
-            .is_some_and(|(running, _)| *running == id)
-        {
-            driven.flight = None;
-        }
+        driven.end_flight(id);
         match result {
             Ok((prepared, freshness)) => {
                 let generation = driven.machine.next_generation();
@@ -193,13 +187,7 @@ impl<A: Authorizer> TokenCache<A> {
     /// A fetch ended without an outcome (its runtime shut down).
     fn abandon(&self, id: FlightId) {
         let mut driven = self.lock_state();
-        if driven
-            .flight
-            .as_ref()
-            .is_some_and(|(running, _)| *running == id)
-        {
-            driven.flight = None;
-        }
+        driven.end_flight(id);
         driven.machine.on_abandoned(id);
     }
 }
