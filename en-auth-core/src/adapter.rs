@@ -241,16 +241,17 @@ impl<A: Authorizer> AdapterCore<A> {
         self.cache.get().await
     }
 
-    /// Starts the one shared fetch without waiting, for adapters that cannot wait (tonic
-    /// interceptors). Returns the remembered failure while one is backed off.
-    pub fn start_fetch(&self) -> Result<(), Error> {
+    /// For adapters that cannot wait (tonic interceptors): a token that may be sent now, or
+    /// else the one shared fetch started without waiting (`Ok(None)`), or the remembered
+    /// failure while one is backed off. Call it when [`cached_token`](Self::cached_token)
+    /// had none.
+    pub fn start_fetch(&self) -> Result<Option<Arc<CachedToken<A::Token>>>, Error> {
         self.cache.start_fetch()
     }
 
     /// The current access token, fetched if needed.
     pub async fn access_token(&self) -> Result<String, Error> {
-        use crate::AccessToken;
-        Ok(self.token().await?.token().access_token().to_owned())
+        self.cache.access_token().await
     }
 
     /// The headers a request to `url` with `method` carries: `Authorization` from `token`,

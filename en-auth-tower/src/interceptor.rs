@@ -87,18 +87,27 @@ impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
         self.core
             .check_request(None, || None)
             .map_err(|err| Status::failed_precondition(err.to_string()))?;
-        let Some(token) = self.core.cached_token() else {
+        let token = match self.core.cached_token() {
+            Some(token) => token,
             // Start (or join) the one shared fetch without waiting; a remembered failure is
             // reported as it is, so wrong credentials do not read as "still fetching".
-            return Err(match self.core.start_fetch() {
-                Ok(()) => Status::unavailable(
-                    "no access token yet; en-auth is fetching one (warm the cache up before serving)",
-                ),
-                Err(err) if err.is_transient() => {
-                    Status::unavailable(format!("no access token: {err}"))
+            None => match self.core.start_fetch() {
+                Ok(Some(token)) => token,
+                Ok(None) => {
+                    return Err(Status::unavailable(
+                        "no access token yet; en-auth is fetching one (warm the cache up before \
+                         serving)",
+                    ));
                 }
-                Err(err) => Status::failed_precondition(format!("no access token: {err}")),
-            });
+                Err(err) if err.is_transient() => {
+                    return Err(Status::unavailable(format!("no access token: {err}")));
+                }
+                Err(err) => {
+                    return Err(Status::failed_precondition(format!(
+                        "no access token: {err}"
+                    )));
+                }
+            },
         };
         // No proofs here (refused above), so neither method nor URL is read: every gRPC call
         // is a POST. Header values are what tonic's ASCII metadata holds, so they go in as

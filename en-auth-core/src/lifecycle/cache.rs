@@ -143,17 +143,14 @@ impl<A: Authorizer> TokenCache<A> {
     /// or, while a failure is being backed off, that failure at once.
     pub async fn get(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         let now = Instant::now();
-        if let Some(token) = self.served_as_is(now) {
-            return Ok(token);
-        }
-        // The machine is asked once per call: asking again would count a served failure
-        // twice and take the lock twice.
-        match self.slow_step(now, Need::Usable) {
-            Step::Token(token) => Ok(token),
-            Step::Failed(err) => Err(err),
-            // Boxed so that the hot path's future stays small: every adapter's per-request
-            // future embeds this one.
-            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::Usable)).await,
+        match self.served_as_is(now) {
+            Some(token) => Ok(token),
+            // The machine is asked once per call: asking again would count a served failure
+            // twice and take the lock twice.
+            None => {
+                self.finish(self.step(now, Need::Usable), Need::Usable)
+                    .await
+            }
         }
     }
 
@@ -168,13 +165,12 @@ impl<A: Authorizer> TokenCache<A> {
     /// floor left.
     pub async fn get_to_pass_on(&self) -> Result<Arc<CachedToken<A::Token>>, Error> {
         let now = Instant::now();
-        if let Some(token) = self.passed_on_as_is(now) {
-            return Ok(token);
-        }
-        match self.slow_step(now, Need::PassOn) {
-            Step::Token(token) => Ok(token),
-            Step::Failed(err) => Err(err),
-            Step::Wait(outcome) => Box::pin(self.wait(outcome, Need::PassOn)).await,
+        match self.passed_on_as_is(now) {
+            Some(token) => Ok(token),
+            None => {
+                self.finish(self.step(now, Need::PassOn), Need::PassOn)
+                    .await
+            }
         }
     }
 
@@ -278,13 +274,14 @@ impl<A: Authorizer> TokenCache<A> {
         }
     }
 
-    /// Starts the one shared fetch if no usable token is cached and none is running, without
-    /// waiting (for synchronous callers). Returns the remembered failure while one is backed
-    /// off. For synchronous adapters (the tonic interceptor).
-    pub(crate) fn start_fetch(&self) -> Result<(), Error> {
+    /// For callers that cannot wait (the tonic interceptor): a token that may be sent now, or
+    /// else the one shared fetch started (or joined) without waiting (`Ok(None)`), or the
+    /// remembered failure while one is backed off.
+    pub(crate) fn start_fetch(&self) -> Result<Option<Arc<CachedToken<A::Token>>>, Error> {
         match self.step(Instant::now(), Need::Usable) {
+            Step::Token(token) => Ok(Some(token)),
+            Step::Wait(_) => Ok(None),
             Step::Failed(err) => Err(err),
-            Step::Token(_) | Step::Wait(_) => Ok(()),
         }
     }
 
@@ -378,6 +375,7 @@ impl<A: Authorizer> TokenCache<A> {
 
     /// Asks the machine what `need` gets now; registers (and spawns) any fetch it starts.
     /// The slow path: it also (re)starts the cache's own tasks on this runtime.
+    #[cold]
     fn step(&self, now: Instant, need: Need) -> Step<A::Token> {
         self.start_tasks();
         let (step, spawn) = {
@@ -431,19 +429,22 @@ impl<A: Authorizer> TokenCache<A> {
         Some(token)
     }
 
-    /// The slow path's decision: one step of the machine (which also starts the cache's
-    /// tasks if they are not running).
-    #[cold]
-    fn slow_step(&self, now: Instant, need: Need) -> Step<A::Token> {
-        self.step(now, need)
-    }
-
     /// The slow path: join the running fetch, start one, or answer with the failure.
     async fn obtain(&self, need: Need) -> Result<Arc<CachedToken<A::Token>>, Error> {
-        match self.slow_step(Instant::now(), need) {
+        self.finish(self.step(Instant::now(), need), need).await
+    }
+
+    /// Carries out a step: the token, the failure, or the wait for the shared fetch (boxed,
+    /// so that the future of every caller that did not wait stays small).
+    async fn finish(
+        &self,
+        step: Step<A::Token>,
+        need: Need,
+    ) -> Result<Arc<CachedToken<A::Token>>, Error> {
+        match step {
             Step::Token(token) => Ok(token),
             Step::Failed(err) => Err(err),
-            Step::Wait(outcome) => self.wait(outcome, need).await,
+            Step::Wait(outcome) => Box::pin(self.wait(outcome, need)).await,
         }
     }
 

@@ -349,7 +349,5 @@ enum Waited<T> {
 }
 
 fn deadline_after(wait: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(wait)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+    super::state::later(Instant::now(), wait)
 }

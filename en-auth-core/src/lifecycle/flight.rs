@@ -168,11 +168,10 @@ impl<A: Authorizer> TokenCache<A> {
             Err(err) => {
                 bump(&self.inner.counters.failures);
                 let err = Arc::new(err);
-                let delay = driven
-                    .machine
-                    .on_failed(id, Arc::clone(&err), Instant::now());
+                let now = Instant::now();
+                let delay = driven.machine.on_failed(id, Arc::clone(&err), now);
                 let next_attempt_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                if driven.machine.has_usable(Instant::now()) {
+                if driven.machine.has_usable(now) {
                     tracing::warn!(client_id = self.client_id(), error = %err, next_attempt_in_ms,
                         "token refresh failed; serving the current token until it expires");
                 } else {

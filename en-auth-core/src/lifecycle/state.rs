@@ -132,7 +132,7 @@ impl Freshness {
     /// ([`LifecyclePolicy::min_pass_on_lifetime`]).
     #[inline]
     pub fn is_fresh_to_pass_on(&self, now: Instant) -> bool {
-        now < self.refresh_at && now < self.pass_on_until
+        self.is_fresh(now) && self.now_passable(now)
     }
 
     /// When it arrived.
@@ -160,13 +160,18 @@ impl Freshness {
         now >= self.earliest_refresh
     }
 
+    /// May be passed on now without waiting (`pass_on_until` not reached).
+    fn now_passable(&self, now: Instant) -> bool {
+        now < self.pass_on_until
+    }
+
     fn passable_as_last_resort(&self, now: Instant) -> bool {
         now < self.pass_on_last_resort
     }
 }
 
 /// `at + d`, saturating at a far future.
-fn later(at: Instant, d: Duration) -> Instant {
+pub(super) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
         .unwrap_or(at)
@@ -540,13 +545,6 @@ impl<H: Clone> TokenState<H> {
         if self.flight == Some(id) {
             self.flight = None;
         }
-    }
-}
-
-impl Freshness {
-    /// May be passed on now without waiting (`pass_on_until` not reached).
-    fn now_passable(&self, now: Instant) -> bool {
-        now < self.pass_on_until
     }
 }
 
