@@ -28,6 +28,7 @@ pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 mod metrics;
 mod quota;
 mod server;
