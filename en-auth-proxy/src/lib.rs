@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod budget;
 mod cache;
 pub mod config;
 #[cfg(feature = "fuzzing")]
@@ -40,10 +41,11 @@ use std::time::Duration;
 
 use en_auth_core::{Error, TokenStore, provider_http_client};
 
+pub use budget::RateLimits;
 pub use cache::{Entry, ProxyCache, ProxyKey, SECRETS_PER_KEY};
 pub use config::{ClientConfig, ProxyConfig, QuotaMode, UpstreamAuth};
 pub use metrics::{MAX_CLIENT_LABELS, Metrics, MetricsSnapshot};
-pub use upstream::{RateLimits, TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
+pub use upstream::{TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
 
 /// What every request handler shares.
 pub(crate) struct Shared {

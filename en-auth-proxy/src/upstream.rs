@@ -10,7 +10,6 @@
 //! because it must see what that authorizer keeps to itself: the rate-limit headers of
 //! *successful* answers and the granted `scope`, which it relays to the customer.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,13 +22,13 @@ use en_auth_core::{
     secure_url, untrusted_text,
 };
 use http::HeaderMap;
-use parking_lot::Mutex;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use crate::budget::{Purpose, RateLimits};
 use crate::config::UpstreamAuth;
 use crate::metrics::Metrics;
 
@@ -281,13 +280,7 @@ struct ErrorBody {
 }
 
 /// The longest server-named delay taken at its word.
-const MAX_WAIT: Duration = Duration::from_secs(86_400);
-
-/// The longest one answer stops every upstream call (a 429's `Retry-After`, a rate-limit
-/// reset): a gateway answering `Retry-After: 86400` must not stop the proxy for a day. After
-/// it, the next request probes the upstream again (and a new 429 blocks again). A spent
-/// per-client quota blocks only that client, up to [`MAX_WAIT`].
-const MAX_GLOBAL_BLOCK: Duration = Duration::from_secs(300);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// Reads the provider's answer into a token or an error the handler can relay.
 pub(crate) fn parse_answer(
@@ -375,7 +368,7 @@ pub(crate) fn parse_answer(
     }
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -383,7 +376,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// `Retry-After` in seconds or as an HTTP date, clamped to a day.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = header_str(headers, "retry-after")?;
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_WAIT));
@@ -395,7 +388,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// `X-RateLimit-Reset`: Auth0 sends epoch seconds; small numbers are read as seconds from now.
-fn reset_at(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+pub(crate) fn reset_at(headers: &HeaderMap) -> Option<DateTime<Utc>> {
     let value = header_str(headers, "x-ratelimit-reset")?
         .parse::<i64>()
         .ok()?;
@@ -408,171 +401,6 @@ fn reset_at(headers: &HeaderMap) -> Option<DateTime<Utc>> {
     let latest = now.checked_add_signed(chrono::Duration::days(1))?;
     Some(at.min(latest))
 }
-
-/// Why a token is requested: cache misses come before refreshes when the budget is low.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    /// No usable token: a customer is waiting.
-    Miss,
-    /// A token exists but is due for renewal.
-    Refresh,
-}
-
-impl Purpose {
-    fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Miss => "miss",
-            Purpose::Refresh => "refresh",
-        }
-    }
-}
-
-/// The upstream's request budget, as its rate-limit headers describe it.
-///
-/// - `X-RateLimit-Limit` / `-Remaining` / `-Reset`: the tenant-wide budget. When `remaining`
-///   is at or below the reserve, only cache misses are sent upstream (refreshes of tokens
-///   that are still valid wait for the reset); at zero, nothing is sent until the reset.
-/// - `Retry-After` and 429: nothing is sent until the named time.
-/// - `Auth0-Client-Quota-Limit: b=per_hour;q=100;r=0;t=3600,…`: a client whose quota shows
-///   `r=0` is not sent upstream for `t` seconds.
-pub struct RateLimits {
-    reserve: u64,
-    state: Mutex<BudgetState>,
-}
-
-#[derive(Default)]
-struct BudgetState {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    reset_at: Option<Instant>,
-    /// Nothing goes upstream before this (429, `Retry-After`).
-    blocked_until: Option<Instant>,
-    /// Clients whose own quota is spent, until when.
-    clients: HashMap<String, Instant>,
-}
-
-/// Most clients remembered as out of quota; older entries are dropped first.
-const MAX_BLOCKED_CLIENTS: usize = 10_000;
-
-/// The wait after a 429 that named no time.
-const DEFAULT_429_WAIT: Duration = Duration::from_secs(1);
-
-impl RateLimits {
-    /// A budget that keeps `reserve` requests for cache misses.
-    pub fn new(reserve: u64) -> Self {
-        Self {
-            reserve,
-            state: Mutex::new(BudgetState::default()),
-        }
-    }
-
-    /// The last `X-RateLimit-Remaining` seen, if its window has not reset.
-    pub fn remaining(&self) -> Option<u64> {
-        let state = self.state.lock();
-        match state.reset_at {
-            Some(reset) if Instant::now() >= reset => None,
-            _ => state.remaining,
-        }
-    }
-
-    /// The last `X-RateLimit-Limit` seen.
-    pub fn limit(&self) -> Option<u64> {
-        self.state.lock().limit
-    }
-
-    /// Whether a request for `client_id` may go upstream now; if not, the rate-limit error
-    /// to answer with. A request that is let through spends one of `remaining`.
-    pub(crate) fn admit(&self, client_id: &str, purpose: Purpose) -> Result<(), Error> {
-        let now = Instant::now();
-        let mut state = self.state.lock();
-        let refused = |until: Instant| Error::RateLimited {
-            retry_after: Some(until.saturating_duration_since(now)),
-            reset_at: chrono::Duration::from_std(until.saturating_duration_since(now))
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d)),
-        };
-        if let Some(until) = state.blocked_until.filter(|&u| now < u) {
-            return Err(refused(until));
-        }
-        if let Some(&until) = state.clients.get(client_id).filter(|&&u| now < u) {
-            return Err(refused(until));
-        }
-        if let (Some(remaining), Some(reset)) = (state.remaining, state.reset_at) {
-            if now < reset {
-                if remaining == 0 || (purpose == Purpose::Refresh && remaining <= self.reserve) {
-                    return Err(refused(reset));
-                }
-                state.remaining = Some(remaining - 1);
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads an answer's rate-limit headers.
-    pub(crate) fn observe(&self, client_id: &str, status: u16, headers: &HeaderMap) {
-        let now = Instant::now();
-        let number = |name: &str| header_str(headers, name).and_then(|v| v.parse::<u64>().ok());
-        let until =
-            |at: DateTime<Utc>| now + (at - Utc::now()).to_std().unwrap_or_default().min(MAX_WAIT);
-        let cap = now + MAX_GLOBAL_BLOCK;
-        let mut state = self.state.lock();
-        if let Some(limit) = number("x-ratelimit-limit") {
-            state.limit = Some(limit);
-        }
-        if let Some(remaining) = number("x-ratelimit-remaining") {
-            state.remaining = Some(remaining);
-            state.reset_at = Some(
-                reset_at(headers)
-                    .map_or(now + Duration::from_secs(1), until)
-                    .min(cap),
-            );
-        }
-        let named = retry_after(headers).map(|d| now + d);
-        if status == 429 {
-            let reset = reset_at(headers).map(until);
-            let wait = named
-                .into_iter()
-                .chain(reset)
-                .max()
-                .unwrap_or(now + DEFAULT_429_WAIT);
-            state.blocked_until = Some(wait.min(cap));
-        } else if let Some(named) = named {
-            state.blocked_until = Some(named.min(cap));
-        }
-        if let Some(quota) = header_str(headers, "auth0-client-quota-limit") {
-            if let Some(wait) = spent_quota(quota) {
-                if state.clients.len() >= MAX_BLOCKED_CLIENTS {
-                    state.clients.retain(|_, until| *until > now);
-                    if state.clients.len() >= MAX_BLOCKED_CLIENTS {
-                        state.clients.clear();
-                    }
-                }
-                state.clients.insert(client_id.to_owned(), now + wait);
-            }
-        }
-    }
-}
-
-/// For an `Auth0-Client-Quota-Limit` value (`b=per_hour;q=100;r=0;t=3600,b=per_day;…`): how
-/// long until the longest spent bucket (`r=0`) resets, if any is spent.
-fn spent_quota(value: &str) -> Option<Duration> {
-    value
-        .split(',')
-        .filter_map(|bucket| {
-            let mut remaining = None;
-            let mut reset = None;
-            for part in bucket.split(';') {
-                match part.trim().split_once('=') {
-                    Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
-                    Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
-                    _ => {}
-                }
-            }
-            (remaining == Some(0)).then(|| Duration::from_secs(reset.unwrap_or(60)).min(MAX_WAIT))
-        })
-        .max()
-}
-
 /// Gets one customer's token for one request shape; the core lifecycle decides when.
 pub struct UpstreamAuthorizer {
     info: ClientInfo,
@@ -656,95 +484,6 @@ impl fmt::Debug for Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        map
-    }
-
-    #[test]
-    fn spent_client_quota_is_found() {
-        assert_eq!(
-            spent_quota("b=per_hour;q=100;r=90;t=3600,b=per_day;q=2000;r=1990;t=86400"),
-            None
-        );
-        assert_eq!(
-            spent_quota("b=per_hour;q=100;r=0;t=1200,b=per_day;q=2000;r=1900;t=86400"),
-            Some(Duration::from_secs(1200))
-        );
-        assert_eq!(spent_quota("garbage;;=,=="), None);
-    }
-
-    #[test]
-    fn low_budget_keeps_the_reserve_for_misses_and_zero_stops_all() {
-        let limits = RateLimits::new(2);
-        let reset = (Utc::now().timestamp() + 60).to_string();
-        limits.observe(
-            "a",
-            200,
-            &headers(&[
-                ("x-ratelimit-limit", "10"),
-                ("x-ratelimit-remaining", "2"),
-                ("x-ratelimit-reset", &reset),
-            ]),
-        );
-        assert!(limits.admit("a", Purpose::Refresh).is_err());
-        assert!(limits.admit("a", Purpose::Miss).is_ok());
-        assert!(limits.admit("a", Purpose::Miss).is_ok());
-        let err = limits.admit("a", Purpose::Miss).unwrap_err();
-        assert!(
-            matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d > Duration::from_secs(50))
-        );
-    }
-
-    #[test]
-    fn a_429_blocks_until_retry_after_and_a_spent_client_quota_blocks_that_client() {
-        let limits = RateLimits::new(0);
-        limits.observe("a", 429, &headers(&[("retry-after", "30")]));
-        assert!(limits.admit("b", Purpose::Miss).is_err());
-        let limits = RateLimits::new(0);
-        limits.observe(
-            "a",
-            200,
-            &headers(&[("auth0-client-quota-limit", "b=per_hour;q=1;r=0;t=600")]),
-        );
-        assert!(limits.admit("a", Purpose::Miss).is_err());
-        assert!(limits.admit("b", Purpose::Miss).is_ok());
-    }
-
-    #[test]
-    fn one_answer_blocks_every_upstream_call_for_five_minutes_at_most() {
-        let limits = RateLimits::new(0);
-        let reset = (Utc::now().timestamp() + 86_000).to_string();
-        limits.observe(
-            "a",
-            429,
-            &headers(&[("retry-after", "86400"), ("x-ratelimit-reset", &reset)]),
-        );
-        let err = limits.admit("b", Purpose::Miss).unwrap_err();
-        assert!(
-            matches!(err, Error::RateLimited { retry_after: Some(d), .. }
-                if d <= MAX_GLOBAL_BLOCK && d > Duration::from_secs(290)),
-            "{err:?}"
-        );
-        let limits = RateLimits::new(0);
-        limits.observe(
-            "a",
-            200,
-            &headers(&[
-                ("x-ratelimit-remaining", "0"),
-                ("x-ratelimit-reset", &reset),
-            ]),
-        );
-        let err = limits.admit("b", Purpose::Miss).unwrap_err();
-        assert!(
-            matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d <= MAX_GLOBAL_BLOCK),
-            "{err:?}"
-        );
-    }
 
     #[test]
     fn hostile_answers_are_errors_never_panics() {
