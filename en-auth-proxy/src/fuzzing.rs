@@ -7,8 +7,9 @@ use en_auth_core::Error;
 use http::HeaderMap;
 use secrecy::ExposeSecret;
 
+use crate::answer::OAuthError;
 use crate::budget::{Purpose, RateLimits};
-use crate::server::{self, Credentials, OAuthError};
+use crate::request::{self as server, Credentials};
 use crate::upstream::{self, TokenRequest, UpstreamToken};
 
 /// What the proxy makes of a customer's token request before any cache or upstream work.

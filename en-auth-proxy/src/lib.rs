@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod answer;
 mod budget;
 mod cache;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod fuzzing;
 pub mod limits;
 mod metrics;
 mod quota;
+mod request;
 mod server;
 mod upstream;
 
