@@ -4,7 +4,8 @@
 //! - **Keys.** A key is what changes the token besides the credentials: client id, audience,
 //!   resources and normalized scopes (sorted, without duplicates).
 //! - **Authentication on every hit.** Each cached entry remembers an HMAC-SHA256 of the secret
-//!   that created it, keyed with a random per-process key; the secret itself is kept only
+//!   that created it, keyed with the proxy's secret key (random per process unless set, see
+//!   `ProxyBuilder::secret_key`); the secret itself is kept only
 //!   inside the entry's authorizer, to renew the token. A request's secret is HMACed the same
 //!   way and compared in constant time (`subtle`). A token is only ever handed to a caller
 //!   that presented the secret it was obtained with.
@@ -13,8 +14,14 @@
 //!   entry remembers the refusal for the refusal window (the lifecycle's permanent-failure
 //!   backoff), so repeating the same wrong secret is refused locally without reaching
 //!   upstream. A secret upstream accepts (a rotated one) simply becomes another entry.
-//! - **Bounded.** At most `max_keys` keys; beyond it, keys without a usable token go first,
-//!   then the least recently used (their lifecycles end with them).
+//! - **Created late.** [`ProxyCache::find`] only looks; an entry is created
+//!   ([`ProxyCache::entry`]) once the request passed the lock-out, quota and budget checks,
+//!   so a refused request costs no memory.
+//! - **Bounded in keys and bytes.** At most `max_keys` keys and about `max_cache_bytes` bytes
+//!   (each entry counts its key's strings, its secret, its token and a fixed overhead);
+//!   beyond either, keys without a usable token go first, then the least recently used
+//!   (their lifecycles end with them). Ranking reads each entry's token without side
+//!   effects ([`TokenCache::has_usable_token`]): eviction never starts a renewal.
 //! - **Lifecycle.** Everything about when to fetch — one fetch per entry at a time, renewal
 //!   started in the background `2 × min_remaining` before expiry while callers keep getting
 //!   the current token, failures remembered with backoff, and the floor below which a token
@@ -23,14 +30,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use en_auth_core::{
-    CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy, TokenCache, TokenStore,
+    AccessToken, Authorizer, CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy,
+    STORE_CALL_TIMEOUT, TokenCache, TokenStore,
 };
 use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -42,6 +50,10 @@ use crate::upstream::{TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken}
 /// ones being refused locally.
 pub const SECRETS_PER_KEY: usize = 4;
 
+/// What an entry is counted for besides its strings: the entry, its lifecycle (machine,
+/// locks, channels, counters), the map's slot and the allocator's rounding.
+const ENTRY_OVERHEAD: usize = 2048;
+
 /// What identifies a cached token besides the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProxyKey {
@@ -51,16 +63,38 @@ pub struct ProxyKey {
     pub request: TokenRequest,
 }
 
+impl ProxyKey {
+    /// The bytes of the key's strings.
+    fn text_bytes(&self) -> usize {
+        self.client_id.len()
+            + self.request.audience.as_ref().map_or(0, String::len)
+            + self
+                .request
+                .resources
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+            + self.request.scope.len()
+    }
+}
+
 /// One secret's token lifecycle under a key.
 pub struct Entry {
     mac: [u8; 32],
     /// The core lifecycle for this key and secret.
     pub cache: TokenCache<UpstreamAuthorizer>,
     last_used: AtomicI64,
+    /// Bytes counted for the key's strings (in the map and in the authorizer), the secret and
+    /// the fixed overhead.
+    fixed_bytes: usize,
+    /// Bytes counted for the token last seen.
+    token_bytes: AtomicUsize,
+    /// Whether the entry is still in the map (its bytes are counted).
+    cached: AtomicBool,
 }
 
 impl Entry {
-    /// The keyed hash (HMAC with the process's random key) of the secret of this entry.
+    /// The keyed hash (HMAC with the proxy's secret key) of the secret of this entry.
     pub fn secret_mac(&self) -> &[u8; 32] {
         &self.mac
     }
@@ -80,13 +114,27 @@ impl Entry {
     pub async fn get(&self) -> Result<Arc<CachedToken<UpstreamToken>>, Error> {
         self.cache.get_to_pass_on().await
     }
+
+    /// Bytes this entry is counted for.
+    fn bytes(&self) -> usize {
+        self.fixed_bytes
+            .saturating_add(self.token_bytes.load(Ordering::Relaxed))
+    }
+}
+
+/// Bytes counted for a token: the access token (kept as is and as a header), its scope.
+fn token_bytes(token: &CachedToken<UpstreamToken>) -> usize {
+    let token = token.token();
+    2 * token.access_token().len() + token.scope().map_or(0, str::len) + 64
 }
 
 /// The keyed map of entries.
 pub struct ProxyCache {
-    /// HMAC-SHA256 keyed with 32 random bytes drawn at start; cloned per request.
+    /// HMAC-SHA256 keyed with the proxy's secret key; cloned per request.
     mac: Hmac<Sha256>,
     slots: RwLock<HashMap<ProxyKey, Vec<Arc<Entry>>>>,
+    /// Bytes counted for the entries in `slots` (recounted exactly when evicting).
+    bytes: AtomicUsize,
     upstream: Arc<Upstream>,
     store: Option<Arc<dyn TokenStore>>,
     policy: LifecyclePolicy,
@@ -97,19 +145,25 @@ pub struct ProxyCache {
 }
 
 impl ProxyCache {
+    /// A cache whose secrets are hashed with `secret_key` (random when `None`).
     pub(crate) fn new(
         config: Arc<ProxyConfig>,
         upstream: Arc<Upstream>,
         store: Option<Arc<dyn TokenStore>>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, en_auth_core::Error> {
-        let mut mac_key = [0u8; 32];
-        getrandom::getrandom(&mut mac_key).map_err(|e| {
-            en_auth_core::Error::InvalidConfiguration {
-                setting: "random".into(),
-                reason: format!("the operating system's random source failed: {e}"),
+        secret_key: Option<&SecretSlice<u8>>,
+    ) -> Result<Self, Error> {
+        let mut random = [0u8; 32];
+        let key: &[u8] = match secret_key {
+            Some(key) => key.expose_secret(),
+            None => {
+                getrandom::getrandom(&mut random).map_err(|e| Error::InvalidConfiguration {
+                    setting: "random".into(),
+                    reason: format!("the operating system's random source failed: {e}"),
+                })?;
+                &random
             }
-        })?;
+        };
         let refusal = config.refusal();
         let policy = LifecyclePolicy::default()
             // Renewal starts at twice the minimum, so callers rarely wait for it; below the
@@ -127,15 +181,16 @@ impl ProxyCache {
                         config.upstream_timeout_secs.max(1),
                     )),
             );
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key).map_err(|_| {
-            en_auth_core::Error::InvalidConfiguration {
-                setting: "hmac".into(),
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| {
+            Error::InvalidConfiguration {
+                setting: "secret key".into(),
                 reason: "HMAC refused its key".into(),
             }
         })?;
         Ok(Self {
             mac,
             slots: RwLock::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
             upstream,
             store,
             policy,
@@ -149,8 +204,8 @@ impl ProxyCache {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The keyed hash of a client's secret.
-    fn mac(&self, client_id: &str, secret: &SecretString) -> [u8; 32] {
+    /// The keyed hash of a client's secret (also what the limit store remembers).
+    pub fn mac(&self, client_id: &str, secret: &SecretString) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(&(client_id.len() as u64).to_be_bytes());
         mac.update(client_id.as_bytes());
@@ -158,12 +213,33 @@ impl ProxyCache {
         mac.finalize().into_bytes().into()
     }
 
-    /// The entry for `key` whose secret is `secret`, created when there is none.
-    pub fn entry(&self, key: &ProxyKey, secret: &SecretString) -> Arc<Entry> {
-        let mac = self.mac(&key.client_id, secret);
+    /// The entry for `key` whose secret's keyed hash is `mac`, if there is one. Creates
+    /// nothing.
+    pub fn find(&self, key: &ProxyKey, mac: &[u8; 32]) -> Option<Arc<Entry>> {
+        let entry = find(self.slots.read().get(key), mac)?;
+        entry.last_used.store(self.tick(), Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Whether the shared token store holds a token for `key` and `secret`. Its key includes
+    /// the secret's hash, so a token there proves the secret. `false` without a store, or
+    /// when the store fails or is slow.
+    pub async fn stored(&self, key: &ProxyKey, secret: &SecretString) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let cache_key = self.authorizer(key, secret).cache_key();
+        matches!(
+            tokio::time::timeout(STORE_CALL_TIMEOUT, store.load(&cache_key)).await,
+            Ok(Ok(Some(_)))
+        )
+    }
+
+    /// The entry for `key` whose secret is `secret` (keyed hash `mac`), created when there is
+    /// none. Call it only for a request that will be served or sent upstream.
+    pub fn entry(&self, key: &ProxyKey, secret: &SecretString, mac: [u8; 32]) -> Arc<Entry> {
         let now = self.tick();
-        if let Some(entry) = find(self.slots.read().get(key), &mac) {
-            entry.last_used.store(now, Ordering::Relaxed);
+        if let Some(entry) = self.find(key, &mac) {
             return entry;
         }
         let mut slots = self.slots.write();
@@ -171,11 +247,17 @@ impl ProxyCache {
             entry.last_used.store(now, Ordering::Relaxed);
             return entry;
         }
-        if !slots.contains_key(key) && slots.len() >= self.config.max_keys {
-            let evicted = evict(&mut slots, self.config.max_keys);
-            self.metrics.evicted(evicted);
-        }
         let entry = Arc::new(self.new_entry(key, secret, mac, now));
+        let new_key = !slots.contains_key(key);
+        let over_keys = new_key && slots.len() >= self.config.max_keys;
+        let over_bytes = self
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(entry.bytes())
+            > self.config.max_cache_bytes;
+        if over_keys || over_bytes {
+            self.evict(&mut slots, entry.bytes());
+        }
         let slot = slots.entry(key.clone()).or_default();
         if slot.len() >= SECRETS_PER_KEY {
             // Drop the least recently used secret, preferring ones without a usable token.
@@ -190,22 +272,114 @@ impl ProxyCache {
                 })
                 .map(|(i, _)| i)
                 .unwrap_or(0);
-            slot.swap_remove(victim);
+            let dropped = slot.swap_remove(victim);
+            self.uncount(&dropped);
         }
+        entry.cached.store(true, Ordering::Relaxed);
+        self.bytes.fetch_add(entry.bytes(), Ordering::Relaxed);
         slot.push(Arc::clone(&entry));
         self.metrics.set_cached_keys(slots.len());
         entry
     }
 
-    fn new_entry(&self, key: &ProxyKey, secret: &SecretString, mac: [u8; 32], now: i64) -> Entry {
+    /// Counts the bytes of the token `entry` now holds (after it was fetched), and evicts if
+    /// the cache is over its bound in bytes.
+    pub fn settle(&self, entry: &Entry, token: &CachedToken<UpstreamToken>) {
+        let bytes = token_bytes(token);
+        let before = entry.token_bytes.swap(bytes, Ordering::Relaxed);
+        if before == bytes || !entry.cached.load(Ordering::Relaxed) {
+            return;
+        }
+        let total = if bytes > before {
+            self.bytes.fetch_add(bytes - before, Ordering::Relaxed) + (bytes - before)
+        } else {
+            self.bytes
+                .fetch_sub(before - bytes, Ordering::Relaxed)
+                .saturating_sub(before - bytes)
+        };
+        if total > self.config.max_cache_bytes {
+            let mut slots = self.slots.write();
+            self.evict(&mut slots, 0);
+            self.metrics.set_cached_keys(slots.len());
+        }
+    }
+
+    fn uncount(&self, entry: &Entry) {
+        if entry.cached.swap(false, Ordering::Relaxed) {
+            let bytes = entry.bytes();
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(bytes))
+                });
+        }
+    }
+
+    /// Makes room for `incoming` more bytes and, when the map is at `max_keys`, one more key:
+    /// drops keys without a usable token first (a flood of made-up keys cannot push out
+    /// customers' tokens), then the least recently used; a sixteenth of the bound at least,
+    /// so that eviction runs rarely. Ranks by reading tokens only: nothing is renewed.
+    fn evict(&self, slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, incoming: usize) {
+        let max_keys = self.config.max_keys;
+        let max_bytes = self.config.max_cache_bytes;
+        // Recount exactly: tokens renewed since they were counted may differ a little.
+        let mut total: usize = slots.values().flatten().map(|e| e.bytes()).sum();
+        let key_target = if slots.len() >= max_keys {
+            max_keys.saturating_sub((max_keys / 16).max(1))
+        } else {
+            usize::MAX
+        };
+        let byte_target = max_bytes
+            .saturating_sub(max_bytes / 16)
+            .saturating_sub(incoming);
+        let mut ranks: Vec<((bool, i64), &ProxyKey)> = slots
+            .iter()
+            .map(|(key, entries)| {
+                // Any unexpired token counts: one in its renewal window is a customer's too.
+                let has_token = entries.iter().any(|e| e.cache.has_usable_token());
+                let last = entries
+                    .iter()
+                    .map(|e| e.last_used.load(Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(i64::MIN);
+                ((has_token, last), key)
+            })
+            .collect();
+        ranks.sort_unstable_by_key(|(rank, _)| *rank);
+        let mut left = slots.len();
+        let mut victims = Vec::new();
+        for (_, key) in ranks {
+            if left <= key_target && total <= byte_target {
+                break;
+            }
+            total = total.saturating_sub(slots[key].iter().map(|e| e.bytes()).sum());
+            left -= 1;
+            victims.push(key.clone());
+        }
+        for key in &victims {
+            if let Some(entries) = slots.remove(key) {
+                for entry in &entries {
+                    entry.cached.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        self.bytes.store(total, Ordering::Relaxed);
+        self.metrics.evicted(victims.len());
+    }
+
+    fn authorizer(&self, key: &ProxyKey, secret: &SecretString) -> UpstreamAuthorizer {
         let info = ClientInfo::new(key.client_id.clone(), secret.expose_secret().to_owned());
-        let authorizer = UpstreamAuthorizer::new(
+        UpstreamAuthorizer::new(
             info,
             key.request.clone(),
             self.config.upstream_auth_of(&key.client_id),
             Arc::clone(&self.upstream),
-        );
-        let mut builder = TokenCache::builder(authorizer).policy(self.policy.clone());
+        )
+    }
+
+    fn new_entry(&self, key: &ProxyKey, secret: &SecretString, mac: [u8; 32], now: i64) -> Entry {
+        let mut builder =
+            TokenCache::builder(self.authorizer(key, secret)).policy(self.policy.clone());
         if let Some(store) = &self.store {
             builder = builder.store(Arc::clone(store));
         }
@@ -213,6 +387,9 @@ impl ProxyCache {
             mac,
             cache: builder.build(),
             last_used: AtomicI64::new(now),
+            fixed_bytes: ENTRY_OVERHEAD + 2 * key.text_bytes() + secret.expose_secret().len(),
+            token_bytes: AtomicUsize::new(0),
+            cached: AtomicBool::new(false),
         }
     }
 
@@ -225,6 +402,11 @@ impl ProxyCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// About how many bytes the cached entries take (what `max_cache_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// The entry whose MAC equals `mac`, compared in constant time against every entry.
@@ -236,31 +418,4 @@ fn find(slot: Option<&Vec<Arc<Entry>>>, mac: &[u8; 32]) -> Option<Arc<Entry>> {
         }
     }
     found
-}
-
-/// Drops a sixteenth of `max` keys (at least one): keys without a usable token first (a
-/// flood of made-up keys cannot push out customers' tokens), then the least recently used.
-/// Returns how many.
-fn evict(slots: &mut HashMap<ProxyKey, Vec<Arc<Entry>>>, max: usize) -> usize {
-    let n = (max / 16).max(1).min(slots.len());
-    let mut ranks: Vec<((bool, i64), ProxyKey)> = slots
-        .iter()
-        .map(|(key, entries)| {
-            // Any unexpired token counts: one in its renewal window is a customer's too.
-            let has_token = entries.iter().any(|e| e.cache.has_usable_token());
-            let last = entries
-                .iter()
-                .map(|e| e.last_used.load(Ordering::Relaxed))
-                .max()
-                .unwrap_or(i64::MIN);
-            ((has_token, last), key.clone())
-        })
-        .collect();
-    if n < ranks.len() {
-        ranks.select_nth_unstable_by_key(n, |(rank, _)| *rank);
-    }
-    for (_, key) in ranks.into_iter().take(n) {
-        slots.remove(&key);
-    }
-    n
 }

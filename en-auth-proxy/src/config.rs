@@ -99,6 +99,16 @@ pub struct ProxyConfig {
     pub clients: HashMap<String, ClientConfig>,
     /// Log level: `error`, `warn`, `info` (default), `debug`, `trace` (`EN_AUTH_PROXY_LOG`).
     pub log: String,
+    /// About how many bytes the cached entries may take (key strings, secrets, tokens and a
+    /// fixed overhead per entry); beyond it, entries without a token go first, then the least
+    /// recently used (`EN_AUTH_PROXY_MAX_CACHE_BYTES`, default 64 MiB).
+    pub max_cache_bytes: usize,
+    /// Requests sent upstream per minute, all sources together, for client ids with no
+    /// accepted secret on record (`EN_AUTH_PROXY_UNKNOWN_CLIENT_PER_MINUTE`, default 60).
+    pub unknown_client_per_minute: u64,
+    /// The same per source address as the proxy sees it (behind a load balancer, the
+    /// balancer's) (`EN_AUTH_PROXY_UNKNOWN_CLIENT_PER_SOURCE_PER_MINUTE`, default 10).
+    pub unknown_client_per_source_per_minute: u64,
 }
 
 impl Default for ProxyConfig {
@@ -120,6 +130,9 @@ impl Default for ProxyConfig {
             quota_mode: QuotaMode::default(),
             clients: HashMap::new(),
             log: "info".into(),
+            max_cache_bytes: 64 * 1024 * 1024,
+            unknown_client_per_minute: 60,
+            unknown_client_per_source_per_minute: 10,
         }
     }
 }
@@ -140,6 +153,12 @@ impl std::fmt::Debug for ProxyConfig {
             .field("quota_per_minute", &self.quota_per_minute)
             .field("quota_mode", &self.quota_mode)
             .field("clients", &self.clients)
+            .field("max_cache_bytes", &self.max_cache_bytes)
+            .field("unknown_client_per_minute", &self.unknown_client_per_minute)
+            .field(
+                "unknown_client_per_source_per_minute",
+                &self.unknown_client_per_source_per_minute,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +183,15 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("EN_AUTH_PROXY_QUOTA_PER_MINUTE", "quota_per_minute"),
     ("EN_AUTH_PROXY_QUOTA_MODE", "quota_mode"),
     ("EN_AUTH_PROXY_LOG", "log"),
+    ("EN_AUTH_PROXY_MAX_CACHE_BYTES", "max_cache_bytes"),
+    (
+        "EN_AUTH_PROXY_UNKNOWN_CLIENT_PER_MINUTE",
+        "unknown_client_per_minute",
+    ),
+    (
+        "EN_AUTH_PROXY_UNKNOWN_CLIENT_PER_SOURCE_PER_MINUTE",
+        "unknown_client_per_source_per_minute",
+    ),
 ];
 
 const NUMERIC_KEYS: &[&str] = &[
@@ -175,6 +203,9 @@ const NUMERIC_KEYS: &[&str] = &[
     "request_timeout_secs",
     "max_body_bytes",
     "quota_per_minute",
+    "max_cache_bytes",
+    "unknown_client_per_minute",
+    "unknown_client_per_source_per_minute",
 ];
 
 impl ProxyConfig {
@@ -261,6 +292,12 @@ impl ProxyConfig {
             return Err(Error::InvalidConfiguration {
                 setting: "EN_AUTH_PROXY_MAX_KEYS".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_cache_bytes < 64 * 1024 {
+            return Err(Error::InvalidConfiguration {
+                setting: "EN_AUTH_PROXY_MAX_CACHE_BYTES".into(),
+                reason: "must be at least 65536".into(),
             });
         }
         if self.max_body_bytes < 256 {

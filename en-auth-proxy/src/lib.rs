@@ -42,10 +42,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use en_auth_core::{Error, TokenStore, provider_http_client};
+use secrecy::SecretSlice;
 
 pub use budget::RateLimits;
 pub use cache::{Entry, ProxyCache, ProxyKey, SECRETS_PER_KEY};
 pub use config::{ClientConfig, ProxyConfig, QuotaMode, UpstreamAuth};
+pub use limits::{LimitStore, LocalLimits};
 pub use metrics::{MAX_CLIENT_LABELS, Metrics, MetricsSnapshot};
 pub use upstream::{TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
 
@@ -55,8 +57,9 @@ pub(crate) struct Shared {
     cache: ProxyCache,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
-    quotas: quota::Quotas,
-    refusals: quota::Refusals,
+    /// Quotas, the lock-out, accepted secrets and the unknown clients' budget, over the
+    /// builder's [`LimitStore`].
+    limits: quota::Limits,
     request_timeout: Duration,
 }
 
@@ -75,13 +78,52 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Builds a [`Proxy`] with options that do not come from configuration (a shared store).
+/// Builds a [`Proxy`] with options that do not come from configuration (a shared store,
+/// shared limits, the secret key).
 pub struct ProxyBuilder {
     config: ProxyConfig,
     store: Option<Arc<dyn TokenStore>>,
+    limits: Option<Arc<dyn LimitStore>>,
+    secret_key: Option<SecretSlice<u8>>,
 }
 
+impl std::fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("config", &self.config)
+            .field("store", &self.store.is_some())
+            .field("limits", &self.limits)
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
+    }
+}
+
+/// The shortest secret key [`ProxyBuilder::secret_key`] accepts, in bytes.
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
+
 impl ProxyBuilder {
+    /// Keeps quotas, the wrong-secret lock-out, the accepted secrets and the unknown
+    /// clients' budget in `limits` (default: [`LocalLimits`], this process's memory). With a
+    /// store shared by several instances (Redis), the limits hold for the fleet and survive
+    /// restarts; give every instance the same [`secret_key`](Self::secret_key) too.
+    pub fn limits(mut self, limits: Arc<dyn LimitStore>) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The key of the HMAC-SHA256 under which secrets are compared and remembered (at least
+    /// [`MIN_SECRET_KEY_BYTES`] random bytes, kept as secret as the client secrets). Instances
+    /// sharing a [`LimitStore`] need the same key to recognize each other's accepted secrets.
+    /// Default: 32 random bytes drawn at start (accepted secrets are then recognized by this
+    /// process only).
+    pub fn secret_key(mut self, key: SecretSlice<u8>) -> Self {
+        self.secret_key = Some(key);
+        self
+    }
+
     /// Shares tokens (and fetch locks) with other instances through `store`: one upstream
     /// request per key per token lifetime across all instances that use the same store.
     pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self {
@@ -93,6 +135,18 @@ impl ProxyBuilder {
     pub fn build(self) -> Result<Proxy, Error> {
         let config = Arc::new(self.config);
         config.check()?;
+        if let Some(key) = &self.secret_key {
+            let len = secrecy::ExposeSecret::expose_secret(key).len();
+            if len < MIN_SECRET_KEY_BYTES {
+                return Err(Error::InvalidConfiguration {
+                    setting: "secret key".into(),
+                    reason: format!(
+                        "the proxy's secret key has {len} bytes; it needs at least \
+                         {MIN_SECRET_KEY_BYTES} random bytes"
+                    ),
+                });
+            }
+        }
         let metrics = Arc::new(Metrics::new());
         let http = provider_http_client(
             en_auth_core::CONNECT_TIMEOUT,
@@ -110,7 +164,15 @@ impl ProxyBuilder {
             Arc::clone(&upstream),
             self.store,
             Arc::clone(&metrics),
+            self.secret_key.as_ref(),
         )?;
+        let limits = quota::Limits::new(
+            self.limits
+                .unwrap_or_else(|| Arc::new(LocalLimits::default())),
+            config.refusal(),
+            config.unknown_client_per_minute,
+            config.unknown_client_per_source_per_minute,
+        );
         Ok(Proxy {
             shared: Arc::new(Shared {
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
@@ -118,8 +180,7 @@ impl ProxyBuilder {
                 cache,
                 upstream,
                 metrics,
-                quotas: quota::Quotas::default(),
-                refusals: quota::Refusals::default(),
+                limits,
             }),
         })
     }
@@ -136,6 +197,8 @@ impl Proxy {
         ProxyBuilder {
             config,
             store: None,
+            limits: None,
+            secret_key: None,
         }
     }
 
@@ -147,6 +210,12 @@ impl Proxy {
     /// The proxy's counters (also served on `GET /metrics`).
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// About how many bytes the cached entries take now (bounded by
+    /// [`ProxyConfig::max_cache_bytes`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.shared.cache.bytes()
     }
 
     /// The upstream's rate-limit budget as last seen.
@@ -168,7 +237,11 @@ impl Proxy {
     ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, upstream = ?self.shared.upstream, "en-auth-proxy listening");
-        axum::serve(listener, self.router())
+        // With the peer's address, for the unknown clients' budget per source.
+        let service = self
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         tracing::info!("en-auth-proxy stopped");

@@ -1,165 +1,301 @@
-//! Per-customer quotas: token requests per client per minute, in fixed one-minute windows
-//! aligned to the clock (so every instance and every operator counts the same minutes).
+//! The proxy's rules for who is served, over a [`LimitStore`]: per-customer quotas, the
+//! wrong-secret lock-out, the memory of accepted secrets and the budget for requests of
+//! client ids with no accepted secret on record. The store only counts and remembers; the
+//! rules (what counts, when to refuse) are here, once.
+//!
+//! Times come from one [`Clock`] that follows tokio's clock (so tests run on paused time),
+//! anchored to the wall clock at start (so instances sharing a store agree on windows, which
+//! are aligned to the epoch).
+//!
+//! A store that fails is not a reason to refuse anyone: every rule lets the request through
+//! when its store call fails (the Redis store falls back to local memory by itself).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use crate::limits::{LimitStore, Mac, Recall, UnixMillis};
 
-/// Most clients tracked at once; past it, counts of past minutes are dropped first.
-const MAX_TRACKED: usize = 100_000;
+/// Upstream refusals of secrets a client id may see within one refusal window before further
+/// secrets for it that are not known to be good are refused locally: a caller cycling
+/// through many wrong secrets cannot hammer the upstream through the proxy.
+pub const MAX_REFUSALS_PER_WINDOW: u64 = 5;
 
-/// Counts each client's requests in the current minute.
-#[derive(Default)]
-pub struct Quotas {
-    windows: Mutex<HashMap<String, (u64, u64)>>,
+/// Accepted secrets remembered per client id (the current one, one being rotated in, …);
+/// the one accepted longest ago is forgotten first.
+pub const ACCEPTED_SECRETS_PER_CLIENT: usize = 4;
+
+/// How long an accepted secret is remembered after the upstream last accepted it.
+pub const ACCEPTED_SECRET_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Wall-clock milliseconds that advance with tokio's clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    start_unix: UnixMillis,
+    start: tokio::time::Instant,
 }
 
-impl Quotas {
-    /// Counts one request of `client_id` against `per_minute`. `Err(wait)`: the client is over
-    /// its quota until the minute ends, `wait` from now.
-    pub fn take(&self, client_id: &str, per_minute: u64) -> Result<(), Duration> {
-        self.count(client_id, per_minute, 1)
-    }
-
-    /// Whether `client_id` is over `per_minute` already, without counting a request.
-    pub fn peek(&self, client_id: &str, per_minute: u64) -> Result<(), Duration> {
-        self.count(client_id, per_minute, 0)
-    }
-
-    fn count(&self, client_id: &str, per_minute: u64, add: u64) -> Result<(), Duration> {
-        let now = SystemTime::now()
+impl Clock {
+    pub(crate) fn new() -> Self {
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let minute = now.as_secs() / 60;
-        let mut windows = self.windows.lock();
-        if windows.len() >= MAX_TRACKED && !windows.contains_key(client_id) {
-            windows.retain(|_, (m, _)| *m == minute);
-            if windows.len() >= MAX_TRACKED {
-                // Every tracked client asked this minute: this one goes uncounted rather
-                // than resetting everyone's count.
-                return Ok(());
+        Self {
+            start_unix: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> UnixMillis {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.start_unix.saturating_add(elapsed)
+    }
+}
+
+/// Until the end of the `window`-long window (aligned to the epoch) containing `now`; at
+/// least a second, as `Retry-After` counts seconds.
+fn rest_of_window(window: Duration, now: UnixMillis) -> Duration {
+    let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+    let end = (now - now % w).saturating_add(w);
+    Duration::from_millis(end - now).max(Duration::from_secs(1))
+}
+
+/// Why a request without a secret known to be good is not sent upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// This source spent its budget.
+    Source(Duration),
+    /// All sources together spent the global budget.
+    Global(Duration),
+}
+
+/// The proxy's limits; see the [module docs](self).
+pub(crate) struct Limits {
+    store: Arc<dyn LimitStore>,
+    clock: Clock,
+    refusal_window: Duration,
+    unknown_per_minute: u64,
+    unknown_per_source_per_minute: u64,
+}
+
+impl Limits {
+    pub(crate) fn new(
+        store: Arc<dyn LimitStore>,
+        refusal_window: Duration,
+        unknown_per_minute: u64,
+        unknown_per_source_per_minute: u64,
+    ) -> Self {
+        Self {
+            store,
+            clock: Clock::new(),
+            refusal_window,
+            unknown_per_minute,
+            unknown_per_source_per_minute,
+        }
+    }
+
+    /// Counts `add` requests of `client_id` against `per_minute` (0 only checks).
+    /// `Err(wait)`: over its quota until the minute ends, `wait` from now.
+    pub(crate) async fn quota(
+        &self,
+        client_id: &str,
+        per_minute: u64,
+        add: u64,
+    ) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let key = format!("quota:{client_id}");
+        let count = self.counted(&key, MINUTE, now, add).await;
+        // Checking (add 0): at the quota already. Counting: past it with this one.
+        let over = if add == 0 {
+            count >= per_minute
+        } else {
+            count > per_minute
+        };
+        if over {
+            Err(rest_of_window(MINUTE, now))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `Some(wait)` while `client_id` has had [`MAX_REFUSALS_PER_WINDOW`] upstream refusals in
+    /// the current refusal window: secrets for it not known to be good are refused locally.
+    pub(crate) async fn locked_out(&self, client_id: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        let key = format!("refusals:{client_id}");
+        let count = self.counted(&key, self.refusal_window, now, 0).await;
+        (count >= MAX_REFUSALS_PER_WINDOW).then(|| rest_of_window(self.refusal_window, now))
+    }
+
+    /// Counts one upstream refusal of a secret for `client_id`.
+    pub(crate) async fn refused(&self, client_id: &str) {
+        let now = self.clock.now();
+        let key = format!("refusals:{client_id}");
+        self.counted(&key, self.refusal_window, now, 1).await;
+    }
+
+    /// Whether `secret_mac` was accepted for `client_id`, and whether any secret was.
+    pub(crate) async fn recall(&self, client_id: &str, secret_mac: &Mac) -> Recall {
+        let key = format!("accepted:{client_id}");
+        match self.store.recall(&key, secret_mac, self.clock.now()).await {
+            Ok(recall) => recall,
+            Err(err) => {
+                tracing::debug!(error = %err, "limit store: recall failed");
+                Recall::default()
             }
         }
-        let wait = || {
-            let next = Duration::from_secs((minute + 1) * 60);
-            next.saturating_sub(now).max(Duration::from_secs(1))
-        };
-        if add == 0 {
-            let count = windows
-                .get(client_id)
-                .filter(|(m, _)| *m == minute)
-                .map_or(0, |(_, n)| *n);
-            return if count >= per_minute {
-                Err(wait())
-            } else {
-                Ok(())
-            };
+    }
+
+    /// The upstream accepted (or the shared token store proved) the secret whose keyed hash
+    /// is `secret_mac` for `client_id`: exempt from the lock-out from now on. The refusal
+    /// count is kept: an accepted secret gives the guessers no fresh allowance.
+    pub(crate) async fn accepted(&self, client_id: &str, secret_mac: Mac) {
+        let key = format!("accepted:{client_id}");
+        let now = self.clock.now();
+        if let Err(err) = self
+            .store
+            .remember(
+                &key,
+                secret_mac,
+                ACCEPTED_SECRETS_PER_CLIENT,
+                ACCEPTED_SECRET_TTL,
+                now,
+            )
+            .await
+        {
+            tracing::debug!(error = %err, "limit store: remember failed");
         }
-        let window = windows.entry(client_id.to_owned()).or_insert((minute, 0));
-        if window.0 != minute {
-            *window = (minute, 0);
+    }
+
+    /// Charges one request of a client id with no accepted secret on record to the budget of
+    /// its source (when known) and to the global one; a source over its own budget does not
+    /// spend the global one.
+    pub(crate) async fn charge_unknown(&self, source: Option<IpAddr>) -> Result<(), Unknown> {
+        let now = self.clock.now();
+        if let Some(ip) = source {
+            let key = format!("unknown:{ip}");
+            if self.counted(&key, MINUTE, now, 1).await > self.unknown_per_source_per_minute {
+                return Err(Unknown::Source(rest_of_window(MINUTE, now)));
+            }
         }
-        window.1 = window.1.saturating_add(add);
-        if window.1 > per_minute {
-            return Err(wait());
+        if self.counted("unknown", MINUTE, now, 1).await > self.unknown_per_minute {
+            return Err(Unknown::Global(rest_of_window(MINUTE, now)));
         }
         Ok(())
     }
-}
 
-/// Upstream refusals of secrets a client id has seen within one refusal window before
-/// further unknown secrets for it are refused locally: a caller cycling through many wrong
-/// secrets (each remembered only for itself) cannot hammer the upstream through the proxy.
-pub const MAX_REFUSALS_PER_WINDOW: u32 = 5;
-
-/// Counts upstream refusals (`invalid_client`) per client id, in windows of the refusal time,
-/// and remembers the keyed hash of the secret the upstream last accepted for each client id:
-/// that secret is never locked out, so whoever merely knows a customer's client id cannot
-/// lock the customer out by sending wrong secrets.
-#[derive(Default)]
-pub struct Refusals {
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
-    accepted: Mutex<HashMap<String, [u8; 32]>>,
-}
-
-impl Refusals {
-    /// `Err(wait)` while `client_id` has had [`MAX_REFUSALS_PER_WINDOW`] upstream refusals in
-    /// the current window and `secret_mac` (the keyed hash of the presented secret) is not the
-    /// one the upstream last accepted: such secrets are refused locally.
-    pub fn check(&self, client_id: &str, secret_mac: &[u8; 32]) -> Result<(), Duration> {
-        use subtle::ConstantTimeEq;
-        let known_good = self
-            .accepted
-            .lock()
-            .get(client_id)
-            .is_some_and(|accepted| bool::from(accepted.ct_eq(secret_mac)));
-        if known_good {
-            return Ok(());
-        }
-        let now = Instant::now();
-        match self.windows.lock().get(client_id) {
-            Some((until, count)) if *until > now && *count >= MAX_REFUSALS_PER_WINDOW => Err(until
-                .saturating_duration_since(now)
-                .max(Duration::from_secs(1))),
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts one upstream refusal of a secret for `client_id`; a window lasts `window`.
-    pub fn record(&self, client_id: &str, window: Duration) {
-        let now = Instant::now();
-        let mut windows = self.windows.lock();
-        if windows.len() >= MAX_TRACKED && !windows.contains_key(client_id) {
-            windows.retain(|_, (until, _)| *until > now);
-            if windows.len() >= MAX_TRACKED {
-                return;
+    /// The counter after adding; 0 when the store failed (nobody is refused for that).
+    async fn counted(&self, key: &str, window: Duration, now: UnixMillis, add: u64) -> u64 {
+        match self.store.add(key, window, now, add).await {
+            Ok(count) => count,
+            Err(err) => {
+                tracing::debug!(error = %err, "limit store: count failed");
+                0
             }
         }
-        let entry = windows
-            .entry(client_id.to_owned())
-            .or_insert((now + window, 0));
-        if entry.0 <= now {
-            *entry = (now + window, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-    }
-
-    /// Whether the upstream has accepted a secret for `client_id` (since the start, or since
-    /// the memory of accepted secrets was last cleared).
-    pub fn is_known(&self, client_id: &str) -> bool {
-        self.accepted.lock().contains_key(client_id)
-    }
-
-    /// The upstream accepted the secret whose keyed hash is `secret_mac` for `client_id`: it
-    /// is exempt from the lock-out from now on. The count of refusals is kept: an accepted
-    /// secret does not give the guessers a fresh allowance.
-    pub fn accepted(&self, client_id: &str, secret_mac: [u8; 32]) {
-        let mut accepted = self.accepted.lock();
-        if accepted.len() >= MAX_TRACKED && !accepted.contains_key(client_id) {
-            // Bounded: past the cap, forget everything (customers re-earn it on their next
-            // accepted request); the cap is far above any real number of customers.
-            accepted.clear();
-        }
-        accepted.insert(client_id.to_owned(), secret_mac);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::LocalLimits;
 
-    #[test]
-    fn counts_per_client() {
-        let q = Quotas::default();
-        // A minute boundary may fall between the calls; then the window starts over, which
-        // only makes more calls pass. Count failures, which need the same minute.
-        let results: Vec<_> = (0..5).map(|_| q.take("a", 3)).collect();
-        let refused = results.iter().filter(|r| r.is_err()).count();
-        assert!(refused <= 2);
-        assert!(q.take("b", 3).is_ok());
-        if let Some(Err(wait)) = results.last() {
-            assert!(*wait <= Duration::from_secs(60));
+    fn limits() -> Limits {
+        Limits::new(
+            Arc::new(LocalLimits::default()),
+            Duration::from_secs(30),
+            6,
+            2,
+        )
+    }
+
+    /// Sleeps (paused time) to one second into a fresh minute of the limits' clock.
+    async fn fresh_minute(l: &Limits) {
+        let into = l.clock.now() % 60_000;
+        tokio::time::sleep(Duration::from_millis(61_000 - into)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quotas_count_per_client_per_minute() {
+        let l = limits();
+        fresh_minute(&l).await;
+        for _ in 0..3 {
+            assert_eq!(l.quota("a", 3, 0).await, Ok(()));
+            assert_eq!(l.quota("a", 3, 1).await, Ok(()));
         }
+        let wait = l.quota("a", 3, 0).await.unwrap_err();
+        assert_eq!(wait, Duration::from_secs(59));
+        assert!(l.quota("a", 3, 1).await.is_err());
+        assert_eq!(l.quota("b", 3, 1).await, Ok(()));
+        tokio::time::sleep(wait).await;
+        assert_eq!(l.quota("a", 3, 1).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lock_out_starts_at_the_fifth_refusal_and_ends_with_its_window() {
+        let l = limits();
+        for _ in 0..MAX_REFUSALS_PER_WINDOW {
+            assert_eq!(l.locked_out("c").await, None);
+            l.refused("c").await;
+        }
+        let wait = l.locked_out("c").await.expect("locked out");
+        assert!(wait <= Duration::from_secs(30));
+        assert_eq!(l.locked_out("other").await, None);
+        tokio::time::sleep(wait).await;
+        assert_eq!(l.locked_out("c").await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepted_secrets_are_recalled_several_per_client() {
+        let l = limits();
+        assert_eq!(l.recall("c", &[1; 32]).await, Recall::default());
+        l.accepted("c", [1; 32]).await;
+        l.accepted("c", [2; 32]).await;
+        for m in [[1; 32], [2; 32]] {
+            assert_eq!(
+                l.recall("c", &m).await,
+                Recall {
+                    member: true,
+                    any: true
+                }
+            );
+        }
+        assert_eq!(
+            l.recall("c", &[3; 32]).await,
+            Recall {
+                member: false,
+                any: true
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_clients_have_a_budget_per_source_and_a_global_one() {
+        let l = limits();
+        fresh_minute(&l).await;
+        let ip = |n: u8| Some(IpAddr::from([127, 0, 0, n]));
+        assert_eq!(l.charge_unknown(ip(1)).await, Ok(()));
+        assert_eq!(l.charge_unknown(ip(1)).await, Ok(()));
+        assert!(matches!(
+            l.charge_unknown(ip(1)).await,
+            Err(Unknown::Source(_))
+        ));
+        // The refused one did not spend the global budget: 4 more from others.
+        for n in [2, 2, 3, 3] {
+            assert_eq!(l.charge_unknown(ip(n)).await, Ok(()));
+        }
+        assert!(matches!(
+            l.charge_unknown(ip(4)).await,
+            Err(Unknown::Global(_))
+        ));
+        assert!(matches!(
+            l.charge_unknown(None).await,
+            Err(Unknown::Global(_))
+        ));
+        tokio::time::sleep(MINUTE).await;
+        assert_eq!(l.charge_unknown(ip(1)).await, Ok(()));
     }
 }

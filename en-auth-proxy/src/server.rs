@@ -4,15 +4,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use en_auth_core::Error;
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::answer::{OAuthError, token_response};
 use crate::cache::ProxyKey;
 use crate::config::QuotaMode;
+use crate::quota::Unknown;
 use crate::request::{
     Credentials, basic_credentials, check_client_id, check_secret, m2m_request, token_form,
 };
@@ -63,6 +66,7 @@ async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, OAu
 /// `POST /oauth/token`: RFC 6749 client credentials.
 async fn oauth_token(
     State(shared): State<Arc<Shared>>,
+    source: Source,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -73,26 +77,57 @@ async fn oauth_token(
     }
     .await;
     match answer {
-        Ok((credentials, request)) => issue(&shared, credentials, request).await,
+        Ok((credentials, request)) => issue(&shared, source, credentials, request).await,
         Err(err) => err.into_response(),
     }
 }
 
 /// `POST /m2mauth`: the m2m-auth proxy's JSON `{"clientId","clientSecret","permissions"}`.
-async fn m2mauth(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+async fn m2mauth(State(shared): State<Arc<Shared>>, source: Source, body: Body) -> Response {
     let answer = async {
         let bytes = read_body(&shared, body).await?;
         m2m_request(&bytes)
     }
     .await;
     match answer {
-        Ok((credentials, request)) => issue(&shared, credentials, request).await,
+        Ok((credentials, request)) => issue(&shared, source, credentials, request).await,
         Err(err) => err.into_response(),
     }
 }
 
-/// Answers a validated token request: quota, cache (authenticated), upstream.
-async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest) -> Response {
+/// The address of the peer, when the server was started with it
+/// (`into_make_service_with_connect_info::<SocketAddr>`, as [`Proxy::serve`](crate::Proxy::serve) does).
+pub(crate) struct Source(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
+/// Answers a validated token request. In order:
+///
+/// 1. a cached token for this key and secret is handed out (quota counted);
+/// 2. the secret is known to be good when its entry holds a token, when the upstream accepted
+///    it before (the limit store's accepted secrets, several per client), or when the shared
+///    token store holds a token for it (its key includes the secret's hash);
+/// 3. a secret not known to be good is refused locally while its client id is locked out
+///    (5 upstream refusals in the refusal window), and, when the client id has no accepted
+///    secret on record, charged to the unknown clients' budget (per source and global);
+/// 4. only then is an entry created and its token fetched (quota checked first).
+async fn issue(
+    shared: &Shared,
+    source: Source,
+    credentials: Credentials,
+    request: TokenRequest,
+) -> Response {
     let Credentials { client_id, secret } = credentials;
     if let Err(err) = check_client_id(&client_id) {
         return err.into_response();
@@ -101,38 +136,41 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
         return err.into_response();
     }
     let metrics = &shared.metrics;
-    // Counted once the outcome is known (see `Metrics::token_request`).
+    let limits = &shared.limits;
+    // Counted once the outcome is known (see `Metrics::token_request`); a client id gets a
+    // label of its own only once a secret of it was accepted.
     let count = |client_id: &str, authenticated: bool| {
-        metrics.token_request(
-            client_id,
-            authenticated || shared.refusals.is_known(client_id),
-        );
+        metrics.token_request(client_id, authenticated);
     };
     // Quotas count authenticated requests only (a token handed out after the secret matched,
     // or one the upstream issued): whoever merely knows a client id cannot spend its quota.
     let quota = shared.config.quota_of(&client_id);
     let key = ProxyKey { client_id, request };
-    let entry = shared.cache.entry(&key, &secret);
-    drop(secret);
-    if let Some(token) = entry.hand_out() {
+    let mac = shared.cache.mac(&key.client_id, &secret);
+    let found = shared.cache.find(&key, &mac);
+    if let Some(token) = found.as_ref().and_then(|entry| entry.hand_out()) {
         count(&key.client_id, true);
-        if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false) {
+        if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false).await {
             return refusal;
         }
         metrics.cache_hit();
         return token_response(&token);
     }
+    let recall = limits.recall(&key.client_id, &mac).await;
+    let known_good = recall.member
+        || found.as_ref().is_some_and(|e| e.cache.has_usable_token())
+        || shared.cache.stored(&key, &secret).await;
     // Over quota already: refused before any upstream call (without counting this one).
-    if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true) {
-        count(&key.client_id, false);
-        return refusal;
-    }
-    // Many secrets for this client were refused upstream just now: another unknown one is
-    // refused here (a cached token still goes to the secret that obtained it, above, and the
-    // secret the upstream last accepted for this client is never refused here).
-    if !entry.cache.has_usable_token() {
-        if let Err(wait) = shared.refusals.check(&key.client_id, entry.secret_mac()) {
-            count(&key.client_id, false);
+    if known_good {
+        if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
+            count(&key.client_id, recall.any);
+            return refusal;
+        }
+    } else {
+        // Many secrets for this client were refused upstream just now: another one not known
+        // to be good is refused here, without asking upstream.
+        if let Some(wait) = limits.locked_out(&key.client_id).await {
+            count(&key.client_id, recall.any);
             metrics.refused_locally();
             tracing::warn!(
                 client_id = %key.client_id,
@@ -145,27 +183,55 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
             )
             .into_response();
         }
+        if !recall.any {
+            if let Err(over) = limits.charge_unknown(source.0).await {
+                count(&key.client_id, recall.any);
+                metrics.refused_locally();
+                let (wait, whose) = match over {
+                    Unknown::Source(wait) => (wait, "from this address"),
+                    Unknown::Global(wait) => (wait, "in total"),
+                };
+                tracing::warn!(
+                    client_id = %key.client_id,
+                    whose,
+                    "too many token requests for client ids with no accepted secret"
+                );
+                return OAuthError::too_many(
+                    wait,
+                    format!("too many token requests for unknown clients {whose}; retry later"),
+                )
+                .into_response();
+            }
+        }
+        if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
+            count(&key.client_id, recall.any);
+            return refusal;
+        }
     }
+    let entry = match found {
+        Some(entry) => entry,
+        None => shared.cache.entry(&key, &secret, mac),
+    };
+    drop(secret);
     metrics.cache_miss();
     let served_before = entry.cache.stats().failures_served;
     match entry.get().await {
         Ok(token) => {
             count(&key.client_id, true);
+            shared.cache.settle(&entry, &token);
             if let Some(per_minute) = quota {
-                let _ = shared.quotas.take(&key.client_id, per_minute);
+                let _ = limits.quota(&key.client_id, per_minute, 1).await;
             }
-            shared
-                .refusals
-                .accepted(&key.client_id, *entry.secret_mac());
+            if !recall.member {
+                limits.accepted(&key.client_id, mac).await;
+            }
             token_response(&token)
         }
         Err(err) => {
-            count(&key.client_id, false);
+            count(&key.client_id, recall.any);
             let remembered = entry.cache.stats().failures_served > served_before;
             if !remembered && matches!(err, Error::InvalidClient { .. }) {
-                shared
-                    .refusals
-                    .record(&key.client_id, shared.config.refusal());
+                limits.refused(&key.client_id).await;
             }
             log_failure(&key, &err, remembered, shared);
             OAuthError::from_error(&err).into_response()
@@ -175,19 +241,19 @@ async fn issue(shared: &Shared, credentials: Credentials, request: TokenRequest)
 
 /// Counts one request of `client_id` against its quota (only checks, with `peek`), and
 /// returns the 429 to answer when the quota is spent and enforced.
-fn charge_quota(
+async fn charge_quota(
     shared: &Shared,
     client_id: &str,
     quota: Option<u64>,
     peek: bool,
 ) -> Option<Response> {
     let per_minute = quota?;
-    let over = if peek {
-        shared.quotas.peek(client_id, per_minute)
-    } else {
-        shared.quotas.take(client_id, per_minute)
-    };
-    let wait = over.err()?;
+    let add = u64::from(!peek);
+    let wait = shared
+        .limits
+        .quota(client_id, per_minute, add)
+        .await
+        .err()?;
     let enforced = shared.config.quota_mode == QuotaMode::Enforce;
     shared.metrics.quota_exceeded(client_id, enforced);
     tracing::warn!(

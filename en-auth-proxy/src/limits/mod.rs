@@ -17,6 +17,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use en_auth_core::Error;
 
+mod local;
+
+pub use local::{DEFAULT_MAX_KEYS, LocalLimits};
+
 /// Milliseconds since the UNIX epoch.
 pub type UnixMillis = u64;
 
