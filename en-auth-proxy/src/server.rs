@@ -147,7 +147,7 @@ async fn issue(
     let quota = shared.config.quota_of(&client_id);
     let key = ProxyKey { client_id, request };
     let mac = shared.cache.mac(&key.client_id, &secret);
-    let found = shared.cache.find(&key, &mac);
+    let mut found = shared.cache.find(&key, &mac);
     if let Some(token) = found.as_ref().and_then(|entry| entry.hand_out()) {
         count(&key.client_id, true);
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false).await {
@@ -183,24 +183,36 @@ async fn issue(
             )
             .into_response();
         }
-        if !recall.any {
-            if let Err(over) = limits.charge_unknown(source.0).await {
-                count(&key.client_id, recall.any);
-                metrics.refused_locally();
-                let (wait, whose) = match over {
-                    Unknown::Source(wait) => (wait, "from this address"),
-                    Unknown::Global(wait) => (wait, "in total"),
-                };
-                tracing::warn!(
-                    client_id = %key.client_id,
-                    whose,
-                    "too many token requests for client ids with no accepted secret"
-                );
-                return OAuthError::too_many(
-                    wait,
-                    format!("too many token requests for unknown clients {whose}; retry later"),
-                )
-                .into_response();
+        // Client ids with no accepted secret on record (nor configured by the operator) share
+        // a budget of upstream requests, per source and in total. A request that joins a
+        // fetch already running for its key and secret costs no upstream request and is not
+        // charged (a customer's concurrent first requests cost one).
+        let on_record = recall.any || shared.config.clients.contains_key(&key.client_id);
+        if !on_record {
+            found = found.or_else(|| shared.cache.find(&key, &mac));
+            let joins = found.as_ref().is_some_and(|entry| {
+                let stats = entry.cache.stats();
+                stats.fetches > stats.failures
+            });
+            if !joins {
+                if let Err(over) = limits.charge_unknown(source.0).await {
+                    count(&key.client_id, recall.any);
+                    metrics.refused_locally();
+                    let (wait, whose) = match over {
+                        Unknown::Source(wait) => (wait, "from this address"),
+                        Unknown::Global(wait) => (wait, "in total"),
+                    };
+                    tracing::warn!(
+                        client_id = %key.client_id,
+                        whose,
+                        "too many token requests for client ids with no accepted secret"
+                    );
+                    return OAuthError::too_many(
+                        wait,
+                        format!("too many token requests for unknown clients {whose}; retry later"),
+                    )
+                    .into_response();
+                }
             }
         }
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
