@@ -259,9 +259,9 @@ async fn low_remaining_budget_goes_to_cache_misses_before_refreshes() {
     assert_eq!(idp.token_requests(), 2);
 }
 
-#[tokio::test]
+// Paused time: quota windows are minutes of the proxy's clock, which follows tokio's.
+#[tokio::test(start_paused = true)]
 async fn quotas_enforce_and_monitor() {
-    wait_for_a_fresh_minute().await;
     let idp = idp().await;
     let mut config = ProxyConfig::new(idp.token_url());
     config.quota_per_minute = 3;
@@ -273,6 +273,12 @@ async fn quotas_enforce_and_monitor() {
         },
     );
     let enforce = Running::start(config.clone()).await;
+    // A fresh instance, so the minute is unspent: see below.
+    let guarded = Running::start(config.clone()).await;
+    let mut monitored = config.clone();
+    monitored.quota_mode = QuotaMode::Monitor;
+    let monitor = Running::start(monitored).await;
+    fresh_minute().await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(enforce.post_token("acme", SECRET, &aud("a")).await);
@@ -310,7 +316,6 @@ async fn quotas_enforce_and_monitor() {
 
     // Only authenticated requests count: a caller who knows acme's client id but not its
     // secret cannot spend acme's quota (on a fresh instance, so the minute is unspent).
-    let guarded = Running::start(config.clone()).await;
     for attempt in 0..4 {
         let answer = guarded
             .post_token("acme", &format!("wrong-{attempt}"), &aud("b"))
@@ -326,8 +331,6 @@ async fn quotas_enforce_and_monitor() {
         200
     );
 
-    config.quota_mode = QuotaMode::Monitor;
-    let monitor = Running::start(config).await;
     for _ in 0..5 {
         monitor.post_token("acme", SECRET, &aud("a")).await.token();
     }
@@ -336,16 +339,16 @@ async fn quotas_enforce_and_monitor() {
     assert!(support::logs().contains("over its token request quota"));
 }
 
-/// Quota windows are clock minutes: keep a test from straddling two.
-async fn wait_for_a_fresh_minute() {
-    let secs = std::time::SystemTime::now()
+/// Quota windows are minutes of the proxies' clock (the wall clock when each started,
+/// advanced by tokio's paused clock): sleeps to one second into a fresh minute, for proxies
+/// started just before.
+async fn fresh_minute() {
+    let into = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
-        % 60;
-    if secs > 50 {
-        tokio::time::sleep(Duration::from_secs(61 - secs)).await;
-    }
+        .as_millis() as u64
+        % 60_000;
+    tokio::time::sleep(Duration::from_millis(61_000 - into)).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,301 @@
+//! Guessers against customers (issue 17, items 2, 3 and 6), against the testkit's `LocalIdp`:
+//! a customer's real secret is never locked out by others' guesses, made-up client ids have
+//! a bounded budget of upstream requests, and the cache stays within its bound in bytes
+//! without renewing anything to rank entries. Upstream requests are counted at the IdP.
+//!
+//! On paused time: windows and token lifetimes follow tokio's clock.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use en_auth_core::MemoryTokenStore;
+use en_auth_proxy::{LimitStore, LocalLimits, Proxy, ProxyConfig};
+use en_auth_testkit::{IdpConfig, LocalIdp};
+use secrecy::SecretSlice;
+use support::{Answer, Running};
+
+const CUSTOMER: &str = "cust-0";
+const SECRET: &str = "cust-0-real-secret-9d1e";
+
+async fn idp(secret: &str) -> LocalIdp {
+    LocalIdp::start(IdpConfig {
+        client_id: CUSTOMER.into(),
+        client_secret: secret.into(),
+        lifetime: Some(Duration::from_secs(3600)),
+    })
+    .await
+    .unwrap()
+}
+
+fn fleet_key() -> SecretSlice<u8> {
+    SecretSlice::from(b"a-fleet-wide-proxy-secret-key-0123456789".to_vec())
+}
+
+/// A proxy on `token_url` sharing `limits` (and the fleet's secret key).
+async fn instance(token_url: String, limits: &Arc<LocalLimits>) -> Running {
+    let proxy = Proxy::builder(ProxyConfig::new(token_url))
+        .limits(Arc::clone(limits) as Arc<dyn LimitStore>)
+        .secret_key(fleet_key())
+        .build()
+        .unwrap();
+    Running::start_proxy(proxy).await
+}
+
+async fn guesses(proxy: &Running, n: usize) {
+    for i in 0..n {
+        let answer = proxy.post_token(CUSTOMER, &format!("guess-{i}"), &[]).await;
+        assert_eq!(answer.error(), "invalid_client", "guess {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_instance_sharing_the_limits_never_locks_the_customer_out() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    // An earlier instance (or this one before a restart) saw the customer's secret accepted.
+    let earlier = instance(idp.token_url(), &limits).await;
+    earlier.post_token(CUSTOMER, SECRET, &[]).await.token();
+    drop(earlier);
+    assert_eq!(idp.token_requests(), 1);
+
+    let fresh = instance(idp.token_url(), &limits).await;
+    guesses(&fresh, 5).await;
+    assert_eq!(idp.token_requests(), 6);
+    // The customer's real secret: served (the upstream asked once, it is known good).
+    assert_eq!(fresh.post_token(CUSTOMER, SECRET, &[]).await.status, 200);
+    assert_eq!(idp.token_requests(), 7);
+    // Guessers stay locked out, at no upstream cost.
+    let locked = fresh.post_token(CUSTOMER, "guess-6", &[]).await;
+    assert_eq!((locked.status, locked.error()), (429, "too_many_requests"));
+    assert!(locked.retry_after().is_some_and(|s| (1..=30).contains(&s)));
+    let locked = fresh
+        .post_token(CUSTOMER, "guess-7", &[("audience", "other")])
+        .await;
+    assert_eq!(locked.status, 429);
+    assert_eq!(
+        idp.token_requests(),
+        7,
+        "no upstream request for a locked-out guess"
+    );
+    // The customer, for another audience too.
+    assert_eq!(
+        fresh
+            .post_token(CUSTOMER, SECRET, &[("audience", "other")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(idp.token_requests(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_shared_limits_a_token_in_the_shared_store_proves_the_secret() {
+    let idp = idp(SECRET).await;
+    let store = Arc::new(MemoryTokenStore::new());
+    let start = || {
+        Proxy::builder(ProxyConfig::new(idp.token_url()))
+            .store(Arc::clone(&store) as Arc<dyn en_auth_core::TokenStore>)
+            .build()
+            .unwrap()
+    };
+    let earlier = Running::start_proxy(start()).await;
+    earlier.post_token(CUSTOMER, SECRET, &[]).await.token();
+    drop(earlier);
+    // A restarted instance: its limits (in memory) are new, the token store is shared.
+    let fresh = Running::start_proxy(start()).await;
+    guesses(&fresh, 5).await;
+    assert_eq!(fresh.post_token(CUSTOMER, "guess-6", &[]).await.status, 429);
+    assert_eq!(idp.token_requests(), 6);
+    assert_eq!(fresh.post_token(CUSTOMER, SECRET, &[]).await.status, 200);
+    assert_eq!(idp.token_requests(), 6, "served from the shared store");
+    // Remembered as accepted: a new key for the customer goes upstream despite the lock-out.
+    assert_eq!(
+        fresh
+            .post_token(CUSTOMER, SECRET, &[("audience", "b")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(idp.token_requests(), 7);
+    assert_eq!(fresh.post_token(CUSTOMER, "guess-7", &[]).await.status, 429);
+    assert_eq!(idp.token_requests(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_accepted_secrets_of_one_client_both_stay_exempt() {
+    // A rotation: the old secret was accepted by one upstream, the new one by another
+    // (LocalIdp knows one secret; two of them stand for before and after the rotation).
+    const NEW: &str = "cust-0-rotated-secret-44aa";
+    let old_idp = idp(SECRET).await;
+    let new_idp = idp(NEW).await;
+    let limits = Arc::new(LocalLimits::default());
+    let a = instance(old_idp.token_url(), &limits).await;
+    a.post_token(CUSTOMER, SECRET, &[]).await.token();
+    let b = instance(new_idp.token_url(), &limits).await;
+    b.post_token(CUSTOMER, NEW, &[]).await.token();
+
+    let c = instance(new_idp.token_url(), &limits).await;
+    guesses(&c, 5).await;
+    assert_eq!(new_idp.token_requests(), 6);
+    assert_eq!(c.post_token(CUSTOMER, "guess-6", &[]).await.status, 429);
+    // Both secrets still reach the upstream: the new one is served, the old one gets the
+    // upstream's own answer (this upstream no longer accepts it), not the lock-out.
+    assert_eq!(c.post_token(CUSTOMER, NEW, &[]).await.status, 200);
+    let old = c.post_token(CUSTOMER, SECRET, &[]).await;
+    assert_eq!(old.error(), "invalid_client");
+    assert_eq!(new_idp.token_requests(), 8);
+    assert_eq!(c.post_token(CUSTOMER, "guess-7", &[]).await.status, 429);
+    assert_eq!(new_idp.token_requests(), 8);
+}
+
+/// A proxy served with its peers' addresses (as `Proxy::serve` does); its base URL.
+async fn serve_with_sources(proxy: Proxy) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+    base
+}
+
+/// A client whose requests come from `127.0.0.<n>`.
+fn client_from(n: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, n]))
+        .build()
+        .unwrap()
+}
+
+async fn ask(http: &reqwest::Client, base: &str, id: &str, secret: &str, aud: &str) -> Answer {
+    Answer::read(
+        http.post(format!("{base}/oauth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", id),
+                ("client_secret", secret),
+                ("audience", aud),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sleeps to one second into a fresh minute of the proxy's clock (the wall clock at its
+/// start, advanced by tokio's paused clock), so that a test does not straddle two windows.
+async fn fresh_minute() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 60_000;
+    tokio::time::sleep(Duration::from_millis(61_000 - into)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_made_up_client_ids_costs_a_bounded_number_of_upstream_requests() {
+    let idp = idp(SECRET).await;
+    let config = ProxyConfig::new(idp.token_url());
+    let (global, per_source) = (
+        config.unknown_client_per_minute,
+        config.unknown_client_per_source_per_minute,
+    );
+    assert_eq!((global, per_source), (60, 10), "the documented defaults");
+    let proxy = Proxy::new(config).unwrap();
+    let base = serve_with_sources(proxy.clone()).await;
+    fresh_minute().await;
+    let customer = client_from(1);
+    ask(&customer, &base, CUSTOMER, SECRET, "a").await.token();
+    assert_eq!(idp.token_requests(), 1);
+
+    // 1,000 requests with made-up ids from one address: 10 reach the upstream.
+    let attacker = client_from(2);
+    let mut refused = 0;
+    for n in 0..1000 {
+        let answer = ask(&attacker, &base, &format!("made-up-{n}"), "x", "a").await;
+        if answer.status == 429 {
+            assert_eq!(answer.error(), "too_many_requests");
+            assert!(answer.retry_after().is_some_and(|s| (1..=60).contains(&s)));
+            refused += 1;
+        }
+        if n == 500 {
+            // The customer is not starved: a new key is fetched during the flood.
+            assert_eq!(
+                ask(&customer, &base, CUSTOMER, SECRET, "b").await.status,
+                200
+            );
+        }
+    }
+    assert_eq!(refused, 1000 - per_source);
+    assert_eq!(idp.token_requests(), 2 + per_source);
+
+    // 1,000 more spread over 10 addresses: the global budget (60 a minute, 10 of it spent)
+    // caps them all.
+    let sources: Vec<_> = (10..20).map(client_from).collect();
+    for n in 0..1000 {
+        let http = &sources[n % sources.len()];
+        ask(http, &base, &format!("spread-{n}"), "x", "a").await;
+    }
+    // (The customer's own first request, before it was known, was charged too.)
+    assert_eq!(idp.token_requests(), 1 + global);
+    assert_eq!(
+        ask(&customer, &base, CUSTOMER, SECRET, "c").await.status,
+        200
+    );
+    assert_eq!(idp.token_requests(), 2 + global);
+    // The next minute brings a new budget.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    ask(&attacker, &base, "made-up-next", "x", "a").await;
+    assert_eq!(idp.token_requests(), 3 + global);
+    // Made-up ids got no metric label of their own.
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("made-up") && !text.contains("spread-"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_stays_within_its_bytes_and_eviction_renews_nothing() {
+    let idp = idp(SECRET).await;
+    idp.set_lifetime(Some(Duration::from_secs(40)));
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.max_cache_bytes = 64 * 1024;
+    config.min_remaining_secs = 5; // renewal from 10 s before expiry
+    let max = config.max_cache_bytes;
+    let proxy = Running::start(config).await;
+    let audience = |n: usize| format!("{n:04}-{}", "a".repeat(1990));
+    for n in 0..20 {
+        proxy
+            .post_token(CUSTOMER, SECRET, &[("audience", &audience(n))])
+            .await
+            .token();
+        let bytes = proxy.proxy.cached_bytes();
+        assert!(bytes <= max, "{bytes} bytes cached after {n}");
+    }
+    assert_eq!(idp.token_requests(), 20);
+    let kept = (0..20)
+        .filter(|n| idp.token_requests_for(&audience(*n)) == 1)
+        .count();
+    assert_eq!(kept, 20);
+    // Every cached token is now due for renewal; new keys evict them. Ranking must not start
+    // a renewal: the upstream sees the new keys' requests only.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    for n in 20..40 {
+        proxy
+            .post_token(CUSTOMER, SECRET, &[("audience", &audience(n))])
+            .await
+            .token();
+        assert!(proxy.proxy.cached_bytes() <= max);
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(idp.token_requests(), 40, "eviction renewed nothing");
+    let text = proxy.metrics_text().await;
+    let evictions = support::sample(&text, "en_auth_proxy_evictions_total").unwrap();
+    assert!(evictions >= 20.0, "{evictions} evictions");
+    assert!(proxy.proxy.cached_bytes() > max / 2);
+}
