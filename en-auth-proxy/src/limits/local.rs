@@ -20,7 +20,12 @@ use super::{Budget, LimitStore, Mac, Recall, UnixMillis};
 /// Keys kept per kind of record by [`LocalLimits::default`].
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// Limits kept in this process's memory. See the [module docs](self).
+/// Limits kept in this process's memory, the default [`LimitStore`].
+///
+/// Bounded: each kind of record (counters, sets, deadlines, budgets) keeps at most
+/// `max_keys` keys; past it, records whose time is over go first, then an eighth of the live
+/// ones (the least used counters, the sets and deadlines that end soonest). Locks are held
+/// for one map operation; arithmetic saturates.
 pub struct LocalLimits {
     max_keys: usize,
     counters: Mutex<HashMap<String, Counter>>,
