@@ -234,9 +234,9 @@ async fn issue(
             if let Some(per_minute) = quota {
                 let _ = limits.quota(&key.client_id, per_minute, 1).await;
             }
-            if !recall.member {
-                limits.accepted(&key.client_id, mac).await;
-            }
+            // Remembered again on every fetch a customer waited for: its 30 days run from the
+            // last acceptance.
+            limits.accepted(&key.client_id, mac).await;
             token_response(&token)
         }
         Err(err) => {
