@@ -242,7 +242,7 @@ async fn issue(
         Err(err) => {
             count(&key.client_id, recall.any);
             let remembered = entry.cache.stats().failures_served > served_before;
-            if !remembered && matches!(err, Error::InvalidClient { .. }) {
+            if !remembered && is_wrong_secret(&err) {
                 limits.refused(&key.client_id).await;
             }
             log_failure(&key, &err, remembered, shared);
@@ -284,6 +284,19 @@ async fn charge_quota(
         )
         .into_response()
     })
+}
+
+/// Whether the upstream refused the client's credentials: `invalid_client` (RFC 6749), or a
+/// 401 with another code (Auth0 answers a wrong client secret with 401 `access_denied`).
+fn is_wrong_secret(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidClient { .. }
+            | Error::Authorization {
+                status: Some(401),
+                ..
+            }
+    )
 }
 
 fn log_failure(key: &cache::ProxyKey, err: &Error, remembered: bool, shared: &Shared) {

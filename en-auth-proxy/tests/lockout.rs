@@ -299,3 +299,31 @@ async fn the_cache_stays_within_its_bytes_and_eviction_renews_nothing() {
     assert!(evictions >= 20.0, "{evictions} evictions");
     assert!(proxy.proxy.cached_bytes() > max / 2);
 }
+
+/// Auth0 answers a wrong client secret with 401 `access_denied` rather than `invalid_client`:
+/// those refusals count towards the lock-out as well, so guessers against an Auth0 tenant are
+/// locked out after 5 and cost no further upstream request.
+#[tokio::test(start_paused = true)]
+async fn auth0_style_401_access_denied_counts_towards_the_lock_out() {
+    let idp = idp(SECRET).await;
+    let denied = r#"{"error":"access_denied","error_description":"Unauthorized"}"#;
+    idp.push_faults((0..5).map(|_| en_auth_testkit::Fault::json(401, denied)));
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = instance(idp.token_url(), &limits).await;
+    for i in 0..5 {
+        let answer = proxy.post_token(CUSTOMER, &format!("guess-{i}"), &[]).await;
+        assert_eq!(
+            (answer.status, answer.error()),
+            (401, "access_denied"),
+            "guess {i}"
+        );
+    }
+    assert_eq!(idp.token_requests(), 5);
+    let locked = proxy.post_token(CUSTOMER, "guess-5", &[]).await;
+    assert_eq!((locked.status, locked.error()), (429, "too_many_requests"));
+    assert_eq!(
+        idp.token_requests(),
+        5,
+        "a locked-out guess costs no upstream request"
+    );
+}
