@@ -14,8 +14,8 @@ use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
 use crate::dpop::{DPOP_HEADER, Dpop, DpopKey};
-use crate::endpoint::{discover_token_endpoint, send_once, token_http_client, token_request};
-use crate::response::parse_token_response_for;
+use crate::endpoint::{discover_token_endpoint, token_http_client};
+use crate::token_endpoint::exchange;
 use en_auth_core::{provider_http_client, secure_url, str_for_logs, untrusted_text, url_for_logs};
 
 enum TokenEndpoint {
@@ -220,30 +220,6 @@ impl ServiceAccountAuthorizer {
         }
     }
 
-    /// Sends the token request; with DPoP, with a proof, and once more with the server's
-    /// nonce when it asks for one (`use_dpop_nonce`).
-    async fn send_token_request(
-        &self,
-        url: &Url,
-    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Error> {
-        let Some(dpop) = self.dpop()? else {
-            return send_once(self.build_token_request(url)?).await;
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let this_try = self.build_token_request(url)?;
-            let proof = dpop.header("POST", url.as_str(), None)?;
-            let (status, headers, body) = send_once(this_try.header(DPOP_HEADER, proof)).await?;
-            if attempt == 1 && dpop.token_endpoint_challenge(url.as_str(), status, &headers, &body)
-            {
-                tracing::debug!("the token endpoint asked for a DPoP nonce: sending once more");
-                continue;
-            }
-            return Ok((status, headers, body));
-        }
-    }
-
     /// The token endpoint, discovering it first if needed.
     pub async fn token_url(&self) -> Result<Url, Error> {
         match &self.endpoint {
@@ -269,27 +245,28 @@ impl ServiceAccountAuthorizer {
         form
     }
 
-    /// One token request to `url`, client credentials included. Built afresh for every send,
-    /// so a retry (a DPoP nonce) carries a new client assertion (`private_key_jwt` assertions
-    /// are single-use).
-    fn build_token_request(&self, url: &Url) -> Result<reqwest::RequestBuilder, Error> {
+    /// One token request to `url` and its answer, through [`token_endpoint`](crate::token_endpoint).
+    async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
+        let started = Instant::now();
         let scope = self.scopes.join(" ");
         let mut form = self.form();
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        token_request(&self.http, url, &self.info, &self.authentication, form)
-    }
-
-    async fn request_token(&self, url: Url) -> Result<BearerToken, Error> {
-        let started = Instant::now();
-        let (status, headers, bytes) = self.send_token_request(&url).await?;
+        let answer = exchange(
+            &self.http,
+            &url,
+            &self.info,
+            &self.authentication,
+            &form,
+            self.default_lifetime,
+            self.dpop()?,
+        )
+        .await?;
         let span = tracing::Span::current();
-        span.record("status", status);
+        span.record("status", answer.status);
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let dpop = !matches!(self.dpop, DpopSetting::Off);
-        let granted =
-            parse_token_response_for(status, &headers, &bytes, self.default_lifetime, dpop)?;
+        let granted = answer.result?;
         if let Some(scope) = &granted.scope {
             tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
         }

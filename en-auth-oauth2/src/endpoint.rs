@@ -56,9 +56,18 @@ pub(crate) fn token_request<'a>(
 pub(crate) async fn send_once(
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+    let (status, headers, body) = send(request).await?;
+    Ok((status, headers, body?))
+}
+
+/// Sends one request: `Err` when no answer came (connection, timeout); otherwise its status,
+/// headers and body (bounded), the body `Err` when it could not be read whole.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, HeaderMap, Result<Vec<u8>, Error>), Error> {
     let mut response = request.send().await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await?;
-    Ok((status, headers, bytes))
+    let body = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await;
+    Ok((status, headers, body))
 }

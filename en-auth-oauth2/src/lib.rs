@@ -15,6 +15,8 @@
 //!   [`ClientAuthentication::private_key_jwt_pem`].
 //! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
 //! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
+//! - One token request with its status and headers, for your own lifecycle (the token
+//!   proxy's): [`token_endpoint::request_token`].
 //!
 //! The token client follows no redirects, has connect and total timeouts
 //! ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`]) and refuses plain `http://` endpoints except on
@@ -34,6 +36,7 @@ pub mod fuzzing;
 mod jwk_key;
 mod password;
 mod response;
+pub mod token_endpoint;
 
 pub use authorizer::ServiceAccountAuthorizer;
 pub use client_auth::{

@@ -1,14 +1,6 @@
-//! Reading a token endpoint's answer (RFC 6749 §5.1 / §5.2) into a token or a typed error.
-//!
-//! | answer | result |
-//! |---|---|
-//! | 2xx with `access_token` | the token; `expires_in` as number or numeric string, missing → default lifetime |
-//! | 3xx | [`Error::InvalidResponse`]: redirects are never followed |
-//! | 429 | [`Error::RateLimited`] with `Retry-After` (seconds or HTTP date) and `X-RateLimit-Reset` |
-//! | 5xx | [`Error::ServerError`] (transient, retried) with `Retry-After` |
-//! | 4xx `invalid_client` | [`Error::InvalidClient`] |
-//! | 4xx other `error` | [`Error::Authorization`] with status, `error`, `error_description`, `error_uri` |
-//! | anything else unparseable | [`Error::InvalidResponse`] with the status; never a panic |
+//! Reading a token endpoint's answer (RFC 6749 §5.1 / §5.2) into a token or a typed error,
+//! and the rate-limit headers of any answer. Public through [`crate::token_endpoint`], whose
+//! documentation has the table of answers and results.
 
 use std::time::Duration;
 
@@ -59,22 +51,40 @@ struct ErrorBody {
     error_uri: Option<String>,
 }
 
-/// What a successful response granted, besides the token itself.
-#[derive(Debug)]
-pub(crate) struct Granted {
+/// What a successful token response granted: the token and the scope.
+#[derive(Clone, Debug)]
+pub struct GrantedToken {
+    /// The access token, its issue time (now) and its expiry (`expires_in`, a number or a
+    /// numeric string, at most 10⁹ seconds; without one, the default lifetime given to the
+    /// parser, else none).
     pub token: BearerToken,
+    /// The `scope` the provider granted, as it wrote it; `None` when it said nothing (or an
+    /// empty string). Untrusted text: escape it before logging.
     pub scope: Option<String>,
 }
 
-/// Turns a token endpoint's status, headers and body into a token or an error.
-#[cfg_attr(not(test), allow(dead_code))]
+/// Turns a token endpoint's status, headers and body into the granted token or the typed
+/// error, as the table of the [module](crate::token_endpoint) says. Tokens without
+/// `expires_in` get `default_lifetime` (`None`: no expiry, left to the lifecycle's default).
+/// Only `token_type` `Bearer` (any case, or none) is accepted. Never panics, whatever the
+/// input.
+pub fn parse_answer(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    default_lifetime: Option<Duration>,
+) -> Result<GrantedToken, Error> {
+    parse_token_response_for(status, headers, body, default_lifetime, false)
+}
+
+/// [`parse_answer`] under the name the grants of this crate use.
 pub(crate) fn parse_token_response(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
     default_lifetime: Option<Duration>,
-) -> Result<Granted, Error> {
-    parse_token_response_for(status, headers, body, default_lifetime, false)
+) -> Result<GrantedToken, Error> {
+    parse_answer(status, headers, body, default_lifetime)
 }
 
 /// [`parse_token_response`] for a request that carried a DPoP proof (`dpop`): then only a
@@ -86,7 +96,7 @@ pub(crate) fn parse_token_response_for(
     body: &[u8],
     default_lifetime: Option<Duration>,
     dpop: bool,
-) -> Result<Granted, Error> {
+) -> Result<GrantedToken, Error> {
     match status {
         200..=299 => parse_success(status, body, default_lifetime, dpop),
         300..=399 => Err(Error::InvalidResponse {
@@ -112,7 +122,7 @@ fn parse_success(
     body: &[u8],
     default_lifetime: Option<Duration>,
     dpop: bool,
-) -> Result<Granted, Error> {
+) -> Result<GrantedToken, Error> {
     let parsed: TokenBody = serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
         status: Some(status),
         // serde_json's message names the position and the problem, not the content.
@@ -155,9 +165,9 @@ fn parse_success(
         .as_ref()
         .and_then(ExpiresIn::seconds)
         .or(default_lifetime);
-    Ok(Granted {
+    Ok(GrantedToken {
         token: BearerToken::new(parsed.access_token, lifetime),
-        scope: parsed.scope,
+        scope: parsed.scope.filter(|s| !s.is_empty()),
     })
 }
 
@@ -226,17 +236,29 @@ fn location_for_logs(location: &str) -> String {
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
-/// The longest `Retry-After` taken at its word: a day. Larger values (a gateway's garbage, or
-/// `u64::MAX`) are clamped so that no later time arithmetic can overflow; the lifecycle caps
-/// its own waits far below this anyway.
+/// The longest `Retry-After` taken at its word, in seconds: a day.
 pub(crate) const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
-/// `Retry-After` as seconds or an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = header_str(headers, "retry-after")?.trim();
+/// The longest delay a server-named time is taken at its word for (`Retry-After`,
+/// `X-RateLimit-Reset`): a day. Larger values (a gateway's garbage, or `u64::MAX`) are
+/// clamped to it, so that no later time arithmetic can overflow.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(MAX_RETRY_AFTER_SECS);
+
+/// An `X-RateLimit-Reset` above this is a time (unix seconds, as Auth0 sends); at or below
+/// it, a number of seconds from now (as some gateways send). 10⁹ s is 2001-09-09: no reset
+/// is that far in the past, and no window is 31 years long.
+const EPOCH_THRESHOLD: i64 = 1_000_000_000;
+
+/// The `Retry-After` header: seconds, or an HTTP date (a date in the past is no wait), at most
+/// [`MAX_RETRY_AFTER`]. `None` when absent or unreadable.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = header_str(headers, "retry-after")?;
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECS)));
     }
@@ -244,23 +266,37 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .with_timezone(&Utc);
     let wait = (at - Utc::now()).to_std().unwrap_or_default();
-    Some(wait.min(Duration::from_secs(MAX_RETRY_AFTER_SECS)))
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// A 429's retry-after and reset time (`X-RateLimit-Reset`, unix seconds, as Auth0 sends),
-/// the reset clamped like `Retry-After` to at most a day ahead.
+/// When the rate-limit window resets, from `X-RateLimit-Reset`: a whole number above 10⁹ is
+/// unix seconds (Auth0), a smaller one seconds from now (a negative one: now). Either way at
+/// most [`MAX_RETRY_AFTER`] ahead. `None` when absent or not a whole number.
+pub fn rate_limit_reset(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+    let value = header_str(headers, "x-ratelimit-reset")?
+        .parse::<i64>()
+        .ok()?;
+    let now = Utc::now();
+    let latest = now + chrono::Duration::seconds(MAX_RETRY_AFTER_SECS as i64);
+    let at = if value > EPOCH_THRESHOLD {
+        // Past chrono's range is past `latest` too.
+        DateTime::from_timestamp(value, 0).unwrap_or(latest)
+    } else {
+        // At most 10⁹ seconds: always within chrono's range.
+        now + chrono::Duration::seconds(value.max(0))
+    };
+    Some(at.min(latest))
+}
+
+/// A 429's retry-after and reset time ([`rate_limit_reset`]; without one, the time
+/// `Retry-After` names).
 fn rate_limited(headers: &HeaderMap) -> Error {
     let retry_after = retry_after(headers);
-    let latest = Utc::now() + chrono::Duration::seconds(MAX_RETRY_AFTER_SECS as i64);
-    let reset_at = header_str(headers, "x-ratelimit-reset")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .and_then(|secs| DateTime::from_timestamp(secs, 0))
-        .map(|at| at.min(latest))
-        .or_else(|| {
-            retry_after
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .and_then(|d| Utc::now().checked_add_signed(d))
-        });
+    let reset_at = rate_limit_reset(headers).or_else(|| {
+        retry_after
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .and_then(|d| Utc::now().checked_add_signed(d))
+    });
     Error::RateLimited {
         retry_after,
         reset_at,
@@ -281,7 +317,7 @@ mod tests {
         map
     }
 
-    fn parse(status: u16, body: &str) -> Result<Granted, Error> {
+    fn parse(status: u16, body: &str) -> Result<GrantedToken, Error> {
         parse_token_response(status, &HeaderMap::new(), body.as_bytes(), None)
     }
 
@@ -471,5 +507,139 @@ mod tests {
             } => assert!(at <= Utc::now() + chrono::Duration::days(1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `X-RateLimit-Reset` above 10⁹ is a time (Auth0 sends unix seconds): taken as it is.
+    #[test]
+    fn a_rate_limit_reset_above_a_billion_is_unix_seconds() {
+        let at = Utc::now().timestamp() + 90;
+        let reset = rate_limit_reset(&headers(&[("x-ratelimit-reset", &at.to_string())]));
+        assert_eq!(reset.map(|r| r.timestamp()), Some(at));
+        // In the past: that time, not a wait.
+        let past = Utc::now().timestamp() - 600;
+        let reset = rate_limit_reset(&headers(&[("x-ratelimit-reset", &past.to_string())]));
+        assert_eq!(reset.map(|r| r.timestamp()), Some(past));
+        // Decades ahead, or past chrono's range: a day ahead.
+        for far in ["4000000000", "99999999999999999", "9223372036854775807"] {
+            let reset = rate_limit_reset(&headers(&[("x-ratelimit-reset", far)])).unwrap();
+            let ahead = (reset - Utc::now()).num_seconds();
+            assert!((86_390..=86_400).contains(&ahead), "{far}: {ahead}");
+        }
+    }
+
+    /// At or below 10⁹ it is seconds from now (as some gateways send), never before now.
+    #[test]
+    fn a_small_rate_limit_reset_is_seconds_from_now() {
+        for (value, expected) in [
+            ("30", 30),
+            (" 5 ", 5),
+            ("0", 0),
+            ("-20", 0),
+            ("-9223372036854775808", 0),
+            ("1000000000", 86_400),
+        ] {
+            let before = Utc::now();
+            let reset = rate_limit_reset(&headers(&[("x-ratelimit-reset", value)])).unwrap();
+            let ahead = (reset - before).num_seconds();
+            assert!(
+                (expected..=expected + 1).contains(&ahead),
+                "{value}: {ahead} s ahead, expected {expected}"
+            );
+        }
+        for garbage in ["soon", "1.5", "", "99999999999999999999"] {
+            assert_eq!(
+                rate_limit_reset(&headers(&[("x-ratelimit-reset", garbage)])),
+                None,
+                "{garbage:?}"
+            );
+        }
+        assert_eq!(rate_limit_reset(&HeaderMap::new()), None);
+        // A 429 reads it the same way.
+        let err = parse_token_response(429, &headers(&[("x-ratelimit-reset", "40")]), b"", None)
+            .err()
+            .unwrap();
+        let wait = err.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(38) && wait <= Duration::from_secs(40),
+            "{wait:?}"
+        );
+    }
+
+    /// From the proxy's former parser: hostile answers are errors, never panics, and an
+    /// absurd `expires_in` is bounded.
+    #[test]
+    fn hostile_answers_are_errors_and_absurd_lifetimes_are_bounded() {
+        for (status, body) in [
+            (200, "<html>"),
+            (200, r#"{"access_token":""}"#),
+            (200, r#"{"access_token":"t","expires_in":-1}"#),
+            (200, r#"{"access_token":"t","expires_in":"-1"}"#),
+            (200, r#"{"access_token":"t","token_type":"DPoP"}"#),
+            (200, r#"{"access_token":"t","expires_in":[1]}"#),
+            (200, "[]"),
+            (200, "null"),
+            (400, "nope"),
+            (401, r#"{"error":5}"#),
+            (301, "moved"),
+            (101, ""),
+        ] {
+            assert!(parse(status, body).is_err(), "{status} {body}");
+        }
+        for lifetime in ["1e300", "\"1e300\"", "1.7976931348623157e308"] {
+            let body = format!(r#"{{"access_token":"t","expires_in":{lifetime},"scope":"a"}}"#);
+            let granted = parse(200, &body).unwrap();
+            assert_eq!(granted.scope.as_deref(), Some("a"));
+            let life = granted.token.expires_at().unwrap() - granted.token.issued_at().unwrap();
+            assert_eq!(life.num_seconds(), 1_000_000_000, "{lifetime}");
+            assert!(format!("{granted:?}").contains("REDACTED"), "{granted:?}");
+            assert!(!format!("{granted:?}").contains("\"t\""), "{granted:?}");
+        }
+        let granted = parse(200, r#"{"access_token":"t","scope":""}"#).unwrap();
+        assert_eq!(granted.scope, None, "an empty scope is no scope");
+    }
+
+    /// Found by the `token_response` fuzz target (in the proxy's former parser): the
+    /// provider's `error` and `error_description` must not go verbatim into the error's
+    /// `Display` (logged for every failed request), newlines and terminal escapes included,
+    /// at any length.
+    #[test]
+    fn provider_text_in_errors_is_escaped_and_capped() {
+        let long = "x".repeat(100_000);
+        let body = serde_json::json!({
+            "error": "access_denied\nINFO forged",
+            "error_description": format!("\u{1b}[31mred\u{202e}gnp.exe{long}"),
+            "error_uri": "https://e/\r\n",
+        });
+        let err = parse(400, &body.to_string()).err().unwrap();
+        let shown = err.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert!(shown.contains("access_denied\\nINFO forged"), "{shown:?}");
+        assert!(shown.len() < 1_000, "{} bytes", shown.len());
+        match err {
+            Error::Authorization { error_uri, .. } => {
+                assert_eq!(error_uri.as_deref(), Some("https://e/\\r\\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let invalid_client = serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("bad\r\nsecret{long}"),
+        });
+        let shown = parse(401, &invalid_client.to_string())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.len() < 1_000, "{} bytes", shown.len());
+        let odd_type = r#"{"access_token":"t","token_type":"DPoP\n forged"}"#;
+        let shown = parse(200, odd_type).err().unwrap().to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        let redirect = headers(&[("location", "https://evil/x?sig=secret")]);
+        let shown = parse_token_response(302, &redirect, b"", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!shown.contains("secret"), "{shown:?}");
     }
 }
