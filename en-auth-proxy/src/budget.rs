@@ -8,7 +8,10 @@ use en_auth_core::Error;
 use http::HeaderMap;
 use parking_lot::Mutex;
 
-use crate::upstream::{MAX_WAIT, header_str, reset_at, retry_after};
+// The rate-limit headers are read as en-auth-oauth2's token client reads them.
+use en_auth_oauth2::token_endpoint::{
+    MAX_RETRY_AFTER as MAX_WAIT, rate_limit_reset as reset_at, retry_after,
+};
 
 /// The longest one answer stops every upstream call (a 429's `Retry-After`, a rate-limit
 /// reset): a gateway answering `Retry-After: 86400` must not stop the proxy for a day. After
@@ -157,6 +160,13 @@ impl RateLimits {
             }
         }
     }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// For an `Auth0-Client-Quota-Limit` value (`b=per_hour;q=100;r=0;t=3600,b=per_day;…`): how

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use crate::answer::OAuthError;
 use crate::budget::{Purpose, RateLimits};
 use crate::request::{self as server, Credentials};
-use crate::upstream::{self, TokenRequest, UpstreamToken};
+use crate::upstream::{TokenRequest, UpstreamToken};
 
 /// What the proxy makes of a customer's token request before any cache or upstream work.
 #[derive(Debug)]
@@ -67,14 +67,16 @@ pub fn m2m_body(body: &[u8]) -> Request {
     answer(server::m2m_request(body))
 }
 
-/// The upstream answer parser: the token, or the error and the answer the proxy would relay
-/// to the customer (status and JSON body).
+/// The upstream answer parser (en-auth-oauth2's, as the proxy calls it: no default lifetime):
+/// the token, or the error and the answer the proxy would relay to the customer (status and
+/// JSON body).
 pub fn parse_answer(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<UpstreamToken, (Error, u16, Vec<u8>)> {
-    upstream::parse_answer(status, headers, body).map_err(|err| {
+    let parsed = en_auth_oauth2::token_endpoint::parse_answer(status, headers, body, None);
+    parsed.map(UpstreamToken::from).map_err(|err| {
         let relayed = OAuthError::from_error(&err);
         let (status, body) = (relayed.status().as_u16(), relayed.body());
         (err, status, body)

@@ -6,25 +6,22 @@
 //! ([`TokenCache`](en_auth_core::TokenCache)). All authorizers share one [`Upstream`]: the
 //! HTTP client, the token endpoint and the [`RateLimits`] read from every answer.
 //!
-//! The proxy does its own upstream HTTP (rather than wrapping `ServiceAccountAuthorizer`)
-//! because it must see what that authorizer keeps to itself: the rate-limit headers of
-//! *successful* answers and the granted `scope`, which it relays to the customer.
+//! Token requests and the reading of their answers are en-auth-oauth2's
+//! ([`token_endpoint`]): its answer keeps what `ServiceAccountAuthorizer` keeps to itself, the
+//! status and rate-limit headers of *every* answer (for the budget) and the granted `scope`,
+//! which the proxy relays to the customer.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use en_auth_core::{
-    AccessToken, Authorizer, CacheKey, ClientInfo, Error, MAX_DOCUMENT_BYTES, read_body_limited,
-    secure_url, untrusted_text,
-};
-use http::HeaderMap;
+use en_auth_core::{AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url};
+use en_auth_oauth2::ClientAuthentication;
+use en_auth_oauth2::token_endpoint::{self, GrantedToken};
 use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -32,15 +29,19 @@ use crate::budget::{Purpose, RateLimits};
 use crate::config::UpstreamAuth;
 use crate::metrics::Metrics;
 
-/// A token obtained upstream, as the proxy caches it and hands it out.
+/// A token obtained upstream, as the proxy caches it and hands it out: the token and the
+/// scope the provider granted.
+///
+/// Serialized (into the shared store) with the token's fields flattened beside `token_type`
+/// and `scope`, as before the token was a [`BearerToken`]: instances of either version read
+/// each other's entries. `Debug` redacts the access token.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct UpstreamToken {
-    #[serde(serialize_with = "en_auth_core::serialize_secret")]
-    access_token: SecretString,
+    #[serde(flatten)]
+    token: BearerToken,
+    /// Always `Bearer` (nothing else is accepted upstream); stored for older instances.
     token_type: String,
     scope: Option<String>,
-    issued_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
 }
 
 impl UpstreamToken {
@@ -53,19 +54,34 @@ impl UpstreamToken {
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
     }
+
+    /// The token itself, with its issue and expiry times.
+    pub fn bearer(&self) -> &BearerToken {
+        &self.token
+    }
+}
+
+impl From<GrantedToken> for UpstreamToken {
+    fn from(granted: GrantedToken) -> Self {
+        Self {
+            token: granted.token,
+            token_type: "Bearer".into(),
+            scope: granted.scope,
+        }
+    }
 }
 
 impl AccessToken for UpstreamToken {
     fn access_token(&self) -> &str {
-        self.access_token.expose_secret()
+        self.token.access_token()
     }
 
     fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.expires_at
+        self.token.expires_at()
     }
 
     fn issued_at(&self) -> Option<DateTime<Utc>> {
-        Some(self.issued_at)
+        self.token.issued_at()
     }
 }
 
@@ -74,7 +90,7 @@ impl fmt::Debug for UpstreamToken {
         f.debug_struct("UpstreamToken")
             .field("access_token", &"[REDACTED]")
             .field("scope", &self.scope)
-            .field("expires_at", &self.expires_at)
+            .field("expires_at", &self.token.expires_at())
             .finish()
     }
 }
@@ -173,7 +189,8 @@ impl Upstream {
         }
     }
 
-    /// One token request upstream (after the budget allowed it).
+    /// One token request upstream (after the budget allowed it), through en-auth-oauth2's
+    /// [`token_endpoint`]; the answer's headers feed the budget whatever its status.
     async fn request(
         &self,
         info: &ClientInfo,
@@ -191,41 +208,28 @@ impl Upstream {
         if !request.scope.is_empty() {
             form.push(("scope", &request.scope));
         }
-        let mut builder = self.http.post(url).header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        match auth {
-            UpstreamAuth::ClientSecretBasic => {
-                builder = builder.header(AUTHORIZATION, basic_header(info)?);
-            }
-            UpstreamAuth::ClientSecretPost => {
-                form.push(("client_id", info.client_id()));
-                form.push(("client_secret", info.client_secret().expose_secret()));
-            }
-        }
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
+        let authentication = match auth {
+            UpstreamAuth::ClientSecretPost => ClientAuthentication::ClientSecretPost,
+            UpstreamAuth::ClientSecretBasic => ClientAuthentication::ClientSecretBasic,
+        };
         self.metrics.upstream_request();
         let started = Instant::now();
-        let sent = builder.body(body).send().await;
-        let mut response = match sent {
-            Ok(response) => response,
+        let sent =
+            token_endpoint::request_token(&self.http, &url, info, &authentication, &form).await;
+        let answer = match sent {
+            Ok(answer) => answer,
             Err(err) => {
                 self.metrics
                     .upstream_answer("error", started.elapsed().as_secs_f64());
-                return Err(Error::from(err));
+                return Err(err);
             }
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        self.limits.observe(info.client_id(), status, &headers);
+        let status = answer.status;
+        self.limits
+            .observe(info.client_id(), status, &answer.headers);
         self.metrics.set_upstream_remaining(self.limits.remaining());
-        let bytes = read_body_limited(&mut response, MAX_DOCUMENT_BYTES).await;
         self.metrics
             .upstream_answer(status_class(status), started.elapsed().as_secs_f64());
-        let result = parse_answer(status, &headers, &bytes?);
         tracing::info!(
             client_id = info.client_id(),
             status,
@@ -233,7 +237,7 @@ impl Upstream {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "upstream token request"
         );
-        result
+        answer.result.map(UpstreamToken::from)
     }
 }
 
@@ -247,160 +251,6 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-fn basic_header(info: &ClientInfo) -> Result<HeaderValue, Error> {
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!(
-        "{}:{}",
-        enc(info.client_id()),
-        enc(info.client_secret().expose_secret())
-    );
-    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value =
-        HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| Error::InvalidResponse {
-            status: None,
-            reason: "client credentials cannot be sent in a header".into(),
-        })?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-#[derive(Deserialize)]
-struct SuccessBody {
-    access_token: String,
-    token_type: Option<String>,
-    expires_in: Option<serde_json::Value>,
-    scope: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    error_description: Option<String>,
-    error_uri: Option<String>,
-}
-
-/// The longest server-named delay taken at its word.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(86_400);
-
-/// Reads the provider's answer into a token or an error the handler can relay.
-pub(crate) fn parse_answer(
-    status: u16,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<UpstreamToken, Error> {
-    match status {
-        200..=299 => {
-            let parsed: SuccessBody =
-                serde_json::from_slice(body).map_err(|_| Error::InvalidResponse {
-                    status: Some(status),
-                    reason: "the token response is not the expected JSON".into(),
-                })?;
-            if let Some(kind) = parsed.token_type.as_deref() {
-                if !kind.eq_ignore_ascii_case("bearer") {
-                    return Err(Error::InvalidResponse {
-                        status: Some(status),
-                        reason: format!("unsupported token_type `{}`", untrusted_text(kind)),
-                    });
-                }
-            }
-            if parsed.access_token.is_empty() {
-                return Err(Error::InvalidResponse {
-                    status: Some(status),
-                    reason: "the token response has an empty access_token".into(),
-                });
-            }
-            let lifetime = match &parsed.expires_in {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::Number(n)) => n.as_f64(),
-                Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
-                Some(_) => None,
-            };
-            let issued_at = Utc::now();
-            let expires_at = match lifetime {
-                Some(secs) if secs.is_finite() && secs >= 0.0 => {
-                    let secs = secs.min(MAX_WAIT.as_secs_f64() * 365.0);
-                    chrono::Duration::from_std(Duration::from_secs_f64(secs))
-                        .ok()
-                        .and_then(|d| issued_at.checked_add_signed(d))
-                }
-                Some(_) => {
-                    return Err(Error::InvalidResponse {
-                        status: Some(status),
-                        reason: "the token response has a negative expires_in".into(),
-                    });
-                }
-                None => None,
-            };
-            Ok(UpstreamToken {
-                access_token: SecretString::from(parsed.access_token),
-                token_type: "Bearer".into(),
-                scope: parsed.scope.filter(|s| !s.is_empty()),
-                issued_at,
-                expires_at,
-            })
-        }
-        429 => Err(Error::RateLimited {
-            retry_after: retry_after(headers),
-            reset_at: reset_at(headers),
-        }),
-        500..=599 => Err(Error::ServerError {
-            status,
-            retry_after: retry_after(headers),
-        }),
-        // The provider's words go into `Display` and logs: escaped and capped.
-        _ => match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(parsed) if parsed.error == "invalid_client" => Err(Error::InvalidClient {
-                status: Some(status),
-                description: parsed.error_description.as_deref().map(untrusted_text),
-            }),
-            Ok(parsed) => Err(Error::Authorization {
-                status: Some(status),
-                error: untrusted_text(&parsed.error),
-                description: parsed.error_description.as_deref().map(untrusted_text),
-                error_uri: parsed.error_uri.as_deref().map(untrusted_text),
-            }),
-            Err(_) => Err(Error::InvalidResponse {
-                status: Some(status),
-                reason: "the identity provider answered with an error that is not OAuth2 JSON"
-                    .into(),
-            }),
-        },
-    }
-}
-
-pub(crate) fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-/// `Retry-After` in seconds or as an HTTP date, clamped to a day.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = header_str(headers, "retry-after")?;
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs).min(MAX_WAIT));
-    }
-    let at = DateTime::parse_from_rfc2822(value)
-        .ok()?
-        .with_timezone(&Utc);
-    Some((at - Utc::now()).to_std().unwrap_or_default().min(MAX_WAIT))
-}
-
-/// `X-RateLimit-Reset`: Auth0 sends epoch seconds; small numbers are read as seconds from now.
-pub(crate) fn reset_at(headers: &HeaderMap) -> Option<DateTime<Utc>> {
-    let value = header_str(headers, "x-ratelimit-reset")?
-        .parse::<i64>()
-        .ok()?;
-    let now = Utc::now();
-    let at = if value > 1_000_000_000 {
-        DateTime::from_timestamp(value, 0)?
-    } else {
-        now.checked_add_signed(chrono::Duration::seconds(value.max(0)))?
-    };
-    let latest = now.checked_add_signed(chrono::Duration::days(1))?;
-    Some(at.min(latest))
-}
 /// Gets one customer's token for one request shape; the core lifecycle decides when.
 pub struct UpstreamAuthorizer {
     info: ClientInfo,
@@ -450,7 +300,7 @@ impl Authorizer for UpstreamAuthorizer {
     }
 
     async fn refresh(&self, token: &UpstreamToken) -> Result<UpstreamToken, Error> {
-        let purpose = match token.expires_at {
+        let purpose = match token.expires_at() {
             Some(at) if at > Utc::now() => Purpose::Refresh,
             _ => Purpose::Miss,
         };
@@ -484,58 +334,49 @@ impl fmt::Debug for Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use en_auth_core::BearerToken;
 
+    /// The store holds tokens as JSON: the access token in clear (the store encrypts), the
+    /// fields as instances before en-auth-oauth2's `BearerToken` wrote them; `Debug` redacts.
     #[test]
-    fn hostile_answers_are_errors_never_panics() {
-        for (status, body) in [
-            (200, "<html>"),
-            (200, r#"{"access_token":""}"#),
-            (200, r#"{"access_token":"t","expires_in":-1}"#),
-            (200, r#"{"access_token":"t","token_type":"DPoP"}"#),
-            (400, "nope"),
-        ] {
-            assert!(parse_answer(status, &HeaderMap::new(), body.as_bytes()).is_err());
-        }
-        let token = parse_answer(
-            200,
-            &HeaderMap::new(),
-            br#"{"access_token":"t","expires_in":1e300,"scope":"a"}"#,
-        )
-        .unwrap();
-        assert_eq!(token.scope(), Some("a"));
-        assert!(format!("{token:?}").contains("REDACTED"));
-    }
-
-    /// Found by the `token_response` fuzz target: the provider's `error` and
-    /// `error_description` went verbatim into the error's `Display` (logged for every failed
-    /// request), newlines and terminal escapes included, at any length.
-    #[test]
-    fn provider_text_in_errors_is_escaped_and_capped() {
-        let long = "x".repeat(100_000);
-        let body = serde_json::json!({
-            "error": "access_denied\nINFO forged",
-            "error_description": format!("\u{1b}[31mred\u{202e}gnp.exe{long}"),
-            "error_uri": "https://e/\r\n",
+    fn tokens_round_trip_through_the_store_format_and_debug_redacts() {
+        let token = UpstreamToken::from(GrantedToken {
+            token: BearerToken::new("tok-secret-1", Some(std::time::Duration::from_secs(600))),
+            scope: Some("read write".into()),
         });
-        let err = parse_answer(400, &HeaderMap::new(), body.to_string().as_bytes())
-            .err()
-            .unwrap();
-        let shown = err.to_string();
-        assert!(!shown.chars().any(char::is_control), "{shown:?}");
-        assert!(!shown.contains('\u{202e}'), "{shown:?}");
-        assert!(shown.contains("access_denied\\nINFO forged"), "{shown:?}");
-        assert!(shown.len() < 1_000, "{} bytes", shown.len());
-        match err {
-            Error::Authorization { error_uri, .. } => {
-                assert_eq!(error_uri.as_deref(), Some("https://e/\\r\\n"));
-            }
-            other => panic!("{other:?}"),
-        }
-        let odd_type = br#"{"access_token":"t","token_type":"DPoP\n forged"}"#;
-        let shown = parse_answer(200, &HeaderMap::new(), odd_type)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        let json: serde_json::Value = serde_json::to_value(&token).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "access_token",
+                "expires_at",
+                "issued_at",
+                "scope",
+                "token_type"
+            ]
+        );
+        assert_eq!(json["access_token"], "tok-secret-1");
+        assert_eq!(json["token_type"], "Bearer");
+        let back: UpstreamToken = serde_json::from_value(json).unwrap();
+        assert_eq!(back.access_token(), "tok-secret-1");
+        assert_eq!(back.scope(), Some("read write"));
+        assert_eq!(back.expires_at(), token.expires_at());
+        assert_eq!(back.issued_at(), token.issued_at());
+        // An entry written by an instance from before this change.
+        let old = r#"{"access_token":"old-tok","token_type":"Bearer","scope":null,
+            "issued_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#;
+        let old: UpstreamToken = serde_json::from_str(old).unwrap();
+        assert_eq!(old.access_token(), "old-tok");
+        assert_eq!(
+            (old.expires_at().unwrap() - old.issued_at().unwrap()).num_seconds(),
+            3600
+        );
+        let shown = format!("{token:?}");
+        assert!(
+            shown.contains("REDACTED") && !shown.contains("tok-secret-1"),
+            "{shown}"
+        );
     }
 }

@@ -39,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(en_auth_oauth2::fuzzing::MAX_RETRY_AFTER, DAY);
     }
+    if let Some(at) = en_auth_oauth2::fuzzing::rate_limit_reset(headers) {
+        let ahead = (at - Utc::now()).to_std().unwrap_or_default();
+        assert!(ahead <= MAX_DELAY, "X-RateLimit-Reset {ahead:?} ahead");
+    }
     for status in [429, 503] {
         let err = en_auth_oauth2::fuzzing::parse_token_response(status, headers, b"", None)
             .err()

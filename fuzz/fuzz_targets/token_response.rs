@@ -1,5 +1,6 @@
 //! The token endpoint's answer (status, headers, body) as the OAuth2 client and the proxy
-//! read it: never a panic; a token's lifetime is bounded; every error is log-safe, keeps
+//! read it (one parser, en-auth-oauth2's `token_endpoint`; the proxy without a default
+//! lifetime): never a panic; a token's lifetime is bounded; every error is log-safe, keeps
 //! the status, names a bounded delay; the proxy relays only RFC 6749 text.
 #![no_main]
 
@@ -10,7 +11,7 @@ use en_auth_core::{AccessToken, Error};
 use en_auth_fuzz::{Message, assert_error_safe, assert_oauth_error_body};
 use libfuzzer_sys::fuzz_target;
 
-/// `expires_in` is clamped to 1e9 s by the client, a year by the proxy.
+/// `expires_in` is clamped to 1e9 s.
 const MAX_LIFETIME: Duration = Duration::from_secs(1_000_000_000);
 /// A server-named delay is taken at its word up to a day (plus slack for the clock).
 const MAX_DELAY: Duration = Duration::from_secs(86_400 + 5);
