@@ -74,19 +74,22 @@ pub struct ProxyConfig {
     pub max_keys: usize,
     /// Tokens are handed out with at least this much life left (clamped to a quarter of a
     /// short token's lifetime); renewal starts in the background at twice this before
-    /// expiry (`EN_AUTH_PROXY_MIN_REMAINING_SECS`, default 60).
+    /// expiry (`EN_AUTH_PROXY_MIN_REMAINING_SECS`, default 60, at most
+    /// [`MAX_MIN_REMAINING_SECS`]).
     pub min_remaining_secs: u64,
     /// A secret the upstream refused is refused locally, without asking upstream again, for
-    /// this long (`EN_AUTH_PROXY_REFUSAL_SECS`, default 30; doubles on repeated refusals).
+    /// this long (`EN_AUTH_PROXY_REFUSAL_SECS`, default 30, at most [`MAX_REFUSAL_SECS`];
+    /// doubles on repeated refusals).
     pub refusal_secs: u64,
     /// Upstream requests left (`X-RateLimit-Remaining`) kept for cache misses: at or below
     /// it, tokens that are still valid are not renewed until the limit resets
     /// (`EN_AUTH_PROXY_UPSTREAM_RESERVE`, default 5).
     pub upstream_reserve: u64,
-    /// Total timeout of one upstream request (`EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS`, default 10).
+    /// Total timeout of one upstream request (`EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS`, default
+    /// 10, at most [`MAX_TIMEOUT_SECS`]).
     pub upstream_timeout_secs: u64,
     /// Total time a customer's request may take (`EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS`,
-    /// default 30); answered 503 after it.
+    /// default 30, at most [`MAX_TIMEOUT_SECS`]); answered 503 after it.
     pub request_timeout_secs: u64,
     /// Largest request body accepted (`EN_AUTH_PROXY_MAX_BODY_BYTES`, default 16 KiB).
     pub max_body_bytes: usize,
@@ -194,6 +197,15 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The most seconds `EN_AUTH_PROXY_MIN_REMAINING_SECS` may name: a day (tokens shorter than
+/// four times it are handed out down to a quarter of their lifetime anyway).
+pub const MAX_MIN_REMAINING_SECS: u64 = 86_400;
+/// The most seconds `EN_AUTH_PROXY_REFUSAL_SECS` may name: a day.
+pub const MAX_REFUSAL_SECS: u64 = 86_400;
+/// The most seconds `EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS` and
+/// `EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS` may name: an hour.
+pub const MAX_TIMEOUT_SECS: u64 = 3_600;
+
 const NUMERIC_KEYS: &[&str] = &[
     "max_keys",
     "min_remaining_secs",
@@ -252,13 +264,7 @@ impl ProxyConfig {
             };
             let value = value.trim().to_owned();
             let parsed = if NUMERIC_KEYS.contains(key) {
-                let n = value
-                    .parse::<i64>()
-                    .map_err(|_| Error::InvalidConfiguration {
-                        setting: (*var).into(),
-                        reason: format!("expected a whole number, got `{value}`"),
-                    })?;
-                toml::Value::Integer(n)
+                toml::Value::Integer(whole_number(var, &value)?)
             } else {
                 toml::Value::String(value)
             };
@@ -278,7 +284,11 @@ impl ProxyConfig {
         Ok(config)
     }
 
-    /// Checks what can be checked before starting.
+    /// Checks what can be checked before starting. Settings that name a time are bounded
+    /// ([`MAX_MIN_REMAINING_SECS`], [`MAX_REFUSAL_SECS`], [`MAX_TIMEOUT_SECS`]), so that no
+    /// time arithmetic of the proxy can overflow; counts (quotas, the reserve, the unknown
+    /// clients' budgets, `max_keys`, `max_cache_bytes`, `max_body_bytes`) may be as large as
+    /// their type.
     pub fn check(&self) -> Result<(), Error> {
         if self.token_url.is_none() && self.issuer.is_none() {
             return Err(Error::MissingConfiguration {
@@ -305,6 +315,35 @@ impl ProxyConfig {
                 setting: "EN_AUTH_PROXY_MAX_BODY_BYTES".into(),
                 reason: "must be at least 256".into(),
             });
+        }
+        for (setting, value, max) in [
+            (
+                "EN_AUTH_PROXY_MIN_REMAINING_SECS",
+                self.min_remaining_secs,
+                MAX_MIN_REMAINING_SECS,
+            ),
+            (
+                "EN_AUTH_PROXY_REFUSAL_SECS",
+                self.refusal_secs,
+                MAX_REFUSAL_SECS,
+            ),
+            (
+                "EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS",
+                self.upstream_timeout_secs,
+                MAX_TIMEOUT_SECS,
+            ),
+            (
+                "EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS",
+                self.request_timeout_secs,
+                MAX_TIMEOUT_SECS,
+            ),
+        ] {
+            if value > max {
+                return Err(Error::InvalidConfiguration {
+                    setting: setting.into(),
+                    reason: format!("must be at most {max} (seconds)"),
+                });
+            }
         }
         Ok(())
     }
@@ -333,6 +372,22 @@ impl ProxyConfig {
 
     pub(crate) fn refusal(&self) -> Duration {
         Duration::from_secs(self.refusal_secs.max(1))
+    }
+}
+
+/// A numeric variable's value as a TOML integer. A whole number past TOML's integers
+/// (`i64::MAX`) becomes `i64::MAX`: the bounds of [`ProxyConfig::check`] refuse it where a
+/// bound applies, and for a count it means "unlimited" either way.
+fn whole_number(var: &str, value: &str) -> Result<i64, Error> {
+    let invalid = |reason: String| Error::InvalidConfiguration {
+        setting: var.into(),
+        reason,
+    };
+    match value.parse::<i64>() {
+        Ok(n) if n < 0 => Err(invalid(format!("must not be negative, got `{value}`"))),
+        Ok(n) => Ok(n),
+        Err(_) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(i64::MAX),
+        Err(_) => Err(invalid(format!("expected a whole number, got `{value}`"))),
     }
 }
 
@@ -387,5 +442,224 @@ mod tests {
         let err = ProxyConfig::from_sources("typo_key = 1\ntoken_url = \"https://x/\"", |_| None)
             .unwrap_err();
         assert!(err.to_string().contains("typo_key"), "{err}");
+    }
+
+    /// The variable of every numeric key, from the lists the loader reads (keys added later
+    /// are covered too).
+    fn numeric_variables() -> Vec<&'static str> {
+        let vars: Vec<_> = ENV_KEYS
+            .iter()
+            .filter(|(_, key)| NUMERIC_KEYS.contains(key))
+            .map(|(var, _)| *var)
+            .collect();
+        assert_eq!(
+            vars.len(),
+            NUMERIC_KEYS.len(),
+            "a numeric key without a variable"
+        );
+        vars
+    }
+
+    #[test]
+    fn times_past_their_bound_are_refused_naming_the_variable_and_the_bound() {
+        let url = "https://idp.example/oauth/token";
+        for (var, max) in [
+            ("EN_AUTH_PROXY_REFUSAL_SECS", MAX_REFUSAL_SECS),
+            ("EN_AUTH_PROXY_MIN_REMAINING_SECS", MAX_MIN_REMAINING_SECS),
+            ("EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS", MAX_TIMEOUT_SECS),
+            ("EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS", MAX_TIMEOUT_SECS),
+        ] {
+            let load = |value: String| {
+                ProxyConfig::from_sources("", |name| match name {
+                    "EN_AUTH_PROXY_TOKEN_URL" => Some(url.into()),
+                    name if name == var => Some(value.clone()),
+                    _ => None,
+                })
+            };
+            assert!(load(max.to_string()).is_ok(), "{var} at its bound");
+            for value in [
+                (max + 1).to_string(),
+                "1000000000000000000".into(),
+                i64::MAX.to_string(),
+                u64::MAX.to_string(),
+                "99999999999999999999999999".into(),
+            ] {
+                let err = load(value.clone()).unwrap_err().to_string();
+                assert!(
+                    err.contains(var) && err.contains(&format!("must be at most {max}")),
+                    "{var}={value}: {err}"
+                );
+            }
+        }
+        for var in numeric_variables() {
+            let err = ProxyConfig::from_sources("", |name| match name {
+                "EN_AUTH_PROXY_TOKEN_URL" => Some(url.into()),
+                name if name == var => Some("-1".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(var) && err.contains("negative"), "{err}");
+        }
+        // In code, past what a variable can say.
+        let mut config = ProxyConfig::new(url);
+        config.refusal_secs = u64::MAX;
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("EN_AUTH_PROXY_REFUSAL_SECS"), "{err}");
+    }
+
+    /// Every numeric variable at `u64::MAX`, `i64::MAX` and 10^18, through the environment and
+    /// the file, then `Proxy::new`: refused naming the variable, or a proxy that answers a
+    /// token request. Real time: the identity provider is a real HTTP server on loopback, and
+    /// paused time would let the clients' timeouts fire while its sockets work.
+    #[tokio::test]
+    async fn huge_numbers_are_refused_or_served_never_a_panic() {
+        use en_auth_testkit::{IdpConfig, LocalIdp, LoopbackServer};
+        let idp = LocalIdp::start(IdpConfig::default()).await.unwrap();
+        let (id, secret) = (idp.client_id(), idp.client_secret());
+        let http = reqwest::Client::new();
+        let mut refused = Vec::new();
+        let mut served = Vec::new();
+        for var in numeric_variables() {
+            let key = ENV_KEYS.iter().find(|(v, _)| *v == var).unwrap().1;
+            for value in [
+                u64::MAX.to_string(),
+                i64::MAX.to_string(),
+                10u64.pow(18).to_string(),
+            ] {
+                let from_env = ProxyConfig::from_sources("", |name| match name {
+                    "EN_AUTH_PROXY_TOKEN_URL" => Some(idp.token_url()),
+                    name if name == var => Some(value.clone()),
+                    _ => None,
+                });
+                let file = format!("token_url = \"{}\"\n{key} = {}", idp.token_url(), {
+                    // TOML integers stop at i64::MAX.
+                    value.parse::<i64>().unwrap_or(i64::MAX)
+                });
+                let from_file = ProxyConfig::from_sources(&file, |_| None);
+                for (route, loaded) in [("env", from_env), ("file", from_file)] {
+                    let what = format!("{var}={value} ({route})");
+                    match loaded.and_then(crate::Proxy::new) {
+                        Err(err) => {
+                            let shown = err.to_string();
+                            assert!(shown.contains(var), "{what}: {shown}");
+                            refused.push(var);
+                        }
+                        Ok(proxy) => {
+                            let server = LoopbackServer::start(proxy.router()).await.unwrap();
+                            let answer = http
+                                .post(server.url("/oauth/token"))
+                                .form(&[
+                                    ("grant_type", "client_credentials"),
+                                    ("client_id", &id),
+                                    ("client_secret", &secret),
+                                ])
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(answer.status(), 200, "{what}");
+                            let body: serde_json::Value = answer.json().await.unwrap();
+                            assert!(body["access_token"].is_string(), "{what}: {body}");
+                            // A wrong secret: the refusal is remembered for the refusal time.
+                            let wrong = http
+                                .post(server.url("/oauth/token"))
+                                .form(&[
+                                    ("grant_type", "client_credentials"),
+                                    ("client_id", &id),
+                                    ("client_secret", "wrong"),
+                                ])
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(wrong.status(), 401, "{what}");
+                            served.push(var);
+                        }
+                    }
+                }
+            }
+        }
+        // Each time setting is refused at all three values through both routes; each count
+        // is served at all of them.
+        for var in [
+            "EN_AUTH_PROXY_REFUSAL_SECS",
+            "EN_AUTH_PROXY_MIN_REMAINING_SECS",
+            "EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS",
+            "EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS",
+        ] {
+            assert_eq!(refused.iter().filter(|v| **v == var).count(), 6, "{var}");
+        }
+        for var in [
+            "EN_AUTH_PROXY_MAX_KEYS",
+            "EN_AUTH_PROXY_UPSTREAM_RESERVE",
+            "EN_AUTH_PROXY_MAX_BODY_BYTES",
+            "EN_AUTH_PROXY_QUOTA_PER_MINUTE",
+        ] {
+            assert_eq!(served.iter().filter(|v| **v == var).count(), 6, "{var}");
+        }
+        assert_eq!(idp.tokens_issued(), served.len() as u64);
+        assert_eq!(idp.token_requests(), 2 * served.len() as u64);
+        // A client's own quota, in the file only.
+        let file = format!(
+            "token_url = \"{}\"\n[clients.\"{id}\"]\nquota_per_minute = {}",
+            idp.token_url(),
+            i64::MAX
+        );
+        let proxy = crate::Proxy::new(ProxyConfig::from_sources(&file, |_| None).unwrap()).unwrap();
+        let server = LoopbackServer::start(proxy.router()).await.unwrap();
+        let answer = http
+            .post(server.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &id),
+                ("client_secret", &secret),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+
+    /// At their bounds, the time settings give a proxy that serves.
+    #[tokio::test]
+    async fn times_at_their_bounds_are_served() {
+        // Real time, as above: a real identity provider on loopback.
+        use en_auth_testkit::{IdpConfig, LocalIdp, LoopbackServer};
+        let idp = LocalIdp::start(IdpConfig::default()).await.unwrap();
+        let mut config = ProxyConfig::new(idp.token_url());
+        config.min_remaining_secs = MAX_MIN_REMAINING_SECS;
+        config.refusal_secs = MAX_REFUSAL_SECS;
+        config.upstream_timeout_secs = MAX_TIMEOUT_SECS;
+        config.request_timeout_secs = MAX_TIMEOUT_SECS;
+        config.max_keys = usize::MAX;
+        config.max_body_bytes = usize::MAX;
+        config.quota_per_minute = u64::MAX;
+        config.upstream_reserve = u64::MAX;
+        let server = LoopbackServer::start(crate::Proxy::new(config).unwrap().router())
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        for attempt in 0..2 {
+            let answer = http
+                .post(server.url("/oauth/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &idp.client_id()),
+                    ("client_secret", &idp.client_secret()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "attempt {attempt}");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            // A one-hour token with a minimum of a day: handed out down to a quarter of
+            // its life, so the second request is served from the cache.
+            let left = body["expires_in"].as_u64().unwrap();
+            assert!(left > 3_000, "{body}");
+        }
+        assert_eq!(
+            idp.token_requests(),
+            1,
+            "the second answer came from the cache"
+        );
     }
 }
