@@ -17,9 +17,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use en_auth_core::Error;
 
+mod fallback;
 mod local;
+mod redis;
 
+pub use fallback::{DEFAULT_FALLBACK_COOLDOWN, FallbackLimits, FallbackStats};
 pub use local::{DEFAULT_MAX_KEYS, LocalLimits};
+pub use redis::{DEFAULT_LIMITS_TIMEOUT, KEY_PREFIX, RedisLimits, RedisLimitsBuilder};
 
 /// Milliseconds since the UNIX epoch.
 pub type UnixMillis = u64;

@@ -1,0 +1,280 @@
+//! [`FallbackLimits`]: a shared store (Redis) with this process's memory behind it, so that
+//! nobody is refused or failed because the shared store is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use en_auth_core::Error;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{Budget, LimitStore, Mac, Recall, UnixMillis};
+
+/// Default time the shared store is left alone after a failure before it is tried again.
+pub const DEFAULT_FALLBACK_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// A [`LimitStore`] that uses a shared store and falls back to a local one when it fails.
+///
+/// - Every write goes to both: the local store mirrors what this instance did, so that when
+///   the shared store fails, this instance goes on with its own limits (its own counts, the
+///   secrets it saw accepted, the blocks it saw) instead of starting from nothing.
+/// - Reads merge both: the larger count and the later deadline, a member known to either.
+///   So an outage of the shared store, or its restart with empty memory, never forgets what
+///   this instance saw. A budget take is the shared store's answer while it works.
+/// - A failed or timed-out call of the shared store is answered from the local store, and a
+///   breaker stops using the shared store for a cool-down (default
+///   [`DEFAULT_FALLBACK_COOLDOWN`]): a down Redis costs one timeout per cool-down, not one
+///   per request. After the cool-down one call probes it; when it answers, the limits are
+///   shared again.
+/// - One warning per outage (when the shared store first fails), one info line when it is
+///   back.
+pub struct FallbackLimits {
+    shared: Arc<dyn LimitStore>,
+    local: Arc<dyn LimitStore>,
+    cooldown: Duration,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    /// The shared store is not used before this.
+    open_until: Option<Instant>,
+    /// An outage is under way (warned about once).
+    failing: bool,
+    /// A call is probing the shared store after the cool-down.
+    probing: bool,
+    /// Outages seen so far.
+    outages: u64,
+    /// Calls answered locally because the shared store failed or was skipped.
+    local_answers: u64,
+}
+
+impl std::fmt::Debug for FallbackLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let breaker = self.breaker.lock();
+        f.debug_struct("FallbackLimits")
+            .field("shared", &self.shared)
+            .field("local", &self.local)
+            .field("failing", &breaker.failing)
+            .field("outages", &breaker.outages)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one call goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The shared store works (as far as is known).
+    Shared,
+    /// The cool-down is over: this call tries the shared store again.
+    Probe,
+    /// The breaker is open: local only.
+    Local,
+}
+
+/// Ends a probe when the call is done or dropped (a cancelled request must not leave the
+/// breaker waiting for a probe that never ends).
+struct ProbeGuard<'a>(Option<&'a Mutex<Breaker>>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.lock().probing = false;
+        }
+    }
+}
+
+/// What the fallback did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FallbackStats {
+    /// Whether the shared store is failing now (the breaker is open or probing).
+    pub failing: bool,
+    /// How many outages began (each logged once).
+    pub outages: u64,
+    /// Calls answered from the local store alone.
+    pub local_answers: u64,
+}
+
+impl FallbackLimits {
+    /// Uses `shared`, and `local` when `shared` fails.
+    pub fn new(shared: Arc<dyn LimitStore>, local: Arc<dyn LimitStore>) -> Self {
+        Self {
+            shared,
+            local,
+            cooldown: DEFAULT_FALLBACK_COOLDOWN,
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    /// How long the shared store is left alone after a failure (default
+    /// [`DEFAULT_FALLBACK_COOLDOWN`]).
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Outages and local answers so far.
+    pub fn stats(&self) -> FallbackStats {
+        let breaker = self.breaker.lock();
+        FallbackStats {
+            failing: breaker.failing,
+            outages: breaker.outages,
+            local_answers: breaker.local_answers,
+        }
+    }
+
+    fn route(&self) -> Route {
+        let mut breaker = self.breaker.lock();
+        match breaker.open_until {
+            None => Route::Shared,
+            Some(until) if Instant::now() < until || breaker.probing => {
+                breaker.local_answers += 1;
+                Route::Local
+            }
+            Some(_) => {
+                breaker.probing = true;
+                Route::Probe
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut breaker = self.breaker.lock();
+        if breaker.failing {
+            tracing::info!("Redis answers again: the proxy's limits are shared again");
+        }
+        breaker.failing = false;
+        breaker.open_until = None;
+    }
+
+    fn failed(&self, err: &Error) {
+        let mut breaker = self.breaker.lock();
+        breaker.open_until = Some(Instant::now() + self.cooldown);
+        breaker.local_answers += 1;
+        if !breaker.failing {
+            breaker.failing = true;
+            breaker.outages += 1;
+            tracing::warn!(
+                error = %err,
+                "Redis is unavailable: each instance uses its own quotas, lock-out memory and \
+                 upstream budget until it answers (nobody is refused because of it)"
+            );
+        }
+    }
+
+    /// Runs `local`, then `shared` when the breaker lets it, and merges the answers.
+    async fn call<T, L, S>(
+        &self,
+        local: L,
+        shared: S,
+        merge: impl FnOnce(T, T) -> T,
+    ) -> Result<T, Error>
+    where
+        L: std::future::Future<Output = Result<T, Error>>,
+        S: std::future::Future<Output = Result<T, Error>>,
+    {
+        let local = local.await;
+        let route = self.route();
+        if route == Route::Local {
+            return local;
+        }
+        let _probe = ProbeGuard((route == Route::Probe).then_some(&self.breaker));
+        match shared.await {
+            Ok(shared) => {
+                self.succeeded();
+                Ok(match local {
+                    Ok(local) => merge(shared, local),
+                    Err(_) => shared,
+                })
+            }
+            Err(err) => {
+                self.failed(&err);
+                local
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LimitStore for FallbackLimits {
+    async fn add(
+        &self,
+        key: &str,
+        window: Duration,
+        now: UnixMillis,
+        add: u64,
+    ) -> Result<u64, Error> {
+        self.call(
+            self.local.add(key, window, now, add),
+            self.shared.add(key, window, now, add),
+            u64::max,
+        )
+        .await
+    }
+
+    async fn remember(
+        &self,
+        key: &str,
+        member: Mac,
+        cap: usize,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<(), Error> {
+        self.call(
+            self.local.remember(key, member, cap, ttl, now),
+            self.shared.remember(key, member, cap, ttl, now),
+            |(), ()| (),
+        )
+        .await
+    }
+
+    async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error> {
+        self.call(
+            self.local.recall(key, member, now),
+            self.shared.recall(key, member, now),
+            |a, b| Recall {
+                member: a.member || b.member,
+                any: a.any || b.any,
+            },
+        )
+        .await
+    }
+
+    async fn hold_until(&self, key: &str, until: UnixMillis) -> Result<(), Error> {
+        self.call(
+            self.local.hold_until(key, until),
+            self.shared.hold_until(key, until),
+            |(), ()| (),
+        )
+        .await
+    }
+
+    async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error> {
+        self.call(
+            self.local.held_until(key, now),
+            self.shared.held_until(key, now),
+            Option::max,
+        )
+        .await
+    }
+
+    async fn set_budget(&self, key: &str, remaining: u64, reset: UnixMillis) -> Result<(), Error> {
+        self.call(
+            self.local.set_budget(key, remaining, reset),
+            self.shared.set_budget(key, remaining, reset),
+            |(), ()| (),
+        )
+        .await
+    }
+
+    async fn take_budget(&self, key: &str, keep: u64, now: UnixMillis) -> Result<Budget, Error> {
+        // The local take keeps this instance's mirror counting down; the fleet's answer wins.
+        self.call(
+            self.local.take_budget(key, keep, now),
+            self.shared.take_budget(key, keep, now),
+            |shared, _local| shared,
+        )
+        .await
+    }
+}
