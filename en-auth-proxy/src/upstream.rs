@@ -199,7 +199,7 @@ impl Upstream {
         purpose: Purpose,
     ) -> Result<UpstreamToken, Error> {
         let url = self.token_url().await?;
-        self.limits.admit(info.client_id(), purpose)?;
+        self.limits.admit(info.client_id(), purpose).await?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(audience) = &request.audience {
             form.push(("audience", audience));
@@ -226,7 +226,8 @@ impl Upstream {
         };
         let status = answer.status;
         self.limits
-            .observe(info.client_id(), status, &answer.headers);
+            .observe(info.client_id(), status, &answer.headers)
+            .await;
         self.metrics.set_upstream_remaining(self.limits.remaining());
         self.metrics
             .upstream_answer(status_class(status), started.elapsed().as_secs_f64());
