@@ -108,7 +108,9 @@ impl ProxyBuilder {
     /// Keeps quotas, the wrong-secret lock-out, the accepted secrets and the unknown
     /// clients' budget in `limits` (default: [`LocalLimits`], this process's memory). With a
     /// store shared by several instances (Redis), the limits hold for the fleet and survive
-    /// restarts; give every instance the same [`secret_key`](Self::secret_key) too.
+    /// restarts, and so does the upstream's rate-limit budget (429 blocks,
+    /// `X-RateLimit-Remaining`, Auth0 client quotas); give every instance the same
+    /// [`secret_key`](Self::secret_key) too.
     pub fn limits(mut self, limits: Arc<dyn LimitStore>) -> Self {
         self.limits = Some(limits);
         self
@@ -156,7 +158,11 @@ impl ProxyBuilder {
             config.token_url.clone(),
             config.issuer.clone(),
             http,
-            RateLimits::new(config.upstream_reserve),
+            // Only a store given here is shared; this process's memory is the budget's own.
+            match &self.limits {
+                Some(limits) => RateLimits::shared(config.upstream_reserve, Arc::clone(limits)),
+                None => RateLimits::new(config.upstream_reserve),
+            },
             Arc::clone(&metrics),
         )?);
         let cache = ProxyCache::new(

@@ -1,0 +1,413 @@
+//! Several proxy instances sharing one redis-server: tokens, quotas, the upstream budget and
+//! the lock-out memory hold for the fleet; when Redis stops, every instance goes on with its
+//! own limits; when it is back, they are shared again.
+//!
+//! Every test here runs on real time: Redis is a real peer whose TTLs run on its own clock,
+//! and the stores' command timeouts are tokio timers, which paused time would fire while a
+//! command waits on the loopback socket.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use en_auth_proxy::limits::{Budget, FallbackLimits, LimitStore, RedisLimits};
+use en_auth_proxy::{Proxy, ProxyConfig};
+use en_auth_redis::RedisTokenStore;
+use en_auth_testkit::{Fault, IdpConfig, LocalIdp, RedisServer};
+use support::{Answer, Running};
+
+const SECRET: &str = "s3cr3t-fleet-7f2c";
+const FLEET_KEY: &[u8] = b"fleet-key-for-tests-0123456789abcdef";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn epoch_in(secs: u64) -> String {
+    (unix_now() / 1000 + secs).to_string()
+}
+
+async fn redis_limits(redis: &RedisServer, fleet_key: &[u8]) -> RedisLimits {
+    RedisLimits::builder(redis.url())
+        .fleet_key(fleet_key)
+        .connect()
+        .await
+        .expect("limits")
+}
+
+async fn idp() -> LocalIdp {
+    LocalIdp::start(IdpConfig {
+        client_id: "acme".into(),
+        client_secret: SECRET.into(),
+        lifetime: Some(Duration::from_secs(3600)),
+    })
+    .await
+    .unwrap()
+}
+
+/// One instance of the fleet: its own token store and limits on the shared redis-server.
+struct Instance {
+    running: Running,
+    limits: Arc<FallbackLimits>,
+}
+
+/// `n` proxies with `config`, each with its own `RedisTokenStore` and `RedisLimits` (behind
+/// the fallback to its own memory) on `redis`.
+async fn fleet(redis: &RedisServer, config: &ProxyConfig, n: usize) -> Vec<Instance> {
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        let store = RedisTokenStore::builder(redis.url())
+            .fleet_key(FLEET_KEY)
+            .breaker_cooldown(Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("token store");
+        let limits = Arc::new(
+            FallbackLimits::new(
+                Arc::new(redis_limits(redis, FLEET_KEY).await),
+                local_limits(),
+            )
+            .cooldown(Duration::from_millis(500)),
+        );
+        let proxy = Proxy::builder(config.clone())
+            .store(Arc::new(store))
+            .limits(Arc::clone(&limits) as Arc<dyn LimitStore>)
+            .build()
+            .expect("valid config");
+        instances.push(Instance {
+            running: Running::start_proxy(proxy).await,
+            limits,
+        });
+    }
+    instances
+}
+
+/// This process's memory, the fallback's local side.
+fn local_limits() -> Arc<dyn LimitStore> {
+    Arc::new(en_auth_proxy::LocalLimits::default())
+}
+
+async fn token(instance: &Instance, audience: &str) -> Answer {
+    instance
+        .running
+        .post_token("acme", SECRET, &[("audience", audience)])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_limits_count_remember_hold_and_budget_for_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let a = redis_limits(&redis, FLEET_KEY).await;
+    let b = redis_limits(&redis, FLEET_KEY).await;
+    let minute = Duration::from_secs(60);
+    // A fixed time far from any window boundary: windows are keyed by index, not by Redis's
+    // clock, so callers agree on them whatever time they pass.
+    let now = (unix_now() / 60_000) * 60_000 + 30_000;
+
+    // Windows: both instances count into one window; the next window starts at zero.
+    assert_eq!(a.add("quota:acme", minute, now, 1).await.unwrap(), 1);
+    assert_eq!(b.add("quota:acme", minute, now + 1, 1).await.unwrap(), 2);
+    assert_eq!(a.add("quota:acme", minute, now + 2, 3).await.unwrap(), 5);
+    assert_eq!(
+        b.add("quota:acme", minute, now, 0).await.unwrap(),
+        5,
+        "a read"
+    );
+    assert_eq!(
+        a.add("quota:acme", minute, now + 60_000, 1).await.unwrap(),
+        1
+    );
+    assert_eq!(b.add("quota:other", minute, now, 0).await.unwrap(), 0);
+
+    // Remembered sets: at most `cap`, the oldest goes first; seen from the other instance.
+    let mac = |n: u8| [n; 32];
+    for n in 1..=4u8 {
+        a.remember("accepted:acme", mac(n), 3, minute, now + u64::from(n))
+            .await
+            .unwrap();
+    }
+    let recall = b.recall("accepted:acme", &mac(4), now).await.unwrap();
+    assert!(recall.member && recall.any);
+    let gone = b.recall("accepted:acme", &mac(1), now).await.unwrap();
+    assert!(!gone.member && gone.any, "the oldest of 4 with a cap of 3");
+    let none = b.recall("accepted:nobody", &mac(1), now).await.unwrap();
+    assert!(!none.member && !none.any);
+
+    // Deadlines: the later one is kept.
+    let real = unix_now();
+    a.hold_until("upstream:blocked", real + 30_000)
+        .await
+        .unwrap();
+    b.hold_until("upstream:blocked", real + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.held_until("upstream:blocked", real).await.unwrap(),
+        Some(real + 30_000)
+    );
+    assert_eq!(
+        b.held_until("upstream:blocked", real + 30_000)
+            .await
+            .unwrap(),
+        None,
+        "past by the caller's clock"
+    );
+    assert_eq!(a.held_until("upstream:other", real).await.unwrap(), None);
+
+    // Budget: taken fleet-wide down to `keep`, then spent until the reset.
+    let reset = real + 60_000;
+    assert_eq!(
+        a.take_budget("upstream:budget", 0, real).await.unwrap(),
+        Budget::Unknown
+    );
+    a.set_budget("upstream:budget", 3, reset).await.unwrap();
+    assert_eq!(
+        b.take_budget("upstream:budget", 1, real).await.unwrap(),
+        Budget::Taken { remaining: 2 }
+    );
+    assert_eq!(
+        a.take_budget("upstream:budget", 1, real).await.unwrap(),
+        Budget::Taken { remaining: 1 }
+    );
+    assert_eq!(
+        b.take_budget("upstream:budget", 1, real).await.unwrap(),
+        Budget::Spent { reset },
+        "a refresh leaves the reserve"
+    );
+    assert_eq!(
+        b.take_budget("upstream:budget", 0, real).await.unwrap(),
+        Budget::Taken { remaining: 0 }
+    );
+    assert_eq!(
+        a.take_budget("upstream:budget", 0, real).await.unwrap(),
+        Budget::Spent { reset }
+    );
+    assert_eq!(
+        a.take_budget("upstream:budget", 0, reset).await.unwrap(),
+        Budget::Unknown,
+        "reset by the caller's clock"
+    );
+
+    // Another fleet on the same Redis shares nothing.
+    let other = redis_limits(&redis, b"another-fleet-key-0123456789abcdefgh").await;
+    assert_ne!(other.prefix(), a.prefix());
+    assert_eq!(other.add("quota:acme", minute, now, 0).await.unwrap(), 0);
+    assert_eq!(
+        other.held_until("upstream:blocked", real).await.unwrap(),
+        None
+    );
+
+    // Every key is in the fleet's namespace: `en-auth-proxy:<16 hex digits>:`.
+    let keys = redis.command(&["KEYS", "*"]).unwrap();
+    let names: Vec<&str> = keys
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .collect();
+    assert!(!names.is_empty());
+    for name in &names {
+        let rest = name.strip_prefix("en-auth-proxy:").expect(name);
+        let (namespace, _) = rest.split_once(':').expect(name);
+        assert_eq!(namespace.len(), 16, "{name}");
+        assert!(namespace.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_it_is_back() {
+    support::logs(); // captures from here on
+    let mut redis = RedisServer::start();
+    let a_redis = Arc::new(redis_limits(&redis, FLEET_KEY).await);
+    let a =
+        FallbackLimits::new(a_redis.clone(), local_limits()).cooldown(Duration::from_millis(300));
+    let b = FallbackLimits::new(
+        Arc::new(redis_limits(&redis, FLEET_KEY).await),
+        local_limits(),
+    )
+    .cooldown(Duration::from_millis(300));
+    let minute = Duration::from_secs(60);
+    let now = (unix_now() / 60_000) * 60_000 + 30_000;
+
+    // Shared: each sees the other's counts.
+    assert_eq!(a.add("quota:acme", minute, now, 1).await.unwrap(), 1);
+    assert_eq!(b.add("quota:acme", minute, now, 1).await.unwrap(), 2);
+    a.remember("accepted:acme", [9; 32], 5, minute, now)
+        .await
+        .unwrap();
+    assert!(
+        b.recall("accepted:acme", &[9; 32], now)
+            .await
+            .unwrap()
+            .member
+    );
+
+    // Redis stops: every call still answers, from each instance's own memory (a counts its
+    // own request, b its own), and a down Redis costs one timeout per cool-down, not one
+    // per call.
+    redis.stop();
+    let (commands_before, _) = a_redis.stats();
+    for i in 0..50 {
+        let count = a.add("quota:acme", minute, now, 1).await.expect("no error");
+        assert_eq!(count, 2 + i, "a's own count");
+    }
+    assert_eq!(b.add("quota:acme", minute, now, 1).await.unwrap(), 2);
+    let (commands_after, _) = a_redis.stats();
+    assert!(
+        commands_after - commands_before <= 2,
+        "{} Redis calls for 50 requests",
+        commands_after - commands_before
+    );
+    // What a saw accepted holds on a without Redis.
+    assert!(
+        a.recall("accepted:acme", &[9; 32], now)
+            .await
+            .unwrap()
+            .member
+    );
+    assert!(a.stats().failing);
+    assert_eq!(a.stats().outages, 1);
+
+    // Redis is back (empty: nothing is persisted): after the cool-down, shared again.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The probe may find the connection still being re-made: a few calls until it is.
+    let mut shared = false;
+    for _ in 0..40 {
+        a.hold_until("upstream:blocked", unix_now() + 20_000)
+            .await
+            .unwrap();
+        if !a.stats().failing {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared, "a shares again");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut seen = None;
+    for _ in 0..40 {
+        seen = b.held_until("upstream:blocked", unix_now()).await.unwrap();
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.is_some(), "b sees a's block through Redis again");
+    assert_eq!(a.stats().outages, 1);
+    let warnings = support::logs()
+        .lines()
+        .filter(|l| l.contains("Redis is unavailable"))
+        .count();
+    assert_eq!(warnings, 2, "one warning per instance per outage");
+    assert!(support::logs().contains("limits are shared again"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_instance_blocks_the_others_until_it_passes() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    // A 2 s Retry-After is longer than the 1 s an upstream request may take, retries
+    // included: answered at once, not waited out.
+    config.upstream_timeout_secs = 1;
+    let fleet = fleet(&redis, &config, 3).await;
+    idp.push_faults([Fault::rate_limited(2)]);
+    let first = token(&fleet[0], "a").await;
+    assert_eq!(first.status, 429);
+    assert_eq!(idp.token_requests(), 1);
+    // Other instances, other keys: refused without asking the provider.
+    for (i, audience) in [(1, "b"), (2, "c"), (1, "d"), (2, "e")] {
+        let answer = token(&fleet[i], audience).await;
+        assert_eq!(answer.status, 429, "instance {i}, {audience}");
+        assert!(answer.retry_after().is_some_and(|s| (1..=2).contains(&s)));
+    }
+    assert_eq!(idp.token_requests(), 1, "the block holds fleet-wide");
+    // Real time: the block is a deadline in Redis, on its clock.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(token(&fleet[2], "f").await.status, 200);
+    assert_eq!(idp.token_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remaining_upstream_budget_is_counted_fleet_wide() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let fleet = fleet(&redis, &ProxyConfig::new(idp.token_url()), 3).await;
+    // The provider says 3 requests remain for a minute.
+    idp.push_faults([Fault::Respond {
+        status: 200,
+        headers: vec![
+            ("x-ratelimit-limit".into(), "30".into()),
+            ("x-ratelimit-remaining".into(), "3".into()),
+            ("x-ratelimit-reset".into(), epoch_in(60)),
+        ],
+        body: r#"{"access_token":"first","token_type":"Bearer","expires_in":3600}"#.into(),
+    }]);
+    assert_eq!(token(&fleet[0], "a").await.token(), "first");
+    // Three more cache misses on three instances spend the budget; the fourth waits for the
+    // reset, whichever instance it reaches. Per instance, each would have had 3.
+    let mut statuses = Vec::new();
+    for (i, audience) in [(1, "b"), (2, "c"), (0, "d"), (1, "e"), (2, "f")] {
+        statuses.push(token(&fleet[i], audience).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(idp.token_requests(), 4);
+    assert!(fleet.iter().all(|i| !i.limits.stats().failing));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let idp = idp().await;
+    let fleet = fleet(&redis, &ProxyConfig::new(idp.token_url()), 3).await;
+    for instance in &fleet {
+        assert_eq!(token(instance, "a").await.status, 200);
+    }
+    assert_eq!(idp.token_requests(), 1, "one token for the fleet");
+
+    redis.stop();
+    // Every instance keeps serving: cached tokens, and new keys fetched on its own.
+    for round in 0..3 {
+        for (i, instance) in fleet.iter().enumerate() {
+            assert_eq!(token(instance, "a").await.status, 200, "cached, {i}");
+            let fresh = format!("down-{round}-{i}");
+            assert_eq!(token(instance, &fresh).await.status, 200, "{fresh}");
+        }
+    }
+    assert_eq!(idp.token_requests(), 1 + 9);
+    // A 429 seen by one instance now blocks that instance only.
+    idp.push_faults([Fault::rate_limited(30)]);
+    assert_eq!(token(&fleet[0], "blocked-0").await.status, 429);
+    assert_eq!(token(&fleet[0], "blocked-1").await.status, 429);
+    assert_eq!(token(&fleet[1], "alone-1").await.status, 200);
+    assert_eq!(idp.token_requests(), 1 + 9 + 2);
+    assert!(fleet.iter().all(|i| i.limits.stats().outages == 1));
+
+    // Redis back: after the cool-downs, a 429 seen by one blocks the others again.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Each instance probes Redis at its next call; a probe may find the connection being
+    // re-made (one more local answer): call until every instance shares again.
+    for _ in 0..40 {
+        for instance in &fleet {
+            let _ = instance
+                .limits
+                .held_until("probe", unix_now())
+                .await
+                .unwrap();
+        }
+        if fleet.iter().all(|i| !i.limits.stats().failing) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fleet.iter().all(|i| !i.limits.stats().failing));
+    let before = idp.token_requests();
+    idp.push_faults([Fault::rate_limited(30)]);
+    assert_eq!(token(&fleet[1], "again-1").await.status, 429);
+    assert_eq!(token(&fleet[2], "again-2").await.status, 429);
+    assert_eq!(idp.token_requests(), before + 1, "shared again");
+}
