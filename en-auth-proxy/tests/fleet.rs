@@ -411,3 +411,86 @@ async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_
     assert_eq!(token(&fleet[2], "again-2").await.status, 429);
     assert_eq!(idp.token_requests(), before + 1, "shared again");
 }
+
+/// The issue's measurement: 3 instances + Redis in front of panva's oidc-provider, 50
+/// customers × 2 scopes, 20 concurrent requests per (customer, scope), spread over the
+/// instances. Printed with `--no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn measure_three_instances_fifty_customers_two_scopes_twenty_requests_each() {
+    use en_auth_testkit::OidcProvider;
+    use futures_util::StreamExt;
+
+    const PER_KEY: usize = 20;
+    const SCOPES: [&str; 2] = ["read:data", "write:data"];
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start(3600).await;
+    let config = ProxyConfig::new(provider.token_url());
+    let fleet = fleet(&redis, &config, 3).await;
+    let before = provider.token_requests().await;
+
+    let started = std::time::Instant::now();
+    let requests = (1..=OidcProvider::CUSTOMERS).flat_map(|n| {
+        let fleet = &fleet;
+        SCOPES.iter().flat_map(move |scope| {
+            (0..PER_KEY).map(move |i| async move {
+                let (id, secret) = OidcProvider::customer(n);
+                let instance = &fleet[(n + i) % fleet.len()];
+                let answer = instance
+                    .running
+                    .post_token(
+                        &id,
+                        &secret,
+                        &[("audience", OidcProvider::API), ("scope", scope)],
+                    )
+                    .await;
+                (
+                    n,
+                    *scope,
+                    answer.status,
+                    answer.json["access_token"].clone(),
+                )
+            })
+        })
+    });
+    // Each key's 20 requests are in flight together (and 10 keys at a time).
+    let answers: Vec<_> = futures_util::stream::iter(requests)
+        .buffer_unordered(10 * PER_KEY)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+
+    let upstream = provider.token_requests().await - before;
+    let served = answers.iter().filter(|a| a.2 == 200).count();
+    let mut tokens =
+        std::collections::HashMap::<(usize, &str), std::collections::HashSet<String>>::new();
+    for (n, scope, _, token) in &answers {
+        if let Some(token) = token.as_str() {
+            tokens
+                .entry((*n, scope))
+                .or_default()
+                .insert(token.to_owned());
+        }
+    }
+    println!(
+        "fleet measurement: 3 instances, {} customers x {} scopes x {PER_KEY} requests = {} \
+         requests in {elapsed:?}: {upstream} upstream token requests, {served} served",
+        OidcProvider::CUSTOMERS,
+        SCOPES.len(),
+        answers.len(),
+    );
+    assert_eq!(
+        answers.len(),
+        OidcProvider::CUSTOMERS * SCOPES.len() * PER_KEY
+    );
+    assert_eq!(served, answers.len(), "every request served");
+    assert_eq!(
+        upstream,
+        (OidcProvider::CUSTOMERS * SCOPES.len()) as u64,
+        "one upstream request per key for the whole fleet"
+    );
+    assert_eq!(tokens.len(), OidcProvider::CUSTOMERS * SCOPES.len());
+    assert!(
+        tokens.values().all(|t| t.len() == 1),
+        "one token per key, fleet-wide"
+    );
+}
