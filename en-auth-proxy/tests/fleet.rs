@@ -221,8 +221,7 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
     support::logs(); // captures from here on
     let mut redis = RedisServer::start();
     let a_redis = Arc::new(redis_limits(&redis, FLEET_KEY).await);
-    let a =
-        FallbackLimits::new(a_redis.clone(), local_limits()).cooldown(Duration::from_millis(300));
+    let a = FallbackLimits::new(a_redis.clone(), local_limits()).cooldown(Duration::from_secs(1));
     let b = FallbackLimits::new(
         Arc::new(redis_limits(&redis, FLEET_KEY).await),
         local_limits(),
@@ -272,7 +271,7 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
 
     // Redis is back (empty: nothing is persisted): after the cool-down, shared again.
     redis.restart();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     // The probe may find the connection still being re-made: a few calls until it is.
     let mut shared = false;
     for _ in 0..40 {
