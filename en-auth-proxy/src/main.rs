@@ -4,8 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use en_auth_proxy::{Proxy, ProxyConfig};
+use en_auth_core::FLEET_KEY_ENV;
+use en_auth_proxy::limits::{FallbackLimits, RedisLimits};
+use en_auth_proxy::{LocalLimits, Proxy, ProxyConfig};
+use hmac::Mac as _;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use tracing_subscriber::filter::LevelFilter;
 
 const USAGE: &str = "usage: en-auth-proxy [--config FILE.toml]\n\
@@ -73,12 +78,32 @@ async fn main() -> ExitCode {
         // one (instances share tokens only with the same key); it succeeds in a degraded mode
         // when Redis is unreachable: each instance then falls back to its own cache until
         // Redis answers.
-        match en_auth_redis::RedisTokenStore::builder(url)
+        match en_auth_redis::RedisTokenStore::builder(url.clone())
             .encryption(keys)
             .connect()
             .await
         {
-            Ok(store) => builder = builder.store(std::sync::Arc::new(store)),
+            Ok(store) => builder = builder.store(Arc::new(store)),
+            Err(err) => {
+                eprintln!("en-auth-proxy: EN_AUTH_PROXY_REDIS_URL: {err}");
+                return ExitCode::from(2);
+            }
+        }
+        // The limits (quotas, upstream budget, lock-out memory) are shared too, behind a
+        // fallback to this instance's memory: nobody is refused because Redis is down.
+        let fleet_key = SecretString::from(std::env::var(FLEET_KEY_ENV).unwrap_or_default());
+        match RedisLimits::builder(url)
+            .fleet_key(fleet_key.expose_secret().as_bytes())
+            .connect()
+            .await
+        {
+            Ok(limits) => {
+                let limits =
+                    FallbackLimits::new(Arc::new(limits), Arc::new(LocalLimits::default()));
+                builder = builder
+                    .limits(Arc::new(limits))
+                    .secret_key(secret_key(fleet_key.expose_secret().as_bytes()));
+            }
             Err(err) => {
                 eprintln!("en-auth-proxy: EN_AUTH_PROXY_REDIS_URL: {err}");
                 return ExitCode::from(2);
@@ -143,6 +168,19 @@ fn redis_encryption_keys(value: Option<&str>) -> Result<en_auth_redis::Encryptio
         keys = Some(added.map_err(|err| format!("{REDIS_KEYS_ENV}: {err}"))?);
     }
     keys.ok_or_else(|| format!("{REDIS_KEYS_ENV} holds no key"))
+}
+
+/// The label the proxy's secret key is derived with from the fleet key.
+const SECRET_KEY_LABEL: &[u8] = b"en-auth-proxy secret key v1";
+
+/// The key under which secrets are compared and remembered: HMAC-SHA256 of a fixed label under
+/// the fleet key, so every instance of a fleet derives the same one (and recognizes the
+/// secrets the others saw accepted) without another setting.
+fn secret_key(fleet_key: &[u8]) -> SecretSlice<u8> {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(fleet_key)
+        .expect("HMAC takes keys of any length");
+    mac.update(SECRET_KEY_LABEL);
+    SecretSlice::from(mac.finalize().into_bytes().to_vec())
 }
 
 /// SIGTERM (Unix) or Ctrl-C.

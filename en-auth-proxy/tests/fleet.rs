@@ -55,35 +55,56 @@ struct Instance {
     limits: Arc<FallbackLimits>,
 }
 
-/// `n` proxies with `config`, each with its own `RedisTokenStore` and `RedisLimits` (behind
-/// the fallback to its own memory) on `redis`.
+/// The secret key every instance of the test fleet shares (the binary derives it from
+/// `EN_AUTH_FLEET_KEY`).
+fn secret_key() -> secrecy::SecretSlice<u8> {
+    secrecy::SecretSlice::from(b"the-fleet's-secret-key-0123456789abcdef".to_vec())
+}
+
+/// One proxy with `config`, its own `RedisTokenStore` and `RedisLimits` (behind the fallback
+/// to its own memory) on `redis`.
+async fn instance(redis: &RedisServer, config: &ProxyConfig) -> Instance {
+    let store = RedisTokenStore::builder(redis.url())
+        .fleet_key(FLEET_KEY)
+        .breaker_cooldown(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("token store");
+    let limits = Arc::new(
+        FallbackLimits::new(
+            Arc::new(redis_limits(redis, FLEET_KEY).await),
+            local_limits(),
+        )
+        .cooldown(Duration::from_millis(500)),
+    );
+    let proxy = Proxy::builder(config.clone())
+        .store(Arc::new(store))
+        .limits(Arc::clone(&limits) as Arc<dyn LimitStore>)
+        .secret_key(secret_key())
+        .build()
+        .expect("valid config");
+    Instance {
+        running: Running::start_proxy(proxy).await,
+        limits,
+    }
+}
+
+/// `n` instances (see [`instance`]).
 async fn fleet(redis: &RedisServer, config: &ProxyConfig, n: usize) -> Vec<Instance> {
     let mut instances = Vec::new();
     for _ in 0..n {
-        let store = RedisTokenStore::builder(redis.url())
-            .fleet_key(FLEET_KEY)
-            .breaker_cooldown(Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("token store");
-        let limits = Arc::new(
-            FallbackLimits::new(
-                Arc::new(redis_limits(redis, FLEET_KEY).await),
-                local_limits(),
-            )
-            .cooldown(Duration::from_millis(500)),
-        );
-        let proxy = Proxy::builder(config.clone())
-            .store(Arc::new(store))
-            .limits(Arc::clone(&limits) as Arc<dyn LimitStore>)
-            .build()
-            .expect("valid config");
-        instances.push(Instance {
-            running: Running::start_proxy(proxy).await,
-            limits,
-        });
+        instances.push(instance(redis, config).await);
     }
     instances
+}
+
+/// Quota windows are wall-clock minutes (real time: Redis is a real peer): keep a test that
+/// counts a minute's requests from straddling two.
+async fn wait_for_room_in_the_minute() {
+    let into = unix_now() % 60_000;
+    if into > 50_000 {
+        tokio::time::sleep(Duration::from_millis(60_100 - into)).await;
+    }
 }
 
 /// This process's memory, the fallback's local side.
@@ -358,6 +379,74 @@ async fn the_remaining_upstream_budget_is_counted_fleet_wide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_of_ten_a_minute_is_ten_for_the_fleet_not_ten_per_instance() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.quota_per_minute = 10;
+    let fleet = fleet(&redis, &config, 3).await;
+    wait_for_room_in_the_minute().await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        statuses.push(token(&fleet[i % 3], "a").await.status);
+    }
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((served, refused), (10, 20), "{statuses:?}");
+    assert!(statuses[..10].iter().all(|&s| s == 200), "{statuses:?}");
+    let rejections: u64 = fleet
+        .iter()
+        .map(|i| i.running.proxy.metrics().snapshot().quota_rejections)
+        .sum();
+    assert_eq!(rejections, 20, "quota refusals fleet-wide");
+    assert_eq!(idp.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accepted_secret_memory_holds_on_every_instance_and_survives_a_restart() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let config = ProxyConfig::new(idp.token_url());
+    let mut fleet = fleet(&redis, &config, 3).await;
+    assert_eq!(token(&fleet[0], "a").await.status, 200);
+    assert_eq!(idp.token_requests(), 1);
+    // Guessers who know the client id, on the other two instances: refused upstream 5
+    // times, then locked out on every instance at no upstream cost.
+    for i in 0..5 {
+        let guess = fleet[1 + i % 2]
+            .running
+            .post_token("acme", &format!("guess-{i}"), &[("audience", "g")])
+            .await;
+        assert_eq!(guess.error(), "invalid_client", "guess {i}");
+    }
+    assert_eq!(idp.token_requests(), 6);
+    for (i, instance) in fleet.iter().enumerate() {
+        let locked = instance
+            .running
+            .post_token("acme", "guess-more", &[("audience", "h")])
+            .await;
+        assert_eq!(locked.status, 429, "guessers locked out on {i}");
+    }
+    assert_eq!(idp.token_requests(), 6);
+    // The customer's real secret, for keys no instance has a token for: served everywhere.
+    assert_eq!(token(&fleet[1], "b").await.status, 200);
+    assert_eq!(token(&fleet[2], "c").await.status, 200);
+    assert_eq!(idp.token_requests(), 8);
+
+    // An instance restarts (a new process: nothing in memory); Redis remembers.
+    fleet.pop();
+    let restarted = instance(&redis, &config).await;
+    assert_eq!(token(&restarted, "d").await.status, 200);
+    assert_eq!(idp.token_requests(), 9);
+    let locked = restarted
+        .running
+        .post_token("acme", "guess-again", &[("audience", "i")])
+        .await;
+    assert_eq!(locked.status, 429, "guessers still locked out");
+    assert_eq!(idp.token_requests(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_back() {
     let mut redis = RedisServer::start();
     let idp = idp().await;
@@ -413,56 +502,84 @@ async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_
 
 /// The issue's measurement: 3 instances + Redis in front of panva's oidc-provider, 50
 /// customers × 2 scopes, 20 concurrent requests per (customer, scope), spread over the
-/// instances. Printed with `--no-capture`.
+/// instances: exactly one upstream request per key. Then the same again, with every token
+/// cached, against each customer's quota of 60 a minute: its first 40 requests counted, 20 of
+/// the next 40 served and 20 refused, fleet-wide (per instance, 180 would pass). Printed with
+/// `--no-capture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn measure_three_instances_fifty_customers_two_scopes_twenty_requests_each() {
+    use en_auth_proxy::ClientConfig;
     use en_auth_testkit::OidcProvider;
     use futures_util::StreamExt;
+    use std::collections::{HashMap, HashSet};
 
     const PER_KEY: usize = 20;
     const SCOPES: [&str; 2] = ["read:data", "write:data"];
+    const QUOTA: u64 = 60;
+    let customers = OidcProvider::CUSTOMERS;
     let redis = RedisServer::start();
     let provider = OidcProvider::start(3600).await;
-    let config = ProxyConfig::new(provider.token_url());
+    let mut config = ProxyConfig::new(provider.token_url());
+    // The customers are configured (so on record, not "unknown clients"), each with a quota.
+    for n in 1..=customers {
+        config.clients.insert(
+            OidcProvider::customer(n).0,
+            ClientConfig {
+                quota_per_minute: Some(QUOTA),
+                ..ClientConfig::default()
+            },
+        );
+    }
     let fleet = fleet(&redis, &config, 3).await;
     let before = provider.token_requests().await;
+    wait_for_room_in_the_minute().await;
 
-    let started = std::time::Instant::now();
-    let requests = (1..=OidcProvider::CUSTOMERS).flat_map(|n| {
-        let fleet = &fleet;
-        SCOPES.iter().flat_map(move |scope| {
-            (0..PER_KEY).map(move |i| async move {
-                let (id, secret) = OidcProvider::customer(n);
-                let instance = &fleet[(n + i) % fleet.len()];
-                let answer = instance
-                    .running
-                    .post_token(
-                        &id,
-                        &secret,
-                        &[("audience", OidcProvider::API), ("scope", scope)],
+    let round = || {
+        let requests = (1..=customers).flat_map(|n| {
+            let fleet = &fleet;
+            SCOPES.iter().flat_map(move |scope| {
+                (0..PER_KEY).map(move |i| async move {
+                    let (id, secret) = OidcProvider::customer(n);
+                    let instance = &fleet[(n + i) % fleet.len()];
+                    let answer = instance
+                        .running
+                        .post_token(
+                            &id,
+                            &secret,
+                            &[("audience", OidcProvider::API), ("scope", scope)],
+                        )
+                        .await;
+                    (
+                        n,
+                        *scope,
+                        answer.status,
+                        answer.json["access_token"].clone(),
                     )
-                    .await;
-                (
-                    n,
-                    *scope,
-                    answer.status,
-                    answer.json["access_token"].clone(),
-                )
+                })
             })
-        })
-    });
-    // Each key's 20 requests are in flight together (and 10 keys at a time).
-    let answers: Vec<_> = futures_util::stream::iter(requests)
-        .buffer_unordered(10 * PER_KEY)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-
+        });
+        // Each key's 20 requests are in flight together (and 10 keys at a time).
+        futures_util::stream::iter(requests)
+            .buffer_unordered(10 * PER_KEY)
+            .collect::<Vec<_>>()
+    };
+    let started = std::time::Instant::now();
+    let cold = round().await;
+    let cold_elapsed = started.elapsed();
     let upstream = provider.token_requests().await - before;
-    let served = answers.iter().filter(|a| a.2 == 200).count();
-    let mut tokens =
-        std::collections::HashMap::<(usize, &str), std::collections::HashSet<String>>::new();
-    for (n, scope, _, token) in &answers {
+    let started = std::time::Instant::now();
+    let warm = round().await;
+    let warm_elapsed = started.elapsed();
+    let upstream_after = provider.token_requests().await - before;
+
+    let requests = customers * SCOPES.len() * PER_KEY;
+    let per_customer = (SCOPES.len() * PER_KEY) as u64;
+    let status = |answers: &[(usize, &str, u16, serde_json::Value)], code: u16| {
+        answers.iter().filter(|a| a.2 == code).count()
+    };
+    let mut tokens = HashMap::<(usize, &str), HashSet<String>>::new();
+    let mut warm_served = vec![0u64; customers + 1];
+    for (n, scope, _, token) in cold.iter().chain(&warm) {
         if let Some(token) = token.as_str() {
             tokens
                 .entry((*n, scope))
@@ -470,24 +587,49 @@ async fn measure_three_instances_fifty_customers_two_scopes_twenty_requests_each
                 .insert(token.to_owned());
         }
     }
+    for (n, _, code, _) in &warm {
+        if *code == 200 {
+            warm_served[*n] += 1;
+        }
+    }
+    let rejections: u64 = fleet
+        .iter()
+        .map(|i| i.running.proxy.metrics().snapshot().quota_rejections)
+        .sum();
+    let configured = customers as u64 * (2 * per_customer - QUOTA);
     println!(
-        "fleet measurement: 3 instances, {} customers x {} scopes x {PER_KEY} requests = {} \
-         requests in {elapsed:?}: {upstream} upstream token requests, {served} served",
-        OidcProvider::CUSTOMERS,
+        "fleet measurement: 3 instances + Redis + oidc-provider, {customers} customers x {} \
+         scopes x {PER_KEY} concurrent requests = {requests} requests in {cold_elapsed:?}: \
+         {upstream} upstream token requests (target {}), {} served; again with tokens cached \
+         ({warm_elapsed:?}, {} more upstream): quota {QUOTA}/min per customer, {} served, {} \
+         refused fleet-wide ({rejections} counted by the instances; configured: {configured} = \
+         {customers} x ({} - {QUOTA}); per-instance quotas would refuse 0)",
         SCOPES.len(),
-        answers.len(),
+        customers * SCOPES.len(),
+        status(&cold, 200),
+        upstream_after - upstream,
+        status(&warm, 200),
+        status(&warm, 429),
+        2 * per_customer,
     );
-    assert_eq!(
-        answers.len(),
-        OidcProvider::CUSTOMERS * SCOPES.len() * PER_KEY
-    );
-    assert_eq!(served, answers.len(), "every request served");
     assert_eq!(
         upstream,
-        (OidcProvider::CUSTOMERS * SCOPES.len()) as u64,
+        (customers * SCOPES.len()) as u64,
         "one upstream request per key for the whole fleet"
     );
-    assert_eq!(tokens.len(), OidcProvider::CUSTOMERS * SCOPES.len());
+    assert_eq!(
+        upstream_after, upstream,
+        "cached tokens cost nothing upstream"
+    );
+    assert_eq!(status(&cold, 200), requests, "every first request served");
+    assert_eq!(status(&warm, 200) + status(&warm, 429), requests);
+    assert!(
+        warm_served[1..].iter().all(|&s| s == QUOTA - per_customer),
+        "each customer gets exactly its quota fleet-wide: {warm_served:?}"
+    );
+    assert_eq!(status(&warm, 429) as u64, configured);
+    assert_eq!(rejections, configured);
+    assert_eq!(tokens.len(), customers * SCOPES.len());
     assert!(
         tokens.values().all(|t| t.len() == 1),
         "one token per key, fleet-wide"

@@ -204,7 +204,15 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The proxy's limits in Redis; see the [module documentation](self).
+/// The proxy's limits in Redis, shared by every instance with the same fleet key.
+///
+/// Each [`LimitStore`] operation is one atomic round trip (a `MULTI` pipeline or a Lua
+/// script) on keys `en-auth-proxy:<namespace>:<kind>:<caller's key>`, the namespace derived
+/// from the fleet key (two fleets on one Redis never mix). Windows are keyed by their index
+/// from the caller's time, so instances agree on them; deadlines and budgets expire in Redis
+/// at the caller's deadline or reset. Each command fails after the command timeout (default
+/// [`DEFAULT_LIMITS_TIMEOUT`]): wrap the store in [`FallbackLimits`](super::FallbackLimits)
+/// so that a failure falls back to the instance's own limits.
 pub struct RedisLimits {
     manager: ConnectionManager,
     prefix: String,
