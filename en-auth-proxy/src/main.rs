@@ -92,8 +92,16 @@ async fn main() -> ExitCode {
         // The limits (quotas, upstream budget, lock-out memory) are shared too, behind a
         // fallback to this instance's memory: nobody is refused because Redis is down.
         let fleet_key = SecretString::from(std::env::var(FLEET_KEY_ENV).unwrap_or_default());
+        let timeout = match redis_timeout(std::env::var(REDIS_TIMEOUT_ENV).ok().as_deref()) {
+            Ok(timeout) => timeout,
+            Err(message) => {
+                eprintln!("en-auth-proxy: {message}");
+                return ExitCode::from(2);
+            }
+        };
         match RedisLimits::builder(url)
             .fleet_key(fleet_key.expose_secret().as_bytes())
+            .command_timeout(timeout)
             .connect()
             .await
         {
@@ -170,6 +178,22 @@ fn redis_encryption_keys(value: Option<&str>) -> Result<en_auth_redis::Encryptio
     keys.ok_or_else(|| format!("{REDIS_KEYS_ENV} holds no key"))
 }
 
+/// The timeout of one Redis command for the shared limits, in milliseconds.
+const REDIS_TIMEOUT_ENV: &str = "EN_AUTH_PROXY_REDIS_TIMEOUT_MS";
+
+/// Parses [`REDIS_TIMEOUT_ENV`]: default 100 ms, 10 ms to 5 s.
+fn redis_timeout(value: Option<&str>) -> Result<std::time::Duration, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(en_auth_proxy::limits::DEFAULT_LIMITS_TIMEOUT);
+    };
+    match value.parse::<u64>() {
+        Ok(ms) if (10..=5_000).contains(&ms) => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{REDIS_TIMEOUT_ENV} must be a number of milliseconds from 10 to 5000, not `{value}`"
+        )),
+    }
+}
+
 /// The label the proxy's secret key is derived with from the fleet key.
 const SECRET_KEY_LABEL: &[u8] = b"en-auth-proxy secret key v1";
 
@@ -205,4 +229,39 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutdown requested; finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_key_is_the_same_for_one_fleet_key_and_differs_between_fleets() {
+        let a = secret_key(b"fleet-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        let again = secret_key(b"fleet-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        let b = secret_key(b"fleet-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        assert_eq!(a.expose_secret().len(), 32);
+        assert_eq!(a.expose_secret(), again.expose_secret());
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_ne!(
+            a.expose_secret(),
+            b"fleet-key-aaaaaaaaaaaaaaaaaaaaaaa".as_slice()
+        );
+    }
+
+    #[test]
+    fn the_redis_timeout_is_checked_and_named() {
+        assert_eq!(
+            redis_timeout(None),
+            Ok(en_auth_proxy::limits::DEFAULT_LIMITS_TIMEOUT)
+        );
+        assert_eq!(
+            redis_timeout(Some(" 250 ")),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        for bad in ["0", "9", "5001", "1e3", "-5", "fast"] {
+            let err = redis_timeout(Some(bad)).unwrap_err();
+            assert!(err.contains(REDIS_TIMEOUT_ENV), "{err}");
+        }
+    }
 }

@@ -31,9 +31,13 @@ fn epoch_in(secs: u64) -> String {
     (unix_now() / 1000 + secs).to_string()
 }
 
+/// Limits on `redis`. A command timeout of a second, not the default 100 ms: these tests
+/// are about sharing, and a loaded CI machine must not turn them into outage tests (Redis
+/// stopped is refused at once whatever the timeout).
 async fn redis_limits(redis: &RedisServer, fleet_key: &[u8]) -> RedisLimits {
     RedisLimits::builder(redis.url())
         .fleet_key(fleet_key)
+        .command_timeout(Duration::from_secs(1))
         .connect()
         .await
         .expect("limits")
@@ -634,4 +638,83 @@ async fn measure_three_instances_fifty_customers_two_scopes_twenty_requests_each
         tokens.values().all(|t| t.len() == 1),
         "one token per key, fleet-wide"
     );
+}
+
+/// Starts the proxy binary on a free port with `env`; its base URL once /healthz answers.
+async fn start_binary(upstream: &str, env: &[(&str, String)]) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"));
+    command
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EN_AUTH_PROXY_TOKEN_URL", upstream)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            assert_eq!(r.status(), 200);
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_binaries_share_quotas_and_accepted_secrets_through_redis() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let env = [
+        ("EN_AUTH_PROXY_REDIS_URL", redis.url()),
+        ("EN_AUTH_FLEET_KEY", "f".repeat(40)),
+        (
+            "EN_AUTH_PROXY_REDIS_ENCRYPTION_KEYS",
+            "1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=".to_owned(),
+        ),
+        ("EN_AUTH_PROXY_QUOTA_PER_MINUTE", "4".to_owned()),
+        // See `redis_limits`: about sharing, not about a slow Redis.
+        ("EN_AUTH_PROXY_REDIS_TIMEOUT_MS", "1000".to_owned()),
+    ];
+    let (_a, a) = start_binary(&idp.token_url(), &env).await;
+    let (_b, b) = start_binary(&idp.token_url(), &env).await;
+    let http = reqwest::Client::new();
+    let post = |base: &str, secret: &str, audience: &str| {
+        let request = http.post(format!("{base}/oauth/token")).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "acme"),
+            ("client_secret", secret),
+            ("audience", audience),
+        ]);
+        async move { Answer::read(request.send().await.unwrap()).await }
+    };
+    wait_for_room_in_the_minute().await;
+    assert_eq!(post(&a, SECRET, "a").await.status, 200);
+    // Guessers on B: refused upstream, then locked out.
+    for i in 0..5 {
+        let guess = post(&b, &format!("guess-{i}"), "g").await;
+        assert_eq!(guess.error(), "invalid_client");
+    }
+    assert_eq!(post(&b, "guess-more", "g").await.status, 429);
+    assert_eq!(idp.token_requests(), 6);
+    // B knows the secret A saw accepted (both derive the secret key from the fleet key): a
+    // new key for the customer is fetched despite the lock-out.
+    let known = post(&b, SECRET, "b").await;
+    assert_eq!(known.status, 200, "{:?}", known.json);
+    assert_eq!(idp.token_requests(), 7);
+    // Quota 4 a minute, for the two together: 2 counted so far.
+    assert_eq!(post(&a, SECRET, "a").await.status, 200);
+    assert_eq!(post(&b, SECRET, "a").await.status, 200);
+    assert_eq!(post(&a, SECRET, "a").await.status, 429);
+    assert_eq!(post(&b, SECRET, "b").await.status, 429);
+    assert_eq!(idp.token_requests(), 7);
 }
