@@ -291,6 +291,10 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
             .unwrap()
             .member
     );
+    // What a sees accepted during the outage is told to the fleet when Redis is back.
+    a.remember("accepted:acme", [7; 32], 5, minute, now)
+        .await
+        .unwrap();
     assert!(a.stats().failing);
     assert_eq!(a.stats().outages, 1);
 
@@ -320,6 +324,29 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen.is_some(), "b sees a's block through Redis again");
+    let mut told = false;
+    for _ in 0..20 {
+        told = b
+            .recall("accepted:acme", &[7; 32], now)
+            .await
+            .unwrap()
+            .member;
+        if told {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        told,
+        "b knows the secret a saw accepted while Redis was down"
+    );
+    assert!(
+        !b.recall("accepted:acme", &[9; 32], now)
+            .await
+            .unwrap()
+            .member,
+        "Redis restarted empty, and b never saw that one itself"
+    );
     assert_eq!(a.stats().outages, 1);
     let warnings = support::logs()
         .lines()

@@ -27,6 +27,10 @@ pub const DEFAULT_FALLBACK_COOLDOWN: Duration = Duration::from_secs(2);
 ///   [`DEFAULT_FALLBACK_COOLDOWN`]): a down Redis costs one timeout per cool-down, not one
 ///   per request. After the cool-down one call probes it; when it answers, the limits are
 ///   shared again.
+/// - What the fleet must not miss is told to it when the shared store is back: the secrets
+///   seen accepted and the deadlines (429 blocks) set during an outage are written to it
+///   again (at most [`MAX_PENDING`] of them, the oldest dropped first). Counts are not: their
+///   windows are short.
 /// - One warning per outage (when the shared store first fails), one info line when it is
 ///   back.
 pub struct FallbackLimits {
@@ -34,6 +38,25 @@ pub struct FallbackLimits {
     local: Arc<dyn LimitStore>,
     cooldown: Duration,
     breaker: Mutex<Breaker>,
+    pending: Mutex<std::collections::VecDeque<Pending>>,
+}
+
+/// Most writes kept during an outage to be told to the shared store when it is back.
+pub const MAX_PENDING: usize = 1_000;
+
+/// A write the shared store missed.
+enum Pending {
+    Remember {
+        key: String,
+        member: Mac,
+        cap: usize,
+        ttl: Duration,
+        now: UnixMillis,
+    },
+    Hold {
+        key: String,
+        until: UnixMillis,
+    },
 }
 
 #[derive(Default)]
@@ -104,6 +127,7 @@ impl FallbackLimits {
             local,
             cooldown: DEFAULT_FALLBACK_COOLDOWN,
             breaker: Mutex::new(Breaker::default()),
+            pending: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -141,11 +165,46 @@ impl FallbackLimits {
 
     fn succeeded(&self) {
         let mut breaker = self.breaker.lock();
-        if breaker.failing {
-            tracing::info!("Redis answers again: the proxy's limits are shared again");
-        }
+        let recovered = breaker.failing;
         breaker.failing = false;
         breaker.open_until = None;
+        drop(breaker);
+        if recovered {
+            tracing::info!("Redis answers again: the proxy's limits are shared again");
+            self.replay();
+        }
+    }
+
+    /// Keeps a write the shared store missed, for when it is back.
+    fn missed(&self, write: Pending) {
+        let mut pending = self.pending.lock();
+        if pending.len() >= MAX_PENDING {
+            pending.pop_front();
+        }
+        pending.push_back(write);
+    }
+
+    /// Tells the shared store what it missed, in a task of its own (no request waits).
+    fn replay(&self) {
+        let writes: Vec<Pending> = self.pending.lock().drain(..).collect();
+        if writes.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            for write in writes {
+                let _ = match write {
+                    Pending::Remember {
+                        key,
+                        member,
+                        cap,
+                        ttl,
+                        now,
+                    } => shared.remember(&key, member, cap, ttl, now).await,
+                    Pending::Hold { key, until } => shared.hold_until(&key, until).await,
+                };
+            }
+        });
     }
 
     fn failed(&self, err: &Error) {
@@ -174,23 +233,38 @@ impl FallbackLimits {
         L: std::future::Future<Output = Result<T, Error>>,
         S: std::future::Future<Output = Result<T, Error>>,
     {
+        self.call_shared(local, shared, merge).await.0
+    }
+
+    /// [`call`](Self::call), and whether the shared store answered.
+    async fn call_shared<T, L, S>(
+        &self,
+        local: L,
+        shared: S,
+        merge: impl FnOnce(T, T) -> T,
+    ) -> (Result<T, Error>, bool)
+    where
+        L: std::future::Future<Output = Result<T, Error>>,
+        S: std::future::Future<Output = Result<T, Error>>,
+    {
         let local = local.await;
         let route = self.route();
         if route == Route::Local {
-            return local;
+            return (local, false);
         }
         let _probe = ProbeGuard((route == Route::Probe).then_some(&self.breaker));
         match shared.await {
             Ok(shared) => {
                 self.succeeded();
-                Ok(match local {
+                let merged = match local {
                     Ok(local) => merge(shared, local),
                     Err(_) => shared,
-                })
+                };
+                (Ok(merged), true)
             }
             Err(err) => {
                 self.failed(&err);
-                local
+                (local, false)
             }
         }
     }
@@ -221,12 +295,23 @@ impl LimitStore for FallbackLimits {
         ttl: Duration,
         now: UnixMillis,
     ) -> Result<(), Error> {
-        self.call(
-            self.local.remember(key, member, cap, ttl, now),
-            self.shared.remember(key, member, cap, ttl, now),
-            |(), ()| (),
-        )
-        .await
+        let (result, shared) = self
+            .call_shared(
+                self.local.remember(key, member, cap, ttl, now),
+                self.shared.remember(key, member, cap, ttl, now),
+                |(), ()| (),
+            )
+            .await;
+        if !shared {
+            self.missed(Pending::Remember {
+                key: key.to_owned(),
+                member,
+                cap,
+                ttl,
+                now,
+            });
+        }
+        result
     }
 
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error> {
@@ -242,12 +327,20 @@ impl LimitStore for FallbackLimits {
     }
 
     async fn hold_until(&self, key: &str, until: UnixMillis) -> Result<(), Error> {
-        self.call(
-            self.local.hold_until(key, until),
-            self.shared.hold_until(key, until),
-            |(), ()| (),
-        )
-        .await
+        let (result, shared) = self
+            .call_shared(
+                self.local.hold_until(key, until),
+                self.shared.hold_until(key, until),
+                |(), ()| (),
+            )
+            .await;
+        if !shared {
+            self.missed(Pending::Hold {
+                key: key.to_owned(),
+                until,
+            });
+        }
+        result
     }
 
     async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error> {

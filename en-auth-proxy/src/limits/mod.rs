@@ -21,7 +21,7 @@ mod fallback;
 mod local;
 mod redis;
 
-pub use fallback::{DEFAULT_FALLBACK_COOLDOWN, FallbackLimits, FallbackStats};
+pub use fallback::{DEFAULT_FALLBACK_COOLDOWN, FallbackLimits, FallbackStats, MAX_PENDING};
 pub use local::{DEFAULT_MAX_KEYS, LocalLimits};
 pub use redis::{DEFAULT_LIMITS_TIMEOUT, KEY_PREFIX, RedisLimits, RedisLimitsBuilder};
 
