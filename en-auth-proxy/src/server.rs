@@ -231,12 +231,15 @@ async fn issue(
         Ok(token) => {
             count(&key.client_id, true);
             shared.cache.settle(&entry, &token);
-            if let Some(per_minute) = quota {
-                let _ = limits.quota(&key.client_id, per_minute, 1).await;
-            }
             // Remembered again on every fetch a customer waited for: its 30 days run from the
             // last acceptance.
             limits.accepted(&key.client_id, mac).await;
+            // Charged now that the secret proved good. Callers that joined one fetch are
+            // charged one by one here, so a cold burst cannot exceed the quota; the token
+            // stays cached for the next minute.
+            if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false).await {
+                return refusal;
+            }
             token_response(&token)
         }
         Err(err) => {

@@ -327,3 +327,30 @@ async fn auth0_style_401_access_denied_counts_towards_the_lock_out() {
         "a locked-out guess costs no upstream request"
     );
 }
+
+/// A cold burst: 40 concurrent first requests of one customer with a quota of 30 join one
+/// upstream fetch, and are charged one by one once it succeeds: exactly 30 tokens, 10 × 429.
+#[tokio::test(start_paused = true)]
+async fn a_cold_burst_is_held_to_the_quota() {
+    let idp = idp(SECRET).await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.quota_per_minute = 30;
+    let proxy = Running::start(config).await;
+    // One second into a fresh minute of the proxy's clock (see `fresh_minute` in local_idp.rs).
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 60_000;
+    tokio::time::sleep(Duration::from_millis(61_000 - into)).await;
+    let answers =
+        futures_util::future::join_all((0..40).map(|_| proxy.post_token(CUSTOMER, SECRET, &[])))
+            .await;
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.error() == "too_many_requests")
+        .count();
+    assert_eq!((served, refused), (30, 10));
+    assert_eq!(idp.token_requests(), 1);
+}
