@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use crate::upstream::UpstreamToken;
 
+/// Auth0's rate-limit headers.
+pub(crate) const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+pub(crate) const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
+
 /// An RFC 6749 §5.2 error answer.
 #[derive(Debug)]
 pub(crate) struct OAuthError {
@@ -18,6 +23,18 @@ pub(crate) struct OAuthError {
     description: Option<String>,
     error_uri: Option<String>,
     retry_after: Option<Duration>,
+    /// Boxed: most errors have none, and the error travels in `Result`s.
+    rate_limit: Option<Box<RateLimitHeaders>>,
+}
+
+/// `X-RateLimit-*` on a 429, as Auth0 sends them: the limit (when known), what is left, and
+/// when it resets in seconds since the Unix epoch (what auth0-python's
+/// `RateLimitError.reset_at` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RateLimitHeaders {
+    limit: Option<u64>,
+    remaining: u64,
+    reset_epoch_secs: u64,
 }
 
 impl OAuthError {
@@ -28,6 +45,7 @@ impl OAuthError {
             description: Some(description.into()),
             error_uri: None,
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -49,6 +67,32 @@ impl OAuthError {
         err
     }
 
+    /// Adds `X-RateLimit-Limit` (`limit`, when known), `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` (`reset_epoch_secs`, seconds since the Unix epoch) to the answer.
+    pub(crate) fn with_rate_limit(
+        mut self,
+        limit: Option<u64>,
+        remaining: u64,
+        reset_epoch_secs: u64,
+    ) -> Self {
+        self.rate_limit = Some(Box::new(RateLimitHeaders {
+            limit,
+            remaining,
+            reset_epoch_secs,
+        }));
+        self
+    }
+
+    /// [`too_many`](Self::too_many) with the rate-limit headers of a spent limit of `limit`
+    /// per window that resets after `wait`.
+    pub(crate) fn spent(
+        limit: Option<u64>,
+        wait: Duration,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::too_many(wait, description).with_rate_limit(limit, 0, epoch_secs_after(wait))
+    }
+
     /// The answer for a lifecycle error: upstream refusals relayed, rate limits as 429,
     /// upstream trouble as 502/503/504.
     pub(crate) fn from_error(err: &Error) -> Self {
@@ -62,6 +106,7 @@ impl OAuthError {
                 description: description.as_deref().map(clean),
                 error_uri: None,
                 retry_after: None,
+                rate_limit: None,
             },
             Error::Authorization {
                 status,
@@ -81,9 +126,15 @@ impl OAuthError {
                 description: description.as_deref().map(clean),
                 error_uri: error_uri.as_deref().map(clean),
                 retry_after: None,
+                rate_limit: None,
             },
-            Error::RateLimited { .. } => {
+            Error::RateLimited { reset_at, .. } => {
                 let wait = err.retry_after().unwrap_or(Duration::from_secs(1));
+                let reset = reset_at
+                    .and_then(|at| u64::try_from(at.timestamp()).ok())
+                    .unwrap_or_else(|| epoch_secs_after(wait));
+                // The limit is the upstream's, which the error does not carry: the handlers
+                // add it from the budget when the upstream has said it.
                 Self::too_many(
                     wait,
                     format!(
@@ -91,6 +142,7 @@ impl OAuthError {
                         ceil_secs(wait)
                     ),
                 )
+                .with_rate_limit(None, 0, reset)
             }
             Error::ServerError { .. } => {
                 let mut answer = Self::new(
@@ -141,6 +193,14 @@ pub(crate) fn clean(text: &str) -> String {
         .collect()
 }
 
+/// Seconds since the Unix epoch, `wait` from now, rounded up.
+fn epoch_secs_after(wait: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    ceil_secs(now.saturating_add(wait))
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -180,6 +240,16 @@ impl IntoResponse for OAuthError {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(ceil_secs(wait).max(1)),
+            );
+        }
+        if let Some(limits) = self.rate_limit {
+            if let Some(limit) = limits.limit {
+                headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+            }
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(limits.remaining));
+            headers.insert(
+                X_RATELIMIT_RESET,
+                HeaderValue::from(limits.reset_epoch_secs),
             );
         }
         if self.status == StatusCode::UNAUTHORIZED {

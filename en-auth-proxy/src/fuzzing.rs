@@ -53,12 +53,12 @@ fn answer(parsed: Result<(Credentials, TokenRequest), OAuthError>) -> Request {
     }
 }
 
-/// `POST /oauth/token` with these headers (`Authorization: Basic`, `Content-Type`) and form
-/// body.
+/// `POST /oauth/token` with these headers (`Authorization: Basic`, `Content-Type`) and body:
+/// a form or JSON, chosen by `Content-Type` as the server does.
 pub fn token_form(headers: &HeaderMap, body: &[u8]) -> Request {
     answer(
         server::basic_credentials(headers)
-            .and_then(|basic| server::token_form(headers, basic, body)),
+            .and_then(|basic| server::token_body(headers, basic, body)),
     )
 }
 

@@ -149,56 +149,265 @@ fn form_decode(text: &str) -> Vec<u8> {
     out
 }
 
+/// The body types `POST /oauth/token` accepts, as Auth0's does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyType {
+    Form,
+    Json,
+}
+
+/// The media type of `Content-Type` (parameters such as `; charset=utf-8` allowed).
+fn body_type(headers: &HeaderMap) -> Option<BodyType> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = value.split(';').next()?.trim();
+    if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(BodyType::Form)
+    } else if media_type.eq_ignore_ascii_case("application/json") {
+        Some(BodyType::Json)
+    } else {
+        None
+    }
+}
+
+/// The client-credentials parameters of a token request, whatever the body type.
+#[derive(Default)]
+struct Params {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    audience: Option<String>,
+    scope: Option<String>,
+    resources: Vec<String>,
+}
+
+fn repeated(name: &str) -> OAuthError {
+    OAuthError::invalid_request(format!(
+        "parameter `{name}` is repeated (RFC 6749 section 3.2)"
+    ))
+}
+
 /// Reads a `POST /oauth/token` request — its `Content-Type`, the Basic credentials already
-/// decoded from its `Authorization` header, its form body — into the customer's credentials
-/// and the token request.
-pub(crate) fn token_form(
+/// decoded from its `Authorization` header, its body (`application/x-www-form-urlencoded` or
+/// `application/json`, as Auth0 accepts) — into the customer's credentials and the token
+/// request.
+pub(crate) fn token_body(
     headers: &HeaderMap,
     basic: Option<Credentials>,
     bytes: &[u8],
 ) -> Result<(Credentials, TokenRequest), OAuthError> {
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if form_type != Some(true) {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    let mut grant_type = None;
-    let mut client_id = None;
+    let params = match body_type(headers) {
+        Some(BodyType::Form) => form_params(bytes)?,
+        Some(BodyType::Json) => json_params(bytes)?,
+        None => {
+            return Err(OAuthError::invalid_request(
+                "the body must be application/x-www-form-urlencoded or application/json",
+            ));
+        }
+    };
+    client_credentials(basic, params)
+}
+
+fn form_params(bytes: &[u8]) -> Result<Params, OAuthError> {
+    let mut params = Params::default();
     let mut client_secret = None;
-    let mut audience = None;
-    let mut scope = None;
-    let mut resources = Vec::new();
     for (name, value) in form_urlencoded::parse(bytes) {
         let slot = match name.as_ref() {
-            "grant_type" => &mut grant_type,
-            "client_id" => &mut client_id,
+            "grant_type" => &mut params.grant_type,
+            "client_id" => &mut params.client_id,
             "client_secret" => &mut client_secret,
-            "audience" => &mut audience,
-            "scope" => &mut scope,
+            "audience" => &mut params.audience,
+            "scope" => &mut params.scope,
             "resource" => {
-                if resources.len() <= MAX_RESOURCES {
-                    resources.push(value.into_owned());
+                if params.resources.len() <= MAX_RESOURCES {
+                    params.resources.push(value.into_owned());
                 }
                 continue;
             }
             _ => continue, // RFC 6749 §3.2: unknown parameters are ignored
         };
         if slot.is_some() {
-            return Err(OAuthError::invalid_request(format!(
-                "parameter `{name}` is repeated (RFC 6749 section 3.2)"
-            )));
+            return Err(repeated(&name));
         }
         *slot = Some(value.into_owned());
     }
-    match grant_type.as_deref() {
+    params.client_secret = client_secret.map(SecretString::from);
+    Ok(params)
+}
+
+/// One member's value in a JSON token request, kept only as far as the proxy uses it.
+enum JsonValue {
+    /// `null`: as if the member were absent (auth0-python sends `"organization": null`).
+    Null,
+    Text(String),
+    /// An array of strings (`resource`, RFC 8707's repeatable parameter).
+    List(Vec<String>),
+    /// Anything else (numbers, booleans, objects, arrays of non-strings): consumed, not kept.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonValueVisitor)
+    }
+}
+
+struct JsonValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonValueVisitor {
+    type Value = JsonValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<JsonValue, E> {
+        Ok(JsonValue::Null)
+    }
+    fn visit_none<E>(self) -> Result<JsonValue, E> {
+        Ok(JsonValue::Null)
+    }
+    fn visit_str<E>(self, v: &str) -> Result<JsonValue, E> {
+        Ok(JsonValue::Text(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<JsonValue, E> {
+        Ok(JsonValue::Text(v))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonValue, E> {
+        Ok(JsonValue::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonValue, E> {
+        Ok(JsonValue::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonValue, E> {
+        Ok(JsonValue::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonValue, E> {
+        Ok(JsonValue::Other)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonValue, A::Error> {
+        let mut list = Vec::new();
+        let mut strings = true;
+        // Every element is read (the body is bounded); at most MAX_RESOURCES + 1 are kept,
+        // enough to refuse a longer list.
+        while let Some(element) = seq.next_element::<JsonValue>()? {
+            match element {
+                JsonValue::Text(text) if strings => {
+                    if list.len() <= MAX_RESOURCES {
+                        list.push(text);
+                    }
+                }
+                _ => strings = false,
+            }
+        }
+        Ok(if strings {
+            JsonValue::List(list)
+        } else {
+            JsonValue::Other
+        })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonValue, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(JsonValue::Other)
+    }
+}
+
+/// A JSON token request body: the members the proxy uses, in order, each at most once.
+struct JsonBody(Vec<(&'static str, JsonValue)>);
+
+impl<'de> Deserialize<'de> for JsonBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = JsonBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonBody, A::Error> {
+                let mut members = Vec::new();
+                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let known = JSON_MEMBERS.iter().find(|known| **known == name.as_ref());
+                    match known {
+                        Some(known) => members.push((*known, map.next_value::<JsonValue>()?)),
+                        // Unknown members are ignored, as Auth0 does.
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(JsonBody(members))
+            }
+        }
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+const JSON_MEMBERS: [&str; 6] = [
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "audience",
+    "scope",
+    "resource",
+];
+
+fn json_params(bytes: &[u8]) -> Result<Params, OAuthError> {
+    let body: JsonBody = serde_json::from_slice(bytes).map_err(|_| {
+        OAuthError::invalid_request("the body must be a JSON object (application/json)")
+    })?;
+    let mut params = Params::default();
+    let mut client_secret = None;
+    let mut seen = Vec::with_capacity(JSON_MEMBERS.len());
+    for (name, value) in body.0 {
+        if seen.contains(&name) {
+            return Err(repeated(name));
+        }
+        seen.push(name);
+        if name == "resource" {
+            match value {
+                JsonValue::Null => {}
+                JsonValue::Text(text) => params.resources.push(text),
+                JsonValue::List(list) => params.resources = list,
+                JsonValue::Other => {
+                    return Err(OAuthError::invalid_request(
+                        "resource must be a string or an array of strings",
+                    ));
+                }
+            }
+            continue;
+        }
+        let text = match value {
+            JsonValue::Null => continue,
+            JsonValue::Text(text) => text,
+            JsonValue::List(_) | JsonValue::Other => {
+                return Err(OAuthError::invalid_request(format!(
+                    "`{name}` must be a string"
+                )));
+            }
+        };
+        let slot = match name {
+            "grant_type" => &mut params.grant_type,
+            "client_id" => &mut params.client_id,
+            "client_secret" => &mut client_secret,
+            "audience" => &mut params.audience,
+            _ => &mut params.scope,
+        };
+        *slot = Some(text);
+    }
+    params.client_secret = client_secret.map(SecretString::from);
+    Ok(params)
+}
+
+/// The credentials (Basic or in the body, never both) and the token request.
+fn client_credentials(
+    basic: Option<Credentials>,
+    params: Params,
+) -> Result<(Credentials, TokenRequest), OAuthError> {
+    match params.grant_type.as_deref() {
         None => return Err(OAuthError::invalid_request("grant_type is required")),
         Some("client_credentials") => {}
         Some(_) => {
@@ -209,14 +418,18 @@ pub(crate) fn token_form(
             ));
         }
     }
-    let credentials = match (basic, client_secret) {
+    let credentials = match (basic, params.client_secret) {
         (Some(_), Some(_)) => {
             return Err(OAuthError::invalid_request(
                 "use one client authentication method, not both Basic and client_secret",
             ));
         }
         (Some(basic), None) => {
-            if client_id.as_ref().is_some_and(|id| *id != basic.client_id) {
+            if params
+                .client_id
+                .as_ref()
+                .is_some_and(|id| *id != basic.client_id)
+            {
                 return Err(OAuthError::invalid_request(
                     "client_id in the body differs from the Authorization header",
                 ));
@@ -224,8 +437,8 @@ pub(crate) fn token_form(
             basic
         }
         (None, Some(secret)) => Credentials {
-            client_id: client_id.unwrap_or_default(),
-            secret: SecretString::from(secret),
+            client_id: params.client_id.unwrap_or_default(),
+            secret,
         },
         (None, None) => {
             return Err(OAuthError::invalid_client(
@@ -234,7 +447,7 @@ pub(crate) fn token_form(
             ));
         }
     };
-    let request = token_request(audience, resources, scope.as_deref())?;
+    let request = token_request(params.audience, params.resources, params.scope.as_deref())?;
     Ok((credentials, request))
 }
 
@@ -317,6 +530,124 @@ mod tests {
         assert!(normalize_scope("a\\b").is_err());
     }
 
+    fn json(body: &str) -> Result<(Credentials, TokenRequest), OAuthError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        token_body(&headers, None, body.as_bytes())
+    }
+
+    #[test]
+    fn json_bodies_read_like_forms() {
+        let (credentials, request) = json(
+            r#"{"client_id":"a","client_secret":"s","grant_type":"client_credentials",
+                "audience":"https://api","scope":"w r w","organization":null,
+                "extra":{"x":[1,{"y":null}]},"n":-1.5,"t":true,"resource":null}"#,
+        )
+        .unwrap();
+        assert_eq!(credentials.client_id, "a");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&credentials.secret),
+            "s"
+        );
+        assert_eq!(request.audience.as_deref(), Some("https://api"));
+        assert_eq!(request.scope, "r w");
+        assert!(request.resources.is_empty());
+        let (_, request) = json(
+            r#"{"client_id":"a","client_secret":"s","grant_type":"client_credentials",
+                "resource":["https://b","https://a","https://b"]}"#,
+        )
+        .unwrap();
+        assert_eq!(request.resources, ["https://a", "https://b"]);
+        let (_, request) = json(
+            r#"{"client_id":"a","client_secret":"s","grant_type":"client_credentials",
+                "resource":"https://c"}"#,
+        )
+        .unwrap();
+        assert_eq!(request.resources, ["https://c"]);
+    }
+
+    #[test]
+    fn json_bodies_have_the_forms_limits() {
+        let base = r#""client_id":"a","client_secret":"s","grant_type":"client_credentials""#;
+        let eleven: Vec<String> = (0..11).map(|i| format!("\"https://r{i}\"")).collect();
+        let cases = [
+            (
+                format!("{{{base},\"audience\":\"x\",\"audience\":\"y\"}}"),
+                "repeated",
+            ),
+            (
+                format!("{{{base},\"audience\":null,\"audience\":\"y\"}}"),
+                "repeated",
+            ),
+            (format!("{{{base},\"client_id\":\"b\"}}"), "repeated"),
+            (
+                format!("{{{base},\"resource\":\"a\",\"resource\":\"b\"}}"),
+                "repeated",
+            ),
+            (
+                format!("{{{base},\"audience\":[\"x\"]}}"),
+                "must be a string",
+            ),
+            (format!("{{{base},\"scope\":7}}"), "must be a string"),
+            (
+                format!("{{{base},\"resource\":[\"a\",1]}}"),
+                "resource must be",
+            ),
+            (
+                format!("{{{base},\"resource\":[{}]}}", eleven.join(",")),
+                "at most 10",
+            ),
+            (
+                format!("{{{base},\"audience\":\"a\\u0000b\"}}"),
+                "printable",
+            ),
+            (
+                format!("{{{base},\"audience\":\"{}\"}}", "a".repeat(2049)),
+                "printable",
+            ),
+            ("[1,2]".to_owned(), "JSON object"),
+            ("{\"grant_type\":".to_owned(), "JSON object"),
+            (format!("{{{base}}} trailing"), "JSON object"),
+        ];
+        for (body, expected) in cases {
+            let description = refusal(json(&body));
+            assert!(description.contains(expected), "{body}: {description}");
+        }
+        // No client authentication, a wrong grant: the form's answers.
+        let err = json(r#"{"grant_type":"client_credentials"}"#)
+            .err()
+            .unwrap();
+        assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+        let err = json(r#"{"grant_type":"password","client_id":"a","client_secret":"s"}"#)
+            .err()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&err.body()).contains("unsupported_grant_type"));
+        // Basic with a JSON body.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let basic = Credentials {
+            client_id: "a".into(),
+            secret: SecretString::from("s"),
+        };
+        let (credentials, _) = token_body(
+            &headers,
+            Some(basic),
+            br#"{"grant_type":"client_credentials","client_id":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(credentials.client_id, "a");
+        // Neither form nor JSON.
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let description = refusal(token_body(&headers, None, b"{}"));
+        assert!(description.contains("application/json"), "{description}");
+    }
+
     fn refusal(result: Result<(Credentials, TokenRequest), OAuthError>) -> String {
         let err = result.err().expect("refused");
         let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
@@ -334,12 +665,12 @@ mod tests {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         let descriptions = [
-            refusal(token_form(
+            refusal(token_body(
                 &headers,
                 None,
                 b"grant_type=client_credentials&client_id=a&client_secret=b&scope=%22x%5C",
             )),
-            refusal(token_form(
+            refusal(token_body(
                 &headers,
                 None,
                 b"grant_type=client_credentials&grant_type=client_credentials",

@@ -12,12 +12,12 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::answer::{OAuthError, token_response};
+use crate::answer::{OAuthError, X_RATELIMIT_LIMIT, X_RATELIMIT_RESET, token_response};
 use crate::cache::ProxyKey;
 use crate::config::QuotaMode;
 use crate::quota::Unknown;
 use crate::request::{
-    Credentials, basic_credentials, check_client_id, check_secret, m2m_request, token_form,
+    Credentials, basic_credentials, check_client_id, check_secret, m2m_request, token_body,
 };
 use crate::upstream::TokenRequest;
 use crate::{Shared, cache};
@@ -63,7 +63,7 @@ async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, OAu
     })
 }
 
-/// `POST /oauth/token`: RFC 6749 client credentials.
+/// `POST /oauth/token`: RFC 6749 client credentials, form or JSON body (as Auth0 accepts).
 async fn oauth_token(
     State(shared): State<Arc<Shared>>,
     source: Source,
@@ -73,11 +73,13 @@ async fn oauth_token(
     let answer = async {
         let basic = basic_credentials(&headers)?;
         let bytes = read_body(&shared, body).await?;
-        token_form(&headers, basic, &bytes)
+        token_body(&headers, basic, &bytes)
     }
     .await;
     match answer {
-        Ok((credentials, request)) => issue(&shared, source, credentials, request).await,
+        Ok((credentials, request)) => {
+            with_upstream_limit(&shared, issue(&shared, source, credentials, request).await)
+        }
         Err(err) => err.into_response(),
     }
 }
@@ -90,9 +92,27 @@ async fn m2mauth(State(shared): State<Arc<Shared>>, source: Source, body: Body) 
     }
     .await;
     match answer {
-        Ok((credentials, request)) => issue(&shared, source, credentials, request).await,
+        Ok((credentials, request)) => {
+            with_upstream_limit(&shared, issue(&shared, source, credentials, request).await)
+        }
         Err(err) => err.into_response(),
     }
+}
+
+/// A 429 without `X-RateLimit-Limit` (the upstream's throttle, whose error does not carry the
+/// limit) gets the upstream's limit as last seen, when it has said one.
+fn with_upstream_limit(shared: &Shared, mut response: Response) -> Response {
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && response.headers().contains_key(X_RATELIMIT_RESET)
+        && !response.headers().contains_key(X_RATELIMIT_LIMIT)
+    {
+        if let Some(limit) = shared.upstream.limits.limit() {
+            response
+                .headers_mut()
+                .insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+        }
+    }
+    response
 }
 
 /// The address of the peer, when the server was started with it
@@ -278,7 +298,8 @@ async fn charge_quota(
         "client is over its token request quota"
     );
     enforced.then(|| {
-        OAuthError::too_many(
+        OAuthError::spent(
+            Some(per_minute),
             wait,
             format!(
                 "quota of {per_minute} token requests per minute exceeded; cache the token \

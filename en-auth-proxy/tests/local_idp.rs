@@ -98,12 +98,13 @@ async fn form_errors_are_rfc6749_errors_and_never_reach_upstream() {
     )
     .await;
     assert_eq!((answer.status, answer.error()), (413, "invalid_request"));
-    // Not a form.
+    // Neither a form nor JSON.
     let answer = Answer::read(
         proxy
             .http
             .post(proxy.url("/oauth/token"))
-            .json(&json!({"grant_type": "client_credentials"}))
+            .header("content-type", "text/plain")
+            .body("grant_type=client_credentials&client_id=acme&client_secret=x")
             .send()
             .await
             .unwrap(),

@@ -1,6 +1,6 @@
-//! The proxy's token requests before any cache or upstream work: `POST /oauth/token` (form
-//! body, `Authorization: Basic`, `Content-Type`) or, with the start line `POST /m2mauth`,
-//! seed 001's JSON body. Never a panic; an accepted request is within the limits and
+//! The proxy's token requests before any cache or upstream work: `POST /oauth/token` (form or
+//! JSON body as `Content-Type` says, `Authorization: Basic`) or, with the start line
+//! `POST /m2mauth`, seed 001's JSON body. Never a panic; an accepted request is within the limits and
 //! normalized; a refusal is a 4xx with an RFC 6749 §5.2 JSON body.
 #![no_main]
 
