@@ -59,6 +59,11 @@ pub struct ClientConfig {
 pub struct ProxyConfig {
     /// Where to listen (`EN_AUTH_PROXY_LISTEN`). Default `127.0.0.1:8080`: loopback only.
     pub listen: SocketAddr,
+    /// Where to serve `GET /metrics` (and `GET /healthz`) for operators
+    /// (`EN_AUTH_PROXY_METRICS_LISTEN`, e.g. `127.0.0.1:9090`). When set, the customers'
+    /// listener answers 404 for `/metrics`; when unset, `/metrics` is served on the customers'
+    /// listener, where whoever can reach it reads every client id that asked for tokens.
+    pub metrics_listen: Option<SocketAddr>,
     /// The upstream token endpoint (`EN_AUTH_PROXY_TOKEN_URL`).
     pub token_url: Option<String>,
     /// The upstream issuer, for OIDC discovery of the token endpoint
@@ -118,6 +123,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             token_url: None,
             issuer: None,
             redis_url: None,
@@ -144,6 +150,7 @@ impl std::fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyConfig")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("token_url", &self.token_url)
             .field("issuer", &self.issuer)
             // A Redis URL may carry a password.
@@ -169,6 +176,7 @@ impl std::fmt::Debug for ProxyConfig {
 /// The environment variables read, with the TOML key each overrides.
 const ENV_KEYS: &[(&str, &str)] = &[
     ("EN_AUTH_PROXY_LISTEN", "listen"),
+    ("EN_AUTH_PROXY_METRICS_LISTEN", "metrics_listen"),
     ("EN_AUTH_PROXY_TOKEN_URL", "token_url"),
     ("EN_AUTH_PROXY_ISSUER", "issuer"),
     ("EN_AUTH_PROXY_REDIS_URL", "redis_url"),
@@ -205,6 +213,9 @@ pub const MAX_REFUSAL_SECS: u64 = 86_400;
 /// The most seconds `EN_AUTH_PROXY_UPSTREAM_TIMEOUT_SECS` and
 /// `EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS` may name: an hour.
 pub const MAX_TIMEOUT_SECS: u64 = 3_600;
+
+/// Keys whose values are socket addresses (checked where the variable can be named).
+const ADDRESS_KEYS: &[&str] = &["listen", "metrics_listen"];
 
 const NUMERIC_KEYS: &[&str] = &[
     "max_keys",
@@ -263,6 +274,12 @@ impl ProxyConfig {
                 continue;
             };
             let value = value.trim().to_owned();
+            if ADDRESS_KEYS.contains(key) && value.parse::<SocketAddr>().is_err() {
+                return Err(Error::InvalidConfiguration {
+                    setting: (*var).into(),
+                    reason: format!("expected an address such as 127.0.0.1:9090, got `{value}`"),
+                });
+            }
             let parsed = if NUMERIC_KEYS.contains(key) {
                 toml::Value::Integer(whole_number(var, &value)?)
             } else {
@@ -417,6 +434,29 @@ mod tests {
             Some("https://env.example/oauth/token")
         );
         assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.metrics_listen, None);
+        let other = ProxyConfig::from_sources(toml, |name| {
+            (name == "EN_AUTH_PROXY_METRICS_LISTEN").then(|| "127.0.0.1:9090".into())
+        })
+        .unwrap();
+        assert_eq!(
+            other.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
+        let err = ProxyConfig::from_sources(toml, |name| {
+            (name == "EN_AUTH_PROXY_METRICS_LISTEN").then(|| "not an address".into())
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("EN_AUTH_PROXY_METRICS_LISTEN"),
+            "{err}"
+        );
+        let other = ProxyConfig::from_sources(
+            &format!("metrics_listen = \"127.0.0.1:9191\"\n{toml}"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(other.metrics_listen.map(|a| a.port()), Some(9191));
         assert_eq!(config.quota_mode, QuotaMode::Monitor);
         assert_eq!(config.quota_of("small"), Some(20));
         assert_eq!(config.quota_of("big"), Some(1000));

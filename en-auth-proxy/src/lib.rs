@@ -37,7 +37,7 @@ mod request;
 mod server;
 mod upstream;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,27 +229,80 @@ impl Proxy {
         &self.shared.upstream.limits
     }
 
-    /// The axum router: `POST /oauth/token`, `POST /m2mauth`, `GET /healthz`, `GET /metrics`.
+    /// The customers' axum router: `POST /oauth/token`, `POST /m2mauth`, `GET /healthz`, and
+    /// `GET /metrics` unless [`ProxyConfig::metrics_listen`] is set (then `/metrics` is 404
+    /// here and served by [`metrics_router`](Self::metrics_router)).
     pub fn router(&self) -> axum::Router {
         server::router(Arc::clone(&self.shared))
     }
 
+    /// The operators' axum router: `GET /metrics` (Prometheus text) and `GET /healthz`, for a
+    /// listener of their own.
+    pub fn metrics_router(&self) -> axum::Router {
+        server::metrics_router(Arc::clone(&self.shared))
+    }
+
     /// Serves on `listener` until `shutdown` completes, then stops accepting connections and
-    /// lets requests in flight finish.
+    /// lets requests in flight finish. With [`ProxyConfig::metrics_listen`] set, `/metrics`
+    /// is served nowhere by this: use [`serve_with_metrics`](Self::serve_with_metrics).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// Serves customers on `listener` and, when given, `GET /metrics` and `GET /healthz` on
+    /// `metrics_listener` (bind it to [`ProxyConfig::metrics_listen`]), until `shutdown`
+    /// completes; then both stop accepting connections and let requests in flight finish.
+    /// Returns when both have stopped, with the first error either had.
+    pub async fn serve_with_metrics(
+        self,
+        listener: tokio::net::TcpListener,
+        metrics_listener: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, upstream = ?self.shared.upstream, "en-auth-proxy listening");
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
+        tracing::info!(
+            %addr,
+            metrics = ?metrics_addr,
+            upstream = ?self.shared.upstream,
+            "en-auth-proxy listening"
+        );
+        // One shutdown signal for both servers.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone: the signal task ended, so stop too.
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
         // With the peer's address, for the unknown clients' budget per source.
         let service = self
             .router()
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let customers = axum::serve(listener, service)
+            .with_graceful_shutdown(until_stopped(stopped.clone()))
+            .into_future();
+        let result = match metrics_listener {
+            Some(metrics_listener) => {
+                let operators = axum::serve(metrics_listener, self.metrics_router())
+                    .with_graceful_shutdown(until_stopped(stopped))
+                    .into_future();
+                let (customers, operators) = tokio::join!(customers, operators);
+                customers.and(operators)
+            }
+            None => customers.await,
+        };
+        signal.abort();
+        result?;
         tracing::info!("en-auth-proxy stopped");
         Ok(())
     }

@@ -15,7 +15,8 @@ use tracing_subscriber::filter::LevelFilter;
 
 const USAGE: &str = "usage: en-auth-proxy [--config FILE.toml]\n\
     Configuration: EN_AUTH_PROXY_TOKEN_URL (or EN_AUTH_PROXY_ISSUER) is required; \
-    EN_AUTH_PROXY_LISTEN (default 127.0.0.1:8080), EN_AUTH_PROXY_REDIS_URL and the other \
+    EN_AUTH_PROXY_LISTEN (default 127.0.0.1:8080), EN_AUTH_PROXY_METRICS_LISTEN, \
+    EN_AUTH_PROXY_REDIS_URL and the other \
     keys are described in docs/proxy.md.";
 
 fn config_path() -> Result<Option<PathBuf>, String> {
@@ -62,6 +63,7 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
     let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
     let redis_url = config.redis_url.clone();
     let mut builder = Proxy::builder(config);
     if let Some(url) = redis_url {
@@ -132,7 +134,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match proxy.serve(listener, shutdown_signal()).await {
+    let metrics_listener = match metrics_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                eprintln!(
+                    "en-auth-proxy: cannot listen on {addr}: {err} (set EN_AUTH_PROXY_METRICS_LISTEN)"
+                );
+                return ExitCode::from(1);
+            }
+        },
+    };
+    if metrics_listener.is_none() {
+        tracing::warn!(
+            "GET /metrics is served on the customers' listener and names client ids: set \
+             EN_AUTH_PROXY_METRICS_LISTEN to serve it on a listener of its own"
+        );
+    }
+    match proxy
+        .serve_with_metrics(listener, metrics_listener, shutdown_signal())
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("en-auth-proxy: {err}");

@@ -1,4 +1,5 @@
-//! The HTTP surface: `POST /oauth/token`, `POST /m2mauth`, `GET /healthz`, `GET /metrics`.
+//! The HTTP surface: `POST /oauth/token`, `POST /m2mauth`, `GET /healthz`, `GET /metrics`
+//! (on the customers' listener, or on a listener of its own when `metrics_listen` is set).
 
 use std::sync::Arc;
 
@@ -22,12 +23,29 @@ use crate::request::{
 use crate::upstream::TokenRequest;
 use crate::{Shared, cache};
 
+/// The customers' router; `GET /metrics` only while no metrics listener is configured (it
+/// names client ids).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/oauth/token", post(oauth_token))
         .route("/m2mauth", post(m2mauth))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    if shared.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            deadline,
+        ))
+        .with_state(shared)
+}
+
+/// The operators' router: `GET /metrics` and `GET /healthz`.
+pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             deadline,
