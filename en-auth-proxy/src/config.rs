@@ -98,6 +98,10 @@ pub struct ProxyConfig {
     pub request_timeout_secs: u64,
     /// Largest request body accepted (`EN_AUTH_PROXY_MAX_BODY_BYTES`, default 16 KiB).
     pub max_body_bytes: usize,
+    /// Timeout of one Redis command for the shared limits, in milliseconds
+    /// (`EN_AUTH_PROXY_REDIS_TIMEOUT_MS`, 10 to 5000, default 100); a slower answer is taken
+    /// as Redis being down and the instance uses its own limits.
+    pub redis_timeout_ms: u64,
     /// Token requests per client per minute; 0 (default) means no quota
     /// (`EN_AUTH_PROXY_QUOTA_PER_MINUTE`).
     pub quota_per_minute: u64,
@@ -135,6 +139,7 @@ impl Default for ProxyConfig {
             upstream_timeout_secs: 10,
             request_timeout_secs: 30,
             max_body_bytes: 16 * 1024,
+            redis_timeout_ms: 100,
             quota_per_minute: 0,
             quota_mode: QuotaMode::default(),
             clients: HashMap::new(),
@@ -191,6 +196,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("EN_AUTH_PROXY_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("EN_AUTH_PROXY_MAX_BODY_BYTES", "max_body_bytes"),
+    ("EN_AUTH_PROXY_REDIS_TIMEOUT_MS", "redis_timeout_ms"),
     ("EN_AUTH_PROXY_QUOTA_PER_MINUTE", "quota_per_minute"),
     ("EN_AUTH_PROXY_QUOTA_MODE", "quota_mode"),
     ("EN_AUTH_PROXY_LOG", "log"),
@@ -225,6 +231,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "upstream_timeout_secs",
     "request_timeout_secs",
     "max_body_bytes",
+    "redis_timeout_ms",
     "quota_per_minute",
     "max_cache_bytes",
     "unknown_client_per_minute",
@@ -327,6 +334,15 @@ impl ProxyConfig {
                 reason: "must be at least 65536".into(),
             });
         }
+        if !(10..=5_000).contains(&self.redis_timeout_ms) {
+            return Err(Error::InvalidConfiguration {
+                setting: "EN_AUTH_PROXY_REDIS_TIMEOUT_MS".into(),
+                reason: format!(
+                    "must be from 10 to 5000 (milliseconds), not {}",
+                    self.redis_timeout_ms
+                ),
+            });
+        }
         if self.max_body_bytes < 256 {
             return Err(Error::InvalidConfiguration {
                 setting: "EN_AUTH_PROXY_MAX_BODY_BYTES".into(),
@@ -411,6 +427,39 @@ fn whole_number(var: &str, value: &str) -> Result<i64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_timeout_is_bounded_and_named() {
+        let env = |value: &'static str| {
+            move |name: &str| {
+                (name == "EN_AUTH_PROXY_TOKEN_URL")
+                    .then(|| "https://idp.example/oauth/token".to_owned())
+                    .or_else(|| (name == "EN_AUTH_PROXY_REDIS_TIMEOUT_MS").then(|| value.into()))
+            }
+        };
+        assert_eq!(
+            ProxyConfig::from_sources("", env("250"))
+                .unwrap()
+                .redis_timeout_ms,
+            250
+        );
+        assert_eq!(
+            ProxyConfig::from_sources("", |name| (name == "EN_AUTH_PROXY_TOKEN_URL")
+                .then(|| "https://idp.example/oauth/token".to_owned()))
+            .unwrap()
+            .redis_timeout_ms,
+            100
+        );
+        for bad in ["0", "9", "5001", "fast"] {
+            let err = ProxyConfig::from_sources("", env(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("EN_AUTH_PROXY_REDIS_TIMEOUT_MS"),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn environment_wins_over_the_file() {

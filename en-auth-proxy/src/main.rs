@@ -65,6 +65,7 @@ async fn main() -> ExitCode {
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
     let redis_url = config.redis_url.clone();
+    let redis_timeout_ms = config.redis_timeout_ms;
     let mut builder = Proxy::builder(config);
     if let Some(url) = redis_url {
         // Customers' tokens are encrypted at rest: whoever can read Redis must not hold
@@ -94,13 +95,8 @@ async fn main() -> ExitCode {
         // The limits (quotas, upstream budget, lock-out memory) are shared too, behind a
         // fallback to this instance's memory: nobody is refused because Redis is down.
         let fleet_key = SecretString::from(std::env::var(FLEET_KEY_ENV).unwrap_or_default());
-        let timeout = match redis_timeout(std::env::var(REDIS_TIMEOUT_ENV).ok().as_deref()) {
-            Ok(timeout) => timeout,
-            Err(message) => {
-                eprintln!("en-auth-proxy: {message}");
-                return ExitCode::from(2);
-            }
-        };
+        // Checked by `ProxyConfig::check` (10 ms to 5 s) when the configuration was loaded.
+        let timeout = std::time::Duration::from_millis(redis_timeout_ms);
         match RedisLimits::builder(url)
             .fleet_key(fleet_key.expose_secret().as_bytes())
             .command_timeout(timeout)
@@ -201,22 +197,6 @@ fn redis_encryption_keys(value: Option<&str>) -> Result<en_auth_redis::Encryptio
     keys.ok_or_else(|| format!("{REDIS_KEYS_ENV} holds no key"))
 }
 
-/// The timeout of one Redis command for the shared limits, in milliseconds.
-const REDIS_TIMEOUT_ENV: &str = "EN_AUTH_PROXY_REDIS_TIMEOUT_MS";
-
-/// Parses [`REDIS_TIMEOUT_ENV`]: default 100 ms, 10 ms to 5 s.
-fn redis_timeout(value: Option<&str>) -> Result<std::time::Duration, String> {
-    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(en_auth_proxy::limits::DEFAULT_LIMITS_TIMEOUT);
-    };
-    match value.parse::<u64>() {
-        Ok(ms) if (10..=5_000).contains(&ms) => Ok(std::time::Duration::from_millis(ms)),
-        _ => Err(format!(
-            "{REDIS_TIMEOUT_ENV} must be a number of milliseconds from 10 to 5000, not `{value}`"
-        )),
-    }
-}
-
 /// The label the proxy's secret key is derived with from the fleet key.
 const SECRET_KEY_LABEL: &[u8] = b"en-auth-proxy secret key v1";
 
@@ -270,21 +250,5 @@ mod tests {
             a.expose_secret(),
             b"fleet-key-aaaaaaaaaaaaaaaaaaaaaaa".as_slice()
         );
-    }
-
-    #[test]
-    fn the_redis_timeout_is_checked_and_named() {
-        assert_eq!(
-            redis_timeout(None),
-            Ok(en_auth_proxy::limits::DEFAULT_LIMITS_TIMEOUT)
-        );
-        assert_eq!(
-            redis_timeout(Some(" 250 ")),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        for bad in ["0", "9", "5001", "1e3", "-5", "fast"] {
-            let err = redis_timeout(Some(bad)).unwrap_err();
-            assert!(err.contains(REDIS_TIMEOUT_ENV), "{err}");
-        }
     }
 }
