@@ -69,6 +69,9 @@ pub struct ProxyConfig {
     /// The upstream issuer, for OIDC discovery of the token endpoint
     /// (`EN_AUTH_PROXY_ISSUER`); used when `token_url` is not set.
     pub issuer: Option<String>,
+    /// The audience asked for when a request names none (`EN_AUTH_PROXY_AUDIENCE`; the m2m-auth
+    /// service's `AUDIENCE`): customers of one API then need not send it.
+    pub audience: Option<String>,
     /// Redis shared by several proxy instances (`EN_AUTH_PROXY_REDIS_URL`).
     pub redis_url: Option<String>,
     /// How customers' clients authenticate upstream (`EN_AUTH_PROXY_UPSTREAM_AUTH`:
@@ -130,6 +133,7 @@ impl Default for ProxyConfig {
             metrics_listen: None,
             token_url: None,
             issuer: None,
+            audience: None,
             redis_url: None,
             upstream_auth: UpstreamAuth::default(),
             max_keys: 10_000,
@@ -159,6 +163,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("token_url", &self.token_url)
             .field("issuer", &self.issuer)
             // A Redis URL may carry a password.
+            .field("audience", &self.audience)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "[REDACTED]"))
             .field("upstream_auth", &self.upstream_auth)
             .field("max_keys", &self.max_keys)
@@ -184,6 +189,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("EN_AUTH_PROXY_METRICS_LISTEN", "metrics_listen"),
     ("EN_AUTH_PROXY_TOKEN_URL", "token_url"),
     ("EN_AUTH_PROXY_ISSUER", "issuer"),
+    ("EN_AUTH_PROXY_AUDIENCE", "audience"),
     ("EN_AUTH_PROXY_REDIS_URL", "redis_url"),
     ("EN_AUTH_PROXY_UPSTREAM_AUTH", "upstream_auth"),
     ("EN_AUTH_PROXY_MAX_KEYS", "max_keys"),

@@ -95,9 +95,7 @@ async fn oauth_token(
     }
     .await;
     match answer {
-        Ok((credentials, request)) => {
-            with_upstream_limit(&shared, issue(&shared, source, credentials, request).await)
-        }
+        Ok((credentials, request)) => answer_request(&shared, source, credentials, request).await,
         Err(err) => err.into_response(),
     }
 }
@@ -110,11 +108,23 @@ async fn m2mauth(State(shared): State<Arc<Shared>>, source: Source, body: Body) 
     }
     .await;
     match answer {
-        Ok((credentials, request)) => {
-            with_upstream_limit(&shared, issue(&shared, source, credentials, request).await)
-        }
+        Ok((credentials, request)) => answer_request(&shared, source, credentials, request).await,
         Err(err) => err.into_response(),
     }
+}
+
+/// A parsed token request answered: the configured audience when it names none, then
+/// [`issue`].
+async fn answer_request(
+    shared: &Shared,
+    source: Source,
+    credentials: Credentials,
+    mut request: TokenRequest,
+) -> Response {
+    if request.audience.is_none() {
+        request.audience.clone_from(&shared.config.audience);
+    }
+    with_upstream_limit(shared, issue(shared, source, credentials, request).await)
 }
 
 /// A 429 without `X-RateLimit-Limit` (the upstream's throttle, whose error does not carry the

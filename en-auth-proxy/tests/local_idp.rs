@@ -775,3 +775,27 @@ async fn two_binaries_sharing_redis_make_one_upstream_request_per_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("EN_AUTH_FLEET_KEY"), "{stderr}");
 }
+
+/// Seed 001: the m2m-auth service asks for its configured `AUDIENCE` when a request names none;
+/// `EN_AUTH_PROXY_AUDIENCE` does the same. A request naming its own audience keeps it.
+#[tokio::test(start_paused = true)]
+async fn the_configured_audience_is_asked_for_when_a_request_names_none() {
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.audience = Some("https://api.seed-001.example".into());
+    let proxy = Running::start(config).await;
+    let answer = proxy
+        .m2mauth(serde_json::json!({
+            "clientId": "acme", "clientSecret": SECRET, "permissions": "read:data"
+        }))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(proxy.post_token("acme", SECRET, &[]).await.status, 200);
+    assert_eq!(
+        proxy.post_token("acme", SECRET, &aud("other")).await.status,
+        200
+    );
+    assert_eq!(idp.token_requests_for("https://api.seed-001.example"), 2);
+    assert_eq!(idp.token_requests_for("other"), 1);
+    assert_eq!(idp.token_requests(), 3);
+}
