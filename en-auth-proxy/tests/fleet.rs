@@ -151,10 +151,19 @@ async fn redis_limits_count_remember_hold_and_budget_for_the_whole_fleet() {
     // Remembered sets: at most `cap`, the oldest goes first; seen from the other instance.
     let mac = |n: u8| [n; 32];
     for n in 1..=4u8 {
-        a.remember("accepted:acme", mac(n), 3, minute, now + u64::from(n))
+        let members = a
+            .remember("accepted:acme", mac(n), 3, minute, now + u64::from(n))
             .await
             .unwrap();
+        assert_eq!(members, u64::from(n.min(3)), "members after adding {n}");
     }
+    // The count is the set's in Redis: b adding one a added counts it once.
+    assert_eq!(
+        b.remember("accepted:acme", mac(4), 3, minute, now + 5)
+            .await
+            .unwrap(),
+        3
+    );
     let recall = b.recall("accepted:acme", &mac(4), now).await.unwrap();
     assert!(recall.member && recall.any);
     let gone = b.recall("accepted:acme", &mac(1), now).await.unwrap();

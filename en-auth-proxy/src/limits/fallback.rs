@@ -200,7 +200,7 @@ impl FallbackLimits {
                         cap,
                         ttl,
                         now,
-                    } => shared.remember(&key, member, cap, ttl, now).await,
+                    } => shared.remember(&key, member, cap, ttl, now).await.map(drop),
                     Pending::Hold { key, until } => shared.hold_until(&key, until).await,
                 };
             }
@@ -294,12 +294,14 @@ impl LimitStore for FallbackLimits {
         cap: usize,
         ttl: Duration,
         now: UnixMillis,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
+        // The larger set: the fleet's, or this instance's when the shared store forgot (as
+        // for counts); the local one alone when the shared store failed.
         let (result, shared) = self
             .call_shared(
                 self.local.remember(key, member, cap, ttl, now),
                 self.shared.remember(key, member, cap, ttl, now),
-                |(), ()| (),
+                u64::max,
             )
             .await;
         if !shared {

@@ -160,9 +160,9 @@ impl LimitStore for LocalLimits {
         cap: usize,
         ttl: Duration,
         now: UnixMillis,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         if cap == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let expires = now.saturating_add(millis(ttl));
         let mut sets = self.sets.lock();
@@ -188,7 +188,7 @@ impl LimitStore for LocalLimits {
         while set.members.len() > cap {
             set.members.pop_front();
         }
-        Ok(())
+        Ok(set.members.len() as u64)
     }
 
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error> {
@@ -314,8 +314,12 @@ mod tests {
         let ttl = Duration::from_secs(10);
         assert_eq!(l.recall("s", &mac(1), 0).await.unwrap(), Recall::default());
         for n in 1..=4 {
-            l.remember("s", mac(n), 3, ttl, 0).await.unwrap();
+            let members = l.remember("s", mac(n), 3, ttl, 0).await.unwrap();
+            assert_eq!(members, u64::from(n.min(3)));
         }
+        // A member added again counts once.
+        assert_eq!(l.remember("t", mac(1), 3, ttl, 0).await.unwrap(), 1);
+        assert_eq!(l.remember("t", mac(1), 3, ttl, 0).await.unwrap(), 1);
         let r = l.recall("s", &mac(1), 0).await.unwrap();
         assert_eq!((r.member, r.any), (false, true), "the oldest went first");
         for n in 2..=4 {

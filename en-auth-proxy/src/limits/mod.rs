@@ -60,7 +60,7 @@ pub enum Budget {
 
 /// Counters, sets and deadlines shared by everything that limits who is served.
 ///
-/// Keys are plain strings chosen by the caller (`quota:<client id>`, `refusals:<client id>`,
+/// Keys are plain strings chosen by the caller (`quota:<client id>`, `tried:<client id>`,
 /// …); an implementation may prefix them. An implementation must not block: every method is
 /// answered from memory or with one bounded network round trip.
 #[async_trait]
@@ -75,8 +75,9 @@ pub trait LimitStore: Send + Sync + fmt::Debug + 'static {
         add: u64,
     ) -> Result<u64, Error>;
 
-    /// Adds `member` to the set `key`, kept for `ttl` after the last addition. At most `cap`
-    /// members are kept; the member added longest ago goes first.
+    /// Adds `member` to the set `key`, kept for `ttl` after the last addition, and returns
+    /// how many members the set has after adding (a member added again counts once). At most
+    /// `cap` members are kept; the member added longest ago goes first.
     async fn remember(
         &self,
         key: &str,
@@ -84,7 +85,7 @@ pub trait LimitStore: Send + Sync + fmt::Debug + 'static {
         cap: usize,
         ttl: Duration,
         now: UnixMillis,
-    ) -> Result<(), Error>;
+    ) -> Result<u64, Error>;
 
     /// Whether `member` is in the set `key`, and whether the set has any member.
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error>;

@@ -5,7 +5,7 @@
 //!   from the caller), so every instance counts the same window and a caller on paused time
 //!   still gets its own windows;
 //! - remembered sets: `ZADD` with the time as score, `ZREMRANGEBYRANK` down to the cap,
-//!   `PEXPIRE`;
+//!   `PEXPIRE`, `ZCARD` (the members after adding);
 //! - deadlines: the later of the stored and the new one (Lua), expiring at it (`PXAT`);
 //! - budgets: a hash `{r: remaining, t: reset}` expiring at the reset; a take decrements only
 //!   above `keep` (Lua).
@@ -350,32 +350,36 @@ impl LimitStore for RedisLimits {
         cap: usize,
         ttl: Duration,
         now: UnixMillis,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let key = self.key("s", key);
         let keep = i64::try_from(cap).unwrap_or(i64::MAX);
         let ttl = int(millis(ttl).max(1));
         let mut conn = self.manager.clone();
-        self.run("remember", async move {
-            ::redis::pipe()
-                .atomic()
-                .cmd("ZADD")
-                .arg(&key)
-                .arg(int(now))
-                .arg(hex(&member))
-                .ignore()
-                .cmd("ZREMRANGEBYRANK")
-                .arg(&key)
-                .arg(0)
-                .arg(-keep - 1)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+        let (count,): (u64,) = self
+            .run("remember", async move {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("ZADD")
+                    .arg(&key)
+                    .arg(int(now))
+                    .arg(hex(&member))
+                    .ignore()
+                    .cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-keep - 1)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("ZCARD")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(count)
     }
 
     async fn recall(&self, key: &str, member: &Mac, _now: UnixMillis) -> Result<Recall, Error> {
