@@ -316,6 +316,17 @@ impl LimitStore for FallbackLimits {
         result
     }
 
+    async fn forget(&self, key: &str, member: &Mac) -> Result<(), Error> {
+        // Not told to the shared store later if it missed it: what is forgotten (a tried
+        // secret later accepted) has a short window.
+        self.call(
+            self.local.forget(key, member),
+            self.shared.forget(key, member),
+            |(), ()| (),
+        )
+        .await
+    }
+
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error> {
         self.call(
             self.local.recall(key, member, now),

@@ -191,6 +191,13 @@ impl LimitStore for LocalLimits {
         Ok(set.members.len() as u64)
     }
 
+    async fn forget(&self, key: &str, member: &Mac) -> Result<(), Error> {
+        if let Some(set) = self.sets.lock().get_mut(key) {
+            set.members.retain(|m| !bool::from(m.ct_eq(member)));
+        }
+        Ok(())
+    }
+
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error> {
         let sets = self.sets.lock();
         let Some(set) = sets.get(key).filter(|s| s.expires > now) else {

@@ -87,6 +87,9 @@ pub trait LimitStore: Send + Sync + fmt::Debug + 'static {
         now: UnixMillis,
     ) -> Result<u64, Error>;
 
+    /// Removes `member` from the set `key`, if it is there.
+    async fn forget(&self, key: &str, member: &Mac) -> Result<(), Error>;
+
     /// Whether `member` is in the set `key`, and whether the set has any member.
     async fn recall(&self, key: &str, member: &Mac, now: UnixMillis) -> Result<Recall, Error>;
 

@@ -5,7 +5,7 @@
 //!   from the caller), so every instance counts the same window and a caller on paused time
 //!   still gets its own windows;
 //! - remembered sets: `ZADD` with the time as score, `ZREMRANGEBYRANK` down to the cap,
-//!   `PEXPIRE`, `ZCARD` (the members after adding);
+//!   `PEXPIRE`, `ZCARD` (the members after adding); `ZREM` to forget one;
 //! - deadlines: the later of the stored and the new one (Lua), expiring at it (`PXAT`);
 //! - budgets: a hash `{r: remaining, t: reset}` expiring at the reset; a take decrements only
 //!   above `keep` (Lua).
@@ -380,6 +380,21 @@ impl LimitStore for RedisLimits {
             })
             .await?;
         Ok(count)
+    }
+
+    async fn forget(&self, key: &str, member: &Mac) -> Result<(), Error> {
+        let key = self.key("s", key);
+        let member = hex(member);
+        let mut conn = self.manager.clone();
+        self.run("forget", async move {
+            ::redis::cmd("ZREM")
+                .arg(&key)
+                .arg(member)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
     }
 
     async fn recall(&self, key: &str, member: &Mac, _now: UnixMillis) -> Result<Recall, Error> {
