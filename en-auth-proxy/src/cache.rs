@@ -29,22 +29,23 @@
 //!   lifecycle's.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use en_auth_core::{
     AccessToken, Authorizer, CachedToken, ClientInfo, Error, LifecyclePolicy, RetryPolicy,
     STORE_CALL_TIMEOUT, TokenCache, TokenStore,
 };
 use hmac::{Hmac, Mac};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
-use crate::upstream::{TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
+use crate::quota::Limits;
+use crate::upstream::{Acceptance, TokenRequest, Upstream, UpstreamAuthorizer, UpstreamToken};
 
 /// Most secrets remembered per key: the current one, one being rotated in, and a few wrong
 /// ones being refused locally.
@@ -140,6 +141,11 @@ pub struct ProxyCache {
     policy: LifecyclePolicy,
     config: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
+    /// Where every entry's authorizer remembers the secrets the upstream accepted.
+    limits: Arc<Limits>,
+    /// Requests being admitted (checked and charged before their entry exists), per key and
+    /// secret; see [`ProxyCache::admission`].
+    admitting: Mutex<HashMap<(ProxyKey, [u8; 32]), Weak<tokio::sync::Mutex<()>>>>,
     /// A use counter: entries remember the tick of their last use (exact LRU order).
     clock: AtomicI64,
 }
@@ -152,6 +158,7 @@ impl ProxyCache {
         store: Option<Arc<dyn TokenStore>>,
         metrics: Arc<Metrics>,
         secret_key: Option<&SecretSlice<u8>>,
+        limits: Arc<Limits>,
     ) -> Result<Self, Error> {
         let mut random = [0u8; 32];
         let key: &[u8] = match secret_key {
@@ -196,6 +203,8 @@ impl ProxyCache {
             policy,
             config,
             metrics,
+            limits,
+            admitting: Mutex::default(),
             clock: AtomicI64::new(0),
         })
     }
@@ -228,11 +237,40 @@ impl ProxyCache {
         let Some(store) = &self.store else {
             return false;
         };
-        let cache_key = self.authorizer(key, secret).cache_key();
+        let cache_key = self.authorizer(key, secret, None).cache_key();
         matches!(
             tokio::time::timeout(STORE_CALL_TIMEOUT, store.load(&cache_key)).await,
             Ok(Ok(Some(_)))
         )
+    }
+
+    /// Waits until no other request for `key` and the secret whose keyed hash is `mac` is
+    /// being admitted, and admits this one until the returned guard is dropped. Identical
+    /// concurrent requests are thus checked and charged one after the other: the first one
+    /// creates the entry (before dropping the guard) and the next ones find it and join its
+    /// fetch, instead of each being charged while none has created the entry yet.
+    pub(crate) async fn admission(&self, key: &ProxyKey, mac: &[u8; 32]) -> Admission<'_> {
+        let id = (key.clone(), *mac);
+        let lock = {
+            let mut admitting = self.admitting.lock();
+            if let Some(lock) = admitting.get(&id).and_then(Weak::upgrade) {
+                lock
+            } else {
+                // Requests cancelled while waiting can leave dead entries behind.
+                if admitting.len() >= 1024 {
+                    admitting.retain(|_, lock| lock.strong_count() > 0);
+                }
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                admitting.insert(id.clone(), Arc::downgrade(&lock));
+                lock
+            }
+        };
+        let guard = lock.lock_owned().await;
+        Admission {
+            admitting: &self.admitting,
+            id,
+            guard: Some(guard),
+        }
     }
 
     /// The entry for `key` whose secret is `secret` (keyed hash `mac`), created when there is
@@ -367,19 +405,30 @@ impl ProxyCache {
         self.metrics.evicted(victims.len());
     }
 
-    fn authorizer(&self, key: &ProxyKey, secret: &SecretString) -> UpstreamAuthorizer {
+    /// The authorizer of `key` and `secret`; with the secret's keyed hash, it remembers the
+    /// secret as accepted whenever the upstream issues a token for it.
+    fn authorizer(
+        &self,
+        key: &ProxyKey,
+        secret: &SecretString,
+        mac: Option<[u8; 32]>,
+    ) -> UpstreamAuthorizer {
         let info = ClientInfo::new(key.client_id.clone(), secret.expose_secret().to_owned());
         UpstreamAuthorizer::new(
             info,
             key.request.clone(),
             self.config.upstream_auth_of(&key.client_id),
             Arc::clone(&self.upstream),
+            mac.map(|secret_mac| Acceptance {
+                limits: Arc::clone(&self.limits),
+                secret_mac,
+            }),
         )
     }
 
     fn new_entry(&self, key: &ProxyKey, secret: &SecretString, mac: [u8; 32], now: i64) -> Entry {
-        let mut builder =
-            TokenCache::builder(self.authorizer(key, secret)).policy(self.policy.clone());
+        let mut builder = TokenCache::builder(self.authorizer(key, secret, Some(mac)))
+            .policy(self.policy.clone());
         if let Some(store) = &self.store {
             builder = builder.store(Arc::clone(store));
         }
@@ -406,6 +455,27 @@ impl ProxyCache {
     /// About how many bytes the cached entries take (what `max_cache_bytes` bounds).
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A request being admitted for a key and secret (see [`ProxyCache::admission`]); the next
+/// identical request is admitted when this is dropped.
+pub(crate) struct Admission<'a> {
+    admitting: &'a Mutex<HashMap<(ProxyKey, [u8; 32]), Weak<tokio::sync::Mutex<()>>>>,
+    id: (ProxyKey, [u8; 32]),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut admitting = self.admitting.lock();
+        if admitting
+            .get(&self.id)
+            .is_some_and(|lock| lock.strong_count() == 0)
+        {
+            admitting.remove(&self.id);
+        }
     }
 }
 

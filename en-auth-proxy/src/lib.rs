@@ -58,8 +58,8 @@ pub(crate) struct Shared {
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     /// Quotas, the lock-out, accepted secrets and the unknown clients' budget, over the
-    /// builder's [`LimitStore`].
-    limits: quota::Limits,
+    /// builder's [`LimitStore`] (the cache's authorizers remember accepted secrets in it).
+    limits: Arc<quota::Limits>,
     request_timeout: Duration,
 }
 
@@ -165,20 +165,21 @@ impl ProxyBuilder {
             },
             Arc::clone(&metrics),
         )?);
+        let limits = Arc::new(quota::Limits::new(
+            self.limits
+                .unwrap_or_else(|| Arc::new(LocalLimits::default())),
+            config.refusal(),
+            config.unknown_client_per_minute,
+            config.unknown_client_per_source_per_minute,
+        ));
         let cache = ProxyCache::new(
             Arc::clone(&config),
             Arc::clone(&upstream),
             self.store,
             Arc::clone(&metrics),
             self.secret_key.as_ref(),
+            Arc::clone(&limits),
         )?;
-        let limits = quota::Limits::new(
-            self.limits
-                .unwrap_or_else(|| Arc::new(LocalLimits::default())),
-            config.refusal(),
-            config.unknown_client_per_minute,
-            config.unknown_client_per_source_per_minute,
-        );
         Ok(Proxy {
             shared: Arc::new(Shared {
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),

@@ -10,16 +10,22 @@
 //! A store that fails is not a reason to refuse anyone: every rule lets the request through
 //! when its store call fails (the Redis store falls back to local memory by itself).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::limits::{LimitStore, Mac, Recall, UnixMillis};
 
-/// Upstream refusals of secrets a client id may see within one refusal window before further
-/// secrets for it that are not known to be good are refused locally: a caller cycling
-/// through many wrong secrets cannot hammer the upstream through the proxy.
+/// Distinct secrets not known to be good (and not accepted since) that may be tried for one
+/// client id within the refusal window; further ones are refused locally, without asking the upstream: a caller
+/// cycling through many wrong secrets cannot hammer the upstream through the proxy. Counted
+/// when a secret is about to go upstream, not when its answer comes, so concurrent guesses
+/// and guessers that hang up count too; the same secret repeated counts once.
 pub const MAX_REFUSALS_PER_WINDOW: u64 = 5;
+
+/// Distinct tried secrets remembered per client id (more than [`MAX_REFUSALS_PER_WINDOW`]:
+/// the count stays above it while guessing goes on).
+const TRIED_SECRETS_PER_CLIENT: usize = 16;
 
 /// Accepted secrets remembered per client id (the current one, one being rotated in, …);
 /// the one accepted longest ago is forgotten first.
@@ -60,6 +66,21 @@ fn rest_of_window(window: Duration, now: UnixMillis) -> Duration {
     let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
     let end = (now - now % w).saturating_add(w);
     Duration::from_millis(end - now).max(Duration::from_secs(1))
+}
+
+/// The source a request is counted under: an IPv4 address (IPv4-mapped IPv6 ones too), or
+/// the /64 prefix of an IPv6 address.
+fn source_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX));
+                format!("{prefix}/64")
+            }
+        },
+    }
 }
 
 /// Why a request without a secret known to be good is not sent upstream.
@@ -120,20 +141,27 @@ impl Limits {
         }
     }
 
-    /// `Some(wait)` while `client_id` has had [`MAX_REFUSALS_PER_WINDOW`] upstream refusals in
-    /// the current refusal window: secrets for it not known to be good are refused locally.
-    pub(crate) async fn locked_out(&self, client_id: &str) -> Option<Duration> {
+    /// Counts the secret whose keyed hash is `secret_mac`, not known to be good, as tried for
+    /// `client_id`, before it goes upstream. `Some(wait)` when more than
+    /// [`MAX_REFUSALS_PER_WINDOW`] distinct secrets were tried for it within the refusal
+    /// window: refuse it locally. The window runs from the latest secret tried (the set's
+    /// time to live is renewed on every addition), so it extends while guessing goes on;
+    /// `wait` is the whole window.
+    pub(crate) async fn tried(&self, client_id: &str, secret_mac: Mac) -> Option<Duration> {
+        let key = format!("tried:{client_id}");
         let now = self.clock.now();
-        let key = format!("refusals:{client_id}");
-        let count = self.counted(&key, self.refusal_window, now, 0).await;
-        (count >= MAX_REFUSALS_PER_WINDOW).then(|| rest_of_window(self.refusal_window, now))
-    }
-
-    /// Counts one upstream refusal of a secret for `client_id`.
-    pub(crate) async fn refused(&self, client_id: &str) {
-        let now = self.clock.now();
-        let key = format!("refusals:{client_id}");
-        self.counted(&key, self.refusal_window, now, 1).await;
+        let window = self.refusal_window.max(Duration::from_secs(1));
+        match self
+            .store
+            .remember(&key, secret_mac, TRIED_SECRETS_PER_CLIENT, window, now)
+            .await
+        {
+            Ok(tried) => (tried > MAX_REFUSALS_PER_WINDOW).then_some(window),
+            Err(err) => {
+                tracing::debug!(error = %err, "limit store: remember failed");
+                None
+            }
+        }
     }
 
     /// Whether `secret_mac` was accepted for `client_id`, and whether any secret was.
@@ -149,8 +177,9 @@ impl Limits {
     }
 
     /// The upstream accepted (or the shared token store proved) the secret whose keyed hash
-    /// is `secret_mac` for `client_id`: exempt from the lock-out from now on. The refusal
-    /// count is kept: an accepted secret gives the guessers no fresh allowance.
+    /// is `secret_mac` for `client_id`: exempt from the lock-out from now on, and no longer
+    /// counted among the secrets tried for it (a customer's own first request or a rotation
+    /// leaves the guessers no less, and no more: the wrong secrets stay counted).
     pub(crate) async fn accepted(&self, client_id: &str, secret_mac: Mac) {
         let key = format!("accepted:{client_id}");
         let now = self.clock.now();
@@ -167,16 +196,25 @@ impl Limits {
         {
             tracing::debug!(error = %err, "limit store: remember failed");
         }
+        let tried = format!("tried:{client_id}");
+        if let Err(err) = self.store.forget(&tried, &secret_mac).await {
+            tracing::debug!(error = %err, "limit store: forget failed");
+        }
     }
 
     /// Charges one request of a client id with no accepted secret on record to the budget of
     /// its source (when known) and to the global one; a source over its own budget does not
-    /// spend the global one.
+    /// spend the global one, nor its own any further (its count stops one past the budget).
+    /// IPv6 sources are counted per /64 (one host usually holds a whole /64), IPv4-mapped
+    /// IPv6 addresses as the IPv4 address.
     pub(crate) async fn charge_unknown(&self, source: Option<IpAddr>) -> Result<(), Unknown> {
         let now = self.clock.now();
         if let Some(ip) = source {
-            let key = format!("unknown:{ip}");
-            if self.counted(&key, MINUTE, now, 1).await > self.unknown_per_source_per_minute {
+            let key = format!("unknown:{}", source_of(ip));
+            let per_source = self.unknown_per_source_per_minute;
+            let over = self.counted(&key, MINUTE, now, 0).await > per_source
+                || self.counted(&key, MINUTE, now, 1).await > per_source;
+            if over {
                 return Err(Unknown::Source(rest_of_window(MINUTE, now)));
             }
         }
@@ -235,17 +273,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lock_out_starts_at_the_fifth_refusal_and_ends_with_its_window() {
+    async fn the_lock_out_counts_distinct_secrets_and_ends_a_window_after_the_last() {
         let l = limits();
-        for _ in 0..MAX_REFUSALS_PER_WINDOW {
-            assert_eq!(l.locked_out("c").await, None);
-            l.refused("c").await;
+        // The same secret again (a customer's concurrent first requests) counts once.
+        for _ in 0..10 {
+            assert_eq!(l.tried("c", [0; 32]).await, None);
         }
-        let wait = l.locked_out("c").await.expect("locked out");
-        assert!(wait <= Duration::from_secs(30));
-        assert_eq!(l.locked_out("other").await, None);
-        tokio::time::sleep(wait).await;
-        assert_eq!(l.locked_out("c").await, None);
+        for n in 1..MAX_REFUSALS_PER_WINDOW {
+            assert_eq!(l.tried("c", [n as u8; 32]).await, None, "secret {n}");
+        }
+        let wait = l.tried("c", [9; 32]).await.expect("the sixth is refused");
+        assert_eq!(wait, Duration::from_secs(30));
+        assert_eq!(l.tried("other", [9; 32]).await, None);
+        // Guessing goes on: the window runs from the latest secret tried.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(l.tried("c", [10; 32]).await.is_some());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(l.tried("c", [0; 32]).await.is_some(), "still within 30 s");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            l.tried("c", [11; 32]).await,
+            None,
+            "a window after the last"
+        );
+        // A secret accepted since it was tried no longer counts: five wrong ones still may.
+        assert_eq!(l.tried("d", [0; 32]).await, None);
+        l.accepted("d", [0; 32]).await;
+        for n in 1..=MAX_REFUSALS_PER_WINDOW {
+            assert_eq!(l.tried("d", [n as u8; 32]).await, None, "secret {n}");
+        }
+        assert!(l.tried("d", [99; 32]).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -297,5 +354,43 @@ mod tests {
         ));
         tokio::time::sleep(MINUTE).await;
         assert_eq!(l.charge_unknown(ip(1)).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sources_are_ipv4_addresses_and_ipv6_prefixes_counted_up_to_one_past_the_budget() {
+        let l = Limits::new(
+            Arc::new(LocalLimits::default()),
+            Duration::from_secs(30),
+            1_000,
+            2,
+        );
+        fresh_minute(&l).await;
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // One /64: every address in it is one source.
+        assert_eq!(l.charge_unknown(v6("2001:db8:1:2::1")).await, Ok(()));
+        assert_eq!(l.charge_unknown(v6("2001:db8:1:2:ffff::7")).await, Ok(()));
+        for n in 0..50 {
+            let ip = v6(&format!("2001:db8:1:2:{n:x}::{n:x}"));
+            assert!(matches!(
+                l.charge_unknown(ip).await,
+                Err(Unknown::Source(_))
+            ));
+        }
+        // The next /64 is another source.
+        assert_eq!(l.charge_unknown(v6("2001:db8:1:3::1")).await, Ok(()));
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        assert_eq!(l.charge_unknown(v6("10.0.0.1")).await, Ok(()));
+        assert_eq!(l.charge_unknown(v6("::ffff:10.0.0.1")).await, Ok(()));
+        assert!(matches!(
+            l.charge_unknown(v6("10.0.0.1")).await,
+            Err(Unknown::Source(_))
+        ));
+        // A source over its budget is counted no further: one past it.
+        let now = l.clock.now();
+        for key in ["unknown:2001:db8:1:2::/64", "unknown:10.0.0.1"] {
+            assert_eq!(l.store.add(key, MINUTE, now, 0).await.unwrap(), 3, "{key}");
+        }
+        // 5 charged in total (the refused ones spent nothing).
+        assert_eq!(l.store.add("unknown", MINUTE, now, 0).await.unwrap(), 5);
     }
 }

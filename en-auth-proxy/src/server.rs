@@ -165,11 +165,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Source {
 /// 1. a cached token for this key and secret is handed out (quota counted);
 /// 2. the secret is known to be good when its entry holds a token, when the upstream accepted
 ///    it before (the limit store's accepted secrets, several per client), or when the shared
-///    token store holds a token for it (its key includes the secret's hash);
-/// 3. a secret not known to be good is refused locally while its client id is locked out
-///    (5 upstream refusals in the refusal window), and, when the client id has no accepted
-///    secret on record, charged to the unknown clients' budget (per source and global);
-/// 4. only then is an entry created and its token fetched (quota checked first).
+///    token store holds a token for it (its key includes the secret's hash; the secret is
+///    then remembered as accepted);
+/// 3. a secret not known to be good is, when its client id has no accepted secret on record,
+///    charged to the unknown clients' budget (per source and global; identical concurrent
+///    requests are admitted one after the other, and those that join a fetch are not
+///    charged); then it is counted as tried for its client id, and refused locally when more
+///    than 5 distinct secrets were tried for it within the refusal window;
+/// 4. only then is an entry created and its token fetched (quota checked first). The fetch
+///    remembers the secret as accepted when the upstream issues a token, whether or not
+///    anyone still waits for it.
 async fn issue(
     shared: &Shared,
     source: Source,
@@ -195,7 +200,7 @@ async fn issue(
     let quota = shared.config.quota_of(&client_id);
     let key = ProxyKey { client_id, request };
     let mac = shared.cache.mac(&key.client_id, &secret);
-    let mut found = shared.cache.find(&key, &mac);
+    let found = shared.cache.find(&key, &mac);
     if let Some(token) = found.as_ref().and_then(|entry| entry.hand_out()) {
         count(&key.client_id, true);
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, false).await {
@@ -205,42 +210,38 @@ async fn issue(
         return token_response(&token);
     }
     let recall = limits.recall(&key.client_id, &mac).await;
-    let known_good = recall.member
-        || found.as_ref().is_some_and(|e| e.cache.has_usable_token())
-        || shared.cache.stored(&key, &secret).await;
-    // Over quota already: refused before any upstream call (without counting this one).
-    if known_good {
+    let mut known_good =
+        recall.member || found.as_ref().is_some_and(|e| e.cache.has_usable_token());
+    if !known_good && shared.cache.stored(&key, &secret).await {
+        // A token in the shared store proves the secret: remembered now.
+        limits.accepted(&key.client_id, mac).await;
+        known_good = true;
+    }
+    let entry = if known_good {
+        // Over quota already: refused before any upstream call (without counting this one).
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
             count(&key.client_id, recall.any);
             return refusal;
         }
-    } else {
-        // Many secrets for this client were refused upstream just now: another one not known
-        // to be good is refused here, without asking upstream.
-        if let Some(wait) = limits.locked_out(&key.client_id).await {
-            count(&key.client_id, recall.any);
-            metrics.refused_locally();
-            tracing::warn!(
-                client_id = %key.client_id,
-                "several secrets for this client were refused upstream; refusing new ones \
-                 locally for a while"
-            );
-            return OAuthError::too_many(
-                wait,
-                "too many failed authentications for this client; retry later",
-            )
-            .into_response();
+        match found {
+            Some(entry) => entry,
+            None => shared.cache.entry(&key, &secret, mac),
         }
+    } else {
         // Client ids with no accepted secret on record (nor configured by the operator) share
         // a budget of upstream requests, per source and in total. A request that joins a
-        // fetch already running for its key and secret costs no upstream request and is not
-        // charged (a customer's concurrent first requests cost one).
+        // fetch already running (or an entry just created) for its key and secret costs no
+        // upstream request and is not charged: identical concurrent requests are admitted one
+        // after the other, so a customer's concurrent first requests are charged once.
         let on_record = recall.any || shared.config.clients.contains_key(&key.client_id);
+        let mut admission = None;
+        let mut found = found;
         if !on_record {
+            admission = Some(shared.cache.admission(&key, &mac).await);
             found = found.or_else(|| shared.cache.find(&key, &mac));
             let joins = found.as_ref().is_some_and(|entry| {
                 let stats = entry.cache.stats();
-                stats.fetches > stats.failures
+                stats.fetches == 0 || stats.fetches > stats.failures
             });
             if !joins {
                 if let Err(over) = limits.charge_unknown(source.0).await {
@@ -263,14 +264,33 @@ async fn issue(
                 }
             }
         }
+        // Counted before it goes upstream (concurrent guesses and guessers that hang up
+        // count too); the same secret again counts once. Past the limit, refused here.
+        if let Some(wait) = limits.tried(&key.client_id, mac).await {
+            count(&key.client_id, recall.any);
+            metrics.refused_locally();
+            tracing::warn!(
+                client_id = %key.client_id,
+                "many secrets for this client were tried just now; refusing new ones \
+                 locally for a while"
+            );
+            return OAuthError::too_many(
+                wait,
+                "too many failed authentications for this client; retry later",
+            )
+            .into_response();
+        }
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
             count(&key.client_id, recall.any);
             return refusal;
         }
-    }
-    let entry = match found {
-        Some(entry) => entry,
-        None => shared.cache.entry(&key, &secret, mac),
+        let entry = match found {
+            Some(entry) => entry,
+            None => shared.cache.entry(&key, &secret, mac),
+        };
+        // The next identical request finds this entry.
+        drop(admission);
+        entry
     };
     drop(secret);
     metrics.cache_miss();
@@ -279,9 +299,6 @@ async fn issue(
         Ok(token) => {
             count(&key.client_id, true);
             shared.cache.settle(&entry, &token);
-            // Remembered again on every fetch a customer waited for: its 30 days run from the
-            // last acceptance.
-            limits.accepted(&key.client_id, mac).await;
             // Charged now that the secret proved good. Callers that joined one fetch are
             // charged one by one here, so a cold burst cannot exceed the quota; the token
             // stays cached for the next minute.
@@ -293,9 +310,6 @@ async fn issue(
         Err(err) => {
             count(&key.client_id, recall.any);
             let remembered = entry.cache.stats().failures_served > served_before;
-            if !remembered && is_wrong_secret(&err) {
-                limits.refused(&key.client_id).await;
-            }
             log_failure(&key, &err, remembered, shared);
             OAuthError::from_error(&err).into_response()
         }
@@ -336,19 +350,6 @@ async fn charge_quota(
         )
         .into_response()
     })
-}
-
-/// Whether the upstream refused the client's credentials: `invalid_client` (RFC 6749), or a
-/// 401 with another code (Auth0 answers a wrong client secret with 401 `access_denied`).
-fn is_wrong_secret(err: &Error) -> bool {
-    matches!(
-        err,
-        Error::InvalidClient { .. }
-            | Error::Authorization {
-                status: Some(401),
-                ..
-            }
-    )
 }
 
 fn log_failure(key: &cache::ProxyKey, err: &Error, remembered: bool, shared: &Shared) {

@@ -27,7 +27,9 @@ use tokio::sync::OnceCell;
 
 use crate::budget::{Purpose, RateLimits};
 use crate::config::UpstreamAuth;
+use crate::limits::Mac;
 use crate::metrics::Metrics;
+use crate::quota::Limits;
 
 /// A token obtained upstream, as the proxy caches it and hands it out: the token and the
 /// scope the provider granted.
@@ -252,12 +254,24 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// Where a secret the upstream accepted is remembered: the proxy's limits, under the
+/// secret's keyed hash.
+pub(crate) struct Acceptance {
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) secret_mac: Mac,
+}
+
 /// Gets one customer's token for one request shape; the core lifecycle decides when.
+///
+/// Every token the upstream issues remembers the secret as accepted (see [`Acceptance`]),
+/// in the fetch itself: whether a customer still waits for it or not (one who hung up, a
+/// renewal in the background), its 30 days run from the upstream's latest acceptance.
 pub struct UpstreamAuthorizer {
     info: ClientInfo,
     request: TokenRequest,
     auth: UpstreamAuth,
     upstream: Arc<Upstream>,
+    acceptance: Option<Acceptance>,
 }
 
 impl UpstreamAuthorizer {
@@ -266,13 +280,26 @@ impl UpstreamAuthorizer {
         request: TokenRequest,
         auth: UpstreamAuth,
         upstream: Arc<Upstream>,
+        acceptance: Option<Acceptance>,
     ) -> Self {
         Self {
             info,
             request,
             auth,
             upstream,
+            acceptance,
         }
+    }
+
+    /// The upstream's answer, the secret remembered as accepted when it issued a token.
+    async fn answered(&self, answer: Result<UpstreamToken, Error>) -> Result<UpstreamToken, Error> {
+        if let (Ok(_), Some(acceptance)) = (&answer, &self.acceptance) {
+            acceptance
+                .limits
+                .accepted(self.info.client_id(), acceptance.secret_mac)
+                .await;
+        }
+        answer
     }
 }
 
@@ -295,9 +322,11 @@ impl Authorizer for UpstreamAuthorizer {
     }
 
     async fn authorize(&self) -> Result<UpstreamToken, Error> {
-        self.upstream
+        let answer = self
+            .upstream
             .request(&self.info, &self.request, self.auth, Purpose::Miss)
-            .await
+            .await;
+        self.answered(answer).await
     }
 
     async fn refresh(&self, token: &UpstreamToken) -> Result<UpstreamToken, Error> {
@@ -305,9 +334,11 @@ impl Authorizer for UpstreamAuthorizer {
             Some(at) if at > Utc::now() => Purpose::Refresh,
             _ => Purpose::Miss,
         };
-        self.upstream
+        let answer = self
+            .upstream
             .request(&self.info, &self.request, self.auth, purpose)
-            .await
+            .await;
+        self.answered(answer).await
     }
 
     fn cache_key(&self) -> CacheKey {
