@@ -1,8 +1,10 @@
 //! [`LocalLimits`]: the [`LimitStore`] in this process's memory, the default.
 //!
 //! Bounded: each kind of record (counters, sets, deadlines, budgets) keeps at most
-//! `max_keys` keys. Past it, records whose time is over are dropped first; when every record
-//! is still live, an eighth of them goes at once (the least used counters, the sets and
+//! `max_keys` keys, and counters and sets do so per kind of key too (what a key has before
+//! its first `:`), so that a flood of one kind (counts per source address, sets of made-up
+//! client ids) never evicts another (quotas, lock-outs, accepted secrets). Past it, records
+//! whose time is over are dropped first; when every record is still live, an eighth of them goes at once (the least used counters, the sets and
 //! deadlines that end soonest), so a flood of new keys costs a bounded amount of work per
 //! key. Every lock is a `parking_lot` mutex held for one map operation; nothing awaits under
 //! it. Arithmetic saturates: no value from a caller makes it panic.
@@ -23,13 +25,14 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Limits kept in this process's memory, the default [`LimitStore`].
 ///
 /// Bounded: each kind of record (counters, sets, deadlines, budgets) keeps at most
-/// `max_keys` keys; past it, records whose time is over go first, then an eighth of the live
+/// `max_keys` keys, counters and sets per kind of key (the part before the first `:`; up to
+/// 32 kinds, further ones share a space); past it, records whose time is over go first, then an eighth of the live
 /// ones (the least used counters, the sets and deadlines that end soonest). Locks are held
 /// for one map operation; arithmetic saturates.
 pub struct LocalLimits {
     max_keys: usize,
-    counters: Mutex<HashMap<String, Counter>>,
-    sets: Mutex<HashMap<String, Set>>,
+    counters: Mutex<Spaces<Counter>>,
+    sets: Mutex<Spaces<Set>>,
     deadlines: Mutex<HashMap<String, UnixMillis>>,
     budgets: Mutex<HashMap<String, (u64, UnixMillis)>>,
 }
@@ -62,7 +65,8 @@ impl std::fmt::Debug for LocalLimits {
 }
 
 impl LocalLimits {
-    /// Limits that keep at most `max_keys` keys of each kind (at least 8).
+    /// Limits that keep at most `max_keys` keys of each kind of record and, for counters and
+    /// sets, of each kind of key (at least 8).
     pub fn new(max_keys: usize) -> Self {
         Self {
             max_keys: max_keys.max(8),
@@ -71,6 +75,63 @@ impl LocalLimits {
             deadlines: Mutex::default(),
             budgets: Mutex::default(),
         }
+    }
+}
+
+/// Most kinds of keys with a space of their own; keys of further kinds share one.
+const MAX_KINDS: usize = 32;
+
+/// Records kept per kind of key, each kind bounded on its own: the kind is what a key has
+/// before its first `:` (`quota`, `tried`, `accepted`, `unknown` for the per-source counts,
+/// …; keys without one share a space). A flood of one kind (counts per source address,
+/// sets of made-up client ids) can only evict records of that kind, never a client's quota,
+/// lock-out or accepted secrets.
+struct Spaces<V> {
+    kinds: HashMap<String, HashMap<String, V>>,
+}
+
+impl<V> Default for Spaces<V> {
+    fn default() -> Self {
+        Self {
+            kinds: HashMap::new(),
+        }
+    }
+}
+
+impl<V> Spaces<V> {
+    fn kind(key: &str) -> &str {
+        key.split_once(':').map_or("", |(kind, _)| kind)
+    }
+
+    /// The kind whose space holds `key`: its own, or the shared one when there was no room
+    /// for another kind (kinds are never removed, so that does not change).
+    fn resolve<'k>(&self, key: &'k str) -> &'k str {
+        let kind = Self::kind(key);
+        if self.kinds.contains_key(kind) || self.kinds.len() < MAX_KINDS {
+            kind
+        } else {
+            ""
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.kinds.get(self.resolve(key))?.get(key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let kind = self.resolve(key);
+        self.kinds.get_mut(kind)?.get_mut(key)
+    }
+
+    /// The space of `key`'s kind, created when there is room for another kind.
+    fn space(&mut self, key: &str) -> &mut HashMap<String, V> {
+        let kind = self.resolve(key).to_owned();
+        self.kinds.entry(kind).or_default()
+    }
+
+    /// Keys held, all kinds together.
+    fn len(&self) -> usize {
+        self.kinds.values().map(HashMap::len).sum()
     }
 }
 
@@ -134,15 +195,16 @@ impl LimitStore for LocalLimits {
         if add == 0 {
             return Ok(0);
         }
+        let space = counters.space(key);
         make_room(
-            &mut counters,
+            space,
             self.max_keys,
             |c| c.end <= now,
-            // The least counted go first: a budget shared by many (a global one) or a count
-            // that locks a guesser out outlives one-off keys.
+            // The least counted go first: a budget shared by many (a global one) outlives
+            // one-off keys of its kind.
             |c| c.count,
         );
-        counters.insert(
+        space.insert(
             key.to_owned(),
             Counter {
                 start,
@@ -166,13 +228,9 @@ impl LimitStore for LocalLimits {
         }
         let expires = now.saturating_add(millis(ttl));
         let mut sets = self.sets.lock();
+        let sets = sets.space(key);
         if !sets.contains_key(key) {
-            make_room(
-                &mut sets,
-                self.max_keys,
-                |s| s.expires <= now,
-                |s| s.expires,
-            );
+            make_room(sets, self.max_keys, |s| s.expires <= now, |s| s.expires);
         }
         let set = sets.entry(key.to_owned()).or_insert_with(|| Set {
             members: VecDeque::new(),
@@ -387,6 +445,35 @@ mod tests {
             l.take_budget("u", 0, 10_000).await.unwrap(),
             Budget::Unknown
         );
+    }
+
+    /// Rotating source addresses (each counted past a client's quota) and sets of another
+    /// kind: neither evicts a client's quota, its secrets tried or its accepted secrets.
+    #[tokio::test]
+    async fn a_flood_of_one_kind_of_key_never_evicts_another() {
+        let l = LocalLimits::new(64);
+        let hour = Duration::from_secs(3600);
+        l.add("quota:acme", MIN, 0, 3).await.unwrap();
+        l.remember("tried:acme", mac(1), 16, MIN, 0).await.unwrap();
+        l.remember("tried:acme", mac(2), 16, MIN, 0).await.unwrap();
+        l.remember("accepted:acme", mac(9), 4, hour, 0)
+            .await
+            .unwrap();
+        for n in 0..10_000u64 {
+            let source = format!("unknown:2001:db8:{n:x}::/64");
+            l.add(&source, MIN, 0, 11).await.unwrap();
+            l.remember(&format!("other:{n}"), mac(1), 4, hour, n)
+                .await
+                .unwrap();
+        }
+        assert!(l.counters.lock().len() <= 2 * 64);
+        assert!(l.sets.lock().len() <= 3 * 64);
+        assert_eq!(l.add("quota:acme", MIN, 0, 0).await.unwrap(), 3);
+        assert_eq!(
+            l.remember("tried:acme", mac(2), 16, MIN, 0).await.unwrap(),
+            2
+        );
+        assert!(l.recall("accepted:acme", &mac(9), 0).await.unwrap().member);
     }
 
     #[tokio::test]
