@@ -354,3 +354,172 @@ async fn a_cold_burst_is_held_to_the_quota() {
     assert_eq!((served, refused), (30, 10));
     assert_eq!(idp.token_requests(), 1);
 }
+
+/// Concurrent wrong secrets for a customer on record, against a slow provider: they are
+/// counted before they go upstream, so at most 5 reach it, not one per guess.
+#[tokio::test(start_paused = true)]
+async fn concurrent_guesses_are_counted_before_they_go_upstream() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = instance(idp.token_url(), &limits).await;
+    proxy.post_token(CUSTOMER, SECRET, &[]).await.token();
+    idp.push_faults((0..40).map(|_| en_auth_testkit::Fault::Delay(Duration::from_secs(2))));
+    let secrets: Vec<String> = (0..40).map(|i| format!("guess-{i}")).collect();
+    let answers = futures_util::future::join_all(
+        secrets
+            .iter()
+            .map(|secret| proxy.post_token(CUSTOMER, secret, &[])),
+    )
+    .await;
+    let locally = answers.iter().filter(|a| a.status == 429).count();
+    assert_eq!(idp.token_requests() - 1, 5, "guesses that went upstream");
+    assert_eq!(locally, 35, "refused locally");
+}
+
+/// A proxy whose requests end after 1 s while the provider takes 5 s to answer.
+async fn impatient(idp: &LocalIdp, limits: &Arc<LocalLimits>) -> Running {
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.request_timeout_secs = 1;
+    let proxy = Proxy::builder(config)
+        .limits(Arc::clone(limits) as Arc<dyn LimitStore>)
+        .secret_key(fleet_key())
+        .build()
+        .unwrap();
+    Running::start_proxy(proxy).await
+}
+
+/// The provider answers after the customer's request ended: the fetch still remembers the
+/// secret as accepted, so guessers locking the client out do not lock the customer out.
+#[tokio::test(start_paused = true)]
+async fn a_secret_accepted_after_its_caller_left_is_remembered() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = impatient(&idp, &limits).await;
+    idp.push_faults([en_auth_testkit::Fault::Delay(Duration::from_secs(5))]);
+    let gone = proxy.post_token(CUSTOMER, SECRET, &[]).await;
+    assert_eq!(gone.status, 503, "the request timed out");
+    // The fetch goes on without anyone waiting for it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(idp.token_requests(), 1);
+    for i in 0..6 {
+        proxy.post_token(CUSTOMER, &format!("guess-{i}"), &[]).await;
+    }
+    let locked = proxy.post_token(CUSTOMER, "guess-6", &[]).await;
+    assert_eq!(locked.status, 429);
+    // A new key for the customer: known good, served despite the lock-out.
+    let served = proxy
+        .post_token(CUSTOMER, SECRET, &[("audience", "other")])
+        .await;
+    assert_eq!(served.status, 200, "{:?}", served.error());
+}
+
+/// Guessers who hang up before the provider answers are counted all the same.
+#[tokio::test(start_paused = true)]
+async fn guessers_who_hang_up_are_counted() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = impatient(&idp, &limits).await;
+    idp.push_faults((0..20).map(|_| en_auth_testkit::Fault::Delay(Duration::from_secs(5))));
+    let mut locally = 0;
+    for i in 0..20 {
+        let answer = proxy.post_token(CUSTOMER, &format!("guess-{i}"), &[]).await;
+        match answer.status {
+            503 => {}
+            429 => locally += 1,
+            other => panic!("guess {i}: {other}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(idp.token_requests(), 5, "guesses that went upstream");
+    assert_eq!(locally, 15);
+}
+
+/// A limit store whose every call takes a moment (as Redis does): requests wait on it.
+#[derive(Debug, Default)]
+struct Slow(LocalLimits);
+
+#[async_trait::async_trait]
+impl LimitStore for Slow {
+    async fn add(
+        &self,
+        key: &str,
+        window: Duration,
+        now: u64,
+        add: u64,
+    ) -> Result<u64, en_auth_core::Error> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.add(key, window, now, add).await
+    }
+    async fn remember(
+        &self,
+        key: &str,
+        member: [u8; 32],
+        cap: usize,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<u64, en_auth_core::Error> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.remember(key, member, cap, ttl, now).await
+    }
+    async fn forget(&self, key: &str, member: &[u8; 32]) -> Result<(), en_auth_core::Error> {
+        self.0.forget(key, member).await
+    }
+    async fn recall(
+        &self,
+        key: &str,
+        member: &[u8; 32],
+        now: u64,
+    ) -> Result<en_auth_proxy::limits::Recall, en_auth_core::Error> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.recall(key, member, now).await
+    }
+    async fn hold_until(&self, key: &str, until: u64) -> Result<(), en_auth_core::Error> {
+        self.0.hold_until(key, until).await
+    }
+    async fn held_until(&self, key: &str, now: u64) -> Result<Option<u64>, en_auth_core::Error> {
+        self.0.held_until(key, now).await
+    }
+    async fn set_budget(
+        &self,
+        key: &str,
+        remaining: u64,
+        reset: u64,
+    ) -> Result<(), en_auth_core::Error> {
+        self.0.set_budget(key, remaining, reset).await
+    }
+    async fn take_budget(
+        &self,
+        key: &str,
+        keep: u64,
+        now: u64,
+    ) -> Result<en_auth_proxy::limits::Budget, en_auth_core::Error> {
+        self.0.take_budget(key, keep, now).await
+    }
+}
+
+/// A customer's concurrent first requests (not yet on record), with a store that takes its
+/// time: charged once to the unknown clients' budget, not once each.
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_requests_are_charged_once_to_the_unknown_budget() {
+    let idp = idp(SECRET).await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.unknown_client_per_minute = 2;
+    let proxy = Proxy::builder(config)
+        .limits(Arc::new(Slow::default()) as Arc<dyn LimitStore>)
+        .build()
+        .unwrap();
+    let proxy = Running::start_proxy(proxy).await;
+    fresh_minute().await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| proxy.post_token(CUSTOMER, SECRET, &[])))
+            .await;
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(served, 20);
+    assert_eq!(idp.token_requests(), 1);
+    // One charged: the budget has one left for a made-up id, then none.
+    assert_eq!(
+        proxy.post_token("made-up", "x", &[]).await.error(),
+        "invalid_client"
+    );
+    assert_eq!(proxy.post_token("made-up-2", "x", &[]).await.status, 429);
+}
