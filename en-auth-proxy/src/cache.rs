@@ -145,7 +145,7 @@ pub struct ProxyCache {
     limits: Arc<Limits>,
     /// Requests being admitted (checked and charged before their entry exists), per key and
     /// secret; see [`ProxyCache::admission`].
-    admitting: Mutex<HashMap<(ProxyKey, [u8; 32]), Weak<tokio::sync::Mutex<()>>>>,
+    admitting: Admitting,
     /// A use counter: entries remember the tick of their last use (exact LRU order).
     clock: AtomicI64,
 }
@@ -458,10 +458,13 @@ impl ProxyCache {
     }
 }
 
+/// Requests being admitted, per key and secret's keyed hash.
+type Admitting = Mutex<HashMap<(ProxyKey, [u8; 32]), Weak<tokio::sync::Mutex<()>>>>;
+
 /// A request being admitted for a key and secret (see [`ProxyCache::admission`]); the next
 /// identical request is admitted when this is dropped.
 pub(crate) struct Admission<'a> {
-    admitting: &'a Mutex<HashMap<(ProxyKey, [u8; 32]), Weak<tokio::sync::Mutex<()>>>>,
+    admitting: &'a Admitting,
     id: (ProxyKey, [u8; 32]),
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }

@@ -263,7 +263,7 @@ pub(crate) struct Acceptance {
 
 /// Gets one customer's token for one request shape; the core lifecycle decides when.
 ///
-/// Every token the upstream issues remembers the secret as accepted (see [`Acceptance`]),
+/// Every token the upstream issues remembers the secret as accepted in the proxy's limits,
 /// in the fetch itself: whether a customer still waits for it or not (one who hung up, a
 /// renewal in the background), its 30 days run from the upstream's latest acceptance.
 pub struct UpstreamAuthorizer {
