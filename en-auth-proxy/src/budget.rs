@@ -44,9 +44,13 @@ impl Purpose {
 /// - `X-RateLimit-Limit` / `-Remaining` / `-Reset`: the tenant-wide budget. When `remaining`
 ///   is at or below the reserve, only cache misses are sent upstream (refreshes of tokens
 ///   that are still valid wait for the reset); at zero, nothing is sent until the reset.
-/// - `Retry-After` and 429: nothing is sent until the named time.
+/// - 429 (with `Retry-After` or `X-RateLimit-Reset`, else a second) and 503 with
+///   `Retry-After`: nothing is sent until the named time. `Retry-After` on any other status
+///   (a 401, a 200) is ignored.
 /// - `Auth0-Client-Quota-Limit: b=per_hour;q=100;r=0;t=3600,…`: a client whose quota shows
-///   `r=0` is not sent upstream for `t` seconds.
+///   `r=0` is not sent upstream for `t` seconds. A 429 with such a spent client bucket while
+///   the tenant's `X-RateLimit-Remaining` is not 0 is that client's own limit: it blocks that
+///   client only (for `t` or `Retry-After`, whichever is longer), not the others.
 ///
 /// Shared through a [`LimitStore`] ([`RateLimits::shared`]), all three hold for every
 /// instance of a fleet: a 429 seen by one blocks the others' upstream calls until it passes,
@@ -281,25 +285,41 @@ impl RateLimits {
             state.reset_at = Some(reset);
             seen.budget = Some((remaining, reset));
         }
-        let named = retry_after(headers).map(|d| now + d);
-        if status == 429 {
-            let reset = reset_at(headers).map(until);
-            let wait = named
-                .into_iter()
-                .chain(reset)
-                .max()
-                .unwrap_or(now + DEFAULT_429_WAIT);
-            state.blocked_until = Some(wait.min(cap));
-            seen.blocked_until = state.blocked_until;
-        } else if let Some(named) = named {
-            state.blocked_until = Some(named.min(cap));
-            seen.blocked_until = state.blocked_until;
-        }
-        if let Some(quota) = header_str(headers, "auth0-client-quota-limit") {
-            if let Some(wait) = spent_quota(quota) {
-                remember_client(&mut state, client_id, now + wait, now);
-                seen.client_until = Some(now + wait);
+        let named = retry_after(headers);
+        let client_spent = header_str(headers, "auth0-client-quota-limit").and_then(spent_quota);
+        let tenant_spent = number("x-ratelimit-remaining") == Some(0);
+        let mut client_wait = client_spent;
+        match status {
+            // The client's own quota is spent, not the tenant's budget: Auth0 refuses this
+            // client only, so only this client waits; every other customer is still served.
+            429 if client_spent.is_some() && !tenant_spent => {
+                client_wait = client_spent.max(named).map(|wait| wait.min(MAX_WAIT));
             }
+            429 => {
+                let reset = reset_at(headers).map(until);
+                let wait = named
+                    .map(|d| now + d)
+                    .into_iter()
+                    .chain(reset)
+                    .max()
+                    .unwrap_or(now + DEFAULT_429_WAIT);
+                state.blocked_until = Some(wait.min(cap));
+                seen.blocked_until = state.blocked_until;
+            }
+            // Unavailable for a while: the whole upstream is.
+            503 => {
+                if let Some(named) = named {
+                    state.blocked_until = Some((now + named).min(cap));
+                    seen.blocked_until = state.blocked_until;
+                }
+            }
+            // A `Retry-After` on any other answer (a 401, a 200) blocks nobody: it is not a
+            // rate limit, and one customer's answer must not stop the others.
+            _ => {}
+        }
+        if let Some(wait) = client_wait {
+            remember_client(&mut state, client_id, now + wait, now);
+            seen.client_until = Some(now + wait);
         }
         seen
     }
@@ -432,6 +452,46 @@ mod tests {
             .await;
         assert!(limits.admit("a", Purpose::Miss).await.is_err());
         assert!(limits.admit("b", Purpose::Miss).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn retry_after_blocks_everyone_only_on_429_and_503() {
+        for status in [200, 400, 401, 403, 500, 502] {
+            let limits = RateLimits::new(0);
+            limits
+                .observe("a", status, &headers(&[("retry-after", "30")]))
+                .await;
+            assert!(limits.admit("a", Purpose::Miss).await.is_ok(), "{status}");
+        }
+        let limits = RateLimits::new(0);
+        limits
+            .observe("a", 503, &headers(&[("retry-after", "30")]))
+            .await;
+        assert!(limits.admit("b", Purpose::Miss).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_429_for_a_spent_client_quota_blocks_that_client_unless_the_tenant_is_spent() {
+        let quota = ("auth0-client-quota-limit", "b=per_hour;q=1;r=0;t=600");
+        let limits = RateLimits::new(0);
+        limits
+            .observe(
+                "a",
+                429,
+                &headers(&[quota, ("x-ratelimit-remaining", "7"), ("retry-after", "5")]),
+            )
+            .await;
+        let err = limits.admit("a", Purpose::Miss).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d > Duration::from_secs(590)),
+            "{err:?}"
+        );
+        assert!(limits.admit("b", Purpose::Miss).await.is_ok());
+        let limits = RateLimits::new(0);
+        limits
+            .observe("a", 429, &headers(&[quota, ("x-ratelimit-remaining", "0")]))
+            .await;
+        assert!(limits.admit("b", Purpose::Miss).await.is_err());
     }
 
     #[tokio::test]

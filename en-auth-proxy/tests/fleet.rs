@@ -391,6 +391,110 @@ async fn a_429_seen_by_one_instance_blocks_the_others_until_it_passes() {
     assert_eq!(idp.token_requests(), 2);
 }
 
+/// Auth0's answer when one client spent its own quota: a 429 whose
+/// `Auth0-Client-Quota-Limit` shows a spent bucket, the tenant's budget far from spent.
+fn client_quota_spent() -> Fault {
+    Fault::Respond {
+        status: 429,
+        headers: vec![
+            ("retry-after".into(), "30".into()),
+            (
+                "auth0-client-quota-limit".into(),
+                "b=per_hour;q=100;r=0;t=3600,b=per_day;q=2000;r=1900;t=86400".into(),
+            ),
+            ("x-ratelimit-limit".into(), "100".into()),
+            ("x-ratelimit-remaining".into(), "95".into()),
+            ("x-ratelimit-reset".into(), epoch_in(60)),
+        ],
+        body: r#"{"error":"too_many_requests","error_description":"Client quota exceeded"}"#.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_spent_its_own_auth0_quota_is_blocked_alone_fleet_wide() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.upstream_timeout_secs = 1;
+    let fleet = fleet(&redis, &config, 2).await;
+    idp.push_faults([client_quota_spent()]);
+    let spent = fleet[0]
+        .running
+        .post_token("spender", "its-secret", &[("audience", "a")])
+        .await;
+    assert_eq!(spent.status, 429, "{:?}", spent.json);
+    assert_eq!(idp.token_requests(), 1);
+    // Another customer, on either instance: served by the provider.
+    assert_eq!(token(&fleet[1], "b").await.status, 200);
+    assert_eq!(token(&fleet[0], "c").await.status, 200);
+    assert_eq!(
+        idp.token_requests(),
+        3,
+        "the others' misses reach the provider"
+    );
+    // The spender stays blocked on every instance, without asking the provider.
+    for instance in &fleet {
+        let again = instance
+            .running
+            .post_token("spender", "its-secret", &[("audience", "d")])
+            .await;
+        assert_eq!(again.status, 429);
+        assert!(again.retry_after().is_some_and(|s| s > 60), "{again:?}");
+    }
+    assert_eq!(idp.token_requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_a_401_blocks_nobody_and_a_tenant_wide_429_blocks_everyone() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.upstream_timeout_secs = 1;
+    let fleet = fleet(&redis, &config, 2).await;
+    idp.push_faults([Fault::Respond {
+        status: 401,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("retry-after".into(), "120".into()),
+        ],
+        body: r#"{"error":"access_denied","error_description":"Unauthorized"}"#.into(),
+    }]);
+    let refused = fleet[0]
+        .running
+        .post_token("acme", "a-wrong-secret", &[("audience", "a")])
+        .await;
+    assert_eq!(refused.status, 401, "{:?}", refused.json);
+    assert_eq!(token(&fleet[0], "b").await.status, 200);
+    assert_eq!(token(&fleet[1], "c").await.status, 200);
+    assert_eq!(idp.token_requests(), 3, "a 401's Retry-After blocks nobody");
+
+    // A 429 with a spent client bucket *and* the tenant's budget at 0: everyone waits.
+    let mut tenant = client_quota_spent();
+    if let Fault::Respond { headers, .. } = &mut tenant {
+        for (name, value) in headers.iter_mut() {
+            if name == "x-ratelimit-remaining" {
+                *value = "0".into();
+            }
+        }
+    }
+    idp.push_faults([tenant]);
+    assert_eq!(token(&fleet[0], "d").await.status, 429);
+    assert_eq!(idp.token_requests(), 4);
+    // Other customers too (the spent client bucket is acme's), on every instance.
+    for (i, client) in [(0, "other-0"), (1, "other-1")] {
+        let answer = fleet[i]
+            .running
+            .post_token(client, "its-secret", &[("audience", "e")])
+            .await;
+        assert_eq!(answer.status, 429, "instance {i}");
+    }
+    assert_eq!(
+        idp.token_requests(),
+        4,
+        "the tenant-wide 429 blocks the fleet"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remaining_upstream_budget_is_counted_fleet_wide() {
     let redis = RedisServer::start();
