@@ -163,8 +163,8 @@ impl RateLimits {
         let unix = unix_now();
         let client = client_key(client_id);
         let (global, own) = tokio::join!(
-            store.held_until(BLOCKED_KEY, unix),
-            store.held_until(&client, unix)
+            store.held_until(BLOCKED_KEY, unix, MAX_GLOBAL_BLOCK),
+            store.held_until(&client, unix, MAX_WAIT)
         );
         let (Ok(global), Ok(own)) = (global, own) else {
             return self.admit_locally(client_id, purpose, now, true);
@@ -187,7 +187,10 @@ impl RateLimits {
             Purpose::Miss => 0,
             Purpose::Refresh => self.reserve,
         };
-        match store.take_budget(BUDGET_KEY, keep, unix).await {
+        match store
+            .take_budget(BUDGET_KEY, keep, unix, MAX_GLOBAL_BLOCK)
+            .await
+        {
             Ok(Budget::Taken { remaining }) => {
                 self.state.lock().remaining = Some(remaining);
                 Ok(())

@@ -20,6 +20,10 @@ use support::{Answer, Running};
 const SECRET: &str = "s3cr3t-fleet-7f2c";
 const FLEET_KEY: &[u8] = b"fleet-key-for-tests-0123456789abcdef";
 
+/// The longest deadline or budget reset these tests read (the proxy's own cap for a global
+/// block, 5 minutes).
+const CAP: Duration = Duration::from_secs(300);
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -180,48 +184,65 @@ async fn redis_limits_count_remember_hold_and_budget_for_the_whole_fleet() {
         .await
         .unwrap();
     assert_eq!(
-        b.held_until("upstream:blocked", real).await.unwrap(),
+        b.held_until("upstream:blocked", real, CAP).await.unwrap(),
         Some(real + 30_000)
     );
     assert_eq!(
-        b.held_until("upstream:blocked", real + 30_000)
+        b.held_until("upstream:blocked", real + 30_000, CAP)
             .await
             .unwrap(),
         None,
         "past by the caller's clock"
     );
-    assert_eq!(a.held_until("upstream:other", real).await.unwrap(), None);
+    assert_eq!(
+        a.held_until("upstream:other", real, CAP).await.unwrap(),
+        None
+    );
 
     // Budget: taken fleet-wide down to `keep`, then spent until the reset.
     let reset = real + 60_000;
     assert_eq!(
-        a.take_budget("upstream:budget", 0, real).await.unwrap(),
+        a.take_budget("upstream:budget", 0, real, CAP)
+            .await
+            .unwrap(),
         Budget::Unknown
     );
     a.set_budget("upstream:budget", 3, reset).await.unwrap();
     assert_eq!(
-        b.take_budget("upstream:budget", 1, real).await.unwrap(),
+        b.take_budget("upstream:budget", 1, real, CAP)
+            .await
+            .unwrap(),
         Budget::Taken { remaining: 2 }
     );
     assert_eq!(
-        a.take_budget("upstream:budget", 1, real).await.unwrap(),
+        a.take_budget("upstream:budget", 1, real, CAP)
+            .await
+            .unwrap(),
         Budget::Taken { remaining: 1 }
     );
     assert_eq!(
-        b.take_budget("upstream:budget", 1, real).await.unwrap(),
+        b.take_budget("upstream:budget", 1, real, CAP)
+            .await
+            .unwrap(),
         Budget::Spent { reset },
         "a refresh leaves the reserve"
     );
     assert_eq!(
-        b.take_budget("upstream:budget", 0, real).await.unwrap(),
+        b.take_budget("upstream:budget", 0, real, CAP)
+            .await
+            .unwrap(),
         Budget::Taken { remaining: 0 }
     );
     assert_eq!(
-        a.take_budget("upstream:budget", 0, real).await.unwrap(),
+        a.take_budget("upstream:budget", 0, real, CAP)
+            .await
+            .unwrap(),
         Budget::Spent { reset }
     );
     assert_eq!(
-        a.take_budget("upstream:budget", 0, reset).await.unwrap(),
+        a.take_budget("upstream:budget", 0, reset, CAP)
+            .await
+            .unwrap(),
         Budget::Unknown,
         "reset by the caller's clock"
     );
@@ -231,7 +252,10 @@ async fn redis_limits_count_remember_hold_and_budget_for_the_whole_fleet() {
     assert_ne!(other.prefix(), a.prefix());
     assert_eq!(other.add("quota:acme", minute, now, 0).await.unwrap(), 0);
     assert_eq!(
-        other.held_until("upstream:blocked", real).await.unwrap(),
+        other
+            .held_until("upstream:blocked", real, CAP)
+            .await
+            .unwrap(),
         None
     );
 
@@ -326,7 +350,10 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut seen = None;
     for _ in 0..40 {
-        seen = b.held_until("upstream:blocked", unix_now()).await.unwrap();
+        seen = b
+            .held_until("upstream:blocked", unix_now(), CAP)
+            .await
+            .unwrap();
         if seen.is_some() {
             break;
         }
@@ -363,6 +390,220 @@ async fn the_fallback_answers_locally_while_redis_is_down_and_shares_again_when_
         .count();
     assert_eq!(warnings, 2, "one warning per instance per outage");
     assert!(support::logs().contains("limits are shared again"));
+}
+
+/// 9999-12-31T23:59:59Z in milliseconds: a deadline no instance ever sets.
+const YEAR_9999: &str = "253402300799000";
+
+/// Whether `key` exists in `redis`.
+fn exists(redis: &RedisServer, key: &str) -> bool {
+    redis.command(&["EXISTS", key]).unwrap().trim() == ":1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_values_in_redis_are_ignored_and_deleted_without_tripping_the_breaker() {
+    support::logs(); // captures from here on
+    let redis = RedisServer::start();
+    let shared = Arc::new(redis_limits(&redis, FLEET_KEY).await);
+    let prefix = shared.prefix().to_owned();
+    let limits = FallbackLimits::new(shared.clone(), local_limits());
+    let key = |kind: &str, name: &str| format!("{prefix}:{kind}:{name}");
+    let set = |args: &[&str]| {
+        let reply = redis.command(args).unwrap();
+        assert!(!reply.starts_with('-'), "{args:?}: {reply}");
+    };
+    let minute = Duration::from_secs(60);
+    let now = unix_now();
+
+    // Deadlines: far beyond the cap, not a number, of another type: forgotten and deleted.
+    let far = key("d", "upstream:blocked");
+    set(&["SET", &far, YEAR_9999]);
+    assert_eq!(
+        limits
+            .held_until("upstream:blocked", now, CAP)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!exists(&redis, &far), "deleted: never read again");
+    let text = key("d", "upstream:client:a");
+    set(&["SET", &text, "soon"]);
+    assert_eq!(
+        limits
+            .held_until("upstream:client:a", now, CAP)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!exists(&redis, &text));
+    let list = key("d", "upstream:client:b");
+    set(&["RPUSH", &list, "x"]);
+    assert_eq!(
+        limits
+            .held_until("upstream:client:b", now, CAP)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!exists(&redis, &list));
+    set(&["RPUSH", &list, "x"]);
+    limits
+        .hold_until("upstream:client:b", now + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        limits
+            .held_until("upstream:client:b", now, CAP)
+            .await
+            .unwrap(),
+        Some(now + 10_000),
+        "a hold overwrites a value of another type"
+    );
+    // Within the cap (plus a few seconds for clocks that differ): kept.
+    let near = key("d", "upstream:client:c");
+    let within = (now + CAP.as_millis() as u64 + 2_000).to_string();
+    set(&["SET", &near, &within]);
+    assert!(
+        limits
+            .held_until("upstream:client:c", now, CAP)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Budgets: a reset in year 9999, a negative remainder, another type: unknown, deleted.
+    let budget = key("b", "upstream:budget");
+    for corrupt in [
+        &["HSET", &budget, "r", "0", "t", YEAR_9999][..],
+        &["HSET", &budget, "r", "-5", "t", &(now + 60_000).to_string()][..],
+        &["SET", &budget, "7"][..],
+    ] {
+        set(&["DEL", &budget]);
+        set(corrupt);
+        assert_eq!(
+            limits
+                .take_budget("upstream:budget", 0, now, CAP)
+                .await
+                .unwrap(),
+            Budget::Unknown,
+            "{corrupt:?}"
+        );
+        assert!(!exists(&redis, &budget), "{corrupt:?}");
+    }
+
+    // Counters: not a non-negative integer, or another type: the window starts afresh.
+    let index = now / 60_000;
+    let counter = key("w", &format!("quota:acme:{index}"));
+    for corrupt in [
+        &["SET", &counter, "garbage"][..],
+        &["SET", &counter, "-3"][..],
+        &["SET", &counter, "1e300"][..],
+        &["SET", &counter, "99999999999999999999"][..],
+        &["HSET", &counter, "f", "1"][..],
+    ] {
+        set(&["DEL", &counter]);
+        set(corrupt);
+        assert_eq!(
+            limits.add("quota:acme", minute, now, 0).await.unwrap(),
+            0,
+            "{corrupt:?}"
+        );
+        set(corrupt);
+        assert_eq!(
+            limits.add("quota:acme", minute, now, 1).await.unwrap(),
+            1,
+            "{corrupt:?}"
+        );
+        assert_eq!(
+            limits.add("quota:acme", minute, now, 1).await.unwrap(),
+            2,
+            "{corrupt:?}"
+        );
+        set(&["DEL", &counter]);
+        // The local mirror counted too (it is merged with the larger count): start it over.
+        let _ = limits.add("quota:acme", minute, now + 60_000, 0).await;
+    }
+
+    // A remembered set of another type: answered locally, the key deleted, then shared.
+    let accepted = key("s", "accepted:acme");
+    set(&["SET", &accepted, "not-a-set"]);
+    let recall = limits.recall("accepted:acme", &[1; 32], now).await.unwrap();
+    assert!(!recall.member);
+    assert!(!exists(&redis, &accepted), "repaired");
+    assert_eq!(limits.stats().key_errors, 1);
+    limits
+        .remember("accepted:acme", [1; 32], 4, minute, now)
+        .await
+        .unwrap();
+    assert!(
+        shared
+            .recall("accepted:acme", &[1; 32], now)
+            .await
+            .unwrap()
+            .member
+    );
+
+    let stats = limits.stats();
+    assert_eq!((stats.failing, stats.outages), (false, 0), "{stats:?}");
+    assert!(support::logs().contains("value no instance writes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_serves_through_corrupt_redis_keys_and_keeps_its_quotas() {
+    let redis = RedisServer::start();
+    let idp = idp().await;
+    let mut config = ProxyConfig::new(idp.token_url());
+    config.quota_per_minute = 3;
+    let fleet = fleet(&redis, &config, 2).await;
+    let prefix = redis_limits(&redis, FLEET_KEY).await.prefix().to_owned();
+    let key = |kind: &str, name: &str| format!("{prefix}:{kind}:{name}");
+    wait_for_room_in_the_minute().await;
+    let index = unix_now() / 60_000;
+    let corrupt: [&[&str]; 5] = [
+        // Every upstream call blocked until year 9999; acme's own too (another type).
+        &["SET", &key("d", "upstream:blocked"), YEAR_9999],
+        &["RPUSH", &key("d", "upstream:client:acme"), "x"],
+        &[
+            "HSET",
+            &key("b", "upstream:budget"),
+            "r",
+            "0",
+            "t",
+            YEAR_9999,
+        ],
+        // acme's quota count for this minute, and its accepted secrets.
+        &["SET", &key("w", &format!("quota:acme:{index}")), "garbage"],
+        &["SET", &key("s", "accepted:acme"), "x"],
+    ];
+    for command in corrupt {
+        assert!(
+            !redis.command(command).unwrap().starts_with('-'),
+            "{command:?}"
+        );
+    }
+    // Served at once (not blocked for the 5-minute cap, let alone until 9999), and the
+    // quota of 3 a minute still counts fleet-wide.
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for i in 0..5 {
+            statuses.push(token(&fleet[i % 2], "a").await.status);
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(idp.token_requests(), 1);
+    for name in ["upstream:blocked", "upstream:client:acme"] {
+        assert!(!exists(&redis, &key("d", name)), "{name}: never read again");
+    }
+    assert!(!exists(&redis, &key("b", "upstream:budget")));
+    for (i, instance) in fleet.iter().enumerate() {
+        let stats = instance.limits.stats();
+        assert_eq!(
+            (stats.failing, stats.outages),
+            (false, 0),
+            "instance {i}: {stats:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,7 +868,7 @@ async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_
         for instance in &fleet {
             let _ = instance
                 .limits
-                .held_until("probe", unix_now())
+                .held_until("probe", unix_now(), CAP)
                 .await
                 .unwrap();
         }
@@ -643,7 +884,7 @@ async fn redis_stopped_mid_test_fails_no_request_and_sharing_resumes_when_it_is_
     for _ in 0..40 {
         told = fleet[2]
             .limits
-            .held_until("upstream:blocked", unix_now())
+            .held_until("upstream:blocked", unix_now(), CAP)
             .await
             .unwrap()
             .is_some();

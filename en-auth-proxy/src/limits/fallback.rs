@@ -9,6 +9,7 @@ use en_auth_core::Error;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::redis::is_key_error;
 use super::{Budget, LimitStore, Mac, Recall, UnixMillis};
 
 /// Default time the shared store is left alone after a failure before it is tried again.
@@ -27,6 +28,11 @@ pub const DEFAULT_FALLBACK_COOLDOWN: Duration = Duration::from_secs(2);
 ///   [`DEFAULT_FALLBACK_COOLDOWN`]): a down Redis costs one timeout per cool-down, not one
 ///   per request. After the cool-down one call probes it; when it answers, the limits are
 ///   shared again.
+/// - An error about what one key holds (a value of another type, or one that does not parse:
+///   someone wrote it by hand, or a bug did) is not an outage: that call is answered from the
+///   local store, the Redis store deletes the key (so the next call finds it absent), and
+///   the breaker stays closed: every other key is still shared. Counted in
+///   [`FallbackStats::key_errors`].
 /// - What the fleet must not miss is told to it when the shared store is back: the secrets
 ///   seen accepted and the deadlines (429 blocks) set during an outage are written to it
 ///   again (at most [`MAX_PENDING`] of them, the oldest dropped first). Counts are not: their
@@ -71,6 +77,8 @@ struct Breaker {
     outages: u64,
     /// Calls answered locally because the shared store failed or was skipped.
     local_answers: u64,
+    /// Calls the shared store failed because of what one key held.
+    key_errors: u64,
 }
 
 impl std::fmt::Debug for FallbackLimits {
@@ -115,8 +123,11 @@ pub struct FallbackStats {
     pub failing: bool,
     /// How many outages began (each logged once).
     pub outages: u64,
-    /// Calls answered from the local store alone.
+    /// Calls answered from the local store alone (key errors included).
     pub local_answers: u64,
+    /// Calls the shared store failed because of what one key held (a value of another type,
+    /// or not a number), answered locally without opening the breaker.
+    pub key_errors: u64,
 }
 
 impl FallbackLimits {
@@ -145,6 +156,7 @@ impl FallbackLimits {
             failing: breaker.failing,
             outages: breaker.outages,
             local_answers: breaker.local_answers,
+            key_errors: breaker.key_errors,
         }
     }
 
@@ -236,7 +248,8 @@ impl FallbackLimits {
         self.call_shared(local, shared, merge).await.0
     }
 
-    /// [`call`](Self::call), and whether the shared store answered.
+    /// [`call`](Self::call), and whether the shared store was reachable (it answered, or
+    /// failed because of one key's value only: nothing to tell it again after an outage).
     async fn call_shared<T, L, S>(
         &self,
         local: L,
@@ -261,6 +274,17 @@ impl FallbackLimits {
                     Err(_) => shared,
                 };
                 (Ok(merged), true)
+            }
+            Err(err) if is_key_error(&err) => {
+                // Redis answered: about this key only. The store repaired it; the breaker
+                // stays closed (or closes, if this was the probe).
+                self.succeeded();
+                let mut breaker = self.breaker.lock();
+                breaker.key_errors += 1;
+                breaker.local_answers += 1;
+                drop(breaker);
+                tracing::debug!(error = %err, "limit store: one key's value failed a call");
+                (local, true)
             }
             Err(err) => {
                 self.failed(&err);
@@ -356,10 +380,15 @@ impl LimitStore for FallbackLimits {
         result
     }
 
-    async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error> {
+    async fn held_until(
+        &self,
+        key: &str,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Option<UnixMillis>, Error> {
         self.call(
-            self.local.held_until(key, now),
-            self.shared.held_until(key, now),
+            self.local.held_until(key, now, max),
+            self.shared.held_until(key, now, max),
             Option::max,
         )
         .await
@@ -374,11 +403,17 @@ impl LimitStore for FallbackLimits {
         .await
     }
 
-    async fn take_budget(&self, key: &str, keep: u64, now: UnixMillis) -> Result<Budget, Error> {
+    async fn take_budget(
+        &self,
+        key: &str,
+        keep: u64,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Budget, Error> {
         // The local take keeps this instance's mirror counting down; the fleet's answer wins.
         self.call(
-            self.local.take_budget(key, keep, now),
-            self.shared.take_budget(key, keep, now),
+            self.local.take_budget(key, keep, now, max),
+            self.shared.take_budget(key, keep, now, max),
             |shared, _local| shared,
         )
         .await

@@ -284,13 +284,19 @@ impl LimitStore for LocalLimits {
         Ok(())
     }
 
-    async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error> {
-        Ok(self
-            .deadlines
-            .lock()
-            .get(key)
-            .copied()
-            .filter(|until| *until > now))
+    async fn held_until(
+        &self,
+        key: &str,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Option<UnixMillis>, Error> {
+        let mut deadlines = self.deadlines.lock();
+        let until = deadlines.get(key).copied();
+        if until.is_some_and(|until| until > now.saturating_add(millis(max))) {
+            deadlines.remove(key);
+            return Ok(None);
+        }
+        Ok(until.filter(|until| *until > now))
     }
 
     async fn set_budget(&self, key: &str, remaining: u64, reset: UnixMillis) -> Result<(), Error> {
@@ -302,12 +308,18 @@ impl LimitStore for LocalLimits {
         Ok(())
     }
 
-    async fn take_budget(&self, key: &str, keep: u64, now: UnixMillis) -> Result<Budget, Error> {
+    async fn take_budget(
+        &self,
+        key: &str,
+        keep: u64,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Budget, Error> {
         let mut budgets = self.budgets.lock();
         let Some((remaining, reset)) = budgets.get_mut(key) else {
             return Ok(Budget::Unknown);
         };
-        if *reset <= now {
+        if *reset <= now || *reset > now.saturating_add(millis(max)) {
             budgets.remove(key);
             return Ok(Budget::Unknown);
         }
@@ -363,10 +375,15 @@ mod tests {
             .unwrap();
         assert!(l.recall("s", &mac(1), far).await.unwrap().member);
         l.hold_until("h", u64::MAX).await.unwrap();
-        assert_eq!(l.held_until("h", far).await.unwrap(), Some(u64::MAX));
+        assert_eq!(
+            l.held_until("h", far, Duration::MAX).await.unwrap(),
+            Some(u64::MAX)
+        );
         l.set_budget("b", u64::MAX, u64::MAX).await.unwrap();
         assert_eq!(
-            l.take_budget("b", u64::MAX - 5, far).await.unwrap(),
+            l.take_budget("b", u64::MAX - 5, far, Duration::MAX)
+                .await
+                .unwrap(),
             Budget::Taken {
                 remaining: u64::MAX - 1
             }
@@ -409,40 +426,65 @@ mod tests {
     #[tokio::test]
     async fn deadlines_only_move_later() {
         let l = LocalLimits::default();
-        assert_eq!(l.held_until("h", 0).await.unwrap(), None);
+        assert_eq!(l.held_until("h", 0, Duration::MAX).await.unwrap(), None);
         l.hold_until("h", 5_000).await.unwrap();
         l.hold_until("h", 3_000).await.unwrap();
-        assert_eq!(l.held_until("h", 4_000).await.unwrap(), Some(5_000));
-        assert_eq!(l.held_until("h", 5_000).await.unwrap(), None);
+        assert_eq!(
+            l.held_until("h", 4_000, Duration::MAX).await.unwrap(),
+            Some(5_000)
+        );
+        assert_eq!(l.held_until("h", 5_000, Duration::MAX).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn deadlines_and_resets_further_ahead_than_the_cap_are_forgotten() {
+        let l = LocalLimits::default();
+        let cap = Duration::from_secs(10);
+        l.hold_until("h", 20_000).await.unwrap();
+        assert_eq!(l.held_until("h", 15_000, cap).await.unwrap(), Some(20_000));
+        assert_eq!(l.held_until("h", 5_000, cap).await.unwrap(), None);
+        assert_eq!(l.held_until("h", 15_000, cap).await.unwrap(), None, "gone");
+        l.set_budget("u", 0, 20_000).await.unwrap();
+        assert_eq!(
+            l.take_budget("u", 0, 5_000, cap).await.unwrap(),
+            Budget::Unknown
+        );
+        assert_eq!(
+            l.take_budget("u", 0, 15_000, cap).await.unwrap(),
+            Budget::Unknown
+        );
     }
 
     #[tokio::test]
     async fn budgets_keep_a_reserve_and_forget_after_the_reset() {
         let l = LocalLimits::default();
-        assert_eq!(l.take_budget("u", 0, 0).await.unwrap(), Budget::Unknown);
+        assert_eq!(
+            l.take_budget("u", 0, 0, Duration::MAX).await.unwrap(),
+            Budget::Unknown
+        );
         l.set_budget("u", 3, 10_000).await.unwrap();
         assert_eq!(
-            l.take_budget("u", 1, 0).await.unwrap(),
+            l.take_budget("u", 1, 0, Duration::MAX).await.unwrap(),
             Budget::Taken { remaining: 2 }
         );
         assert_eq!(
-            l.take_budget("u", 1, 0).await.unwrap(),
+            l.take_budget("u", 1, 0, Duration::MAX).await.unwrap(),
             Budget::Taken { remaining: 1 }
         );
         assert_eq!(
-            l.take_budget("u", 1, 0).await.unwrap(),
+            l.take_budget("u", 1, 0, Duration::MAX).await.unwrap(),
             Budget::Spent { reset: 10_000 }
         );
         assert_eq!(
-            l.take_budget("u", 0, 0).await.unwrap(),
+            l.take_budget("u", 0, 0, Duration::MAX).await.unwrap(),
             Budget::Taken { remaining: 0 }
         );
         assert_eq!(
-            l.take_budget("u", 0, 0).await.unwrap(),
+            l.take_budget("u", 0, 0, Duration::MAX).await.unwrap(),
             Budget::Spent { reset: 10_000 }
         );
         assert_eq!(
-            l.take_budget("u", 0, 10_000).await.unwrap(),
+            l.take_budget("u", 0, 10_000, Duration::MAX).await.unwrap(),
             Budget::Unknown
         );
     }

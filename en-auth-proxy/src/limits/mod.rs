@@ -66,7 +66,9 @@ pub enum Budget {
 #[async_trait]
 pub trait LimitStore: Send + Sync + fmt::Debug + 'static {
     /// Adds `add` to the counter `key` for the fixed window of length `window` (aligned to the
-    /// epoch) that contains `now`, and returns the count after adding. `add == 0` reads.
+    /// epoch) that contains `now`, and returns the count after adding. `add == 0` reads. A
+    /// shared store that finds a stored count that is not a non-negative integer treats it as
+    /// corrupt: it deletes it and counts the window afresh.
     async fn add(
         &self,
         key: &str,
@@ -96,12 +98,29 @@ pub trait LimitStore: Send + Sync + fmt::Debug + 'static {
     /// Moves the deadline `key` to `until` unless it is later already.
     async fn hold_until(&self, key: &str, until: UnixMillis) -> Result<(), Error>;
 
-    /// The deadline `key` if it is after `now`.
-    async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error>;
+    /// The deadline `key` if it is after `now`. Callers cap the deadlines they hold; one more
+    /// than `max` after `now` (or, in a shared store, one that is not a time) was set by no
+    /// caller: it is corrupt, and the store forgets it (deletes it) and answers `None`. A
+    /// shared store allows a few seconds more for clocks that differ between instances.
+    async fn held_until(
+        &self,
+        key: &str,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Option<UnixMillis>, Error>;
 
     /// Records the upstream's budget: `remaining` requests until `reset`.
     async fn set_budget(&self, key: &str, remaining: u64, reset: UnixMillis) -> Result<(), Error>;
 
-    /// Takes one request from the budget `key` unless only `keep` or fewer remain.
-    async fn take_budget(&self, key: &str, keep: u64, now: UnixMillis) -> Result<Budget, Error>;
+    /// Takes one request from the budget `key` unless only `keep` or fewer remain. A budget
+    /// whose reset is more than `max` after `now` (or, in a shared store, one that is not two
+    /// non-negative integers) is corrupt: the store forgets it and answers
+    /// [`Budget::Unknown`], as [`held_until`](Self::held_until) does with deadlines.
+    async fn take_budget(
+        &self,
+        key: &str,
+        keep: u64,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Budget, Error>;
 }

@@ -1,14 +1,22 @@
 //! [`RedisLimits`]: the proxy's limits in Redis, shared by every instance of a fleet.
 //!
 //! Every operation is one atomic round trip (a `MULTI` pipeline or a Lua script):
-//! - windows: `INCRBY` + `PEXPIRE` on a key per window *index* (`now / window`, with `now`
-//!   from the caller), so every instance counts the same window and a caller on paused time
-//!   still gets its own windows;
+//! - windows: `INCRBY` + `PEXPIRE` (Lua) on a key per window *index* (`now / window`, with
+//!   `now` from the caller), so every instance counts the same window and a caller on paused
+//!   time still gets its own windows;
 //! - remembered sets: `ZADD` with the time as score, `ZREMRANGEBYRANK` down to the cap,
 //!   `PEXPIRE`, `ZCARD` (the members after adding); `ZREM` to forget one;
 //! - deadlines: the later of the stored and the new one (Lua), expiring at it (`PXAT`);
 //! - budgets: a hash `{r: remaining, t: reset}` expiring at the reset; a take decrements only
 //!   above `keep` (Lua).
+//!
+//! What Redis holds is checked on every read, since anyone with write access to it (or a bug)
+//! could have put anything there: a count or time that is not a non-negative integer, a
+//! value of another type, a deadline or budget reset further ahead than the caller's cap
+//! (plus 5 s for clocks) is corrupt. The scripts delete it and go on without it, and one
+//! warning names the key; a command that fails on a key's type or format anyway (`WRONGTYPE`
+//! on a remembered set) deletes that key too. So a bad value costs at most one call, never a
+//! block that outlives its cap or a fleet that stops sharing its limits.
 //!
 //! Keys are `en-auth-proxy:<namespace>:<kind>:<caller's key>`; the namespace is an HMAC-SHA256
 //! of a fixed label under the fleet key, truncated to 8 bytes, so two fleets with different
@@ -20,6 +28,7 @@
 //! fails: wrap the store in [`FallbackLimits`](super::FallbackLimits) so that such a failure
 //! falls back to this process's limits instead of failing a request.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,15 +50,67 @@ pub const KEY_PREFIX: &str = "en-auth-proxy";
 /// The label the namespace is derived with from the fleet key.
 const NAMESPACE_LABEL: &[u8] = b"en-auth-proxy limits namespace v1";
 
-/// Windows outlive their end by this much in Redis (clock differences between instances).
-const WINDOW_SLACK_MS: u64 = 5_000;
+/// Clock differences between instances: windows outlive their end by this much in Redis, and
+/// a deadline or reset may be this much further ahead than a caller's cap.
+const CLOCK_SLACK_MS: u64 = 5_000;
 
+/// The Lua function every script reads stored numbers with: a non-negative integer of at most
+/// 15 digits (what no limit ever exceeds, and what Lua's numbers hold exactly), else `nil`.
+/// Anything else (a negative number, a fraction, text, a value of another type, which
+/// `redis.pcall` answers with an error table) was written by no instance.
+const INT_FN: &str = r"
+local function int(v)
+  if type(v) ~= 'string' or string.len(v) > 15 or not string.match(v, '^%d+$') then
+    return nil
+  end
+  return tonumber(v)
+end
+";
+
+/// Counts: `ARGV[1]` added (0 reads), the key kept for `ARGV[2]` ms. A stored count that is
+/// not a non-negative integer is corrupt: deleted, and the window counted afresh. Returns
+/// `{count, corrupt}`.
+const COUNT_SCRIPT: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+local corrupt = 0
+if v and not int(v) then
+  redis.call('DEL', KEYS[1])
+  corrupt = 1
+  v = false
+end
+local ttl = tonumber(ARGV[2])
+if ARGV[1] == '0' then
+  if not v then return {0, corrupt} end
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 0 or left > ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+  return {int(v), corrupt}
+end
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {n, corrupt}";
+
+/// Moves the deadline to `ARGV[1]` unless it is later already; a stored value that is not a
+/// time is overwritten.
 const HOLD_SCRIPT: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local current = int(redis.pcall('GET', KEYS[1])) or 0
 if tonumber(ARGV[1]) > current then
   redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[1])
 end
 return 0";
+
+/// The deadline if it is after `ARGV[1]` (now). One that is not a time, or later than
+/// `ARGV[2]` (now + the caller's cap + the clock slack), is corrupt: deleted. Returns
+/// `{deadline or 0, corrupt}`.
+const HELD_SCRIPT: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if not v then return {0, 0} end
+local until_ = int(v)
+if not until_ or until_ > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return {0, 1}
+end
+if until_ <= tonumber(ARGV[1]) then return {0, 0} end
+return {until_, 0}";
 
 const SET_BUDGET_SCRIPT: &str = r"
 redis.call('DEL', KEYS[1])
@@ -57,17 +118,49 @@ redis.call('HSET', KEYS[1], 'r', ARGV[1], 't', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 0";
 
+/// Takes one from the budget unless only `ARGV[1]` (keep) remain; `ARGV[2]` is now. A budget
+/// that is not a hash of two non-negative integers, or whose reset is later than `ARGV[3]`
+/// (now + the caller's cap + the clock slack), is corrupt: deleted. Returns
+/// `{1 taken | 0 spent | -1 unknown, remaining or reset, corrupt}`.
 const TAKE_BUDGET_SCRIPT: &str = r"
-local v = redis.call('HMGET', KEYS[1], 'r', 't')
-if not v[1] or not v[2] then return {-1, 0} end
-local remaining = tonumber(v[1])
-local reset = tonumber(v[2])
-if not remaining or not reset or reset <= tonumber(ARGV[2]) then return {-1, 0} end
+local v = redis.pcall('HMGET', KEYS[1], 'r', 't')
+if v['err'] then
+  redis.call('DEL', KEYS[1])
+  return {-1, 0, 1}
+end
+if not v[1] and not v[2] then return {-1, 0, 0} end
+local remaining = int(v[1])
+local reset = int(v[2])
+if not remaining or not reset or reset > tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return {-1, 0, 1}
+end
+if reset <= tonumber(ARGV[2]) then return {-1, 0, 0} end
 if remaining > tonumber(ARGV[1]) then
   redis.call('HINCRBY', KEYS[1], 'r', -1)
-  return {1, remaining - 1}
+  return {1, remaining - 1, 0}
 end
-return {0, reset}";
+return {0, reset, 0}";
+
+/// The scripts, each with [`INT_FN`] before it, hashed once.
+struct Scripts {
+    count: ::redis::Script,
+    hold: ::redis::Script,
+    held: ::redis::Script,
+    set_budget: ::redis::Script,
+    take_budget: ::redis::Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let script = |body: &str| ::redis::Script::new(&format!("{INT_FN}{body}"));
+    Scripts {
+        count: script(COUNT_SCRIPT),
+        hold: script(HOLD_SCRIPT),
+        held: script(HELD_SCRIPT),
+        set_budget: script(SET_BUDGET_SCRIPT),
+        take_budget: script(TAKE_BUDGET_SCRIPT),
+    }
+});
 
 /// Configures a [`RedisLimits`].
 pub struct RedisLimitsBuilder {
@@ -292,6 +385,79 @@ impl RedisLimits {
     }
 }
 
+impl RedisLimits {
+    /// [`run`](Self::run) for a command on `key`: when it fails because of what `key` holds
+    /// (a value of another type, or one that does not parse; see [`is_key_error`]), the key
+    /// is deleted, so that the next command finds it absent instead of failing again.
+    async fn run_key<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        let result = self.run(op, command).await;
+        if let Err(err) = &result {
+            if is_key_error(err) {
+                let mut conn = self.manager.clone();
+                let deleted = self
+                    .run("delete", async move {
+                        ::redis::cmd("DEL")
+                            .arg(key)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await;
+                tracing::warn!(
+                    key, op, error = %err, deleted = deleted.is_ok(),
+                    "Redis limits: a key holds a value no instance writes (another type, or \
+                     not a number); deleted it, this call is answered from this instance's memory"
+                );
+            }
+        }
+        result
+    }
+}
+
+/// Logs one key that a script found corrupt and deleted.
+fn corrupt_value(op: &'static str, key: &str) {
+    tracing::warn!(
+        key,
+        op,
+        "Redis limits: a key held a value no instance writes (not a non-negative integer, or \
+         a time further ahead than any limit holds); deleted it and went on without it"
+    );
+}
+
+/// Whether `err` (from a [`RedisLimits`] call) is about what one key holds, not about Redis
+/// being unavailable: a value of the wrong type (`WRONGTYPE`), one that does not parse as the
+/// type asked for, or that a command cannot count with (`ERR value is not an integer`,
+/// `… overflow`). Such an error must not make the instance stop using Redis for every key.
+pub(crate) fn is_key_error(err: &Error) -> bool {
+    let Error::Store {
+        source: Some(source),
+        ..
+    } = err
+    else {
+        return false;
+    };
+    let Some(err) = source.downcast_ref::<::redis::RedisError>() else {
+        return false;
+    };
+    match err.kind() {
+        ::redis::ErrorKind::UnexpectedReturnType => true,
+        ::redis::ErrorKind::Extension
+        | ::redis::ErrorKind::Server(::redis::ServerErrorKind::ResponseError) => {
+            let text = err.to_string();
+            err.code() == Some("WRONGTYPE")
+                || text.contains("WRONGTYPE")
+                || text.contains("not an integer")
+                || text.contains("not a valid float")
+                || text.contains("would overflow")
+        }
+        _ => false,
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -313,33 +479,26 @@ impl LimitStore for RedisLimits {
         let window_ms = millis(window).max(1);
         let index = now / window_ms;
         let key = self.key("w", &format!("{key}:{index}"));
-        let mut conn = self.manager.clone();
-        if add == 0 {
-            let count: Option<i64> = self
-                .run("read", async move {
-                    ::redis::cmd("GET").arg(&key).query_async(&mut conn).await
-                })
-                .await?;
-            return Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)));
-        }
         // Kept until the window ends (by the caller's clock) and a little longer.
         let end = index.saturating_add(1).saturating_mul(window_ms);
-        let ttl = end.saturating_sub(now).saturating_add(WINDOW_SLACK_MS);
-        let (count,): (i64,) = self
-            .run("add", async move {
-                ::redis::pipe()
-                    .atomic()
-                    .cmd("INCRBY")
-                    .arg(&key)
+        let ttl = end.saturating_sub(now).saturating_add(CLOCK_SLACK_MS);
+        let mut conn = self.manager.clone();
+        let op = if add == 0 { "read" } else { "add" };
+        let script_key = key.clone();
+        let (count, corrupt): (i64, i64) = self
+            .run_key(op, &key, async move {
+                SCRIPTS
+                    .count
+                    .key(script_key)
                     .arg(int(add))
-                    .cmd("PEXPIRE")
-                    .arg(&key)
                     .arg(int(ttl))
-                    .ignore()
-                    .query_async(&mut conn)
+                    .invoke_async(&mut conn)
                     .await
             })
             .await?;
+        if corrupt != 0 {
+            corrupt_value(op, &key);
+        }
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -401,8 +560,10 @@ impl LimitStore for RedisLimits {
         let key = self.key("s", key);
         let member = hex(member);
         let mut conn = self.manager.clone();
+        let script_key = key.clone();
         let (score, count): (Option<f64>, u64) = self
-            .run("recall", async move {
+            .run_key("recall", &key, async move {
+                let key = script_key;
                 ::redis::pipe()
                     .cmd("ZSCORE")
                     .arg(&key)
@@ -423,7 +584,8 @@ impl LimitStore for RedisLimits {
         let key = self.key("d", key);
         let mut conn = self.manager.clone();
         self.run("hold_until", async move {
-            ::redis::Script::new(HOLD_SCRIPT)
+            SCRIPTS
+                .hold
                 .key(key)
                 .arg(int(until))
                 .invoke_async::<i64>(&mut conn)
@@ -433,24 +595,41 @@ impl LimitStore for RedisLimits {
         .map(drop)
     }
 
-    async fn held_until(&self, key: &str, now: UnixMillis) -> Result<Option<UnixMillis>, Error> {
+    async fn held_until(
+        &self,
+        key: &str,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Option<UnixMillis>, Error> {
         let key = self.key("d", key);
+        let latest = now
+            .saturating_add(millis(max))
+            .saturating_add(CLOCK_SLACK_MS);
         let mut conn = self.manager.clone();
-        let until: Option<i64> = self
-            .run("held_until", async move {
-                ::redis::cmd("GET").arg(&key).query_async(&mut conn).await
+        let script_key = key.clone();
+        let (until, corrupt): (i64, i64) = self
+            .run_key("held_until", &key, async move {
+                SCRIPTS
+                    .held
+                    .key(script_key)
+                    .arg(int(now))
+                    .arg(int(latest))
+                    .invoke_async(&mut conn)
+                    .await
             })
             .await?;
-        Ok(until
-            .and_then(|u| u64::try_from(u).ok())
-            .filter(|&u| u > now))
+        if corrupt != 0 {
+            corrupt_value("held_until", &key);
+        }
+        Ok(u64::try_from(until).ok().filter(|&u| u > now))
     }
 
     async fn set_budget(&self, key: &str, remaining: u64, reset: UnixMillis) -> Result<(), Error> {
         let key = self.key("b", key);
         let mut conn = self.manager.clone();
         self.run("set_budget", async move {
-            ::redis::Script::new(SET_BUDGET_SCRIPT)
+            SCRIPTS
+                .set_budget
                 .key(key)
                 .arg(int(remaining))
                 .arg(int(reset))
@@ -461,19 +640,34 @@ impl LimitStore for RedisLimits {
         .map(drop)
     }
 
-    async fn take_budget(&self, key: &str, keep: u64, now: UnixMillis) -> Result<Budget, Error> {
+    async fn take_budget(
+        &self,
+        key: &str,
+        keep: u64,
+        now: UnixMillis,
+        max: Duration,
+    ) -> Result<Budget, Error> {
         let key = self.key("b", key);
+        let latest = now
+            .saturating_add(millis(max))
+            .saturating_add(CLOCK_SLACK_MS);
         let mut conn = self.manager.clone();
-        let (taken, value): (i64, i64) = self
-            .run("take_budget", async move {
-                ::redis::Script::new(TAKE_BUDGET_SCRIPT)
-                    .key(key)
+        let script_key = key.clone();
+        let (taken, value, corrupt): (i64, i64, i64) = self
+            .run_key("take_budget", &key, async move {
+                SCRIPTS
+                    .take_budget
+                    .key(script_key)
                     .arg(int(keep))
                     .arg(int(now))
+                    .arg(int(latest))
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
+        if corrupt != 0 {
+            corrupt_value("take_budget", &key);
+        }
         let value = u64::try_from(value).unwrap_or(0);
         Ok(match taken {
             1 => Budget::Taken { remaining: value },
