@@ -476,8 +476,13 @@ impl LimitStore for Slow {
     async fn hold_until(&self, key: &str, until: u64) -> Result<(), en_auth_core::Error> {
         self.0.hold_until(key, until).await
     }
-    async fn held_until(&self, key: &str, now: u64) -> Result<Option<u64>, en_auth_core::Error> {
-        self.0.held_until(key, now).await
+    async fn held_until(
+        &self,
+        key: &str,
+        now: u64,
+        max: Duration,
+    ) -> Result<Option<u64>, en_auth_core::Error> {
+        self.0.held_until(key, now, max).await
     }
     async fn set_budget(
         &self,
@@ -492,8 +497,9 @@ impl LimitStore for Slow {
         key: &str,
         keep: u64,
         now: u64,
+        max: Duration,
     ) -> Result<en_auth_proxy::limits::Budget, en_auth_core::Error> {
-        self.0.take_budget(key, keep, now).await
+        self.0.take_budget(key, keep, now, max).await
     }
 }
 

@@ -514,8 +514,10 @@ impl LimitStore for RedisLimits {
         let keep = i64::try_from(cap).unwrap_or(i64::MAX);
         let ttl = int(millis(ttl).max(1));
         let mut conn = self.manager.clone();
+        let script_key = key.clone();
         let (count,): (u64,) = self
-            .run("remember", async move {
+            .run_key("remember", &key, async move {
+                let key = script_key;
                 ::redis::pipe()
                     .atomic()
                     .cmd("ZADD")
@@ -545,9 +547,10 @@ impl LimitStore for RedisLimits {
         let key = self.key("s", key);
         let member = hex(member);
         let mut conn = self.manager.clone();
-        self.run("forget", async move {
+        let script_key = key.clone();
+        self.run_key("forget", &key, async move {
             ::redis::cmd("ZREM")
-                .arg(&key)
+                .arg(&script_key)
                 .arg(member)
                 .query_async::<i64>(&mut conn)
                 .await
