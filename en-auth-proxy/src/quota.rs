@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::limits::{LimitStore, Mac, Recall, UnixMillis};
+use crate::upstream::TokenRequest;
 
 /// Distinct secrets not known to be good (and not accepted since) that may be tried for one
 /// client id within the refusal window; further ones are refused locally, without asking the upstream: a caller
@@ -33,6 +34,26 @@ pub const ACCEPTED_SECRETS_PER_CLIENT: usize = 4;
 
 /// How long an accepted secret is remembered after the upstream last accepted it.
 pub const ACCEPTED_SECRET_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What one upstream attempt of a secret not known to be good is counted as: the secret's
+/// keyed hash bound to what it asks for (a SHA-256 over both; unguessable without the proxy's
+/// key, as the keyed hash is). The same wrong secret asking for another audience or scope is
+/// another upstream request, so another attempt.
+pub(crate) fn attempt(secret_mac: &Mac, request: &TokenRequest) -> Mac {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(secret_mac);
+    let mut part = |text: &str| {
+        hash.update((text.len() as u64).to_be_bytes());
+        hash.update(text.as_bytes());
+    };
+    part(request.audience.as_deref().unwrap_or(""));
+    part(&request.scope);
+    for resource in &request.resources {
+        part(resource);
+    }
+    hash.finalize().into()
+}
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -141,19 +162,20 @@ impl Limits {
         }
     }
 
-    /// Counts the secret whose keyed hash is `secret_mac`, not known to be good, as tried for
-    /// `client_id`, before it goes upstream. `Some(wait)` when more than
-    /// [`MAX_REFUSALS_PER_WINDOW`] distinct secrets were tried for it within the refusal
-    /// window: refuse it locally. The window runs from the latest secret tried (the set's
-    /// time to live is renewed on every addition), so it extends while guessing goes on;
-    /// `wait` is the whole window.
-    pub(crate) async fn tried(&self, client_id: &str, secret_mac: Mac) -> Option<Duration> {
+    /// Counts an attempt (an [`attempt`] of a secret not known to be good: the secret and
+    /// what it asks for) as tried for `client_id`, before it goes upstream. `Some(wait)` when
+    /// more than [`MAX_REFUSALS_PER_WINDOW`] distinct attempts were tried for it within the
+    /// refusal window: refuse it locally. The same wrong secret asking for other audiences or
+    /// scopes counts again (each would be its own upstream request). The window runs from the
+    /// latest attempt (the set's time to live is renewed on every addition), so it extends
+    /// while guessing goes on; `wait` is the whole window.
+    pub(crate) async fn tried(&self, client_id: &str, attempt: Mac) -> Option<Duration> {
         let key = format!("tried:{client_id}");
         let now = self.clock.now();
         let window = self.refusal_window.max(Duration::from_secs(1));
         match self
             .store
-            .remember(&key, secret_mac, TRIED_SECRETS_PER_CLIENT, window, now)
+            .remember(&key, attempt, TRIED_SECRETS_PER_CLIENT, window, now)
             .await
         {
             Ok(tried) => (tried > MAX_REFUSALS_PER_WINDOW).then_some(window),
@@ -177,10 +199,10 @@ impl Limits {
     }
 
     /// The upstream accepted (or the shared token store proved) the secret whose keyed hash
-    /// is `secret_mac` for `client_id`: exempt from the lock-out from now on, and no longer
-    /// counted among the secrets tried for it (a customer's own first request or a rotation
-    /// leaves the guessers no less, and no more: the wrong secrets stay counted).
-    pub(crate) async fn accepted(&self, client_id: &str, secret_mac: Mac) {
+    /// is `secret_mac` for `client_id`, in `attempt`: exempt from the lock-out from now on,
+    /// and that attempt no longer counted among those tried (a customer's own first request
+    /// or a rotation leaves the guessers no less, and no more: the wrong secrets stay counted).
+    pub(crate) async fn accepted(&self, client_id: &str, secret_mac: Mac, attempt: Mac) {
         let key = format!("accepted:{client_id}");
         let now = self.clock.now();
         if let Err(err) = self
@@ -197,7 +219,26 @@ impl Limits {
             tracing::debug!(error = %err, "limit store: remember failed");
         }
         let tried = format!("tried:{client_id}");
-        if let Err(err) = self.store.forget(&tried, &secret_mac).await {
+        if let Err(err) = self.store.forget(&tried, &attempt).await {
+            tracing::debug!(error = %err, "limit store: forget failed");
+        }
+    }
+
+    /// `attempt` got no answer about its secret (the upstream throttled, failed or was out
+    /// of reach, or the proxy held it back): it no longer counts as tried for `client_id`.
+    pub(crate) async fn untried(&self, client_id: &str, attempt: &Mac) {
+        let tried = format!("tried:{client_id}");
+        if let Err(err) = self.store.forget(&tried, attempt).await {
+            tracing::debug!(error = %err, "limit store: forget failed");
+        }
+    }
+
+    /// The upstream refused the secret whose keyed hash is `secret_mac` for `client_id` (a
+    /// revoked or leaked one): no longer known to be good, from now on it counts as tried
+    /// like any other.
+    pub(crate) async fn refused(&self, client_id: &str, secret_mac: &Mac) {
+        let key = format!("accepted:{client_id}");
+        if let Err(err) = self.store.forget(&key, secret_mac).await {
             tracing::debug!(error = %err, "limit store: forget failed");
         }
     }
@@ -298,7 +339,7 @@ mod tests {
         );
         // A secret accepted since it was tried no longer counts: five wrong ones still may.
         assert_eq!(l.tried("d", [0; 32]).await, None);
-        l.accepted("d", [0; 32]).await;
+        l.accepted("d", [0; 32], [0; 32]).await;
         for n in 1..=MAX_REFUSALS_PER_WINDOW {
             assert_eq!(l.tried("d", [n as u8; 32]).await, None, "secret {n}");
         }
@@ -309,8 +350,8 @@ mod tests {
     async fn accepted_secrets_are_recalled_several_per_client() {
         let l = limits();
         assert_eq!(l.recall("c", &[1; 32]).await, Recall::default());
-        l.accepted("c", [1; 32]).await;
-        l.accepted("c", [2; 32]).await;
+        l.accepted("c", [1; 32], [1; 32]).await;
+        l.accepted("c", [2; 32], [2; 32]).await;
         for m in [[1; 32], [2; 32]] {
             assert_eq!(
                 l.recall("c", &m).await,

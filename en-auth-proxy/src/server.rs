@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::answer::{OAuthError, X_RATELIMIT_LIMIT, X_RATELIMIT_RESET, token_response};
 use crate::cache::ProxyKey;
 use crate::config::QuotaMode;
-use crate::quota::Unknown;
+use crate::quota::{Unknown, attempt};
 use crate::request::{
     Credentials, basic_credentials, check_client_id, check_secret, m2m_request, token_body,
 };
@@ -214,7 +214,9 @@ async fn issue(
         recall.member || found.as_ref().is_some_and(|e| e.cache.has_usable_token());
     if !known_good && shared.cache.stored(&key, &secret).await {
         // A token in the shared store proves the secret: remembered now.
-        limits.accepted(&key.client_id, mac).await;
+        limits
+            .accepted(&key.client_id, mac, attempt(&mac, &key.request))
+            .await;
         known_good = true;
     }
     let entry = if known_good {
@@ -251,7 +253,7 @@ async fn issue(
                         Unknown::Source(wait) => (wait, "from this address"),
                         Unknown::Global(wait) => (wait, "in total"),
                     };
-                    tracing::warn!(
+                    tracing::debug!(
                         client_id = %key.client_id,
                         whose,
                         "too many token requests for client ids with no accepted secret"
@@ -266,10 +268,13 @@ async fn issue(
         }
         // Counted before it goes upstream (concurrent guesses and guessers that hang up
         // count too); the same secret again counts once. Past the limit, refused here.
-        if let Some(wait) = limits.tried(&key.client_id, mac).await {
+        if let Some(wait) = limits
+            .tried(&key.client_id, attempt(&mac, &key.request))
+            .await
+        {
             count(&key.client_id, recall.any);
             metrics.refused_locally();
-            tracing::warn!(
+            tracing::debug!(
                 client_id = %key.client_id,
                 "many secrets for this client were tried just now; refusing new ones \
                  locally for a while"

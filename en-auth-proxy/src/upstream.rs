@@ -291,16 +291,43 @@ impl UpstreamAuthorizer {
         }
     }
 
-    /// The upstream's answer, the secret remembered as accepted when it issued a token.
+    /// The upstream's answer: the secret remembered as accepted when it issued a token,
+    /// forgotten as accepted when it refused the secret (revoked, leaked and replaced), and
+    /// the attempt no longer counted when the answer said nothing about the secret.
     async fn answered(&self, answer: Result<UpstreamToken, Error>) -> Result<UpstreamToken, Error> {
-        if let (Ok(_), Some(acceptance)) = (&answer, &self.acceptance) {
-            acceptance
-                .limits
-                .accepted(self.info.client_id(), acceptance.secret_mac)
-                .await;
+        if let Some(acceptance) = &self.acceptance {
+            let client_id = self.info.client_id();
+            let attempt = crate::quota::attempt(&acceptance.secret_mac, &self.request);
+            let limits = &acceptance.limits;
+            match &answer {
+                Ok(_) => {
+                    limits
+                        .accepted(client_id, acceptance.secret_mac, attempt)
+                        .await;
+                }
+                Err(err) if is_wrong_secret(err) => {
+                    limits.refused(client_id, &acceptance.secret_mac).await;
+                }
+                // Not an answer about the secret (throttled, the provider failing or out of
+                // reach): the attempt does not count against the client.
+                Err(_) => limits.untried(client_id, &attempt).await,
+            }
         }
         answer
     }
+}
+
+/// Whether the upstream refused the client's credentials: `invalid_client` (RFC 6749), or a
+/// 401 with another code (Auth0 answers a wrong client secret with 401 `access_denied`).
+fn is_wrong_secret(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidClient { .. }
+            | Error::Authorization {
+                status: Some(401),
+                ..
+            }
+    )
 }
 
 impl fmt::Debug for UpstreamAuthorizer {

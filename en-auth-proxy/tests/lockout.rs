@@ -529,3 +529,57 @@ async fn concurrent_first_requests_are_charged_once_to_the_unknown_budget() {
     );
     assert_eq!(proxy.post_token("made-up-2", "x", &[]).await.status, 429);
 }
+
+/// One wrong secret asking for ever new scopes is a new upstream request each time: each
+/// counts as an attempt, so a guesser who knows a customer's client id (on record: its real
+/// secret was accepted) gets at most 5 upstream requests per window, whatever it varies.
+#[tokio::test(start_paused = true)]
+async fn one_wrong_secret_with_many_scopes_reaches_upstream_five_times_at_most() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = instance(idp.token_url(), &limits).await;
+    assert_eq!(proxy.post_token(CUSTOMER, SECRET, &[]).await.status, 200);
+    let mut refused_locally = 0;
+    for i in 0..20 {
+        let scope = format!("scope-{i}");
+        let answer = proxy
+            .post_token(CUSTOMER, "one-wrong-secret", &[("scope", &scope)])
+            .await;
+        if answer.status == 429 {
+            refused_locally += 1;
+        } else {
+            assert_eq!(answer.error(), "invalid_client", "attempt {i}");
+        }
+    }
+    assert_eq!(refused_locally, 15);
+    assert_eq!(idp.token_requests(), 1 + 5);
+    // The customer's own secret is untouched.
+    let other = proxy.post_token(CUSTOMER, SECRET, &[("scope", "x")]).await;
+    assert_eq!(other.status, 200);
+}
+
+/// A secret the provider refuses after accepting it (revoked, e.g. after a leak) is no longer
+/// known to be good: from then on it counts as tried like any other, so whoever holds it
+/// cannot bypass the lock-out by varying what it asks for.
+#[tokio::test(start_paused = true)]
+async fn a_secret_the_provider_refuses_later_is_no_longer_known_good() {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = instance(idp.token_url(), &limits).await;
+    assert_eq!(proxy.post_token(CUSTOMER, SECRET, &[]).await.status, 200);
+    // The provider revokes the secret: it refuses every further request with it.
+    let refused = r#"{"error":"invalid_client","error_description":"revoked"}"#;
+    idp.push_faults((0..20).map(|_| en_auth_testkit::Fault::json(401, refused)));
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let scope = format!("scope-{i}");
+        let answer = proxy
+            .post_token(CUSTOMER, SECRET, &[("scope", &scope)])
+            .await;
+        statuses.push(answer.status);
+    }
+    // The first refusal forgets it; five more attempts may go upstream; then it is refused
+    // locally.
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 401, 429, 429]);
+    assert_eq!(idp.token_requests(), 1 + 6);
+}

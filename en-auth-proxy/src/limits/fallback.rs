@@ -328,7 +328,9 @@ impl LimitStore for FallbackLimits {
                 u64::max,
             )
             .await;
-        if !shared {
+        // Attempts tried (`tried:` sets) are not told later: their window is short, and a
+        // burst of guesses must not push the accepted secrets out of the bounded queue.
+        if !shared && !key.starts_with("tried:") {
             self.missed(Pending::Remember {
                 key: key.to_owned(),
                 member,
