@@ -15,7 +15,7 @@ use en_auth_proxy::limits::{Budget, FallbackLimits, LimitStore, RedisLimits};
 use en_auth_proxy::{Proxy, ProxyConfig};
 use en_auth_redis::RedisTokenStore;
 use en_auth_testkit::{Fault, IdpConfig, LocalIdp, RedisServer};
-use support::{Answer, Running};
+use support::{Answer, Running, start_binary};
 
 const SECRET: &str = "s3cr3t-fleet-7f2c";
 const FLEET_KEY: &[u8] = b"fleet-key-for-tests-0123456789abcdef";
@@ -1037,36 +1037,6 @@ async fn measure_three_instances_fifty_customers_two_scopes_twenty_requests_each
         tokens.values().all(|t| t.len() == 1),
         "one token per key, fleet-wide"
     );
-}
-
-/// Starts the proxy binary on a free port with `env`; its base URL once /healthz answers.
-async fn start_binary(upstream: &str, env: &[(&str, String)]) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"));
-    command
-        .env_clear()
-        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EN_AUTH_PROXY_TOKEN_URL", upstream)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let child = command.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            assert_eq!(r.status(), 200);
-            return (child, base);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy did not start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use en_auth_proxy::{ClientConfig, Proxy, ProxyConfig, QuotaMode};
 use en_auth_testkit::{Fault, IdpConfig, LocalIdp};
 use serde_json::json;
-use support::{Answer, Running, sample};
+use support::{Answer, Running, free_port, sample, start_binary};
 
 const SECRET: &str = "s3cr3t-never-logged-7f2c";
 
@@ -412,14 +412,6 @@ async fn graceful_shutdown_completes_requests_in_flight() {
     server.await.unwrap().expect("server stops cleanly");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_binary_starts_from_environment_variables() {
     let idp = idp().await;
@@ -659,33 +651,6 @@ async fn tokens_are_renewed_ahead_while_callers_keep_getting_the_current_one() {
     assert_eq!(idp.token_requests(), 2, "one renewal");
     let snapshot = proxy.proxy.metrics().snapshot();
     assert_eq!(snapshot.cache_misses, 1, "only the first request waited");
-}
-
-/// Starts the proxy binary on a free port with `env`; its base URL once /healthz answers.
-async fn start_binary(upstream: &str, env: &[(&str, String)]) -> (tokio::process::Child, String) {
-    let port = free_port();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"));
-    command
-        .env_clear()
-        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EN_AUTH_PROXY_TOKEN_URL", upstream)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let child = command.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            assert_eq!(r.status(), 200);
-            return (child, base);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy did not start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use en_auth_proxy::{Proxy, ProxyConfig};
 use en_auth_testkit::{IdpConfig, LocalIdp};
-use support::{Answer, sample};
+use support::{Answer, free_port, sample};
 
 const SECRET: &str = "metrics-test-secret-91";
 
@@ -126,14 +126,6 @@ async fn serve_with_metrics_keeps_client_ids_off_the_customers_listener() {
         .await
         .unwrap();
     assert_eq!(get(&http, metrics.url("/metrics")).await.0, 200);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn binary(upstream: &str, listen: u16, metrics: u16) -> tokio::process::Command {

@@ -176,3 +176,43 @@ pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A free port on loopback (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the proxy binary on a free port with `env`; its base URL once /healthz answers.
+pub async fn start_binary(
+    upstream: &str,
+    env: &[(&str, String)],
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_en-auth-proxy"));
+    command
+        .env_clear()
+        .env("EN_AUTH_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EN_AUTH_PROXY_TOKEN_URL", upstream)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // Real time: the binary is a process of its own, started for real.
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            assert_eq!(r.status(), 200);
+            return (child, base);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the proxy did not start");
+}
