@@ -255,37 +255,12 @@ impl RedisTokenStoreBuilder {
             Some(key) => key?,
             None => FleetKey::from_env()?,
         };
-        let client = match self.tls_root.clone() {
-            None => redis::Client::open(self.url.as_str()),
-            Some(root) => redis::Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                },
-            ),
-        }
-        .map_err(|err| Error::InvalidConfiguration {
-            setting: "Redis URL".into(),
-            reason: format!(
-                "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
-                err.kind(),
-                redact_url(&self.url)
-            ),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.command_timeout))
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|err| {
-                Error::InvalidConfiguration {
-                    setting: "Redis URL".into(),
-                    reason: format!("cannot use it: {:?}", err.kind()),
-                }
-            })?;
+        let (client, manager) = connect_lazily(
+            &self.url,
+            self.tls_root.clone(),
+            self.command_timeout,
+            self.connect_timeout,
+        )?;
         let (events, _) = broadcast::channel(64);
         let (alive_tx, alive_rx) = watch::channel(());
         let prefix = format!("{}:v{SCHEMA_VERSION}", self.prefix);
@@ -839,8 +814,53 @@ async fn listen(
     }
 }
 
+/// A Redis client for `url` (`redis://` or `rediss://`, trusting only `tls_root` when given)
+/// and a connection manager on it with en-auth's settings: connects on first use, each
+/// command answered within `command_timeout` (or an error), one quick retry, reconnecting in
+/// the background after failures. Fails only on a malformed URL; the error names the URL with
+/// its password redacted. The token store and the proxy's shared limits connect through it.
+pub fn connect_lazily(
+    url: &str,
+    tls_root: Option<Vec<u8>>,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), Error> {
+    let client = match tls_root {
+        None => redis::Client::open(url),
+        Some(root) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            },
+        ),
+    }
+    .map_err(|err| Error::InvalidConfiguration {
+        setting: "Redis URL".into(),
+        reason: format!(
+            "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
+            err.kind(),
+            redact_url(url)
+        ),
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(command_timeout))
+        .set_connection_timeout(Some(connect_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let manager =
+        ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|err| {
+            Error::InvalidConfiguration {
+                setting: "Redis URL".into(),
+                reason: format!("cannot use it: {:?}", err.kind()),
+            }
+        })?;
+    Ok((client, manager))
+}
+
 /// `redis://user:password@host` → `redis://user:***@host`, for logs and errors.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -32,7 +32,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use en_auth_core::{Error, FLEET_KEY_ENV, FleetKey};
 use hmac::{Hmac, Mac as _};
@@ -174,7 +174,7 @@ pub struct RedisLimitsBuilder {
 impl std::fmt::Debug for RedisLimitsBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimitsBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &en_auth_redis::redact_url(&self.url))
             .field("fleet_key", &self.fleet_key.as_ref().map(|_| "[REDACTED]"))
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -219,36 +219,12 @@ impl RedisLimitsBuilder {
             Some(key) => key?,
             None => fleet_key_from_env()?,
         };
-        let client = match self.tls_root {
-            None => ::redis::Client::open(self.url.as_str()),
-            Some(root) => ::redis::Client::build_with_tls(
-                self.url.as_str(),
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                },
-            ),
-        }
-        .map_err(|err| Error::InvalidConfiguration {
-            setting: "Redis URL".into(),
-            reason: format!(
-                "{:?} ({}); use redis://host:port/db or rediss://host:port/db",
-                err.kind(),
-                redact_url(&self.url)
-            ),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.command_timeout))
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|err| {
-            Error::InvalidConfiguration {
-                setting: "Redis URL".into(),
-                reason: format!("cannot use it: {:?}", err.kind()),
-            }
-        })?;
+        let (_, manager) = en_auth_redis::connect_lazily(
+            &self.url,
+            self.tls_root,
+            self.command_timeout,
+            self.connect_timeout,
+        )?;
         let namespace = namespace(fleet_key.expose_secret());
         let limits = RedisLimits {
             manager,
@@ -265,7 +241,7 @@ impl RedisLimitsBuilder {
             .await;
         if let Err(err) = ping {
             tracing::warn!(
-                error = %err, url = %redact_url(&self.url),
+                error = %err, url = %en_auth_redis::redact_url(&self.url),
                 "Redis is not reachable for the proxy's limits; each instance uses its own \
                  until it answers"
             );
@@ -680,26 +656,17 @@ impl LimitStore for RedisLimits {
     }
 }
 
-/// `redis://user:password@host` → `redis://user:***@host`, for logs and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn urls_are_redacted_and_namespaces_depend_on_the_fleet_key() {
-        assert_eq!(redact_url("rediss://u:pw@h:1/0"), "rediss://u:***@h:1/0");
-        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            en_auth_redis::redact_url("rediss://u:pw@h:1/0"),
+            "rediss://u:***@h:1/0"
+        );
+        assert_eq!(en_auth_redis::redact_url("redis://h:1"), "redis://h:1");
         let builder = RedisLimits::builder("redis://:hunter2@h:1").fleet_key([7u8; 32]);
         let debug = format!("{builder:?}");
         assert!(
