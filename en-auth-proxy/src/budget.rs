@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use en_auth_core::Error;
@@ -14,6 +16,7 @@ use en_auth_oauth2::token_endpoint::{
     MAX_RETRY_AFTER as MAX_WAIT, rate_limit_reset as reset_at, retry_after,
 };
 
+use crate::clock::Clock;
 use crate::limits::{Budget, LimitStore, UnixMillis};
 
 /// The longest one answer stops every upstream call (a 429's `Retry-After`, a rate-limit
@@ -61,6 +64,7 @@ pub struct RateLimits {
     reserve: u64,
     state: Mutex<BudgetState>,
     store: Option<Arc<dyn LimitStore>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -77,13 +81,6 @@ const BLOCKED_KEY: &str = "upstream:blocked";
 const BUDGET_KEY: &str = "upstream:budget";
 fn client_key(client_id: &str) -> String {
     format!("upstream:client:{client_id}")
-}
-
-/// Now, in milliseconds since the epoch (the store's times).
-fn unix_now() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `at` (an instant) in the store's time, given the same moment in both clocks.
@@ -121,6 +118,7 @@ impl RateLimits {
             reserve,
             state: Mutex::new(BudgetState::default()),
             store: None,
+            clock: Clock::new(),
         }
     }
 
@@ -160,7 +158,7 @@ impl RateLimits {
             return self.admit_locally(client_id, purpose, now, true);
         };
         self.admit_locally(client_id, purpose, now, false)?;
-        let unix = unix_now();
+        let unix = self.clock.now();
         let client = client_key(client_id);
         let (global, own) = tokio::join!(
             store.held_until(BLOCKED_KEY, unix, MAX_GLOBAL_BLOCK),
@@ -239,7 +237,7 @@ impl RateLimits {
         let now = Instant::now();
         let seen = self.observe_locally(client_id, status, headers, now);
         let Some(store) = &self.store else { return };
-        let unix = unix_now();
+        let unix = self.clock.now();
         let client = client_key(client_id);
         let blocked = async {
             if let Some(until) = seen.blocked_until {

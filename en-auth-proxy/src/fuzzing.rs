@@ -87,7 +87,7 @@ pub fn parse_answer(
 /// `headers` (rate-limit headers, `Retry-After`, Auth0 client quotas), if at all.
 pub fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
     let limits = RateLimits::new(0);
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now();
     limits.observe_locally("client", status, headers, now);
     match limits.admit_locally("client", Purpose::Miss, now, true) {
         Ok(()) => None,

@@ -26,6 +26,7 @@
 mod answer;
 mod budget;
 mod cache;
+mod clock;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -12,8 +12,9 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::limits::{LimitStore, Mac, Recall, UnixMillis};
 use crate::upstream::TokenRequest;
 
@@ -56,30 +57,6 @@ pub(crate) fn attempt(secret_mac: &Mac, request: &TokenRequest) -> Mac {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// Wall-clock milliseconds that advance with tokio's clock.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    start_unix: UnixMillis,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Self {
-            start_unix: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> UnixMillis {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.start_unix.saturating_add(elapsed)
-    }
-}
 
 /// Until the end of the `window`-long window (aligned to the epoch) containing `now`; at
 /// least a second, as `Retry-After` counts seconds.
