@@ -228,7 +228,7 @@ async fn a_spent_client_quota_at_auth0_stops_that_client_only() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn low_remaining_budget_goes_to_cache_misses_before_refreshes() {
     let idp = idp().await;
     let mut config = ProxyConfig::new(idp.token_url());
@@ -602,7 +602,7 @@ async fn made_up_client_ids_get_no_metric_label_of_their_own() {
     assert!(!metrics.contains("made-up"), "{metrics}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_about_to_expire_is_never_handed_out_while_upstream_fails() {
     let idp = idp().await;
     idp.set_lifetime(Some(Duration::from_secs(8)));
@@ -618,7 +618,7 @@ async fn a_token_about_to_expire_is_never_handed_out_while_upstream_fails() {
     assert_eq!(late.error(), "temporarily_unavailable");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tokens_are_renewed_ahead_while_callers_keep_getting_the_current_one() {
     let idp = idp().await;
     idp.set_lifetime(Some(Duration::from_secs(8)));
