@@ -422,6 +422,7 @@ impl ProxyCache {
             mac.map(|secret_mac| Acceptance {
                 limits: Arc::clone(&self.limits),
                 secret_mac,
+                recount: std::sync::atomic::AtomicBool::new(false),
             }),
         )
     }

@@ -163,6 +163,21 @@ impl Limits {
         }
     }
 
+    /// Before an upstream call for the secret whose keyed hash is `secret_mac`: `None` when it
+    /// is known to be good, or when `attempt` may go upstream (it is then counted as tried,
+    /// see [`tried`](Self::tried)); `Some(wait)` past the limit.
+    pub(crate) async fn gate(
+        &self,
+        client_id: &str,
+        secret_mac: &Mac,
+        attempt: Mac,
+    ) -> Option<Duration> {
+        if self.recall(client_id, secret_mac).await.member {
+            return None;
+        }
+        self.tried(client_id, attempt).await
+    }
+
     /// Whether `secret_mac` was accepted for `client_id`, and whether any secret was.
     pub(crate) async fn recall(&self, client_id: &str, secret_mac: &Mac) -> Recall {
         let key = format!("accepted:{client_id}");
@@ -201,8 +216,8 @@ impl Limits {
         }
     }
 
-    /// `attempt` got no answer about its secret (the upstream throttled, failed or was out
-    /// of reach, or the proxy held it back): it no longer counts as tried for `client_id`.
+    /// `attempt` never left the proxy (its budget held it back, or the token endpoint is not
+    /// known yet): it no longer counts as tried for `client_id`.
     pub(crate) async fn untried(&self, client_id: &str, attempt: &Mac) {
         let tried = format!("tried:{client_id}");
         if let Err(err) = self.store.forget(&tried, attempt).await {

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -191,17 +192,35 @@ impl Upstream {
         }
     }
 
-    /// One token request upstream (after the budget allowed it), through en-auth-oauth2's
-    /// [`token_endpoint`]; the answer's headers feed the budget whatever its status.
+    /// One token request upstream once the budget allows it, and whether it left the proxy
+    /// (`false`: the endpoint is unknown or the budget held it back).
     async fn request(
         &self,
         info: &ClientInfo,
         request: &TokenRequest,
         auth: UpstreamAuth,
         purpose: Purpose,
+    ) -> (Result<UpstreamToken, Error>, bool) {
+        let url = match self.token_url().await {
+            Ok(url) => url,
+            Err(err) => return (Err(err), false),
+        };
+        if let Err(err) = self.limits.admit(info.client_id(), purpose).await {
+            return (Err(err), false);
+        }
+        (self.send(url, info, request, auth, purpose).await, true)
+    }
+
+    /// Sends one token request through en-auth-oauth2's [`token_endpoint`]; the answer's
+    /// headers feed the budget whatever its status.
+    async fn send(
+        &self,
+        url: Url,
+        info: &ClientInfo,
+        request: &TokenRequest,
+        auth: UpstreamAuth,
+        purpose: Purpose,
     ) -> Result<UpstreamToken, Error> {
-        let url = self.token_url().await?;
-        self.limits.admit(info.client_id(), purpose).await?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(audience) = &request.audience {
             form.push(("audience", audience));
@@ -259,6 +278,9 @@ fn status_class(status: u16) -> &'static str {
 pub(crate) struct Acceptance {
     pub(crate) limits: Arc<Limits>,
     pub(crate) secret_mac: Mac,
+    /// The last call's attempt was taken back (it never left the proxy): the next call
+    /// counts it again before it may go upstream.
+    pub(crate) recount: AtomicBool,
 }
 
 /// Gets one customer's token for one request shape; the core lifecycle decides when.
@@ -291,39 +313,73 @@ impl UpstreamAuthorizer {
         }
     }
 
-    /// The upstream's answer: the secret remembered as accepted when it issued a token,
-    /// forgotten as accepted when it refused the secret (revoked, leaked and replaced), and
-    /// the attempt no longer counted when the answer said nothing about the secret.
-    async fn answered(&self, answer: Result<UpstreamToken, Error>) -> Result<UpstreamToken, Error> {
-        if let Some(acceptance) = &self.acceptance {
-            let client_id = self.info.client_id();
-            let attempt = crate::quota::attempt(&acceptance.secret_mac, &self.request);
-            let limits = &acceptance.limits;
-            match &answer {
-                Ok(_) => {
-                    limits
-                        .accepted(client_id, acceptance.secret_mac, attempt)
-                        .await;
-                }
-                Err(err) if is_wrong_secret(err) => {
-                    limits.refused(client_id, &acceptance.secret_mac).await;
-                }
-                // Not an answer about the secret (throttled, the provider failing or out of
-                // reach): the attempt does not count against the client.
-                Err(_) => limits.untried(client_id, &attempt).await,
+    /// One upstream call for this secret and request. An attempt of a secret not known to be
+    /// good stays counted once something left the proxy, and is counted again (refused here
+    /// past the limit) before a call that follows one taken back, so no upstream request of
+    /// a guesser goes uncounted.
+    async fn call(&self, purpose: Purpose) -> Result<UpstreamToken, Error> {
+        let Some(acceptance) = &self.acceptance else {
+            return self
+                .upstream
+                .request(&self.info, &self.request, self.auth, purpose)
+                .await
+                .0;
+        };
+        let client_id = self.info.client_id();
+        let limits = &acceptance.limits;
+        let attempt = crate::quota::attempt(&acceptance.secret_mac, &self.request);
+        // The request handler counted the attempt before the fetch; a call after one that was
+        // taken back (a retry, a renewal) counts it again.
+        if acceptance.recount.swap(false, Ordering::Relaxed) {
+            if let Some(wait) = limits
+                .gate(client_id, &acceptance.secret_mac, attempt)
+                .await
+            {
+                return Err(Error::RateLimited {
+                    retry_after: Some(wait),
+                    reset_at: None,
+                });
             }
+        }
+        let (answer, sent) = self
+            .upstream
+            .request(&self.info, &self.request, self.auth, purpose)
+            .await;
+        match &answer {
+            // Accepted: remembered, in the fetch itself (whether a caller still waits or not).
+            Ok(_) => {
+                limits
+                    .accepted(client_id, acceptance.secret_mac, attempt)
+                    .await;
+            }
+            // Refused (revoked after a leak, or a guess): no longer known to be good.
+            Err(err) if is_wrong_secret(err) => {
+                limits.refused(client_id, &acceptance.secret_mac).await;
+            }
+            // Held back before anything left the proxy: the attempt does not count (the next
+            // call counts it again). Anything that was sent stays counted.
+            Err(_) if !sent => {
+                limits.untried(client_id, &attempt).await;
+                acceptance.recount.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {}
         }
         answer
     }
 }
 
-/// Whether the upstream refused the client's credentials: `invalid_client` (RFC 6749), or a
-/// 401 with another code (Auth0 answers a wrong client secret with 401 `access_denied`).
+/// Whether the upstream refused the client's credentials: `invalid_client` (RFC 6749), or any
+/// 401 (Auth0 answers a wrong client secret with 401 `access_denied`; a gateway may answer
+/// 401 without an OAuth2 body).
 fn is_wrong_secret(err: &Error) -> bool {
     matches!(
         err,
         Error::InvalidClient { .. }
             | Error::Authorization {
+                status: Some(401),
+                ..
+            }
+            | Error::InvalidResponse {
                 status: Some(401),
                 ..
             }
@@ -349,11 +405,7 @@ impl Authorizer for UpstreamAuthorizer {
     }
 
     async fn authorize(&self) -> Result<UpstreamToken, Error> {
-        let answer = self
-            .upstream
-            .request(&self.info, &self.request, self.auth, Purpose::Miss)
-            .await;
-        self.answered(answer).await
+        self.call(Purpose::Miss).await
     }
 
     async fn refresh(&self, token: &UpstreamToken) -> Result<UpstreamToken, Error> {
@@ -361,11 +413,7 @@ impl Authorizer for UpstreamAuthorizer {
             Some(at) if at > Utc::now() => Purpose::Refresh,
             _ => Purpose::Miss,
         };
-        let answer = self
-            .upstream
-            .request(&self.info, &self.request, self.auth, purpose)
-            .await;
-        self.answered(answer).await
+        self.call(purpose).await
     }
 
     fn cache_key(&self) -> CacheKey {

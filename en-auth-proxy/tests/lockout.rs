@@ -583,3 +583,62 @@ async fn a_secret_the_provider_refuses_later_is_no_longer_known_good() {
     assert_eq!(statuses, [401, 401, 401, 401, 401, 401, 429, 429]);
     assert_eq!(idp.token_requests(), 1 + 6);
 }
+
+/// Twenty distinct wrong secrets for a customer on record, against a provider that answers
+/// each one first with `first` and then (the lifecycle's one retry) with `second`. Returns
+/// (answers refused locally, upstream requests caused by the guesses).
+async fn guesses_against(
+    first: en_auth_testkit::Fault,
+    second: en_auth_testkit::Fault,
+) -> (usize, u64) {
+    let idp = idp(SECRET).await;
+    let limits = Arc::new(LocalLimits::default());
+    let proxy = instance(idp.token_url(), &limits).await;
+    assert_eq!(proxy.post_token(CUSTOMER, SECRET, &[]).await.status, 200);
+    idp.push_faults((0..40).map(|i| {
+        if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        }
+    }));
+    let mut refused_locally = 0;
+    for i in 0..20 {
+        let answer = proxy.post_token(CUSTOMER, &format!("guess-{i}"), &[]).await;
+        if answer.status == 429 && answer.error() == "too_many_requests" {
+            refused_locally += 1;
+        }
+    }
+    (refused_locally, idp.token_requests() - 1)
+}
+
+/// A provider that fails (503) before it refuses: every upstream call of a guess is counted,
+/// the lifecycle's retry included, so a flaky provider gives guessers no extra tries.
+#[tokio::test(start_paused = true)]
+async fn guesses_stay_counted_when_the_provider_fails_before_it_refuses() {
+    let denied = r#"{"error":"invalid_client"}"#;
+    let (refused, upstream) = guesses_against(
+        en_auth_testkit::Fault::json(503, "{}"),
+        en_auth_testkit::Fault::json(401, denied),
+    )
+    .await;
+    assert_eq!(refused, 15);
+    assert!(upstream <= 10, "{upstream} upstream requests for 5 guesses");
+}
+
+/// A 401 without an OAuth2 body (a gateway's HTML page) is a refused secret too, and a
+/// provider answering 500 to everything does not turn guesses into free ones.
+#[tokio::test(start_paused = true)]
+async fn a_bare_401_and_a_failing_provider_count_guesses_like_refusals() {
+    let html = en_auth_testkit::Fault::Respond {
+        status: 401,
+        headers: vec![("content-type".into(), "text/html".into())],
+        body: "<html>Unauthorized</html>".into(),
+    };
+    let (refused, upstream) = guesses_against(html.clone(), html).await;
+    assert_eq!((refused, upstream), (15, 5));
+    let failing = en_auth_testkit::Fault::json(500, "{}");
+    let (refused, upstream) = guesses_against(failing.clone(), failing).await;
+    assert_eq!(refused, 15);
+    assert!(upstream <= 10, "{upstream} upstream requests for 5 guesses");
+}

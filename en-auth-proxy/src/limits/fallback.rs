@@ -343,8 +343,9 @@ impl LimitStore for FallbackLimits {
     }
 
     async fn forget(&self, key: &str, member: &Mac) -> Result<(), Error> {
-        // Not told to the shared store later if it missed it: what is forgotten (a tried
-        // secret later accepted) has a short window.
+        // Not told to the shared store later if it missed it: a forgotten attempt has a short
+        // window, and a secret forgotten as accepted (refused by the provider) is forgotten
+        // again at its next refusal upstream.
         self.call(
             self.local.forget(key, member),
             self.shared.forget(key, member),
