@@ -278,7 +278,8 @@ impl RateLimits {
         if let Some(limit) = number("x-ratelimit-limit") {
             state.limit = Some(limit);
         }
-        if let Some(remaining) = number("x-ratelimit-remaining") {
+        let remaining = number("x-ratelimit-remaining");
+        if let Some(remaining) = remaining {
             let reset = reset_at(headers)
                 .map_or(now + Duration::from_secs(1), until)
                 .min(cap);
@@ -288,7 +289,7 @@ impl RateLimits {
         }
         let named = retry_after(headers);
         let client_spent = header_str(headers, "auth0-client-quota-limit").and_then(spent_quota);
-        let tenant_spent = number("x-ratelimit-remaining") == Some(0);
+        let tenant_spent = remaining == Some(0);
         let mut client_wait = client_spent;
         match status {
             // The client's own quota is spent, not the tenant's budget: Auth0 refuses this

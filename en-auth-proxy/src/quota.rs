@@ -18,14 +18,15 @@ use crate::clock::Clock;
 use crate::limits::{LimitStore, Mac, Recall, UnixMillis};
 use crate::upstream::TokenRequest;
 
-/// Distinct secrets not known to be good (and not accepted since) that may be tried for one
-/// client id within the refusal window; further ones are refused locally, without asking the upstream: a caller
-/// cycling through many wrong secrets cannot hammer the upstream through the proxy. Counted
-/// when a secret is about to go upstream, not when its answer comes, so concurrent guesses
-/// and guessers that hang up count too; the same secret repeated counts once.
+/// Distinct attempts (see [`attempt`]) of secrets not known to be good (and not accepted
+/// since) that may be tried for one client id within the refusal window; further ones are
+/// refused locally, without asking the upstream: a caller cycling through wrong secrets or
+/// what they ask for cannot hammer the upstream through the proxy. Counted when an attempt
+/// is about to go upstream, not when its answer comes, so concurrent guesses and guessers
+/// that hang up count too; the same attempt repeated counts once.
 pub const MAX_REFUSALS_PER_WINDOW: u64 = 5;
 
-/// Distinct tried secrets remembered per client id (more than [`MAX_REFUSALS_PER_WINDOW`]:
+/// Distinct tried attempts remembered per client id (more than [`MAX_REFUSALS_PER_WINDOW`]:
 /// the count stays above it while guessing goes on).
 const TRIED_SECRETS_PER_CLIENT: usize = 16;
 
@@ -210,14 +211,11 @@ impl Limits {
         {
             tracing::debug!(error = %err, "limit store: remember failed");
         }
-        let tried = format!("tried:{client_id}");
-        if let Err(err) = self.store.forget(&tried, &attempt).await {
-            tracing::debug!(error = %err, "limit store: forget failed");
-        }
+        self.untried(client_id, &attempt).await;
     }
 
-    /// `attempt` never left the proxy (its budget held it back, or the token endpoint is not
-    /// known yet): it no longer counts as tried for `client_id`.
+    /// `attempt` was accepted, or never left the proxy (its budget held it back, or the token
+    /// endpoint is not known yet): it no longer counts as tried for `client_id`.
     pub(crate) async fn untried(&self, client_id: &str, attempt: &Mac) {
         let tried = format!("tried:{client_id}");
         if let Err(err) = self.store.forget(&tried, attempt).await {

@@ -33,19 +33,20 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     if shared.config.metrics_listen.is_none() {
         router = router.route("/metrics", get(metrics));
     }
-    router
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            deadline,
-        ))
-        .with_state(shared)
+    with_deadline(router, shared)
 }
 
 /// The operators' router: `GET /metrics` and `GET /healthz`.
 pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    with_deadline(router, shared)
+}
+
+/// `router` with its state and the request deadline.
+fn with_deadline(router: Router<Arc<Shared>>, shared: Arc<Shared>) -> Router {
+    router
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             deadline,
@@ -170,8 +171,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Source {
 /// 3. a secret not known to be good is, when its client id has no accepted secret on record,
 ///    charged to the unknown clients' budget (per source and global; identical concurrent
 ///    requests are admitted one after the other, and those that join a fetch are not
-///    charged); then it is counted as tried for its client id, and refused locally when more
-///    than 5 distinct secrets were tried for it within the refusal window;
+///    charged); then it is counted as tried for its client id (an attempt: the secret with
+///    what it asks for), and refused locally when more than 5 distinct attempts were tried
+///    for it within the refusal window;
 /// 4. only then is an entry created and its token fetched (quota checked first). The fetch
 ///    remembers the secret as accepted when the upstream issues a token, whether or not
 ///    anyone still waits for it.
@@ -210,13 +212,12 @@ async fn issue(
         return token_response(&token);
     }
     let recall = limits.recall(&key.client_id, &mac).await;
+    let attempt = attempt(&mac, &key.request);
     let mut known_good =
         recall.member || found.as_ref().is_some_and(|e| e.cache.has_usable_token());
     if !known_good && shared.cache.stored(&key, &secret).await {
         // A token in the shared store proves the secret: remembered now.
-        limits
-            .accepted(&key.client_id, mac, attempt(&mac, &key.request))
-            .await;
+        limits.accepted(&key.client_id, mac, attempt).await;
         known_good = true;
     }
     let entry = if known_good {
@@ -248,42 +249,29 @@ async fn issue(
             if !joins {
                 if let Err(over) = limits.charge_unknown(source.0).await {
                     count(&key.client_id, recall.any);
-                    metrics.refused_locally();
                     let (wait, whose) = match over {
                         Unknown::Source(wait) => (wait, "from this address"),
                         Unknown::Global(wait) => (wait, "in total"),
                     };
-                    tracing::debug!(
-                        client_id = %key.client_id,
-                        whose,
-                        "too many token requests for client ids with no accepted secret"
-                    );
-                    return OAuthError::too_many(
+                    return refused_locally(
+                        shared,
+                        &key.client_id,
                         wait,
                         format!("too many token requests for unknown clients {whose}; retry later"),
-                    )
-                    .into_response();
+                    );
                 }
             }
         }
         // Counted before it goes upstream (concurrent guesses and guessers that hang up
         // count too); the same secret again counts once. Past the limit, refused here.
-        if let Some(wait) = limits
-            .tried(&key.client_id, attempt(&mac, &key.request))
-            .await
-        {
+        if let Some(wait) = limits.tried(&key.client_id, attempt).await {
             count(&key.client_id, recall.any);
-            metrics.refused_locally();
-            tracing::debug!(
-                client_id = %key.client_id,
-                "many secrets for this client were tried just now; refusing new ones \
-                 locally for a while"
-            );
-            return OAuthError::too_many(
+            return refused_locally(
+                shared,
+                &key.client_id,
                 wait,
-                "too many failed authentications for this client; retry later",
-            )
-            .into_response();
+                "too many failed authentications for this client; retry later".into(),
+            );
         }
         if let Some(refusal) = charge_quota(shared, &key.client_id, quota, true).await {
             count(&key.client_id, recall.any);
@@ -319,6 +307,19 @@ async fn issue(
             OAuthError::from_error(&err).into_response()
         }
     }
+}
+
+/// A 429 for a request refused here, without asking upstream (the lock-out, the unknown
+/// clients' budget); counted, and logged at debug level only (a flood must not flood the log).
+fn refused_locally(
+    shared: &Shared,
+    client_id: &str,
+    wait: std::time::Duration,
+    description: String,
+) -> Response {
+    shared.metrics.refused_locally();
+    tracing::debug!(client_id = %client_id, reason = %description, "refused locally");
+    OAuthError::too_many(wait, description).into_response()
 }
 
 /// Counts one request of `client_id` against its quota (only checks, with `peek`), and
