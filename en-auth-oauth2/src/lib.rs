@@ -45,5 +45,5 @@ pub use client_auth::{
 };
 pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
-pub use endpoint::token_http_client;
+pub use endpoint::{discover_token_endpoint, token_http_client};
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};

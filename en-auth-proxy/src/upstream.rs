@@ -175,18 +175,7 @@ impl Upstream {
         match &self.endpoint {
             Endpoint::Fixed(url) => secure_url("EN_AUTH_PROXY_TOKEN_URL", url),
             Endpoint::Discovered { issuer, resolved } => resolved
-                .get_or_try_init(|| async {
-                    let config = en_auth_core::discover(&self.http, issuer).await?;
-                    let url = config
-                        .token_endpoint
-                        .ok_or_else(|| Error::InvalidResponse {
-                            status: Some(200),
-                            reason: "the issuer's discovery document names no token_endpoint; set \
-                                 EN_AUTH_PROXY_TOKEN_URL instead"
-                                .into(),
-                        })?;
-                    secure_url("token_endpoint", &url)
-                })
+                .get_or_try_init(|| en_auth_oauth2::discover_token_endpoint(&self.http, issuer))
                 .await
                 .cloned(),
         }
