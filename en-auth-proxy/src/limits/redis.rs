@@ -562,10 +562,11 @@ impl LimitStore for RedisLimits {
     async fn hold_until(&self, key: &str, until: UnixMillis) -> Result<(), Error> {
         let key = self.key("d", key);
         let mut conn = self.manager.clone();
-        self.run("hold_until", async move {
+        let script_key = key.clone();
+        self.run_key("hold_until", &key, async move {
             SCRIPTS
                 .hold
-                .key(key)
+                .key(script_key)
                 .arg(int(until))
                 .invoke_async::<i64>(&mut conn)
                 .await
@@ -606,10 +607,11 @@ impl LimitStore for RedisLimits {
     async fn set_budget(&self, key: &str, remaining: u64, reset: UnixMillis) -> Result<(), Error> {
         let key = self.key("b", key);
         let mut conn = self.manager.clone();
-        self.run("set_budget", async move {
+        let script_key = key.clone();
+        self.run_key("set_budget", &key, async move {
             SCRIPTS
                 .set_budget
-                .key(key)
+                .key(script_key)
                 .arg(int(remaining))
                 .arg(int(reset))
                 .invoke_async::<i64>(&mut conn)
