@@ -89,6 +89,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A credential read afresh for each token request could not be read: a client assertion
+    /// or subject token from a file (a Kubernetes projected service-account token) or from the
+    /// application's callback (a SPIFFE workload API, a CI system's OIDC endpoint). No request
+    /// was sent to the provider. Transient: a file being rotated or an agent restarting is
+    /// retried with back-off.
+    ///
+    /// Names where the credential comes from (a path, or `callback`), never its content.
+    #[error("credential unavailable: {credential}: {reason}")]
+    CredentialUnavailable {
+        /// Where it is read from: the file's path, or `callback`.
+        credential: String,
+        /// Why it could not be used (the I/O error, "empty", "too large", …).
+        reason: String,
+    },
+
     /// The identity provider asked for a step a machine cannot take (a new password, MFA).
     #[error(
         "the identity provider requires the `{challenge}` challenge, which en-auth cannot answer"
@@ -153,7 +168,9 @@ impl Error {
     /// itself within a retry budget).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::RateLimited { .. } | Error::ServerError { .. } => true,
+            Error::RateLimited { .. }
+            | Error::ServerError { .. }
+            | Error::CredentialUnavailable { .. } => true,
             Error::Transport { .. } => !self.is_certificate_failure(),
             _ => false,
         }
@@ -291,6 +308,10 @@ impl Error {
             },
             Error::InvalidConfiguration { setting, reason } => Error::InvalidConfiguration {
                 setting: setting.clone(),
+                reason: reason.clone(),
+            },
+            Error::CredentialUnavailable { credential, reason } => Error::CredentialUnavailable {
+                credential: credential.clone(),
                 reason: reason.clone(),
             },
             Error::UnsupportedChallenge { challenge } => Error::UnsupportedChallenge {

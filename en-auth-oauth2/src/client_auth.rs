@@ -17,12 +17,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use en_auth_core::{CacheKeyBuilder, ClientInfo, Error};
 use jsonwebtoken::crypto::CryptoProvider;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Digest as _;
+
+use crate::assertion::AssertionSource;
+use crate::mtls::TlsClientIdentity;
+use crate::signer::SigningAlgorithm;
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub const JWT_BEARER_ASSERTION_TYPE: &str =
@@ -65,6 +69,19 @@ pub enum ClientAuthentication {
     /// A JWT signed with the client's private key (`private_key_jwt`), sent as
     /// `client_assertion` with `client_assertion_type` [`JWT_BEARER_ASSERTION_TYPE`].
     PrivateKeyJwt(PrivateKeyJwt),
+    /// A JWT issued by someone else (a Kubernetes projected service-account token, a SPIFFE
+    /// JWT-SVID, a CI system's OIDC token), read afresh for every token request and sent as
+    /// `client_assertion` with `client_assertion_type` [`JWT_BEARER_ASSERTION_TYPE`]. See
+    /// [`assertion_file`](Self::assertion_file) and [`assertion_from_fn`](Self::assertion_from_fn).
+    Assertion(AssertionSource),
+    /// Mutual TLS with a certificate issued by a CA the provider trusts (RFC 8705 §2.1,
+    /// `tls_client_auth`): the token request presents the certificate and carries only
+    /// `client_id`. See [`tls_client_auth`](Self::tls_client_auth).
+    TlsClientAuth(TlsClientIdentity),
+    /// Mutual TLS with a self-signed certificate registered at the provider (RFC 8705 §2.2,
+    /// `self_signed_tls_client_auth`). See
+    /// [`self_signed_tls_client_auth`](Self::self_signed_tls_client_auth).
+    SelfSignedTlsClientAuth(TlsClientIdentity),
 }
 
 impl ClientAuthentication {
@@ -93,9 +110,78 @@ impl ClientAuthentication {
         PrivateKeyJwt::from_jwk(jwk).map(Self::PrivateKeyJwt)
     }
 
+    /// A client assertion read from the file at `path` for every token request (never kept
+    /// past one): a Kubernetes projected service-account token
+    /// (`/var/run/secrets/tokens/…`), which the kubelet rewrites before it expires. A missing,
+    /// unreadable or empty file fails the token request with
+    /// [`Error::CredentialUnavailable`] naming the path, before anything is sent.
+    ///
+    /// ```
+    /// use en_auth_core::ClientInfo;
+    /// use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer};
+    /// let authorizer = ServiceAccountAuthorizer::new(
+    ///     ClientInfo::new("my-workload", ""), // no secret
+    ///     "https://idp.example.com/oauth2/token",
+    /// )
+    /// .with_authentication(ClientAuthentication::assertion_file("/var/run/secrets/tokens/idp"));
+    /// ```
+    pub fn assertion_file(path: impl Into<std::path::PathBuf>) -> Self {
+        Self::Assertion(AssertionSource::file(path))
+    }
+
+    /// A client assertion from `fetch`, called for every token request: a SPIFFE workload
+    /// API's JWT-SVID, a CI system's OIDC token. Its `Err` fails the token request.
+    ///
+    /// ```
+    /// use en_auth_oauth2::ClientAuthentication;
+    /// let auth = ClientAuthentication::assertion_from_fn(|| async {
+    ///     Ok::<_, en_auth_core::Error>(String::from("eyJ…")) // ask the workload API here
+    /// });
+    /// ```
+    pub fn assertion_from_fn<F, Fut, S>(fetch: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<S, Error>> + Send + 'static,
+        S: Into<String>,
+    {
+        Self::Assertion(AssertionSource::from_fn(fetch))
+    }
+
+    /// Mutual TLS with a CA-issued client certificate (RFC 8705 §2.1, `tls_client_auth`):
+    /// `cert_pem` is the certificate chain (leaf first), `key_pem` its private key. Token
+    /// requests present the certificate; the provider issues certificate-bound tokens
+    /// (`cnf.x5t#S256`) where configured, which must then be sent over a client presenting
+    /// the same certificate.
+    pub fn tls_client_auth(
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, Error> {
+        TlsClientIdentity::from_pem(cert_pem, key_pem).map(Self::TlsClientAuth)
+    }
+
+    /// Mutual TLS with a self-signed client certificate registered at the provider
+    /// (RFC 8705 §2.2, `self_signed_tls_client_auth`); otherwise as
+    /// [`tls_client_auth`](Self::tls_client_auth).
+    pub fn self_signed_tls_client_auth(
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, Error> {
+        TlsClientIdentity::from_pem(cert_pem, key_pem).map(Self::SelfSignedTlsClientAuth)
+    }
+
+    /// The client certificate this authentication presents, for mTLS.
+    pub fn tls_identity(&self) -> Option<&TlsClientIdentity> {
+        match self {
+            Self::TlsClientAuth(identity) | Self::SelfSignedTlsClientAuth(identity) => {
+                Some(identity)
+            }
+            _ => None,
+        }
+    }
+
     /// What a token request must carry to authenticate as `info` at `token_url`: an
     /// `Authorization` header, form parameters, or both. Values are secrets until sent.
-    pub(crate) fn credentials(
+    pub(crate) async fn credentials(
         &self,
         info: &ClientInfo,
         token_url: &Url,
@@ -118,6 +204,17 @@ impl ClientAuthentication {
                 credentials.param("client_assertion_type", JWT_BEARER_ASSERTION_TYPE);
                 credentials.params.push(("client_assertion", assertion));
             }
+            Self::Assertion(source) => {
+                let assertion = source.read().await?;
+                credentials.param("client_id", info.client_id());
+                credentials.param("client_assertion_type", JWT_BEARER_ASSERTION_TYPE);
+                credentials.params.push(("client_assertion", assertion));
+            }
+            Self::TlsClientAuth(_) | Self::SelfSignedTlsClientAuth(_) => {
+                // The certificate, presented by the token client's TLS layer, proves who we
+                // are; the body names the client (RFC 8705 §2).
+                credentials.param("client_id", info.client_id());
+            }
         }
         Ok(credentials)
     }
@@ -129,6 +226,10 @@ impl ClientAuthentication {
             Self::PrivateKeyJwt(jwt) => key
                 .part("client_key_thumbprint", &jwt.thumbprint)
                 .part("client_key_alg", jwt.algorithm_name()),
+            Self::Assertion(source) => key.part("client_assertion_from", &source.origin()),
+            Self::TlsClientAuth(identity) | Self::SelfSignedTlsClientAuth(identity) => {
+                key.part("client_certificate", identity.certificate_thumbprint())
+            }
             _ => key,
         }
     }
@@ -175,34 +276,9 @@ fn basic_header(info: &ClientInfo, encode: bool) -> Result<HeaderValue, Error> {
     Ok(value)
 }
 
-/// The signature algorithm of a client assertion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AssertionAlgorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256 (RSA keys; the default for them).
-    RS256,
-    /// RSASSA-PSS with SHA-256 (RSA keys; required by FAPI profiles).
-    PS256,
-    /// ECDSA on P-256 with SHA-256 (P-256 keys).
-    ES256,
-    /// ECDSA on P-384 with SHA-384 (P-384 keys).
-    ES384,
-}
-
-impl AssertionAlgorithm {
-    fn jwt(self) -> Algorithm {
-        match self {
-            Self::RS256 => Algorithm::RS256,
-            Self::PS256 => Algorithm::PS256,
-            Self::ES256 => Algorithm::ES256,
-            Self::ES384 => Algorithm::ES384,
-        }
-    }
-
-    fn is_rsa(self) -> bool {
-        matches!(self, Self::RS256 | Self::PS256)
-    }
-}
+/// The signature algorithm of a client assertion (the name it had before [`Signer`](crate::Signer)
+/// signed DPoP proofs and JWT bearer assertions too).
+pub type AssertionAlgorithm = SigningAlgorithm;
 
 /// A private key and the rules for the client assertions signed with it (`private_key_jwt`).
 ///

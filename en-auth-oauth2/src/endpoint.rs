@@ -30,14 +30,14 @@ pub async fn discover_token_endpoint(http: &reqwest::Client, issuer: &str) -> Re
 /// A token request: a form POST to `url` with `form` and the client's authentication
 /// (`Authorization` header and/or form parameters). Build one per send: a `private_key_jwt`
 /// assertion is single-use.
-pub(crate) fn token_request<'a>(
+pub(crate) async fn token_request<'a>(
     http: &reqwest::Client,
     url: &Url,
     info: &ClientInfo,
     authentication: &ClientAuthentication,
     form: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<reqwest::RequestBuilder, Error> {
-    let credentials = authentication.credentials(info, url)?;
+    let credentials = authentication.credentials(info, url).await?;
     let mut request = http.post(url.clone()).header(
         CONTENT_TYPE,
         HeaderValue::from_static("application/x-www-form-urlencoded"),

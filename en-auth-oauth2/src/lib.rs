@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod assertion;
 mod authorizer;
 mod client_auth;
 pub mod dpop;
@@ -34,10 +35,13 @@ pub mod env;
 #[doc(hidden)]
 pub mod fuzzing;
 mod jwk_key;
+mod mtls;
 mod password;
 mod response;
+mod signer;
 pub mod token_endpoint;
 
+pub use assertion::{AssertionSource, MAX_ASSERTION_BYTES};
 pub use authorizer::ServiceAccountAuthorizer;
 pub use client_auth::{
     AssertionAlgorithm, ClientAuthentication, DEFAULT_ASSERTION_LIFETIME,
@@ -46,4 +50,6 @@ pub use client_auth::{
 pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::{discover_token_endpoint, token_http_client};
+pub use mtls::TlsClientIdentity;
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
+pub use signer::{Signer, SigningAlgorithm};

@@ -268,7 +268,8 @@ impl PasswordAuthorizer {
             duration_ms = tracing::field::Empty,
         );
         let result = async {
-            let request = token_request(&self.http, &url, &self.info, &self.authentication, form)?;
+            let request =
+                token_request(&self.http, &url, &self.info, &self.authentication, form).await?;
             let started = Instant::now();
             let (status, headers, bytes) = send_once(request).await?;
             let span = tracing::Span::current();

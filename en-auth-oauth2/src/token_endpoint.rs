@@ -98,7 +98,8 @@ pub(crate) async fn exchange(
 ) -> Result<TokenEndpointAnswer, Error> {
     let mut first = true;
     loop {
-        let mut request = token_request(http, url, info, authentication, form.iter().copied())?;
+        let mut request =
+            token_request(http, url, info, authentication, form.iter().copied()).await?;
         if let Some(dpop) = dpop {
             request = request.header(DPOP_HEADER, dpop.header("POST", url.as_str(), None)?);
         }

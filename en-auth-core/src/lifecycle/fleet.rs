@@ -267,6 +267,11 @@ impl<T: AccessToken> Fleet<T> {
     /// Tells the other processes that the fetch failed and how long to back off: the first
     /// step of the failure schedule, or the delay the server named.
     async fn publish_failure(&self, cx: &FetchContext<'_, T>, err: &Error) {
+        // This process's own credential source (its assertion file, its workload agent) says
+        // nothing about the provider: the other processes read their own.
+        if matches!(err, Error::CredentialUnavailable { .. }) {
+            return;
+        }
         let schedule = cx.policy.failure_schedule(err);
         let delay = err
             .retry_after()
