@@ -11,8 +11,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The folder holding the Node peers and their lock file.
+///
+/// `EN_AUTH_PEERS_DIR` overrides it (for checkouts that share one `target/` directory, where
+/// the path compiled in is the last checkout's).
 pub fn peers_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers")
+    match std::env::var_os("EN_AUTH_PEERS_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers"),
+    }
 }
 
 /// panva's `oidc-provider` on a free loopback port (see `tests/peers/oidc-provider.mjs` for
