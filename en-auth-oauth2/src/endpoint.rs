@@ -52,6 +52,24 @@ pub(crate) async fn token_request<'a>(
     Ok(request.body(body))
 }
 
+/// A token request without client authentication: a form POST of `form` to `url` (a public
+/// client, which names itself with `client_id` in `form`; a JWT bearer grant, RFC 7523 §3.2).
+pub(crate) fn form_request<'a>(
+    http: &reqwest::Client,
+    url: &Url,
+    form: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> reqwest::RequestBuilder {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    http.post(url.clone())
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        )
+        .body(body)
+}
+
 /// Sends one token request and reads the answer (bounded).
 pub(crate) async fn send_once(
     request: reqwest::RequestBuilder,

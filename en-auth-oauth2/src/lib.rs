@@ -15,6 +15,11 @@
 //!   [`ClientAuthentication::private_key_jwt_pem`].
 //! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
 //! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
+//! - Token exchange (RFC 8693) of a token someone else issued: [`TokenExchangeAuthorizer`]
+//!   with a [`SubjectToken`] (a file, a callback); on behalf of an API's callers, one
+//!   lifecycle per caller's token: [`OnBehalfOf`].
+//! - The JWT bearer grant (RFC 7523 §2.1), the JWT signed by a [`Signer`] or read from a
+//!   source: [`JwtBearerAuthorizer`].
 //! - One token request with its status and headers, for your own lifecycle (the token
 //!   proxy's): [`token_endpoint::request_token`].
 //!
@@ -30,16 +35,20 @@ mod authorizer;
 mod client_auth;
 pub mod dpop;
 mod endpoint;
+mod grant;
 pub mod env;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod jwk_key;
+mod jwt_bearer;
 mod mtls;
+mod on_behalf_of;
 mod password;
 mod response;
 mod signer;
 pub mod token_endpoint;
+mod token_exchange;
 
 pub use assertion::{AssertionSource, MAX_ASSERTION_BYTES};
 pub use authorizer::ServiceAccountAuthorizer;
@@ -53,3 +62,9 @@ pub use endpoint::{discover_token_endpoint, token_http_client};
 pub use mtls::TlsClientIdentity;
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
 pub use signer::{Signer, SigningAlgorithm};
+pub use jwt_bearer::{JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer};
+pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, OnBehalfOf};
+pub use token_exchange::{
+    ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML1_TOKEN_TYPE,
+    SAML2_TOKEN_TYPE, SubjectToken, TOKEN_EXCHANGE_GRANT, TokenExchangeAuthorizer,
+};

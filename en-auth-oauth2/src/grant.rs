@@ -1,0 +1,106 @@
+//! What the token exchange and JWT bearer grants share: client authentication that may be
+//! absent, and one token request sent through the crate's token-request path.
+//!
+//! Both grants may be used by a public client (one without a secret, which only names itself
+//! with `client_id`), and RFC 7523 §3.2 lets a JWT bearer grant go without any client
+//! authentication. So, unlike the client-credentials grant, a client with an empty secret is
+//! not authenticated by default: it sends `client_id` alone (or nothing, when the id is empty
+//! too).
+
+use std::fmt;
+use std::time::Instant;
+
+use en_auth_core::{CacheKeyBuilder, ClientInfo, Error, url_for_logs};
+use reqwest::Url;
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
+use tracing::Instrument;
+
+use crate::client_auth::ClientAuthentication;
+use crate::endpoint::{form_request, send_once, token_request};
+
+/// How a grant of this module authenticates the client.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) enum GrantAuthentication {
+    /// `client_secret_basic` when the client has a secret; otherwise as [`Public`](Self::Public).
+    #[default]
+    Default,
+    /// As the [`ClientAuthentication`] says.
+    Client(ClientAuthentication),
+    /// No client authentication: `client_id` in the form when the id is not empty.
+    Public,
+}
+
+impl GrantAuthentication {
+    /// The client authentication to use for `info`, `None` for none.
+    fn resolve<'a>(&'a self, info: &ClientInfo) -> Option<&'a ClientAuthentication> {
+        static BASIC: ClientAuthentication = ClientAuthentication::ClientSecretBasic;
+        match self {
+            Self::Default if info.client_secret().expose_secret().is_empty() => None,
+            Self::Default => Some(&BASIC),
+            Self::Client(authentication) => Some(authentication),
+            Self::Public => None,
+        }
+    }
+
+    /// Adds what distinguishes this authentication to a cache key.
+    pub(crate) fn add_to_cache_key(&self, info: &ClientInfo, key: CacheKeyBuilder) -> CacheKeyBuilder {
+        match self.resolve(info) {
+            Some(authentication) => authentication.add_to_cache_key(key),
+            None => key.part("client_authentication", "none"),
+        }
+    }
+}
+
+impl fmt::Debug for GrantAuthentication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("Default"),
+            Self::Client(authentication) => fmt::Debug::fmt(authentication, f),
+            Self::Public => f.write_str("None"),
+        }
+    }
+}
+
+/// Sends one token request of grant `grant` (named in the span) with `form` plus the client's
+/// authentication, and returns the answer's status, headers and (bounded) body.
+pub(crate) async fn send_grant(
+    http: &reqwest::Client,
+    url: &Url,
+    info: &ClientInfo,
+    authentication: &GrantAuthentication,
+    grant: &'static str,
+    mut form: Vec<(&str, &str)>,
+) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+    let span = tracing::debug_span!(
+        "en_auth.token_request",
+        endpoint = %url_for_logs(url),
+        client_id = info.client_id(),
+        grant,
+        status = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let result = async {
+        let request = match authentication.resolve(info) {
+            Some(authentication) => token_request(http, url, info, authentication, form).await?,
+            None => {
+                if !info.client_id().is_empty() {
+                    form.push(("client_id", info.client_id()));
+                }
+                form_request(http, url, form)
+            }
+        };
+        let started = Instant::now();
+        let answer = send_once(request).await?;
+        let span = tracing::Span::current();
+        span.record("status", answer.0);
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        Ok(answer)
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(err) = &result {
+        span.in_scope(|| tracing::debug!(error = %err, "token request failed"));
+    }
+    result
+}

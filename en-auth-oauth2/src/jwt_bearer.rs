@@ -1,0 +1,405 @@
+//! [`JwtBearerAuthorizer`]: the JWT bearer authorization grant (RFC 7523 §2.1) — a JWT is
+//! the grant itself: `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and
+//! `assertion=<JWT>`.
+//!
+//! The assertion is either signed here with a [`Signer`] (a key in memory, a KMS, an HSM):
+//! `iss` and `sub` default to the client id, `aud` to the token endpoint URL, a fresh `jti`,
+//! `iat` now and `exp` one [`DEFAULT_ASSERTION_LIFETIME`] later — or issued by someone else
+//! and read afresh for every token request from an [`AssertionSource`] (a file the kubelet
+//! rewrites, a SPIFFE workload API).
+//!
+//! Client authentication is optional for this grant (RFC 7523 §3.2): a client with a secret
+//! authenticates with `client_secret_basic` by default, one with an empty secret sends only
+//! its `client_id` (or nothing, when that is empty too); see
+//! [`with_authentication`](JwtBearerAuthorizer::with_authentication) and
+//! [`without_client_authentication`](JwtBearerAuthorizer::without_client_authentication).
+//!
+//! The assertion is a secret: never in `Debug`, logs or errors.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use en_auth_core::{
+    Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs,
+    untrusted_text,
+};
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::assertion::AssertionSource;
+use crate::client_auth::{ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME};
+use crate::endpoint::token_http_client;
+use crate::grant::{GrantAuthentication, send_grant};
+use crate::response::parse_token_response;
+use crate::signer::{Signer, sign_jwt};
+
+/// The JWT bearer grant type (RFC 7523 §2.1).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Where a JWT bearer grant's assertion comes from: signed here, or read from a source.
+///
+/// ```
+/// use std::sync::Arc;
+/// use en_auth_oauth2::{JwtBearerAssertion, Signer};
+/// # fn demo(signer: Arc<dyn Signer>) {
+/// // Signed with our key, for a user of a Google Workspace domain (domain-wide delegation).
+/// let signed = JwtBearerAssertion::signed(signer)
+///     .with_subject("alice@example.com")
+///     .with_claim("scope", "https://www.googleapis.com/auth/drive.readonly");
+/// // Issued by someone else, re-read for each request.
+/// let file = JwtBearerAssertion::file("/var/run/secrets/tokens/idp");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct JwtBearerAssertion(Assertion);
+
+#[derive(Clone)]
+enum Assertion {
+    Signed(Box<SignedAssertion>),
+    Source(AssertionSource),
+}
+
+#[derive(Clone)]
+struct SignedAssertion {
+    signer: Arc<dyn Signer>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    audience: Option<String>,
+    lifetime: Duration,
+    claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JwtBearerAssertion {
+    /// An assertion signed with `signer` for each token request: `iss` and `sub` the client
+    /// id, `aud` the token endpoint URL, a random `jti`, `iat` now, `exp`
+    /// [`DEFAULT_ASSERTION_LIFETIME`] later, unless set otherwise.
+    pub fn signed(signer: Arc<dyn Signer>) -> Self {
+        Self(Assertion::Signed(Box::new(SignedAssertion {
+            signer,
+            issuer: None,
+            subject: None,
+            audience: None,
+            lifetime: DEFAULT_ASSERTION_LIFETIME,
+            claims: serde_json::Map::new(),
+        })))
+    }
+
+    /// The assertion is the content of the file at `path`, read for each token request.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        Self::from_source(AssertionSource::file(path))
+    }
+
+    /// The assertion is what `fetch` returns, called for each token request.
+    pub fn from_fn<F, Fut, S>(fetch: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<S, Error>> + Send + 'static,
+        S: Into<String>,
+    {
+        Self::from_source(AssertionSource::from_fn(fetch))
+    }
+
+    /// The assertion comes from `source`.
+    pub fn from_source(source: AssertionSource) -> Self {
+        Self(Assertion::Source(source))
+    }
+
+    fn signed_mut(&mut self) -> Option<&mut SignedAssertion> {
+        match &mut self.0 {
+            Assertion::Signed(signed) => Some(signed),
+            Assertion::Source(_) => None,
+        }
+    }
+
+    /// The `iss` claim of a signed assertion (default: the client id). No effect on an
+    /// assertion read from a source.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        if let Some(signed) = self.signed_mut() {
+            signed.issuer = Some(issuer.into());
+        }
+        self
+    }
+
+    /// The `sub` claim of a signed assertion: whom the token is for (default: the client id).
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        if let Some(signed) = self.signed_mut() {
+            signed.subject = Some(subject.into());
+        }
+        self
+    }
+
+    /// The `aud` claim of a signed assertion (default: the token endpoint URL; some
+    /// providers want their issuer).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        if let Some(signed) = self.signed_mut() {
+            signed.audience = Some(audience.into());
+        }
+        self
+    }
+
+    /// How long a signed assertion is valid (`exp - iat`), at most
+    /// [`MAX_ASSERTION_LIFETIME`] (longer values are clamped to it).
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        if let Some(signed) = self.signed_mut() {
+            signed.lifetime = lifetime.clamp(Duration::from_secs(1), MAX_ASSERTION_LIFETIME);
+        }
+        self
+    }
+
+    /// Another claim of a signed assertion (e.g. Google's `scope`). The registered claims
+    /// (`iss`, `sub`, `aud`, `jti`, `iat`, `exp`) are set with the methods above and win.
+    pub fn with_claim(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        if let Some(signed) = self.signed_mut() {
+            signed.claims.insert(name.into(), value.into());
+        }
+        self
+    }
+
+    /// The assertion for one token request.
+    async fn make(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
+        let signed = match &self.0 {
+            Assertion::Source(source) => return source.read().await,
+            Assertion::Signed(signed) => signed,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = signed.claims.clone();
+        let mut set = |name: &str, value: serde_json::Value| {
+            claims.insert(name.to_owned(), value);
+        };
+        set("iss", signed.issuer.as_deref().unwrap_or(client_id).into());
+        set("sub", signed.subject.as_deref().unwrap_or(client_id).into());
+        set(
+            "aud",
+            signed.audience.as_deref().unwrap_or(token_url.as_str()).into(),
+        );
+        set("jti", random_id()?.into());
+        set("iat", now.into());
+        set("exp", (now + signed.lifetime.as_secs()).into());
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), "JWT".into());
+        sign_jwt(signed.signer.as_ref(), header, &claims).await
+    }
+
+    /// Adds where the assertion comes from to a cache key: the signer's public key and the
+    /// claims that name the token's subject, or the source's origin.
+    fn add_to_cache_key(&self, key: en_auth_core::CacheKeyBuilder) -> en_auth_core::CacheKeyBuilder {
+        match &self.0 {
+            Assertion::Source(source) => key.part("assertion_from", &source.origin()),
+            Assertion::Signed(signed) => key
+                .part("assertion_signer", &signed.signer.public_jwk().to_string())
+                .part("assertion_alg", signed.signer.algorithm().name())
+                .part("assertion_iss", signed.issuer.as_deref().unwrap_or(""))
+                .part("assertion_sub", signed.subject.as_deref().unwrap_or(""))
+                .part("assertion_aud", signed.audience.as_deref().unwrap_or(""))
+                .part(
+                    "assertion_claims",
+                    &serde_json::Value::Object(signed.claims.clone()).to_string(),
+                ),
+        }
+    }
+}
+
+impl fmt::Debug for JwtBearerAssertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Assertion::Source(source) => f
+                .debug_tuple("JwtBearerAssertion::Source")
+                .field(source)
+                .finish(),
+            Assertion::Signed(signed) => f
+                .debug_struct("JwtBearerAssertion::Signed")
+                .field("signer", &signed.signer)
+                .field("issuer", &signed.issuer)
+                .field("subject", &signed.subject)
+                .field("audience", &signed.audience)
+                .field("lifetime", &signed.lifetime)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+fn random_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
+        setting: "jwt bearer assertion".into(),
+        reason: format!("no randomness for the assertion's jti: {e}"),
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Obtains tokens with the JWT bearer grant (RFC 7523 §2.1): see the [module](self)
+/// documentation.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use en_auth_core::{AuthMiddleware, ClientInfo};
+/// use en_auth_oauth2::{JwtBearerAssertion, JwtBearerAuthorizer, Signer};
+///
+/// # fn demo(signer: Arc<dyn Signer>) {
+/// let authorizer = JwtBearerAuthorizer::new(
+///     ClientInfo::new("reporting-service", ""), // no secret: the signed JWT is the grant
+///     "https://idp.example.com/oauth2/token",
+///     JwtBearerAssertion::signed(signer),
+/// )
+/// .with_scopes(["read:reports"]);
+/// let auth = AuthMiddleware::new(authorizer);
+/// # }
+/// ```
+pub struct JwtBearerAuthorizer {
+    info: ClientInfo,
+    token_url: String,
+    assertion: JwtBearerAssertion,
+    audience: Option<String>,
+    resources: Vec<String>,
+    scopes: Vec<String>,
+    authentication: GrantAuthentication,
+    default_lifetime: Option<Duration>,
+    http: reqwest::Client,
+}
+
+impl JwtBearerAuthorizer {
+    /// An authorizer presenting `assertion` as client `client_info` at `token_url` (which must
+    /// be `https://`, or `http://` on loopback; checked before each request).
+    pub fn new(
+        client_info: ClientInfo,
+        token_url: impl AsRef<str>,
+        assertion: JwtBearerAssertion,
+    ) -> Self {
+        Self {
+            info: client_info,
+            token_url: token_url.as_ref().to_owned(),
+            assertion,
+            audience: None,
+            resources: Vec::new(),
+            scopes: Vec::new(),
+            authentication: GrantAuthentication::Default,
+            default_lifetime: None,
+            http: token_http_client(),
+        }
+    }
+
+    /// Asks for a token for this API (Auth0's `audience` parameter; not the assertion's `aud`,
+    /// see [`JwtBearerAssertion::with_audience`]).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Asks for a token for this resource (RFC 8707 `resource`); may be called more than once.
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Asks for these scopes (sent space-separated as `scope`).
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How the client authenticates (default: `client_secret_basic`, or none for a client
+    /// with an empty secret).
+    pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
+        self.authentication = GrantAuthentication::Client(authentication);
+        self
+    }
+
+    /// No client authentication (RFC 7523 §3.2): `client_id` only, or nothing when it is empty.
+    pub fn without_client_authentication(mut self) -> Self {
+        self.authentication = GrantAuthentication::Public;
+        self
+    }
+
+    /// Lifetime given to tokens whose answer has no `expires_in`.
+    pub fn with_default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Uses your own HTTP client for token requests.
+    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+}
+
+#[async_trait]
+impl Authorizer for JwtBearerAuthorizer {
+    type Token = BearerToken;
+
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        let url = secure_url("token_url", &self.token_url)?;
+        let assertion = self.assertion.make(self.info.client_id(), &url).await?;
+        let scope = self.scopes.join(" ");
+        let mut form = vec![
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.expose_secret()),
+        ];
+        if let Some(audience) = &self.audience {
+            form.push(("audience", audience));
+        }
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let (status, headers, body) = send_grant(
+            &self.http,
+            &url,
+            &self.info,
+            &self.authentication,
+            "jwt-bearer",
+            form,
+        )
+        .await?;
+        let granted = parse_token_response(status, &headers, &body, self.default_lifetime)?;
+        if let Some(scope) = &granted.scope {
+            tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
+        }
+        Ok(granted.token)
+    }
+
+    fn cache_key(&self) -> CacheKey {
+        let mut scopes = self.scopes.clone();
+        scopes.sort();
+        let mut key = CacheKey::builder("oauth2-jwt-bearer")
+            .part("endpoint", &self.token_url)
+            .part("client_id", self.info.client_id())
+            .secret("client_secret", self.info.client_secret().expose_secret())
+            .part("audience", self.audience.as_deref().unwrap_or(""))
+            .part("scopes", &scopes.join(" "));
+        for resource in &self.resources {
+            key = key.part("resource", resource);
+        }
+        key = self.assertion.add_to_cache_key(key);
+        self.authentication
+            .add_to_cache_key(&self.info, key)
+            .build()
+    }
+}
+
+impl fmt::Debug for JwtBearerAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtBearerAuthorizer")
+            .field("client_info", &self.info)
+            .field("token_url", &str_for_logs(&self.token_url))
+            .field("assertion", &self.assertion)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field("scopes", &self.scopes)
+            .field("authentication", &self.authentication)
+            .finish_non_exhaustive()
+    }
+}

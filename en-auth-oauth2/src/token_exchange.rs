@@ -1,0 +1,537 @@
+//! [`TokenExchangeAuthorizer`]: OAuth 2.0 Token Exchange (RFC 8693) — a token someone else
+//! issued (the *subject token*: a Kubernetes service-account token, a CI system's OIDC token,
+//! a caller's access token) traded at the token endpoint for an access token of this provider.
+//!
+//! # The request (RFC 8693 §2.1)
+//! `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` with `subject_token` and
+//! `subject_token_type`; `actor_token` and `actor_token_type` when an actor is set
+//! ([`with_actor`](TokenExchangeAuthorizer::with_actor)); `audience`, `resource` (repeatable),
+//! `scope` and `requested_token_type` when set. The client authenticates as the
+//! [`ClientAuthentication`] says (default `client_secret_basic`; a client with an empty secret
+//! is a public client and sends only `client_id`).
+//!
+//! The subject (and actor) token is read afresh for every token request from its
+//! [`SubjectToken`] source (a file the kubelet rewrites, a callback) and never kept.
+//!
+//! # The answer (RFC 8693 §2.2.1)
+//! - `issued_token_type` is required: an answer without one is refused.
+//! - When a [`requested_token_type`](TokenExchangeAuthorizer::with_requested_token_type) was
+//!   sent, an answer of another type is refused.
+//! - `token_type: N_A` says the issued token is not an access token (a bare JWT or ID token
+//!   for someone else to consume): it cannot be sent as `Authorization: Bearer`, so it is
+//!   refused. Every refusal is [`Error::InvalidResponse`] naming the types, never the token.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use en_auth_core::{
+    AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs,
+    untrusted_text,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::assertion::AssertionSource;
+use crate::client_auth::ClientAuthentication;
+use crate::endpoint::token_http_client;
+use crate::grant::{GrantAuthentication, send_grant};
+use crate::response::parse_token_response;
+
+/// The token exchange grant type (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Token type of an OAuth 2.0 access token (RFC 8693 §3).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Token type of an OAuth 2.0 refresh token (RFC 8693 §3).
+pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+/// Token type of an OpenID Connect ID token (RFC 8693 §3).
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Token type of a JWT (RFC 8693 §3): a Kubernetes service-account token, a SPIFFE JWT-SVID,
+/// a CI system's OIDC token.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Token type of a base64url-encoded SAML 1.1 assertion (RFC 8693 §3).
+pub const SAML1_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:saml1";
+/// Token type of a base64url-encoded SAML 2.0 assertion (RFC 8693 §3).
+pub const SAML2_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:saml2";
+
+/// A token to exchange (the subject, or the actor), and its RFC 8693 token type.
+///
+/// Read afresh for every token request; never cached. `Debug` shows where it comes from
+/// (the file's path, `callback`, or `value`) and its type, never the token.
+///
+/// ```
+/// use en_auth_oauth2::{JWT_TOKEN_TYPE, SubjectToken};
+/// // A Kubernetes projected service-account token, rewritten by the kubelet.
+/// let subject = SubjectToken::file("/var/run/secrets/tokens/exchange", JWT_TOKEN_TYPE);
+/// assert!(format!("{subject:?}").contains("/var/run/secrets/tokens/exchange"));
+/// ```
+#[derive(Clone)]
+pub struct SubjectToken {
+    source: Subject,
+    token_type: String,
+}
+
+#[derive(Clone)]
+enum Subject {
+    Source(AssertionSource),
+    Value(Arc<SecretString>),
+}
+
+impl SubjectToken {
+    /// The token is the content of the file at `path` (trimmed), read for each token request.
+    /// A missing, unreadable or empty file is [`Error::CredentialUnavailable`] naming the
+    /// path, before any request is sent.
+    pub fn file(path: impl Into<PathBuf>, token_type: impl Into<String>) -> Self {
+        Self::from_source(AssertionSource::file(path), token_type)
+    }
+
+    /// The token is what `fetch` returns, called for each token request (a SPIFFE workload
+    /// API, a CI system's OIDC endpoint).
+    pub fn from_fn<F, Fut, S>(fetch: F, token_type: impl Into<String>) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<S, Error>> + Send + 'static,
+        S: Into<String>,
+    {
+        Self::from_source(AssertionSource::from_fn(fetch), token_type)
+    }
+
+    /// The token comes from `source`.
+    pub fn from_source(source: AssertionSource, token_type: impl Into<String>) -> Self {
+        Self {
+            source: Subject::Source(source),
+            token_type: token_type.into(),
+        }
+    }
+
+    /// A fixed token: a caller's access token exchanged on its behalf (what
+    /// [`OnBehalfOf`](crate::OnBehalfOf) does for each caller).
+    pub fn value(token: impl Into<String>, token_type: impl Into<String>) -> Self {
+        Self {
+            source: Subject::Value(Arc::new(SecretString::from(token.into()))),
+            token_type: token_type.into(),
+        }
+    }
+
+    /// The RFC 8693 token type sent with the token (`subject_token_type` / `actor_token_type`).
+    pub fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    /// Where the token comes from, for logs: the file's path, `callback` or `value`.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Subject::Source(source) => source.origin(),
+            Subject::Value(_) => "value".to_owned(),
+        }
+    }
+
+    /// Reads the token now.
+    pub(crate) async fn read(&self) -> Result<SecretString, Error> {
+        match &self.source {
+            Subject::Source(source) => source.read().await,
+            Subject::Value(value) if value.expose_secret().trim().is_empty() => {
+                Err(Error::CredentialUnavailable {
+                    credential: "value".into(),
+                    reason: "empty".into(),
+                })
+            }
+            Subject::Value(value) => Ok(SecretString::from(value.expose_secret().to_owned())),
+        }
+    }
+
+    /// Adds the token's origin (a fixed token: its hash, never the token) and type to a key.
+    fn add_to_cache_key(
+        &self,
+        role: &str,
+        key: en_auth_core::CacheKeyBuilder,
+    ) -> en_auth_core::CacheKeyBuilder {
+        let key = key.part(&format!("{role}_token_type"), &self.token_type);
+        match &self.source {
+            Subject::Source(source) => key.part(&format!("{role}_token_from"), &source.origin()),
+            Subject::Value(value) => {
+                key.secret(&format!("{role}_token_value"), value.expose_secret())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectToken")
+            .field("from", &self.origin())
+            .field("token_type", &self.token_type)
+            .finish()
+    }
+}
+
+/// What a token exchange asks for, shared by [`TokenExchangeAuthorizer`] and
+/// [`OnBehalfOf`](crate::OnBehalfOf).
+#[derive(Clone)]
+pub(crate) struct ExchangeSettings {
+    pub(crate) info: ClientInfo,
+    pub(crate) token_url: String,
+    pub(crate) actor: Option<SubjectToken>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resources: Vec<String>,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) requested_token_type: Option<String>,
+    pub(crate) authentication: GrantAuthentication,
+    pub(crate) default_lifetime: Option<Duration>,
+    pub(crate) http: reqwest::Client,
+}
+
+impl ExchangeSettings {
+    pub(crate) fn new(info: ClientInfo, token_url: &str) -> Self {
+        Self {
+            info,
+            token_url: token_url.to_owned(),
+            actor: None,
+            audience: None,
+            resources: Vec::new(),
+            scopes: Vec::new(),
+            requested_token_type: None,
+            authentication: GrantAuthentication::Default,
+            default_lifetime: None,
+            http: token_http_client(),
+        }
+    }
+
+    /// One exchange of `subject`: the token, or why not.
+    pub(crate) async fn exchange(&self, subject: &SubjectToken) -> Result<BearerToken, Error> {
+        let url = secure_url("token_url", &self.token_url)?;
+        // Both read before anything is sent: a missing file costs no provider request.
+        let subject_token = subject.read().await?;
+        let actor_token = match &self.actor {
+            Some(actor) => Some(actor.read().await?),
+            None => None,
+        };
+        let scope = self.scopes.join(" ");
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token", subject_token.expose_secret()),
+            ("subject_token_type", subject.token_type()),
+        ];
+        if let (Some(actor), Some(token)) = (&self.actor, &actor_token) {
+            form.push(("actor_token", token.expose_secret()));
+            form.push(("actor_token_type", actor.token_type()));
+        }
+        if let Some(audience) = &self.audience {
+            form.push(("audience", audience));
+        }
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        if let Some(requested) = &self.requested_token_type {
+            form.push(("requested_token_type", requested));
+        }
+        let (status, headers, body) = send_grant(
+            &self.http,
+            &url,
+            &self.info,
+            &self.authentication,
+            "token-exchange",
+            form,
+        )
+        .await?;
+        if (200..300).contains(&status) {
+            check_issued_type(status, &body, self.requested_token_type.as_deref())?;
+        }
+        let granted = parse_token_response(status, &headers, &body, self.default_lifetime)?;
+        if let Some(scope) = &granted.scope {
+            tracing::debug!(granted_scope = %untrusted_text(scope), "token exchanged");
+        }
+        Ok(granted.token)
+    }
+
+    pub(crate) fn cache_key(&self, subject: &SubjectToken) -> CacheKey {
+        let mut scopes = self.scopes.clone();
+        scopes.sort();
+        let mut key = CacheKey::builder("oauth2-token-exchange")
+            .part("endpoint", &self.token_url)
+            .part("client_id", self.info.client_id())
+            .secret("client_secret", self.info.client_secret().expose_secret())
+            .part("audience", self.audience.as_deref().unwrap_or(""))
+            .part("scopes", &scopes.join(" "))
+            .part(
+                "requested_token_type",
+                self.requested_token_type.as_deref().unwrap_or(""),
+            );
+        for resource in &self.resources {
+            key = key.part("resource", resource);
+        }
+        key = subject.add_to_cache_key("subject", key);
+        if let Some(actor) = &self.actor {
+            key = actor.add_to_cache_key("actor", key);
+        }
+        self.authentication
+            .add_to_cache_key(&self.info, key)
+            .build()
+    }
+
+    pub(crate) fn debug_fields(&self, f: &mut fmt::DebugStruct<'_, '_>) {
+        f.field("client_info", &self.info)
+            .field("token_url", &str_for_logs(&self.token_url))
+            .field("actor", &self.actor)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field("scopes", &self.scopes)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("authentication", &self.authentication);
+    }
+}
+
+/// The RFC 8693 fields of a successful answer.
+#[derive(Deserialize)]
+struct IssuedType {
+    issued_token_type: Option<String>,
+    token_type: Option<String>,
+}
+
+/// Checks `issued_token_type` and refuses `N_A` token types (see the module documentation).
+fn check_issued_type(status: u16, body: &[u8], requested: Option<&str>) -> Result<(), Error> {
+    // A body that is not JSON is left to the shared parser, which names the problem.
+    let Ok(answer) = serde_json::from_slice::<IssuedType>(body) else {
+        return Ok(());
+    };
+    let refuse = |reason: String| Error::InvalidResponse {
+        status: Some(status),
+        reason,
+    };
+    let Some(issued) = answer.issued_token_type.as_deref() else {
+        return Err(refuse(
+            "the token exchange answer has no issued_token_type (required by RFC 8693 §2.2.1)"
+                .into(),
+        ));
+    };
+    if answer
+        .token_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("N_A"))
+    {
+        return Err(refuse(format!(
+            "the exchange issued a `{}` with token_type N_A: not an access token, so it cannot \
+             be sent as a bearer token (RFC 8693 §2.2.1); ask for an access token with \
+             with_requested_token_type(ACCESS_TOKEN_TYPE)",
+            untrusted_text(issued)
+        )));
+    }
+    if let Some(requested) = requested {
+        if issued != requested {
+            return Err(refuse(format!(
+                "the exchange issued a `{}` where `{}` was requested",
+                untrusted_text(issued),
+                requested
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Obtains access tokens by token exchange (RFC 8693): see the [module](self) documentation.
+///
+/// ```no_run
+/// use en_auth_core::{AuthMiddleware, ClientInfo};
+/// use en_auth_oauth2::{JWT_TOKEN_TYPE, SubjectToken, TokenExchangeAuthorizer};
+///
+/// // A workload trades its Kubernetes service-account token for an access token.
+/// let authorizer = TokenExchangeAuthorizer::new(
+///     ClientInfo::new("orders-service", ""), // a public client: no secret
+///     "https://idp.example.com/oauth2/token",
+///     SubjectToken::file("/var/run/secrets/tokens/exchange", JWT_TOKEN_TYPE),
+/// )
+/// .with_audience("https://api.example.com")
+/// .with_scopes(["read:orders"]);
+/// let auth = AuthMiddleware::new(authorizer);
+/// ```
+pub struct TokenExchangeAuthorizer {
+    settings: ExchangeSettings,
+    subject: SubjectToken,
+    /// A token exchanged for a caller ([`OnBehalfOf`](crate::OnBehalfOf)) never outlives the
+    /// caller's token: its expiry is clamped to this.
+    pub(crate) not_after: Option<DateTime<Utc>>,
+}
+
+impl TokenExchangeAuthorizer {
+    /// An authorizer exchanging `subject` as client `client_info` at `token_url` (which must
+    /// be `https://`, or `http://` on loopback; checked before each request).
+    pub fn new(client_info: ClientInfo, token_url: impl AsRef<str>, subject: SubjectToken) -> Self {
+        Self::with_settings(ExchangeSettings::new(client_info, token_url.as_ref()), subject)
+    }
+
+    pub(crate) fn with_settings(settings: ExchangeSettings, subject: SubjectToken) -> Self {
+        Self {
+            settings,
+            subject,
+            not_after: None,
+        }
+    }
+
+    /// Exchanges on behalf of `subject` with `actor` as the party acting (RFC 8693 §1.1,
+    /// delegation): sent as `actor_token` and `actor_token_type`, read afresh per request.
+    pub fn with_actor(mut self, actor: SubjectToken) -> Self {
+        self.settings.actor = Some(actor);
+        self
+    }
+
+    /// The logical name of the service the token is for (`audience`, RFC 8693 §2.1).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.settings.audience = Some(audience.into());
+        self
+    }
+
+    /// The URI of a resource the token is for (`resource`, RFC 8693 §2.1 / RFC 8707); may
+    /// be called more than once.
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.settings.resources.push(resource.into());
+        self
+    }
+
+    /// Asks for these scopes (sent space-separated as `scope`).
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Asks for a token of this type (`requested_token_type`, e.g. [`ACCESS_TOKEN_TYPE`]);
+    /// an answer of another type is then refused.
+    pub fn with_requested_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.settings.requested_token_type = Some(token_type.into());
+        self
+    }
+
+    /// How the client authenticates (default: `client_secret_basic`, or none for a client
+    /// with an empty secret).
+    pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
+        self.settings.authentication = GrantAuthentication::Client(authentication);
+        self
+    }
+
+    /// No client authentication: the request names the client with `client_id` only (a
+    /// public client), or not at all when the client id is empty.
+    pub fn without_client_authentication(mut self) -> Self {
+        self.settings.authentication = GrantAuthentication::Public;
+        self
+    }
+
+    /// Lifetime given to tokens whose answer has no `expires_in`.
+    pub fn with_default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Uses your own HTTP client for token requests (build it without redirects and with
+    /// timeouts, as en-auth's own is).
+    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+        self.settings.http = http;
+        self
+    }
+
+    /// The subject token's source.
+    pub fn subject(&self) -> &SubjectToken {
+        &self.subject
+    }
+
+    /// The exchanged token, its expiry clamped to `not_after`.
+    async fn exchange(&self) -> Result<BearerToken, Error> {
+        let token = self.settings.exchange(&self.subject).await?;
+        Ok(match self.not_after {
+            Some(limit) if token.expires_at().is_none_or(|at| at > limit) => {
+                BearerToken::with_times(
+                    token.access_token(),
+                    token.issued_at().unwrap_or_else(Utc::now),
+                    Some(limit),
+                )
+            }
+            _ => token,
+        })
+    }
+}
+
+#[async_trait]
+impl Authorizer for TokenExchangeAuthorizer {
+    type Token = BearerToken;
+
+    fn client_info(&self) -> &ClientInfo {
+        &self.settings.info
+    }
+
+    async fn authorize(&self) -> Result<BearerToken, Error> {
+        self.exchange().await
+    }
+
+    async fn refresh(&self, token: &BearerToken) -> Result<BearerToken, Error> {
+        // A token already clamped to the caller's expiry cannot be bettered: a new exchange of
+        // the same caller's token would end at the same moment. Keep it, without a request.
+        if let (Some(limit), Some(at)) = (self.not_after, token.expires_at()) {
+            if at >= limit && Utc::now() < limit {
+                return Ok(token.clone());
+            }
+        }
+        self.exchange().await
+    }
+
+    fn cache_key(&self) -> CacheKey {
+        self.settings.cache_key(&self.subject)
+    }
+}
+
+impl fmt::Debug for TokenExchangeAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("TokenExchangeAuthorizer");
+        s.field("subject", &self.subject);
+        self.settings.debug_fields(&mut s);
+        s.finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str, requested: Option<&str>) -> Result<(), String> {
+        check_issued_type(200, body.as_bytes(), requested).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn issued_token_type_is_required_and_must_match_the_request() {
+        let ok = r#"{"access_token":"t","token_type":"Bearer","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#;
+        assert_eq!(check(ok, None), Ok(()));
+        assert_eq!(check(ok, Some(ACCESS_TOKEN_TYPE)), Ok(()));
+        let err = check(ok, Some(JWT_TOKEN_TYPE)).unwrap_err();
+        assert!(err.contains("where `urn:ietf:params:oauth:token-type:jwt` was requested"), "{err}");
+        let err = check(r#"{"access_token":"t","token_type":"Bearer"}"#, None).unwrap_err();
+        assert!(err.contains("no issued_token_type"), "{err}");
+        let na = r#"{"access_token":"secret-jwt","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:jwt"}"#;
+        let err = check(na, Some(JWT_TOKEN_TYPE)).unwrap_err();
+        assert!(err.contains("N_A") && !err.contains("secret-jwt"), "{err}");
+        // Not JSON: left to the shared parser.
+        assert_eq!(check("<html>", None), Ok(()));
+    }
+
+    #[test]
+    fn debug_and_cache_keys_never_show_a_fixed_subject_token() {
+        let subject = SubjectToken::value("caller-token-secret", ACCESS_TOKEN_TYPE);
+        let auth = TokenExchangeAuthorizer::new(
+            ClientInfo::new("svc", "client-secret-1"),
+            "https://idp.example.com/token",
+            subject,
+        );
+        let shown = format!("{auth:?} {}", auth.cache_key());
+        assert!(!shown.contains("caller-token-secret") && !shown.contains("client-secret-1"));
+        let other = TokenExchangeAuthorizer::new(
+            ClientInfo::new("svc", "client-secret-1"),
+            "https://idp.example.com/token",
+            SubjectToken::value("another-caller", ACCESS_TOKEN_TYPE),
+        );
+        assert_ne!(auth.cache_key(), other.cache_key());
+    }
+}
