@@ -44,7 +44,11 @@ impl GrantAuthentication {
     }
 
     /// Adds what distinguishes this authentication to a cache key.
-    pub(crate) fn add_to_cache_key(&self, info: &ClientInfo, key: CacheKeyBuilder) -> CacheKeyBuilder {
+    pub(crate) fn add_to_cache_key(
+        &self,
+        info: &ClientInfo,
+        key: CacheKeyBuilder,
+    ) -> CacheKeyBuilder {
         match self.resolve(info) {
             Some(authentication) => authentication.add_to_cache_key(key),
             None => key.part("client_authentication", "none"),

@@ -23,14 +23,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine as _;
 use en_auth_core::{
-    Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs,
-    untrusted_text,
+    Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs, untrusted_text,
 };
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::assertion::AssertionSource;
-use crate::client_auth::{ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME};
+use crate::client_auth::{
+    ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME,
+};
 use crate::endpoint::token_http_client;
 use crate::grant::{GrantAuthentication, send_grant};
 use crate::response::parse_token_response;
@@ -151,7 +152,11 @@ impl JwtBearerAssertion {
 
     /// Another claim of a signed assertion (e.g. Google's `scope`). The registered claims
     /// (`iss`, `sub`, `aud`, `jti`, `iat`, `exp`) are set with the methods above and win.
-    pub fn with_claim(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_claim(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         if let Some(signed) = self.signed_mut() {
             signed.claims.insert(name.into(), value.into());
         }
@@ -175,7 +180,11 @@ impl JwtBearerAssertion {
         set("sub", signed.subject.as_deref().unwrap_or(client_id).into());
         set(
             "aud",
-            signed.audience.as_deref().unwrap_or(token_url.as_str()).into(),
+            signed
+                .audience
+                .as_deref()
+                .unwrap_or(token_url.as_str())
+                .into(),
         );
         set("jti", random_id()?.into());
         set("iat", now.into());
@@ -187,7 +196,10 @@ impl JwtBearerAssertion {
 
     /// Adds where the assertion comes from to a cache key: the signer's public key and the
     /// claims that name the token's subject, or the source's origin.
-    fn add_to_cache_key(&self, key: en_auth_core::CacheKeyBuilder) -> en_auth_core::CacheKeyBuilder {
+    fn add_to_cache_key(
+        &self,
+        key: en_auth_core::CacheKeyBuilder,
+    ) -> en_auth_core::CacheKeyBuilder {
         match &self.0 {
             Assertion::Source(source) => key.part("assertion_from", &source.origin()),
             Assertion::Signed(signed) => key

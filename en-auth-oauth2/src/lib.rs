@@ -35,11 +35,11 @@ mod authorizer;
 mod client_auth;
 pub mod dpop;
 mod endpoint;
-mod grant;
 pub mod env;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod grant;
 mod jwk_key;
 mod jwt_bearer;
 mod mtls;
@@ -59,11 +59,11 @@ pub use client_auth::{
 pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::{discover_token_endpoint, token_http_client};
+pub use jwt_bearer::{JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer};
 pub use mtls::TlsClientIdentity;
+pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, OnBehalfOf};
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
 pub use signer::{Signer, SigningAlgorithm};
-pub use jwt_bearer::{JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer};
-pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, OnBehalfOf};
 pub use token_exchange::{
     ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML1_TOKEN_TYPE,
     SAML2_TOKEN_TYPE, SubjectToken, TOKEN_EXCHANGE_GRANT, TokenExchangeAuthorizer,

@@ -131,8 +131,7 @@ impl fmt::Debug for CallerToken {
 /// The `exp` of a JWT's payload, read without verifying it; `None` for anything else.
 fn jwt_exp(token: &str) -> Option<DateTime<Utc>> {
     let mut parts = token.split('.');
-    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next())
-    else {
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
         return None;
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -422,21 +421,33 @@ mod tests {
             &jwt(r#"{"exp":-5}"#),
         ] {
             let exp = jwt_exp(hostile);
-            assert!(exp.is_none_or(|at| at.timestamp() == 0), "{hostile}: {exp:?}");
+            assert!(
+                exp.is_none_or(|at| at.timestamp() == 0),
+                "{hostile}: {exp:?}"
+            );
         }
     }
 
     #[test]
     fn callers_are_bounded_expired_ones_refused_and_the_least_recently_used_dropped() {
-        let obo = OnBehalfOf::new(ClientInfo::new("svc", "secret"), "https://idp.example.com/t")
-            .with_max_callers(2);
+        let obo = OnBehalfOf::new(
+            ClientInfo::new("svc", "secret"),
+            "https://idp.example.com/t",
+        )
+        .with_max_callers(2);
         let now = Utc::now();
         let later = now + chrono::Duration::hours(1);
         let caller = |name: &str| CallerToken::new(name).with_expiry(later);
         let a = obo.cache_for(&caller("a"), now).unwrap();
         obo.cache_for(&caller("b"), now).unwrap();
         // `a` used again: `b` is now the least recently used.
-        assert!(obo.cache_for(&caller("a"), now).unwrap().authorizer().cache_key() == a.authorizer().cache_key());
+        assert!(
+            obo.cache_for(&caller("a"), now)
+                .unwrap()
+                .authorizer()
+                .cache_key()
+                == a.authorizer().cache_key()
+        );
         obo.cache_for(&caller("c"), now).unwrap();
         assert_eq!(obo.remembered_callers(), 2);
         let keys: Vec<_> = obo.callers.lock().entries.keys().copied().collect();

@@ -360,7 +360,10 @@ impl TokenExchangeAuthorizer {
     /// An authorizer exchanging `subject` as client `client_info` at `token_url` (which must
     /// be `https://`, or `http://` on loopback; checked before each request).
     pub fn new(client_info: ClientInfo, token_url: impl AsRef<str>, subject: SubjectToken) -> Self {
-        Self::with_settings(ExchangeSettings::new(client_info, token_url.as_ref()), subject)
+        Self::with_settings(
+            ExchangeSettings::new(client_info, token_url.as_ref()),
+            subject,
+        )
     }
 
     pub(crate) fn with_settings(settings: ExchangeSettings, subject: SubjectToken) -> Self {
@@ -507,7 +510,10 @@ mod tests {
         assert_eq!(check(ok, None), Ok(()));
         assert_eq!(check(ok, Some(ACCESS_TOKEN_TYPE)), Ok(()));
         let err = check(ok, Some(JWT_TOKEN_TYPE)).unwrap_err();
-        assert!(err.contains("where `urn:ietf:params:oauth:token-type:jwt` was requested"), "{err}");
+        assert!(
+            err.contains("where `urn:ietf:params:oauth:token-type:jwt` was requested"),
+            "{err}"
+        );
         let err = check(r#"{"access_token":"t","token_type":"Bearer"}"#, None).unwrap_err();
         assert!(err.contains("no issued_token_type"), "{err}");
         let na = r#"{"access_token":"secret-jwt","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:jwt"}"#;

@@ -31,9 +31,23 @@
 //                                    "stray_rsa": an RSA key registered nowhere,
 //                                    "rsa_jwk" (alg PS256), "ec_jwk": the same keys as JWK text}
 //               GET /__assertions   every client_assertion received: header and claims
+// - Token exchange (RFC 8693) and JWT bearer (RFC 7523 §2.1) grants (issue 18), handlers
+//   registered with registerGrantType: exchange-client / exchange-secret (client_secret_basic),
+//   exchange-public (no client authentication), and exchange-na / exchange-mismatch /
+//   exchange-untyped / exchange-secret, whose exchanges answer token_type N_A, a wrong
+//   issued_token_type (id_token), no issued_token_type. Subject and actor tokens: ES256 JWTs of
+//   the "upstream issuer" (iss https://upstream.example.com, aud https://gateway.example.com,
+//   sub and exp required). JWT bearer assertions: iss exchange-client or exchange-public
+//   signed with the `bearer` key, or iss the upstream issuer; aud the issuer or token
+//   endpoint; exp, jti required, a replayed jti refused. Issued tokens are ES256 JWTs
+//   (kid downstream-1) with sub, act.sub (exchange with actor), client_id, aud, scope.
+//   GET /__exchange_keys {"upstream", "bearer": PKCS#8 PEM, "upstream_issuer", "gateway"};
+//   GET /__exchanges {"exchanges": [{client_id, sub, act, resource, scope, subject_token_type}],
+//   "bearer": [{client_id, header, claims}]}
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
+import * as jose from 'jose';
 
 const args = process.argv.slice(2);
 const ttlIndex = args.indexOf('--ttl');
@@ -172,6 +186,7 @@ function makeProvider(issuer, key) {
       ...KEY_CLIENTS,
       ...PASSWORD_CLIENTS,
       ...DPOP_CLIENTS,
+      ...EXCHANGE_CLIENTS,
     ],
     findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
     rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
@@ -209,10 +224,166 @@ function makeProvider(issuer, key) {
   });
   provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope']);
   provider.registerGrantType(PASSWORD_REALM, passwordGrant, ['username', 'password', 'scope', 'realm']);
+  registerExchangeGrants(provider);
   provider.on('grant.success', () => { tokensIssued += 1; });
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   return provider;
 }
+
+// --- token exchange and JWT bearer (issue 18) ---
+// Grant handlers that validate as a real provider does: the subject / actor token and the
+// assertion are JWTs verified against the keys of the issuer they name.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TOKEN_TYPES = {
+  access: 'urn:ietf:params:oauth:token-type:access_token',
+  jwt: 'urn:ietf:params:oauth:token-type:jwt',
+  id: 'urn:ietf:params:oauth:token-type:id_token',
+};
+const UPSTREAM_ISSUER = 'https://upstream.example.com';
+const GATEWAY = 'https://gateway.example.com';
+const EXCHANGE_KEYS = {
+  upstream: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  bearer: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  downstream: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+};
+const UPSTREAM_KEYS = jose.createLocalJWKSet({ keys: [publicJwk(EXCHANGE_KEYS.upstream, 'upstream-1')] });
+const BEARER_KEYS = jose.createLocalJWKSet({ keys: [publicJwk(EXCHANGE_KEYS.bearer, 'bearer-1')] });
+// Who may sign a JWT bearer assertion, and with which keys.
+const BEARER_ISSUERS = new Map([
+  ['exchange-client', BEARER_KEYS], ['exchange-public', BEARER_KEYS], [UPSTREAM_ISSUER, UPSTREAM_KEYS],
+]);
+const EXCHANGE_GRANTS = [TOKEN_EXCHANGE, JWT_BEARER];
+const EXCHANGE_CLIENTS = [
+  ...['exchange-client', 'exchange-na', 'exchange-mismatch', 'exchange-untyped'].map((id) => ({
+    client_id: id, client_secret: 'exchange-secret', token_endpoint_auth_method: 'client_secret_basic',
+  })),
+  { client_id: 'exchange-public', token_endpoint_auth_method: 'none' },
+].map((c) => ({ ...c, grant_types: EXCHANGE_GRANTS, redirect_uris: [], response_types: [], scope: 'read:data write:data' }));
+const exchanges = [];
+const bearerAssertions = [];
+const seenJtis = new Set();
+const EXCHANGE_SCOPES = new Set(['read:data', 'write:data']);
+
+async function verifiedJwt(token, keys, options, what) {
+  try {
+    const { payload, protectedHeader } = await jose.jwtVerify(token, keys, {
+      algorithms: ['ES256'], requiredClaims: ['sub', 'exp'], ...options,
+    });
+    return { payload, protectedHeader };
+  } catch (err) {
+    throw new errors.InvalidGrant(`${what} refused: ${err.code || err.message}`);
+  }
+}
+
+function requestedScope(params) {
+  const scope = (params.scope || '').split(' ').filter(Boolean);
+  if (scope.some((s) => !EXCHANGE_SCOPES.has(s))) throw new errors.InvalidScope('scope not allowed', params.scope);
+  return scope.join(' ');
+}
+
+function requestedResources(params) {
+  const resources = [].concat(params.resource || []);
+  if (resources.some((r) => !RESOURCES.has(r))) throw new errors.InvalidTarget();
+  return resources;
+}
+
+async function issueJwt(ctx, claims) {
+  const now = Math.floor(Date.now() / 1000);
+  return new jose.SignJWT({
+    ...claims, iss: ctx.oidc.provider.issuer, client_id: ctx.oidc.client.clientId, jti: crypto.randomUUID(),
+  })
+    .setProtectedHeader({ alg: 'ES256', kid: 'downstream-1', typ: 'at+jwt' })
+    .setIssuedAt(now)
+    .setExpirationTime(now + ttl)
+    .sign(EXCHANGE_KEYS.downstream);
+}
+
+async function tokenExchangeGrant(ctx) {
+  const { client, params } = ctx.oidc;
+  if (![TOKEN_TYPES.access, TOKEN_TYPES.jwt].includes(params.subject_token_type)) {
+    throw new errors.InvalidRequest('unsupported subject_token_type');
+  }
+  const options = { issuer: UPSTREAM_ISSUER, audience: GATEWAY };
+  const subject = (await verifiedJwt(params.subject_token, UPSTREAM_KEYS, options, 'subject_token')).payload;
+  let actor;
+  if (params.actor_token || params.actor_token_type) {
+    if (!params.actor_token || params.actor_token_type !== TOKEN_TYPES.jwt) {
+      throw new errors.InvalidRequest('actor_token and actor_token_type (jwt) go together');
+    }
+    actor = (await verifiedJwt(params.actor_token, UPSTREAM_KEYS, options, 'actor_token')).payload;
+  }
+  const requested = params.requested_token_type || TOKEN_TYPES.access;
+  if (![TOKEN_TYPES.access, TOKEN_TYPES.jwt].includes(requested)) {
+    throw new errors.InvalidRequest('unsupported requested_token_type');
+  }
+  const resources = requestedResources(params);
+  const scope = requestedScope(params);
+  exchanges.push({
+    client_id: client.clientId, sub: subject.sub, act: actor?.sub ?? null, resource: resources,
+    scope, subject_token_type: params.subject_token_type,
+  });
+  const token = await issueJwt(ctx, {
+    sub: subject.sub, aud: resources.length ? resources : GATEWAY, scope, ...(actor ? { act: { sub: actor.sub } } : {}),
+  });
+  const body = {
+    access_token: token, token_type: 'Bearer', expires_in: ttl, issued_token_type: requested, scope,
+  };
+  if (client.clientId === 'exchange-na') Object.assign(body, { token_type: 'N_A', issued_token_type: TOKEN_TYPES.jwt });
+  if (client.clientId === 'exchange-mismatch') body.issued_token_type = TOKEN_TYPES.id;
+  if (client.clientId === 'exchange-untyped') delete body.issued_token_type;
+  ctx.body = body;
+}
+
+async function jwtBearerGrant(ctx) {
+  const { client, params, provider } = ctx.oidc;
+  if (!params.assertion) throw new errors.InvalidRequest('missing assertion');
+  let iss;
+  try {
+    iss = jose.decodeJwt(params.assertion).iss;
+  } catch {
+    throw new errors.InvalidGrant('assertion is not a JWT');
+  }
+  const keys = BEARER_ISSUERS.get(iss);
+  if (!keys) throw new errors.InvalidGrant('assertion issuer is not trusted');
+  const audience = [provider.issuer, `${provider.issuer}/token`];
+  const { payload, protectedHeader } = await verifiedJwt(params.assertion, keys, {
+    issuer: iss, audience, requiredClaims: ['sub', 'exp', 'jti'], maxTokenAge: iss === UPSTREAM_ISSUER ? undefined : '10m',
+  }, 'assertion');
+  if (seenJtis.has(`${iss} ${payload.jti}`)) throw new errors.InvalidGrant('assertion replayed (jti already used)');
+  seenJtis.add(`${iss} ${payload.jti}`);
+  bearerAssertions.push({ client_id: client.clientId, header: protectedHeader, claims: payload });
+  const resources = requestedResources(params);
+  const scope = requestedScope(params);
+  const token = await issueJwt(ctx, { sub: payload.sub, aud: resources.length ? resources : provider.issuer, scope });
+  ctx.body = { access_token: token, token_type: 'Bearer', expires_in: ttl, scope };
+}
+
+function registerExchangeGrants(provider) {
+  const common = ['audience', 'resource', 'scope'];
+  provider.registerGrantType(TOKEN_EXCHANGE, tokenExchangeGrant, [
+    ...common, 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type',
+  ], ['resource', 'audience']);
+  provider.registerGrantType(JWT_BEARER, jwtBearerGrant, [...common, 'assertion'], ['resource', 'audience']);
+}
+
+function exchangeHooks(req, res) {
+  const json = (value) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(value));
+    return true;
+  };
+  const pem = (key) => key.export({ format: 'pem', type: 'pkcs8' });
+  if (req.url === '/__exchange_keys') {
+    return json({
+      upstream: pem(EXCHANGE_KEYS.upstream), bearer: pem(EXCHANGE_KEYS.bearer),
+      upstream_issuer: UPSTREAM_ISSUER, gateway: GATEWAY,
+    });
+  }
+  if (req.url === '/__exchanges') return json({ exchanges, bearer: bearerAssertions });
+  return false;
+}
+// --- end token exchange and JWT bearer ---
 
 const server = http.createServer();
 server.listen(0, '127.0.0.1', () => {
@@ -222,6 +393,7 @@ server.listen(0, '127.0.0.1', () => {
   let active = 0;
 
   server.on('request', (req, res) => {
+    if (exchangeHooks(req, res)) return;
     if (req.url === '/__stats') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({

@@ -1,0 +1,207 @@
+//! [`OnBehalfOf`] against panva's `oidc-provider` with a token-exchange grant handler that
+//! verifies each caller's token (tests/peers/oidc-provider.mjs) and counts the exchanges it
+//! received: one exchange per caller's token, whatever the number of requests; callers never
+//! share a token; the number of callers remembered is bounded; nothing outlives the caller's
+//! token.
+
+#[path = "support/exchange_peer.rs"]
+mod exchange_peer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use en_auth_core::{AccessToken, ClientInfo, Error};
+use en_auth_oauth2::{CallerToken, OnBehalfOf};
+use en_auth_testkit::OidcProvider;
+use exchange_peer::{TOKEN_EXCHANGE, claims, keys, now, recorded, upstream_token};
+use serde_json::json;
+
+fn on_behalf_of(provider: &OidcProvider) -> OnBehalfOf {
+    OnBehalfOf::new(
+        ClientInfo::new("exchange-client", "exchange-secret"),
+        provider.token_url(),
+    )
+    .with_audience(OidcProvider::API)
+    .with_scopes(["read:data"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_of_one_caller_cost_one_exchange() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider);
+    let caller = upstream_token(&keys, "alice", 600, json!({}));
+
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..1_000 {
+        let (obo, caller) = (obo.clone(), caller.clone());
+        requests.spawn(async move {
+            let token = obo.token_for(caller.as_str()).await?;
+            Ok::<_, Error>(token.token().access_token().to_owned())
+        });
+    }
+    let mut tokens = std::collections::HashSet::new();
+    while let Some(token) = requests.join_next().await {
+        tokens.insert(token.unwrap().unwrap());
+    }
+    let exchanges = provider.grants(TOKEN_EXCHANGE).await;
+    println!("measure: exchanges per 1,000 requests of one caller: {exchanges}");
+    assert_eq!(exchanges, 1);
+    assert_eq!(tokens.len(), 1);
+    let token = tokens.into_iter().next().unwrap();
+    assert_eq!(claims(&token)["sub"], "alice");
+    assert_eq!(claims(&token)["aud"], json!([OidcProvider::API]));
+    assert_eq!(obo.remembered_callers(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_callers_cost_a_hundred_exchanges_and_never_share_a_token() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider);
+    let callers: Vec<(String, String)> = (0..100)
+        .map(|n| {
+            let sub = format!("user-{n}");
+            let token = upstream_token(&keys, &sub, 600, json!({}));
+            (sub, token)
+        })
+        .collect();
+
+    // Ten requests per caller, all at once.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        for (sub, caller) in &callers {
+            let (obo, sub, caller) = (obo.clone(), sub.clone(), caller.clone());
+            requests.spawn(async move {
+                let token = obo.authorization_for(&caller).await?;
+                Ok::<_, Error>((sub, token.to_str().unwrap().to_owned()))
+            });
+        }
+    }
+    let mut token_of = std::collections::HashMap::<String, String>::new();
+    while let Some(result) = requests.join_next().await {
+        let (sub, authorization) = result.unwrap().unwrap();
+        let token = authorization.strip_prefix("Bearer ").unwrap().to_owned();
+        // Each caller gets a token issued for them, and always the same one.
+        assert_eq!(claims(&token)["sub"], sub.as_str());
+        let first = token_of.entry(sub).or_insert_with(|| token.clone());
+        assert_eq!(*first, token);
+    }
+    let exchanges = provider.grants(TOKEN_EXCHANGE).await;
+    println!("measure: exchanges for 1,000 requests of 100 callers: {exchanges}");
+    assert_eq!(exchanges, 100);
+    let distinct: std::collections::HashSet<_> = token_of.values().collect();
+    assert_eq!(distinct.len(), 100, "two callers shared a token");
+    // The provider exchanged each caller's own token, once.
+    let mut subjects: Vec<String> = recorded(&provider).await["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sub"].as_str().unwrap().to_owned())
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 100);
+}
+
+#[tokio::test]
+async fn the_number_of_callers_remembered_is_bounded() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider).with_max_callers(10);
+    let callers: Vec<String> = (0..25)
+        .map(|n| upstream_token(&keys, &format!("user-{n}"), 600, json!({})))
+        .collect();
+    for caller in &callers {
+        obo.token_for(caller).await.unwrap();
+        assert!(obo.remembered_callers() <= 10);
+    }
+    assert_eq!(obo.remembered_callers(), 10);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 25);
+    // The most recent caller is still remembered; the first was dropped and costs a new one.
+    obo.token_for(&callers[24]).await.unwrap();
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 25);
+    obo.token_for(&callers[0]).await.unwrap();
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 26);
+}
+
+// Real time: the provider checks the caller's `exp` against its own clock, and the
+// lifecycle against the wall clock, neither of which a paused tokio clock moves.
+#[tokio::test]
+async fn a_downstream_token_never_outlives_the_callers_token() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider);
+
+    // A caller whose token expires in 3-4 s; the provider's tokens live 600 s.
+    let caller = upstream_token(&keys, "dave", 4, json!({}));
+    let exp = claims(&caller)["exp"].as_i64().unwrap();
+    let token = obo.token_for(caller.as_str()).await.unwrap();
+    assert!(
+        token.expires_at().timestamp() <= exp,
+        "outlives the caller's token"
+    );
+    assert!(token.token().expires_at().unwrap().timestamp() <= exp);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+
+    // Used until the end: served without another exchange…
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let again = obo.token_for(caller.as_str()).await.unwrap();
+    assert!(Arc::ptr_eq(&token, &again) || again.same_token(&token));
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+
+    // …and refused after it, without asking the provider; the entry is dropped.
+    while now() < exp + 1 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let err = obo.token_for(caller.as_str()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
+    assert_eq!(obo.remembered_callers(), 0);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+}
+
+#[tokio::test]
+async fn an_expired_or_refused_caller_token_is_an_error_that_never_shows_it() {
+    let (captured, _guard) = en_auth_testkit::capture_traces();
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider);
+
+    // Expired already: refused before any request.
+    let expired = upstream_token(&keys, "erin", -10, json!({}));
+    let err = obo.token_for(expired.as_str()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
+    // An opaque token given its verified expiry, in the past.
+    let err = obo
+        .token_for(CallerToken::new("opaque-caller-token").with_exp(now() - 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
+    assert_eq!(provider.token_requests().await, 0);
+
+    // A token the provider does not accept: its refusal, once per caller token.
+    let stranger = "not-a-token-of-the-upstream-issuer";
+    let refused = obo.token_for(stranger).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Authorization { error, .. } if error == "invalid_grant"),
+        "{refused}"
+    );
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+
+    let valid = upstream_token(&keys, "frank", 600, json!({}));
+    let token = obo.token_for(valid.as_str()).await.unwrap();
+    let shown = format!("{obo:?} {err} {refused} {token:?}");
+    let logs = captured.text();
+    for secret in [
+        expired.as_str(),
+        valid.as_str(),
+        stranger,
+        token.token().access_token(),
+    ] {
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(
+            !logs.contains(secret),
+            "a caller's or issued token in the logs"
+        );
+    }
+}
