@@ -399,6 +399,7 @@ impl fmt::Debug for OnBehalfOf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use en_auth_core::Authorizer;
 
     fn jwt(payload: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
