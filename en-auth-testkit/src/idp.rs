@@ -74,15 +74,17 @@ impl Fault {
 }
 
 pub(crate) struct IdpState {
-    config: Mutex<IdpConfig>,
+    pub(crate) config: Mutex<IdpConfig>,
     token_requests: AtomicU64,
-    issued: AtomicU64,
+    pub(crate) issued: AtomicU64,
     faults: Mutex<VecDeque<Fault>>,
-    live: Mutex<HashMap<String, Option<Instant>>>,
+    pub(crate) live: Mutex<HashMap<String, Option<Instant>>>,
     /// The `audience` each token was issued for, when the request named one.
-    audience_of: Mutex<HashMap<String, String>>,
+    pub(crate) audience_of: Mutex<HashMap<String, String>>,
     /// Token requests per requested `audience` ("" for none).
     requests_by_audience: Mutex<HashMap<String, u64>>,
+    /// Token exchange (RFC 8693): see `idp_exchange.rs`.
+    pub(crate) exchange: crate::idp_exchange::ExchangeState,
 }
 
 impl IdpState {
@@ -115,6 +117,7 @@ impl LocalIdp {
             live: Mutex::new(HashMap::new()),
             audience_of: Mutex::new(HashMap::new()),
             requests_by_audience: Mutex::new(HashMap::new()),
+            exchange: Default::default(),
         });
         let router = Router::new()
             .route("/oauth/token", post(token_endpoint))
@@ -181,7 +184,7 @@ impl LocalIdp {
     }
 }
 
-fn client_credentials(
+pub(crate) fn client_credentials(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Option<(String, String)> {
@@ -239,6 +242,9 @@ async fn token_endpoint(
         }
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
         None => {}
+    }
+    if form.get("grant_type").map(String::as_str) == Some(crate::idp_exchange::TOKEN_EXCHANGE) {
+        return crate::idp_exchange::token_exchange(&state, &headers, &form);
     }
     let config = state.config.lock().clone();
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {

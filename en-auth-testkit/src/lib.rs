@@ -2,7 +2,9 @@
 //!
 //! - [`LocalIdp`]: an OAuth2 client-credentials token endpoint issuing opaque tokens with a
 //!   chosen lifetime, with scripted faults ([`Fault`]) for what real providers won't do on
-//!   demand (429 with headers, 5xx, HTML pages, malformed JSON, slow answers, redirects).
+//!   demand (429 with headers, 5xx, HTML pages, malformed JSON, slow answers, redirects),
+//!   and a token exchange (RFC 8693) of the users' tokens it signs
+//!   ([`LocalIdp::user_token`]), for on-behalf-of examples.
 //! - [`ProtectedApi`]: an API that accepts only live tokens of a [`LocalIdp`] and records
 //!   every request it saw.
 //!
@@ -16,6 +18,7 @@
 
 mod api;
 mod idp;
+mod idp_exchange;
 mod peers;
 mod redis;
 mod server;
