@@ -1,20 +1,5 @@
-//! [`JwtBearerAuthorizer`]: the JWT bearer authorization grant (RFC 7523 §2.1) — a JWT is
-//! the grant itself: `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and
-//! `assertion=<JWT>`.
-//!
-//! The assertion is either signed here with a [`Signer`] (a key in memory, a KMS, an HSM):
-//! `iss` and `sub` default to the client id, `aud` to the token endpoint URL, a fresh `jti`,
-//! `iat` now and `exp` one [`DEFAULT_ASSERTION_LIFETIME`] later — or issued by someone else
-//! and read afresh for every token request from an [`AssertionSource`] (a file the kubelet
-//! rewrites, a SPIFFE workload API).
-//!
-//! Client authentication is optional for this grant (RFC 7523 §3.2): a client with a secret
-//! authenticates with `client_secret_basic` by default, one with an empty secret sends only
-//! its `client_id` (or nothing, when that is empty too); see
-//! [`with_authentication`](JwtBearerAuthorizer::with_authentication) and
-//! [`without_client_authentication`](JwtBearerAuthorizer::without_client_authentication).
-//!
-//! The assertion is a secret: never in `Debug`, logs or errors.
+//! [`JwtBearerAuthorizer`]: the JWT bearer authorization grant (RFC 7523 §2.1), and
+//! [`JwtBearerAssertion`], where its JWT comes from. The rules are on [`JwtBearerAuthorizer`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -244,8 +229,23 @@ fn random_id() -> Result<String, Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Obtains tokens with the JWT bearer grant (RFC 7523 §2.1): see the [module](self)
-/// documentation.
+/// Obtains tokens with the JWT bearer authorization grant (RFC 7523 §2.1) — a JWT is
+/// the grant itself: `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and
+/// `assertion=<JWT>`.
+///
+/// The assertion is either signed here with a [`Signer`] (a key in memory, a KMS, an HSM):
+/// `iss` and `sub` default to the client id, `aud` to the token endpoint URL, a fresh `jti`,
+/// `iat` now and `exp` one [`DEFAULT_ASSERTION_LIFETIME`] later — or issued by someone else
+/// and read afresh for every token request from an [`AssertionSource`] (a file the kubelet
+/// rewrites, a SPIFFE workload API).
+///
+/// Client authentication is optional for this grant (RFC 7523 §3.2): a client with a secret
+/// authenticates with `client_secret_basic` by default, one with an empty secret sends only
+/// its `client_id` (or nothing, when that is empty too); see
+/// [`with_authentication`](Self::with_authentication) and
+/// [`without_client_authentication`](Self::without_client_authentication).
+///
+/// The assertion is a secret: never in `Debug`, logs or errors.
 ///
 /// ```no_run
 /// use std::sync::Arc;

@@ -1,22 +1,6 @@
 //! [`OnBehalfOf`]: a downstream token for each caller of an API, by token exchange (RFC 8693)
-//! of the caller's own token, with one token lifecycle per caller.
-//!
-//! An API that has verified its caller's access token and must call another API *as that
-//! caller* exchanges the caller's token for one meant for the downstream API (its `audience`
-//! or `resource`). Doing so on every request would cost one token request per request; sharing
-//! one downstream token between callers would let one user act as another. The rules:
-//!
-//! - **One lifecycle per caller's token.** Each distinct caller token gets its own
-//!   [`TokenCache`]: concurrent requests of one caller share one exchange (single flight), and
-//!   later requests reuse its result until it goes stale. Two callers never share a token.
-//! - **Keyed by a hash.** Caller tokens are looked up by their SHA-256; the token itself is
-//!   kept only as the secret the exchange sends, never in a key, `Debug`, log or error.
-//! - **Bounded.** At most [`DEFAULT_MAX_CALLERS`] caller tokens are remembered
-//!   ([`with_max_callers`](OnBehalfOf::with_max_callers)); past that the least recently used
-//!   is dropped, after the expired ones.
-//! - **Never past the caller's token.** A downstream token's expiry is clamped to the caller
-//!   token's `exp`; once that has passed, [`token_for`](OnBehalfOf::token_for) refuses it with
-//!   [`Error::InvalidToken`] without asking the provider, and the entry is dropped.
+//! of the caller's own token, with one token lifecycle per caller. The rules are on
+//! [`OnBehalfOf`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -145,8 +129,25 @@ fn jwt_exp(token: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(exp.clamp(0.0, 1e11) as i64, 0)
 }
 
-/// Downstream tokens for the callers of an API, by token exchange of each caller's token:
-/// see the [module](self) documentation for the rules.
+/// A downstream token for each caller of an API, by token exchange (RFC 8693)
+/// of the caller's own token, with one token lifecycle per caller.
+///
+/// An API that has verified its caller's access token and must call another API *as that
+/// caller* exchanges the caller's token for one meant for the downstream API (its `audience`
+/// or `resource`). Doing so on every request would cost one token request per request; sharing
+/// one downstream token between callers would let one user act as another. The rules:
+///
+/// - **One lifecycle per caller's token.** Each distinct caller token gets its own
+///   [`TokenCache`]: concurrent requests of one caller share one exchange (single flight), and
+///   later requests reuse its result until it goes stale. Two callers never share a token.
+/// - **Keyed by a hash.** Caller tokens are looked up by their SHA-256; the token itself is
+///   kept only as the secret the exchange sends, never in a key, `Debug`, log or error.
+/// - **Bounded.** At most [`DEFAULT_MAX_CALLERS`] caller tokens are remembered
+///   ([`with_max_callers`](Self::with_max_callers)); past that the least recently used
+///   is dropped, after the expired ones.
+/// - **Never past the caller's token.** A downstream token's expiry is clamped to the caller
+///   token's `exp`; once that has passed, [`token_for`](Self::token_for) refuses it with
+///   [`Error::InvalidToken`] without asking the provider, and the entry is dropped.
 ///
 /// ```no_run
 /// use en_auth_core::ClientInfo;

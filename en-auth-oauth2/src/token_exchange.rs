@@ -1,25 +1,5 @@
-//! [`TokenExchangeAuthorizer`]: OAuth 2.0 Token Exchange (RFC 8693) — a token someone else
-//! issued (the *subject token*: a Kubernetes service-account token, a CI system's OIDC token,
-//! a caller's access token) traded at the token endpoint for an access token of this provider.
-//!
-//! # The request (RFC 8693 §2.1)
-//! `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` with `subject_token` and
-//! `subject_token_type`; `actor_token` and `actor_token_type` when an actor is set
-//! ([`with_actor`](TokenExchangeAuthorizer::with_actor)); `audience`, `resource` (repeatable),
-//! `scope` and `requested_token_type` when set. The client authenticates as the
-//! [`ClientAuthentication`] says (default `client_secret_basic`; a client with an empty secret
-//! is a public client and sends only `client_id`).
-//!
-//! The subject (and actor) token is read afresh for every token request from its
-//! [`SubjectToken`] source (a file the kubelet rewrites, a callback) and never kept.
-//!
-//! # The answer (RFC 8693 §2.2.1)
-//! - `issued_token_type` is required: an answer without one is refused.
-//! - When a [`requested_token_type`](TokenExchangeAuthorizer::with_requested_token_type) was
-//!   sent, an answer of another type is refused.
-//! - `token_type: N_A` says the issued token is not an access token (a bare JWT or ID token
-//!   for someone else to consume): it cannot be sent as `Authorization: Bearer`, so it is
-//!   refused. Every refusal is [`Error::InvalidResponse`] naming the types, never the token.
+//! [`TokenExchangeAuthorizer`]: OAuth 2.0 Token Exchange (RFC 8693), and [`SubjectToken`], the
+//! token it exchanges. The rules are on [`TokenExchangeAuthorizer`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -332,7 +312,28 @@ fn check_issued_type(status: u16, body: &[u8], requested: Option<&str>) -> Resul
     Ok(())
 }
 
-/// Obtains access tokens by token exchange (RFC 8693): see the [module](self) documentation.
+/// Obtains access tokens by OAuth 2.0 Token Exchange (RFC 8693): a token someone else
+/// issued (the *subject token*: a Kubernetes service-account token, a CI system's OIDC token,
+/// a caller's access token) traded at the token endpoint for an access token of this provider.
+///
+/// # The request (RFC 8693 §2.1)
+/// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` with `subject_token` and
+/// `subject_token_type`; `actor_token` and `actor_token_type` when an actor is set
+/// ([`with_actor`](Self::with_actor)); `audience`, `resource` (repeatable),
+/// `scope` and `requested_token_type` when set. The client authenticates as the
+/// [`ClientAuthentication`] says (default `client_secret_basic`; a client with an empty secret
+/// is a public client and sends only `client_id`).
+///
+/// The subject (and actor) token is read afresh for every token request from its
+/// [`SubjectToken`] source (a file the kubelet rewrites, a callback) and never kept.
+///
+/// # The answer (RFC 8693 §2.2.1)
+/// - `issued_token_type` is required: an answer without one is refused.
+/// - When a [`requested_token_type`](Self::with_requested_token_type) was
+///   sent, an answer of another type is refused.
+/// - `token_type: N_A` says the issued token is not an access token (a bare JWT or ID token
+///   for someone else to consume): it cannot be sent as `Authorization: Bearer`, so it is
+///   refused. Every refusal is [`Error::InvalidResponse`] naming the types, never the token.
 ///
 /// ```no_run
 /// use en_auth_core::{AuthMiddleware, ClientInfo};
