@@ -8,16 +8,16 @@
 //! too).
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use en_auth_core::{CacheKeyBuilder, ClientInfo, Error, url_for_logs};
+use en_auth_core::{CacheKeyBuilder, ClientInfo, Error, untrusted_text, url_for_logs};
 use reqwest::Url;
-use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
 use crate::endpoint::{form_request, send_once, token_request};
+use crate::response::{GrantedToken, parse_token_response};
 
 /// How a grant of this module authenticates the client.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -66,16 +66,32 @@ impl fmt::Debug for GrantAuthentication {
     }
 }
 
+/// Who sends a grant's token request, and how.
+pub(crate) struct GrantClient<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    pub(crate) info: &'a ClientInfo,
+    pub(crate) authentication: &'a GrantAuthentication,
+    /// Lifetime of tokens whose answer has no `expires_in`.
+    pub(crate) default_lifetime: Option<Duration>,
+}
+
 /// Sends one token request of grant `grant` (named in the span) with `form` plus the client's
-/// authentication, and returns the answer's status, headers and (bounded) body.
+/// authentication, checks a successful answer's body with `check` (for what only this grant
+/// reads), and parses the answer through the crate's shared parser. Any failure is logged once,
+/// at debug level, in the request's span (errors never carry a secret).
 pub(crate) async fn send_grant(
-    http: &reqwest::Client,
+    client: GrantClient<'_>,
     url: &Url,
-    info: &ClientInfo,
-    authentication: &GrantAuthentication,
     grant: &'static str,
     mut form: Vec<(&str, &str)>,
-) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+    check: impl FnOnce(u16, &[u8]) -> Result<(), Error>,
+) -> Result<GrantedToken, Error> {
+    let GrantClient {
+        http,
+        info,
+        authentication,
+        default_lifetime,
+    } = client;
     let span = tracing::debug_span!(
         "en_auth.token_request",
         endpoint = %url_for_logs(url),
@@ -95,11 +111,18 @@ pub(crate) async fn send_grant(
             }
         };
         let started = Instant::now();
-        let answer = send_once(request).await?;
+        let (status, headers, body) = send_once(request).await?;
         let span = tracing::Span::current();
-        span.record("status", answer.0);
+        span.record("status", status);
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        Ok(answer)
+        if (200..300).contains(&status) {
+            check(status, &body)?;
+        }
+        let granted = parse_token_response(status, &headers, &body, default_lifetime)?;
+        if let Some(scope) = &granted.scope {
+            tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
+        }
+        Ok(granted)
     }
     .instrument(span.clone())
     .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine as _;
 use en_auth_core::{
-    Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs, untrusted_text,
+    Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs,
 };
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
@@ -18,8 +18,7 @@ use crate::client_auth::{
     ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME,
 };
 use crate::endpoint::token_http_client;
-use crate::grant::{GrantAuthentication, send_grant};
-use crate::response::parse_token_response;
+use crate::grant::{GrantAuthentication, GrantClient, send_grant};
 use crate::signer::{Signer, sign_jwt};
 
 /// The JWT bearer grant type (RFC 7523 §2.1).
@@ -367,19 +366,13 @@ impl Authorizer for JwtBearerAuthorizer {
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        let (status, headers, body) = send_grant(
-            &self.http,
-            &url,
-            &self.info,
-            &self.authentication,
-            "jwt-bearer",
-            form,
-        )
-        .await?;
-        let granted = parse_token_response(status, &headers, &body, self.default_lifetime)?;
-        if let Some(scope) = &granted.scope {
-            tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
-        }
+        let client = GrantClient {
+            http: &self.http,
+            info: &self.info,
+            authentication: &self.authentication,
+            default_lifetime: self.default_lifetime,
+        };
+        let granted = send_grant(client, &url, "jwt-bearer", form, |_, _| Ok(())).await?;
         Ok(granted.token)
     }
 

@@ -18,8 +18,7 @@ use serde::Deserialize;
 use crate::assertion::AssertionSource;
 use crate::client_auth::ClientAuthentication;
 use crate::endpoint::token_http_client;
-use crate::grant::{GrantAuthentication, send_grant};
-use crate::response::parse_token_response;
+use crate::grant::{GrantAuthentication, GrantClient, send_grant};
 
 /// The token exchange grant type (RFC 8693 §2.1).
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -209,22 +208,17 @@ impl ExchangeSettings {
         if let Some(requested) = &self.requested_token_type {
             form.push(("requested_token_type", requested));
         }
-        let (status, headers, body) = send_grant(
-            &self.http,
-            &url,
-            &self.info,
-            &self.authentication,
-            "token-exchange",
-            form,
-        )
+        let requested = self.requested_token_type.as_deref();
+        let client = GrantClient {
+            http: &self.http,
+            info: &self.info,
+            authentication: &self.authentication,
+            default_lifetime: self.default_lifetime,
+        };
+        let granted = send_grant(client, &url, "token-exchange", form, |status, body| {
+            check_issued_type(status, body, requested)
+        })
         .await?;
-        if (200..300).contains(&status) {
-            check_issued_type(status, &body, self.requested_token_type.as_deref())?;
-        }
-        let granted = parse_token_response(status, &headers, &body, self.default_lifetime)?;
-        if let Some(scope) = &granted.scope {
-            tracing::debug!(granted_scope = %untrusted_text(scope), "token exchanged");
-        }
         Ok(granted.token)
     }
 

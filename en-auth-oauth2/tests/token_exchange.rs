@@ -243,5 +243,10 @@ async fn issued_token_types_are_checked_and_n_a_is_refused_as_an_access_token() 
         assert!(!debug.contains(secret), "a secret in Debug: {debug}");
         assert!(!err.to_string().contains(secret));
     }
+    // The refusals are logged (their reasons carry no token).
     assert!(logs.contains("en_auth.token_request"), "{logs}");
+    assert!(
+        logs.contains("token request failed") && logs.contains("N_A"),
+        "{logs}"
+    );
 }
