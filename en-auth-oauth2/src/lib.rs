@@ -15,6 +15,11 @@
 //!   [`ClientAuthentication::private_key_jwt_pem`].
 //! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
 //! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
+//! - Keys that never enter the process (a KMS, an HSM) and key files rotated under a running
+//!   service: [`Signer`], [`PemFileSigner`], [`ClientAuthentication::private_key_jwt_signer`],
+//!   [`ServiceAccountAuthorizer::with_dpop_signer`].
+//! - Assertions issued by someone else (Kubernetes, SPIFFE, CI OIDC tokens):
+//!   [`ClientAuthentication::assertion_file`], [`ClientAuthentication::assertion_from_fn`].
 //! - One token request with its status and headers, for your own lifecycle (the token
 //!   proxy's): [`token_endpoint::request_token`].
 //!
@@ -37,6 +42,8 @@ pub mod fuzzing;
 mod jwk_key;
 mod mtls;
 mod password;
+mod pem_file_signer;
+mod private_key_signer;
 mod response;
 mod signer;
 pub mod token_endpoint;
@@ -52,4 +59,6 @@ pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::{discover_token_endpoint, token_http_client};
 pub use mtls::TlsClientIdentity;
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
+pub use pem_file_signer::PemFileSigner;
+pub use private_key_signer::PrivateKeySigner;
 pub use signer::{Signer, SigningAlgorithm};
