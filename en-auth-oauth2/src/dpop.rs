@@ -280,7 +280,7 @@ pub(crate) struct Dpop {
 /// What signs the proofs.
 enum ProofKey {
     /// The built-in key: proofs signed in place, no waiting.
-    Key(DpopKey),
+    Key(Box<DpopKey>),
     /// Any [`Signer`] (a key in a KMS or an HSM): proofs signed through it.
     Signer(Arc<dyn Signer>),
 }
@@ -289,7 +289,7 @@ impl Dpop {
     pub(crate) fn new(key: DpopKey) -> Self {
         Self {
             thumbprint: key.thumbprint.clone(),
-            key: ProofKey::Key(key),
+            key: ProofKey::Key(Box::new(key)),
             nonces: Mutex::new(HashMap::new()),
         }
     }
@@ -440,7 +440,7 @@ async fn signer_proof(
 impl fmt::Debug for Dpop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key: &dyn fmt::Debug = match &self.key {
-            ProofKey::Key(key) => key,
+            ProofKey::Key(key) => &**key,
             ProofKey::Signer(signer) => signer,
         };
         f.debug_struct("Dpop")
