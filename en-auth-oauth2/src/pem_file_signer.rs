@@ -263,3 +263,38 @@ impl fmt::Debug for PemFileSigner {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_useless_file_is_a_configuration_error_naming_the_path_only() {
+        let dir = std::env::temp_dir().join(format!("en-auth-pem-signer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        match PemFileSigner::open(&missing) {
+            Err(Error::InvalidConfiguration { setting, .. }) => {
+                assert!(
+                    setting.contains(&missing.display().to_string()),
+                    "{setting}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let useless = dir.join("useless.pem");
+        std::fs::write(
+            &useless,
+            "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        match PemFileSigner::open(&useless) {
+            Err(Error::InvalidConfiguration { setting, reason }) => {
+                assert!(setting.contains("useless.pem"), "{setting}");
+                assert!(!reason.contains("MII"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
