@@ -54,7 +54,7 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// core.check_request(Some("https"), || Some("api.example.com"))?;
 /// let token = core.token().await?;
 /// let mut headers = http::HeaderMap::new();
-/// core.credentials(&token, &method, url)?.apply(&mut headers);
+/// core.credentials(&token, &method, url).await?.apply(&mut headers);
 /// // … send; then, for a response with status 401:
 /// let empty = http::HeaderMap::new();
 /// let answer = en_auth_core::ResponseHead::new(url, 401, &empty);
@@ -256,16 +256,20 @@ impl<A: Authorizer> AdapterCore<A> {
 
     /// The headers a request to `url` with `method` carries: `Authorization` from `token`,
     /// `X-Api-Key` when the client has one, and the authorizer's proof when it makes one per
-    /// request (DPoP). `url` is the request's absolute URL; it is read only for a proof.
-    #[inline]
-    pub fn credentials(
+    /// request (DPoP, signed by a key that may live outside the process: hence async). `url`
+    /// is the request's absolute URL; it is read only for a proof.
+    ///
+    /// Adapters whose hot path cannot await use
+    /// [`bearer_credentials`](Self::bearer_credentials) when
+    /// [`uses_request_proofs`](Self::uses_request_proofs) is `false`.
+    pub async fn credentials(
         &self,
         token: &CachedToken<A::Token>,
         method: &Method,
         url: &str,
     ) -> Result<Credentials, Error> {
         let proof = if self.proofs {
-            self.proof(token, method, url)?
+            self.cache.request_proof(token, method, url).await?
         } else {
             None
         };
@@ -276,14 +280,32 @@ impl<A: Authorizer> AdapterCore<A> {
         })
     }
 
+    /// The headers of a request when the authorizer makes no proof per request
+    /// ([`uses_request_proofs`](Self::uses_request_proofs) is `false`): `Authorization` from
+    /// `token` and `X-Api-Key`, without waiting. With an authorizer that makes proofs it
+    /// fails with [`Error::InvalidConfiguration`] — never credentials without their proof:
+    /// use [`credentials`](Self::credentials) there.
+    #[inline]
+    pub fn bearer_credentials(&self, token: &CachedToken<A::Token>) -> Result<Credentials, Error> {
+        if self.proofs {
+            return Err(self.proof_needed());
+        }
+        Ok(Credentials {
+            authorization: token.authorization().clone(),
+            api_key: self.api_key.clone(),
+            proof: None,
+        })
+    }
+
     #[cold]
-    fn proof(
-        &self,
-        token: &CachedToken<A::Token>,
-        method: &Method,
-        url: &str,
-    ) -> Result<Option<(HeaderName, HeaderValue)>, Error> {
-        self.cache.request_proof(token, method, url)
+    fn proof_needed(&self) -> Error {
+        Error::InvalidConfiguration {
+            setting: "authorizer".into(),
+            reason: format!(
+                "this authorizer needs a proof per request (DPoP), which {} did not ask for",
+                self.adapter
+            ),
+        }
     }
 
     /// Whether a response needs [`after_response`](Self::after_response): it is a rejection,
@@ -397,7 +419,8 @@ fn api_key_error(reason: &str) -> Error {
     }
 }
 
-/// The headers that authorize one request, from [`AdapterCore::credentials`].
+/// The headers that authorize one request, from [`AdapterCore::credentials`] or
+/// [`AdapterCore::bearer_credentials`].
 ///
 /// `Debug` shows only which headers there are, never their values.
 #[must_use = "credentials authorize nothing until applied to a request"]

@@ -42,7 +42,7 @@ impl Authorizer for Numbered {
     fn uses_request_proofs(&self) -> bool {
         self.proofs
     }
-    fn request_proof(
+    async fn request_proof(
         &self,
         _token: &BearerToken,
         method: &Method,
@@ -201,6 +201,7 @@ async fn credentials_are_the_token_and_the_api_key_replacing_what_the_request_ha
     headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("old"));
     let credentials = core
         .credentials(&token, &Method::GET, URL)
+        .await
         .expect("credentials");
     let debug = format!("{credentials:?}");
     assert!(
@@ -225,10 +226,35 @@ async fn a_proof_is_made_for_each_request_s_method_and_url() {
     let token = core.token().await.expect("token");
     let mut headers = HeaderMap::new();
     core.credentials(&token, &Method::POST, URL)
+        .await
         .expect("credentials")
         .apply(&mut headers);
     assert_eq!(headers["dpop"], format!("POST {URL}").as_str());
     assert!(headers.get("x-api-key").is_none(), "no API key configured");
+}
+
+#[tokio::test]
+async fn bearer_credentials_never_leave_out_a_proof() {
+    let core = bearer();
+    let token = core.token().await.expect("token");
+    let mut headers = HeaderMap::new();
+    core.bearer_credentials(&token)
+        .expect("bearer credentials")
+        .apply(&mut headers);
+    assert_eq!(headers[http::header::AUTHORIZATION], "Bearer token-1");
+
+    let core = dpop();
+    let token = core.token().await.expect("token");
+    match core.bearer_credentials(&token) {
+        Err(Error::InvalidConfiguration { setting, reason }) => {
+            assert_eq!(setting, "authorizer");
+            assert!(reason.contains("TestAdapter"), "{reason}");
+        }
+        other => panic!(
+            "credentials without their proof: {:?}",
+            other.map(|c| c.proof().is_some())
+        ),
+    }
 }
 
 #[tokio::test]

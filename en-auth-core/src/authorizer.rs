@@ -94,7 +94,11 @@ pub trait Authorizer: Send + Sync + 'static {
 
     /// The proof header for one request: name (`DPoP`) and value, made for `method` and
     /// `url` (the full request URL) and bound to `token`. Default: none.
-    fn request_proof(
+    ///
+    /// Async, so the key that signs the proof may live outside the process (a KMS, an HSM).
+    /// Called only when [`uses_request_proofs`](Authorizer::uses_request_proofs) is `true`:
+    /// bearer requests never await it.
+    async fn request_proof(
         &self,
         token: &Self::Token,
         method: &http::Method,

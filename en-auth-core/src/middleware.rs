@@ -170,7 +170,9 @@ impl<A: Authorizer> AuthMiddleware<A> {
         self.core.stats()
     }
 
-    /// Sets the request's credentials for `token`.
+    /// Sets the request's credentials for `token` when the authorizer makes no proof per
+    /// request: no waiting.
+    #[inline]
     fn authorize(
         &self,
         request: &mut Request,
@@ -178,7 +180,23 @@ impl<A: Authorizer> AuthMiddleware<A> {
     ) -> reqwest_middleware::Result<()> {
         let credentials = self
             .core
+            .bearer_credentials(token)
+            .map_err(reqwest_middleware::Error::middleware)?;
+        credentials.apply(request.headers_mut());
+        Ok(())
+    }
+
+    /// Sets the request's credentials for `token`, with a proof (DPoP) made for it when the
+    /// authorizer makes one per request (which may wait for a signer outside the process).
+    async fn authorize_with_proof(
+        &self,
+        request: &mut Request,
+        token: &CachedToken<A::Token>,
+    ) -> reqwest_middleware::Result<()> {
+        let credentials = self
+            .core
             .credentials(token, request.method(), request.url().as_str())
+            .await
             .map_err(reqwest_middleware::Error::middleware)?;
         credentials.apply(request.headers_mut());
         Ok(())
@@ -210,7 +228,7 @@ impl<A: Authorizer> AuthMiddleware<A> {
             return Ok(response);
         };
         drop(response);
-        self.authorize(&mut again, &token)?;
+        self.authorize_with_proof(&mut again, &token).await?;
         let response = next.run(again, extensions).await?;
         self.core.after_final_response(ResponseHead::new(
             response.url().as_str(),
@@ -248,10 +266,16 @@ impl<A: Authorizer> AuthMiddleware<A> {
         } else {
             Replay::Impossible
         };
-        if let Err(err) = self.authorize(&mut request, &token) {
-            return Box::pin(std::future::ready(Err(err)));
+        let proofs = self.core.uses_request_proofs();
+        if !proofs {
+            if let Err(err) = self.authorize(&mut request, &token) {
+                return Box::pin(std::future::ready(Err(err)));
+            }
         }
         Box::pin(async move {
+            if proofs {
+                self.authorize_with_proof(&mut request, &token).await?;
+            }
             let response = next.clone().run(request, extensions).await?;
             sent_to.check_answered_from(response.url())?;
             if !self

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::client_auth::ClientAuthentication;
 use crate::dpop::{DPOP_HEADER, Dpop, DpopKey};
 use crate::endpoint::{discover_token_endpoint, token_http_client};
+use crate::signer::Signer;
 use crate::token_endpoint::exchange;
 use en_auth_core::{provider_http_client, secure_url, str_for_logs, untrusted_text, url_for_logs};
 
@@ -201,10 +202,30 @@ impl ServiceAccountAuthorizer {
         self
     }
 
+    /// Like [`with_dpop`](Self::with_dpop), with proofs — at the token endpoint and for
+    /// every API request — signed by `signer`: a key in a KMS or an HSM that never enters the
+    /// process (ES256 at least; any algorithm the provider accepts for DPoP). Tokens are
+    /// bound to the signer's public key as it is when this is called, so the signer should
+    /// keep its key (a rotated DPoP key makes its tokens unusable).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use en_auth_core::ClientInfo;
+    /// use en_auth_oauth2::{DpopKey, ServiceAccountAuthorizer, Signer};
+    /// let signer: Arc<dyn Signer> = Arc::new(DpopKey::generate().unwrap()); // or your KMS signer
+    /// let sa = ServiceAccountAuthorizer::new(ClientInfo::new("svc", "secret"), "https://idp.example.com/token")
+    ///     .with_dpop_signer(signer);
+    /// assert!(sa.dpop_thumbprint().is_some());
+    /// ```
+    pub fn with_dpop_signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.dpop = DpopSetting::On(Arc::new(Dpop::with_signer(signer)));
+        self
+    }
+
     /// The RFC 7638 thumbprint of the DPoP key (the `cnf.jkt` of the tokens), when DPoP is on.
     pub fn dpop_thumbprint(&self) -> Option<&str> {
         match &self.dpop {
-            DpopSetting::On(dpop) => Some(dpop.key().thumbprint()),
+            DpopSetting::On(dpop) => Some(dpop.thumbprint()),
             _ => None,
         }
     }
@@ -320,7 +341,7 @@ impl Authorizer for ServiceAccountAuthorizer {
         key = self.authentication.add_to_cache_key(key);
         // DPoP: tokens are bound to the key, so each key has its own.
         if let DpopSetting::On(dpop) = &self.dpop {
-            key = key.part("dpop_jkt", dpop.key().thumbprint());
+            key = key.part("dpop_jkt", dpop.thumbprint());
         }
         key.build()
     }
@@ -336,7 +357,7 @@ impl Authorizer for ServiceAccountAuthorizer {
         !matches!(self.dpop, DpopSetting::Off)
     }
 
-    fn request_proof(
+    async fn request_proof(
         &self,
         token: &BearerToken,
         method: &http::Method,
@@ -345,7 +366,9 @@ impl Authorizer for ServiceAccountAuthorizer {
         let Some(dpop) = self.dpop()? else {
             return Ok(None);
         };
-        let proof = dpop.header(method.as_str(), url, Some(token.access_token()))?;
+        let proof = dpop
+            .header(method.as_str(), url, Some(token.access_token()))
+            .await?;
         Ok(Some((DPOP_HEADER, proof)))
     }
 

@@ -16,17 +16,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use en_auth_core::{CacheKeyBuilder, ClientInfo, Error};
-use jsonwebtoken::crypto::CryptoProvider;
-use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use sha2::Digest as _;
 
 use crate::assertion::AssertionSource;
 use crate::mtls::TlsClientIdentity;
-use crate::signer::SigningAlgorithm;
+use crate::private_key_signer::{PrivateKeySigner, jwk_thumbprint};
+use crate::signer::{Signer, SigningAlgorithm, sign_jwt};
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub const JWT_BEARER_ASSERTION_TYPE: &str =
@@ -108,6 +106,13 @@ impl ClientAuthentication {
     /// the key.
     pub fn private_key_jwt_jwk(jwk: &str) -> Result<Self, Error> {
         PrivateKeyJwt::from_jwk(jwk).map(Self::PrivateKeyJwt)
+    }
+
+    /// `private_key_jwt` with assertions signed by `signer`: a key in a KMS or an HSM that
+    /// never enters the process, or a [`PemFileSigner`](crate::PemFileSigner) that follows a
+    /// rotated key file. See [`PrivateKeyJwt::from_signer`].
+    pub fn private_key_jwt_signer(signer: Arc<dyn Signer>) -> Self {
+        Self::PrivateKeyJwt(PrivateKeyJwt::from_signer(signer))
     }
 
     /// A client assertion read from the file at `path` for every token request (never kept
@@ -199,7 +204,7 @@ impl ClientAuthentication {
                     .push(("client_secret", info.client_secret().clone()));
             }
             Self::PrivateKeyJwt(key) => {
-                let assertion = key.assertion(info.client_id(), token_url)?;
+                let assertion = key.assertion(info.client_id(), token_url).await?;
                 credentials.param("client_id", info.client_id());
                 credentials.param("client_assertion_type", JWT_BEARER_ASSERTION_TYPE);
                 credentials.params.push(("client_assertion", assertion));
@@ -225,7 +230,7 @@ impl ClientAuthentication {
         match self {
             Self::PrivateKeyJwt(jwt) => key
                 .part("client_key_thumbprint", &jwt.thumbprint)
-                .part("client_key_alg", jwt.algorithm_name()),
+                .part("client_key_alg", jwt.algorithm.name()),
             Self::Assertion(source) => key.part("client_assertion_from", &source.origin()),
             Self::TlsClientAuth(identity) | Self::SelfSignedTlsClientAuth(identity) => {
                 key.part("client_certificate", identity.certificate_thumbprint())
@@ -280,13 +285,20 @@ fn basic_header(info: &ClientInfo, encode: bool) -> Result<HeaderValue, Error> {
 /// signed DPoP proofs and JWT bearer assertions too).
 pub type AssertionAlgorithm = SigningAlgorithm;
 
-/// A private key and the rules for the client assertions signed with it (`private_key_jwt`).
+/// A signing key and the rules for the client assertions signed with it (`private_key_jwt`).
+///
+/// The key is a [`Signer`]: a [`PrivateKeySigner`] in memory ([`from_pem`](Self::from_pem),
+/// [`from_jwk`](Self::from_jwk)), a [`PemFileSigner`](crate::PemFileSigner) that follows a
+/// rotated key file, or your own signer over a KMS or HSM ([`from_signer`](Self::from_signer)).
 ///
 /// `Debug` shows the algorithm, `kid` and the public key's thumbprint — never the key, which
 /// is zeroized when the last clone is dropped.
 #[derive(Clone)]
 pub struct PrivateKeyJwt {
-    key: Arc<EncodingKey>,
+    signer: Arc<dyn Signer>,
+    /// The same key when it is a built-in one (so [`with_algorithm`](Self::with_algorithm)
+    /// can pick PS256 for it).
+    in_memory: Option<PrivateKeySigner>,
     algorithm: AssertionAlgorithm,
     kid: String,
     /// RFC 7638 SHA-256 thumbprint of the public key, base64url.
@@ -308,80 +320,71 @@ struct AssertionClaims<'a> {
 impl PrivateKeyJwt {
     /// Reads a private key from PEM (see [`ClientAuthentication::private_key_jwt_pem`]).
     pub fn from_pem(pem: &[u8], kid: impl Into<String>) -> Result<Self, Error> {
-        let invalid = |reason: &str| Error::InvalidConfiguration {
-            setting: "private_key".into(),
-            reason: reason.into(),
-        };
-        let text = std::str::from_utf8(pem).map_err(|_| invalid("the key is not PEM text"))?;
-        if text.contains("ENCRYPTED PRIVATE KEY") {
-            return Err(invalid(
-                "the key is encrypted; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem)",
-            ));
-        }
-        if text.contains("BEGIN EC PRIVATE KEY") {
-            return Err(invalid(
-                "SEC1 `EC PRIVATE KEY` files are not read; convert to PKCS#8 with \
-                 `openssl pkcs8 -topk8 -nocrypt -in key.pem -out key-pkcs8.pem`",
-            ));
-        }
-        let candidates = [
-            (EncodingKey::from_rsa_pem(pem), AssertionAlgorithm::RS256),
-            (EncodingKey::from_ec_pem(pem), AssertionAlgorithm::ES256),
-            (EncodingKey::from_ec_pem(pem), AssertionAlgorithm::ES384),
-        ];
-        for (key, algorithm) in candidates {
-            let Ok(key) = key else { continue };
-            // Deriving the public key checks that the private key is usable with `algorithm`
-            // (an EC key on another curve, a truncated RSA key) before anything is signed.
-            if let Ok(thumbprint) = thumbprint(&key, algorithm) {
-                return Ok(Self {
-                    key: Arc::new(key),
-                    algorithm,
-                    kid: kid.into(),
-                    thumbprint,
-                    audience: None,
-                    lifetime: DEFAULT_ASSERTION_LIFETIME,
-                });
-            }
-        }
-        Err(invalid(
-            "not a PEM private key en-auth can sign with: expected an RSA key (PKCS#1 or \
-             PKCS#8) of at least 2048 bits, or a P-256 / P-384 EC key in PKCS#8",
-        ))
+        PrivateKeySigner::from_pem(pem, Some(kid.into())).map(Self::from_private_key)
     }
 
     /// Reads a private key from a JWK (see [`ClientAuthentication::private_key_jwt_jwk`]).
     pub fn from_jwk(jwk: &str) -> Result<Self, Error> {
-        let read = crate::jwk_key::from_jwk(jwk)?;
-        let kid = read.kid.ok_or_else(|| Error::InvalidConfiguration {
-            setting: "private_key".into(),
-            reason: "the JWK has no `kid`; add the key id the provider knows the key by".into(),
-        })?;
-        let thumbprint = thumbprint(&read.key, read.algorithm)?;
-        Ok(Self {
-            key: Arc::new(read.key),
-            algorithm: read.algorithm,
-            kid,
+        let signer = PrivateKeySigner::from_jwk(jwk)?;
+        if signer.key_id().is_none() {
+            return Err(Error::InvalidConfiguration {
+                setting: "private_key".into(),
+                reason: "the JWK has no `kid`; add the key id the provider knows the key by".into(),
+            });
+        }
+        Ok(Self::from_private_key(signer))
+    }
+
+    fn from_private_key(signer: PrivateKeySigner) -> Self {
+        let mut jwt = Self::from_signer(Arc::new(signer.clone()));
+        jwt.in_memory = Some(signer);
+        jwt
+    }
+
+    /// Assertions signed by `signer`: a key in a KMS or an HSM, or a
+    /// [`PemFileSigner`](crate::PemFileSigner). The algorithm, `kid` and thumbprint reported
+    /// here are the signer's when this is built (a signer that rotates its key announces each
+    /// key's own `kid` in the assertions it signs).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use en_auth_oauth2::{ClientAuthentication, PrivateKeyJwt, Signer};
+    /// # fn demo(kms_signer: Arc<dyn Signer>) {
+    /// let auth = ClientAuthentication::PrivateKeyJwt(PrivateKeyJwt::from_signer(kms_signer));
+    /// # }
+    /// ```
+    pub fn from_signer(signer: Arc<dyn Signer>) -> Self {
+        let thumbprint = jwk_thumbprint(&signer.public_jwk());
+        Self {
+            algorithm: signer.algorithm(),
+            kid: signer.key_id().unwrap_or_default(),
             thumbprint,
+            signer,
+            in_memory: None,
             audience: None,
             lifetime: DEFAULT_ASSERTION_LIFETIME,
-        })
+        }
     }
 
     /// Signs with `algorithm` instead of the key's default (PS256 for an RSA key). An
-    /// algorithm that does not fit the key is [`Error::InvalidConfiguration`].
+    /// algorithm that does not fit the key is [`Error::InvalidConfiguration`], and so is any
+    /// change for a key given with [`from_signer`](Self::from_signer) (its signer decides).
     pub fn with_algorithm(mut self, algorithm: AssertionAlgorithm) -> Result<Self, Error> {
-        if algorithm.is_rsa() != self.algorithm.is_rsa()
-            || (!algorithm.is_rsa() && algorithm != self.algorithm)
-        {
+        if algorithm == self.algorithm {
+            return Ok(self);
+        }
+        let Some(key) = self.in_memory.take() else {
             return Err(Error::InvalidConfiguration {
                 setting: "private_key".into(),
                 reason: format!(
-                    "{algorithm:?} cannot be used with this key (it signs {:?})",
+                    "{algorithm:?} cannot be chosen here: the signer signs {:?}",
                     self.algorithm
                 ),
             });
-        }
+        };
+        let key = key.with_algorithm(algorithm)?;
+        self.signer = Arc::new(key.clone());
+        self.in_memory = Some(key);
         self.algorithm = algorithm;
         Ok(self)
     }
@@ -406,7 +409,7 @@ impl PrivateKeyJwt {
         &self.thumbprint
     }
 
-    /// The key id sent as the assertion's `kid` header.
+    /// The key id sent as the assertion's `kid` header (empty when the signer has none).
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -416,17 +419,14 @@ impl PrivateKeyJwt {
         self.algorithm
     }
 
-    fn algorithm_name(&self) -> &'static str {
-        match self.algorithm {
-            AssertionAlgorithm::RS256 => "RS256",
-            AssertionAlgorithm::PS256 => "PS256",
-            AssertionAlgorithm::ES256 => "ES256",
-            AssertionAlgorithm::ES384 => "ES384",
-        }
+    /// The signer of the assertions.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
     }
 
-    /// A fresh assertion for `client_id` at `token_url`: new `jti`, `iat` now.
-    fn assertion(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
+    /// A fresh assertion for `client_id` at `token_url`: new `jti`, `iat` now, signed by the
+    /// signer's current key (its `alg` and `kid` in the header).
+    async fn assertion(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -440,15 +440,9 @@ impl PrivateKeyJwt {
             iat: now,
             exp: now + self.lifetime.as_secs(),
         };
-        let mut header = Header::new(self.algorithm.jwt());
-        header.kid = Some(self.kid.clone());
-        sign_jwt(&header, &claims, &self.key)
-            .map(SecretString::from)
-            .map_err(|e| Error::InvalidConfiguration {
-                setting: "private_key".into(),
-                // jsonwebtoken's error kinds name the problem, never the key.
-                reason: format!("signing the client assertion failed: {e}"),
-            })
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), "JWT".into());
+        sign_jwt(&*self.signer, header, &claims).await
     }
 }
 
@@ -467,7 +461,7 @@ impl Eq for PrivateKeyJwt {}
 impl fmt::Debug for PrivateKeyJwt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrivateKeyJwt")
-            .field("key", &"[REDACTED]")
+            .field("signer", &self.signer)
             .field("algorithm", &self.algorithm)
             .field("kid", &self.kid)
             .field("thumbprint", &self.thumbprint)
@@ -475,53 +469,6 @@ impl fmt::Debug for PrivateKeyJwt {
             .field("lifetime", &self.lifetime)
             .finish()
     }
-}
-
-/// The jsonwebtoken backend en-auth is built with, asked directly: jsonwebtoken's process-wide
-/// default cannot choose (and panics) when an application also enables its `rust_crypto`
-/// feature, and en-auth leaves that choice to the application.
-static BACKEND: &CryptoProvider = &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
-
-/// `header.claims.signature`, signed with [`BACKEND`].
-fn sign_jwt(
-    header: &Header,
-    claims: &impl Serialize,
-    key: &EncodingKey,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let alg = header.alg;
-    let header = serde_json::to_vec(header)?;
-    let claims = serde_json::to_vec(claims)?;
-    let message = format!("{}.{}", b64(&header), b64(&claims));
-    let signer = (BACKEND.signer_factory)(&alg, key)?;
-    let signature = signer.try_sign(message.as_bytes())?;
-    Ok(format!("{message}.{}", b64(&signature)))
-}
-
-/// The RFC 7638 SHA-256 thumbprint of the public half of `key`, base64url (derived with
-/// [`BACKEND`]).
-fn thumbprint(key: &EncodingKey, algorithm: AssertionAlgorithm) -> Result<String, Error> {
-    let invalid = || Error::InvalidConfiguration {
-        setting: "private_key".into(),
-        reason: "the public key cannot be derived from the private key".into(),
-    };
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let members = if algorithm.is_rsa() {
-        let (n, e) = (BACKEND.key_utils.rsa_pub_components_from_private_key)(key.as_bytes())
-            .map_err(|_| invalid())?;
-        format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64(&e), b64(&n))
-    } else {
-        let (curve, x, y) =
-            (BACKEND.key_utils.ec_pub_components_from_private_key)(key.as_bytes(), algorithm.jwt())
-                .map_err(|_| invalid())?;
-        let crv = serde_json::to_string(&curve).map_err(|_| invalid())?;
-        format!(
-            r#"{{"crv":{crv},"kty":"EC","x":"{}","y":"{}"}}"#,
-            b64(&x),
-            b64(&y)
-        )
-    };
-    Ok(b64(&sha2::Sha256::digest(members.as_bytes())))
 }
 
 /// 128 random bits from the operating system, base64url: a `jti` no one can predict.

@@ -14,17 +14,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use en_auth_core::Error;
-use p256::ecdsa::signature::Signer;
+use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::signer::{Signer, SigningAlgorithm, sign_with};
 
 /// The request header a DPoP proof travels in.
 pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
@@ -172,12 +175,7 @@ impl DpopKey {
         nonce: Option<&str>,
     ) -> Result<String, Error> {
         let htu = htu(url)?;
-        let mut jti = [0u8; 16];
-        getrandom::getrandom(&mut jti).map_err(|e| Error::InvalidConfiguration {
-            setting: "DPoP proof".into(),
-            reason: format!("the operating system gave no randomness for a proof id ({e})"),
-        })?;
-        let jti = URL_SAFE_NO_PAD.encode(jti);
+        let jti = proof_id()?;
         let claims = ProofClaims {
             jti: &jti,
             htm: method,
@@ -201,12 +199,44 @@ impl DpopKey {
     }
 }
 
+/// A `DpopKey` signs like any [`Signer`] (ES256, no `kid`): it can also sign client
+/// assertions or JWT bearer grants.
+#[async_trait]
+impl Signer for DpopKey {
+    fn algorithm(&self) -> SigningAlgorithm {
+        SigningAlgorithm::ES256
+    }
+
+    fn key_id(&self) -> Option<String> {
+        None
+    }
+
+    fn public_jwk(&self) -> serde_json::Value {
+        DpopKey::public_jwk(self)
+    }
+
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        let signature: Signature = self.signing.sign(message);
+        Ok(signature.to_bytes().to_vec())
+    }
+}
+
 impl fmt::Debug for DpopKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DpopKey")
             .field("thumbprint", &self.thumbprint)
             .finish_non_exhaustive()
     }
+}
+
+/// A proof's `jti`: 128 random bits, base64url.
+fn proof_id() -> Result<String, Error> {
+    let mut jti = [0u8; 16];
+    getrandom::getrandom(&mut jti).map_err(|e| Error::InvalidConfiguration {
+        setting: "DPoP proof".into(),
+        reason: format!("the operating system gave no randomness for a proof id ({e})"),
+    })?;
+    Ok(URL_SAFE_NO_PAD.encode(jti))
 }
 
 /// `ath`: base64url of the SHA-256 of the access token.
@@ -241,20 +271,41 @@ mod htu_tests {
 
 /// An authorizer's DPoP state: the key and the latest nonce of each server.
 pub(crate) struct Dpop {
-    key: DpopKey,
+    key: ProofKey,
+    /// RFC 7638 thumbprint of the public key: the tokens' `cnf.jkt`.
+    thumbprint: String,
     nonces: Mutex<HashMap<String, String>>,
+}
+
+/// What signs the proofs.
+enum ProofKey {
+    /// The built-in key: proofs signed in place, no waiting.
+    Key(Box<DpopKey>),
+    /// Any [`Signer`] (a key in a KMS or an HSM): proofs signed through it.
+    Signer(Arc<dyn Signer>),
 }
 
 impl Dpop {
     pub(crate) fn new(key: DpopKey) -> Self {
         Self {
-            key,
+            thumbprint: key.thumbprint.clone(),
+            key: ProofKey::Key(Box::new(key)),
             nonces: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(crate) fn key(&self) -> &DpopKey {
-        &self.key
+    /// Proofs signed by `signer`; the tokens are bound to its public key (as it is now).
+    pub(crate) fn with_signer(signer: Arc<dyn Signer>) -> Self {
+        Self {
+            thumbprint: crate::private_key_signer::jwk_thumbprint(&signer.public_jwk()),
+            key: ProofKey::Signer(signer),
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The RFC 7638 thumbprint of the proof key: the tokens' `cnf.jkt`.
+    pub(crate) fn thumbprint(&self) -> &str {
+        &self.thumbprint
     }
 
     fn nonce_for(&self, url: &str) -> Option<String> {
@@ -267,20 +318,25 @@ impl Dpop {
     }
 
     /// The `DPoP` header value for a request, with the server's latest nonce.
-    pub(crate) fn header(
+    pub(crate) async fn header(
         &self,
         method: &str,
         url: &str,
         access_token: Option<&str>,
     ) -> Result<HeaderValue, Error> {
         let nonce = self.nonce_for(url);
-        let proof = self
-            .key
-            .proof(method, url, access_token, nonce.as_deref())?;
-        HeaderValue::try_from(proof).map_err(|_| Error::InvalidConfiguration {
+        let proof = match &self.key {
+            ProofKey::Key(key) => key.proof(method, url, access_token, nonce.as_deref())?,
+            ProofKey::Signer(signer) => {
+                signer_proof(&**signer, method, url, access_token, nonce.as_deref()).await?
+            }
+        };
+        let mut value = HeaderValue::try_from(proof).map_err(|_| Error::InvalidConfiguration {
             setting: "DPoP proof".into(),
             reason: "the proof is not a valid header value".into(),
-        })
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     /// Remembers the nonce a response handed out.
@@ -351,9 +407,46 @@ impl Dpop {
     }
 }
 
+/// A proof signed by `signer` (its current key): `typ` `dpop+jwt`, its `alg`, its public key
+/// as `jwk`.
+async fn signer_proof(
+    signer: &dyn Signer,
+    method: &str,
+    url: &str,
+    access_token: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<String, Error> {
+    use secrecy::ExposeSecret as _;
+    let htu = htu(url)?;
+    let jti = proof_id()?;
+    let claims = ProofClaims {
+        jti: &jti,
+        htm: method,
+        htu: &htu,
+        iat: chrono::Utc::now().timestamp(),
+        ath: access_token.map(access_token_hash),
+        nonce,
+    };
+    let current = signer.current().await?;
+    let signer: &dyn Signer = current.as_deref().unwrap_or(signer);
+    let mut header = serde_json::Map::new();
+    header.insert("typ".into(), "dpop+jwt".into());
+    header.insert("alg".into(), signer.algorithm().name().into());
+    header.insert("jwk".into(), signer.public_jwk());
+    let proof = sign_with(signer, &header, &claims).await?;
+    Ok(proof.expose_secret().to_owned())
+}
+
 impl fmt::Debug for Dpop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dpop").field("key", &self.key).finish()
+        let key: &dyn fmt::Debug = match &self.key {
+            ProofKey::Key(key) => &**key,
+            ProofKey::Signer(signer) => signer,
+        };
+        f.debug_struct("Dpop")
+            .field("key", key)
+            .field("thumbprint", &self.thumbprint)
+            .finish()
     }
 }
 

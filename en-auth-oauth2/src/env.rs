@@ -27,6 +27,10 @@ pub const DEFAULT_TOKEN_LIFETIME: &str = "EN_AUTH_DEFAULT_TOKEN_LIFETIME";
 pub const PRIVATE_KEY_FILE: &str = "EN_AUTH_PRIVATE_KEY_FILE";
 /// The key id (`kid`) of a PEM [`PRIVATE_KEY_FILE`] (a JWK carries its own).
 pub const KEY_ID: &str = "EN_AUTH_KEY_ID";
+/// A file holding a client assertion issued by someone else (a Kubernetes projected
+/// service-account token), read for every token request (optional; when set, no client
+/// secret is needed). See [`ClientAuthentication::assertion_file`].
+pub const CLIENT_ASSERTION_FILE: &str = "EN_AUTH_CLIENT_ASSERTION_FILE";
 
 impl ServiceAccountAuthorizer {
     /// Builds an authorizer from `EN_AUTH_*` environment variables:
@@ -39,6 +43,7 @@ impl ServiceAccountAuthorizer {
     /// | `EN_AUTH_AUDIENCE`, `EN_AUTH_SCOPES`, `EN_AUTH_API_KEY` | optional |
     /// | `EN_AUTH_DEFAULT_TOKEN_LIFETIME` | optional, seconds |
     /// | `EN_AUTH_PRIVATE_KEY_FILE` (+ `EN_AUTH_KEY_ID` for PEM) | optional: `private_key_jwt` instead of the secret |
+    /// | `EN_AUTH_CLIENT_ASSERTION_FILE` | optional: a client assertion read from this file for every token request, instead of the secret |
     ///
     /// A missing (or empty) required variable is [`Error::MissingConfiguration`] naming it.
     pub fn from_env() -> Result<Self, Error> {
@@ -65,10 +70,17 @@ impl ServiceAccountAuthorizer {
         };
         let client_id = require(CLIENT_ID)?;
         let key_file = get(PRIVATE_KEY_FILE);
-        // With a private key the client proves itself by signature; no secret is sent.
-        let client_secret = match &key_file {
-            Some(_) => get(CLIENT_SECRET).unwrap_or_default(),
-            None => require(CLIENT_SECRET)?,
+        let assertion_file = get(CLIENT_ASSERTION_FILE);
+        if key_file.is_some() && assertion_file.is_some() {
+            return Err(Error::InvalidConfiguration {
+                setting: CLIENT_ASSERTION_FILE.to_owned(),
+                reason: format!("set either it or {PRIVATE_KEY_FILE}, not both"),
+            });
+        }
+        // With a private key or an assertion the client proves itself without a secret.
+        let client_secret = match (&key_file, &assertion_file) {
+            (None, None) => require(CLIENT_SECRET)?,
+            _ => get(CLIENT_SECRET).unwrap_or_default(),
         };
         let mut info = ClientInfo::new(client_id, client_secret);
         if let Some(key) = get(API_KEY) {
@@ -116,6 +128,10 @@ impl ServiceAccountAuthorizer {
                 ClientAuthentication::private_key_jwt_pem(&key, require(KEY_ID)?.trim())?
             };
             authorizer = authorizer.with_authentication(authentication);
+        }
+        if let Some(path) = assertion_file {
+            authorizer =
+                authorizer.with_authentication(ClientAuthentication::assertion_file(path.trim()));
         }
         if let Some(lifetime) = get(DEFAULT_TOKEN_LIFETIME) {
             let seconds: u64 =
@@ -170,6 +186,30 @@ mod tests {
         let err = from(&vars).unwrap_err();
         assert!(
             matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == PRIVATE_KEY_FILE),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_assertion_file_replaces_the_secret() {
+        let mut vars = HashMap::from([
+            (CLIENT_ID, "svc".to_owned()),
+            (TOKEN_URL, "https://idp.example.com/token".to_owned()),
+            (
+                CLIENT_ASSERTION_FILE,
+                " /var/run/secrets/tokens/idp ".to_owned(),
+            ),
+        ]);
+        let sa = from(&vars).expect("no secret needed");
+        let debug = format!("{sa:?}");
+        assert!(
+            debug.contains("AssertionSource::File(/var/run/secrets/tokens/idp)"),
+            "{debug}"
+        );
+        vars.insert(PRIVATE_KEY_FILE, "/etc/key.pem".to_owned());
+        let err = from(&vars).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfiguration { ref setting, .. } if setting == CLIENT_ASSERTION_FILE),
             "{err:?}"
         );
     }

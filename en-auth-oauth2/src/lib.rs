@@ -20,6 +20,11 @@
 //!   lifecycle per caller's token: [`OnBehalfOf`].
 //! - The JWT bearer grant (RFC 7523 §2.1), the JWT signed by a [`Signer`] or read from a
 //!   source: [`JwtBearerAuthorizer`].
+//! - Keys that never enter the process (a KMS, an HSM) and key files rotated under a running
+//!   service: [`Signer`], [`PemFileSigner`], [`ClientAuthentication::private_key_jwt_signer`],
+//!   [`ServiceAccountAuthorizer::with_dpop_signer`].
+//! - Assertions issued by someone else (Kubernetes, SPIFFE, CI OIDC tokens):
+//!   [`ClientAuthentication::assertion_file`], [`ClientAuthentication::assertion_from_fn`].
 //! - One token request with its status and headers, for your own lifecycle (the token
 //!   proxy's): [`token_endpoint::request_token`].
 //!
@@ -45,6 +50,8 @@ mod jwt_bearer;
 mod mtls;
 mod on_behalf_of;
 mod password;
+mod pem_file_signer;
+mod private_key_signer;
 mod response;
 mod signer;
 pub mod token_endpoint;
@@ -63,6 +70,8 @@ pub use jwt_bearer::{JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer};
 pub use mtls::TlsClientIdentity;
 pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, OnBehalfOf};
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
+pub use pem_file_signer::PemFileSigner;
+pub use private_key_signer::PrivateKeySigner;
 pub use signer::{Signer, SigningAlgorithm};
 pub use token_exchange::{
     ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML1_TOKEN_TYPE,

@@ -101,13 +101,11 @@ pub trait Signer: Send + Sync + fmt::Debug {
 /// Builds and signs a compact JWS with `signer` (its [`current`](Signer::current) key):
 /// `header` gets `alg` and, when the key has one, `kid` (members already in `header` win);
 /// the claims are `claims` serialized. The result is a secret (an assertion or proof).
-#[allow(dead_code)] // used by private_key_jwt, JWT bearer and DPoP (issue 18, in progress)
 pub(crate) async fn sign_jwt(
     signer: &dyn Signer,
     mut header: serde_json::Map<String, serde_json::Value>,
     claims: &impl serde::Serialize,
 ) -> Result<secrecy::SecretString, Error> {
-    use base64::Engine as _;
     let current = signer.current().await?;
     let signer: &dyn Signer = current.as_deref().unwrap_or(signer);
     header
@@ -116,15 +114,24 @@ pub(crate) async fn sign_jwt(
     if let Some(kid) = signer.key_id() {
         header.entry("kid").or_insert_with(|| kid.into());
     }
-    let message = format!("{}.{}", b64_json(&header)?, b64_json(claims)?);
-    let signature = signer.sign(message.as_bytes()).await?;
-    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
-    Ok(secrecy::SecretString::from(format!(
-        "{message}.{signature}"
-    )))
+    sign_with(signer, &header, claims).await
 }
 
-#[allow(dead_code)]
+/// Signs `base64url(header) "." base64url(claims)` with exactly `signer` (not its
+/// [`current`](Signer::current) key; the caller asked for that already) and `header` as given.
+pub(crate) async fn sign_with(
+    signer: &dyn Signer,
+    header: &serde_json::Map<String, serde_json::Value>,
+    claims: &impl serde::Serialize,
+) -> Result<secrecy::SecretString, Error> {
+    use base64::Engine as _;
+    let mut jwt = format!("{}.{}", b64_json(header)?, b64_json(claims)?);
+    let signature = signer.sign(jwt.as_bytes()).await?;
+    jwt.push('.');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
+    Ok(secrecy::SecretString::from(jwt))
+}
+
 fn b64_json(value: &impl serde::Serialize) -> Result<String, Error> {
     use base64::Engine as _;
     let bytes = serde_json::to_vec(value).map_err(|e| Error::InvalidConfiguration {

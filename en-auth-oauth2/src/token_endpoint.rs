@@ -101,7 +101,7 @@ pub(crate) async fn exchange(
         let mut request =
             token_request(http, url, info, authentication, form.iter().copied()).await?;
         if let Some(dpop) = dpop {
-            request = request.header(DPOP_HEADER, dpop.header("POST", url.as_str(), None)?);
+            request = request.header(DPOP_HEADER, dpop.header("POST", url.as_str(), None).await?);
         }
         let (status, headers, body) = send(request).await?;
         if let Some(dpop) = dpop {

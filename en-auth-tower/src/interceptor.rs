@@ -114,7 +114,7 @@ impl<A: Authorizer> Interceptor for AuthInterceptor<A> {
         // they are (marked sensitive), without a copy.
         let credentials = self
             .core
-            .credentials(&token, &http::Method::POST, "")
+            .bearer_credentials(&token)
             .map_err(|err| Status::internal(err.to_string()))?;
         credentials.apply(request.metadata_mut().as_mut());
         Ok(request)

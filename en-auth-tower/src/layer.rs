@@ -198,6 +198,14 @@ where
     if let Err(err) = auth.core.check_request(uri.scheme_str(), host) {
         return ResponseFuture::failed(err);
     }
+    if auth.core.uses_request_proofs() {
+        // A proof per request (DPoP), signed by a key that may live outside the process: the
+        // request waits for it, so it takes the service polled ready along (as below).
+        let fresh = inner.clone();
+        let ready = std::mem::replace(inner, fresh);
+        let auth = Arc::clone(auth);
+        return ResponseFuture::slow(Box::pin(authorize_then_send(auth, ready, request)));
+    }
     let Some(token) = auth.core.cached_token() else {
         // No usable token: the request waits for the shared fetch, so it takes the service
         // that was polled ready along, and a fresh clone stays behind for the next
@@ -234,7 +242,7 @@ fn host_of(authority: &str) -> &str {
 fn send<S, A, ReqB, ResB>(
     auth: &Arc<AuthLayer<A>>,
     inner: &mut S,
-    mut request: Request<ReqB>,
+    request: Request<ReqB>,
     token: Arc<CachedToken<A::Token>>,
 ) -> ResponseFuture<S, A, ReqB, ResB>
 where
@@ -245,12 +253,31 @@ where
     ReqB: ReplayBody + Send + 'static,
     ResB: Send + 'static,
 {
-    // What a proof (DPoP) binds and the authorizer reads in responses: the absolute URI.
-    let url = if auth.core.uses_request_proofs() {
-        request.uri().to_string()
-    } else {
-        String::new()
+    let credentials = match auth.core.bearer_credentials(&token) {
+        Ok(credentials) => credentials,
+        Err(err) => return ResponseFuture::failed(err),
     };
+    send_authorized(auth, inner, request, token, String::new(), credentials)
+}
+
+/// Sends `request` with `credentials` (made for `token`; `url`: the request's absolute URI
+/// when requests carry proofs, which the authorizer reads in responses, else empty).
+fn send_authorized<S, A, ReqB, ResB>(
+    auth: &Arc<AuthLayer<A>>,
+    inner: &mut S,
+    mut request: Request<ReqB>,
+    token: Arc<CachedToken<A::Token>>,
+    url: String,
+    credentials: en_auth_core::Credentials,
+) -> ResponseFuture<S, A, ReqB, ResB>
+where
+    A: Authorizer,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody + Send + 'static,
+    ResB: Send + 'static,
+{
     // A copy of the request and a spare service for the replay, only when the body can be
     // sent twice; the spare is polled ready before it is used.
     let replay = if auth.core.replays() {
@@ -258,9 +285,7 @@ where
     } else {
         None
     };
-    if let Err(err) = authorize(&auth.core, &mut request, &token, &url) {
-        return ResponseFuture::failed(err);
-    }
+    credentials.apply(request.headers_mut());
     let future = inner.call(request);
     ResponseFuture {
         state: State::Sent {
@@ -275,14 +300,14 @@ where
     }
 }
 
-/// Sets the request's credentials for `token` (`url`: see [`send`]).
-fn authorize<A: Authorizer, B>(
+/// Sets the request's credentials for `token` (`url`: see [`send_authorized`]).
+async fn authorize<A: Authorizer, B>(
     core: &AdapterCore<A>,
     request: &mut Request<B>,
     token: &CachedToken<A::Token>,
     url: &str,
 ) -> Result<(), en_auth_core::Error> {
-    let credentials = core.credentials(token, request.method(), url)?;
+    let credentials = core.credentials(token, request.method(), url).await?;
     credentials.apply(request.headers_mut());
     Ok(())
 }
@@ -443,7 +468,18 @@ where
     ReqB: ReplayBody + Send + 'static,
     ResB: Send + 'static,
 {
-    let token = auth.core.token().await?;
+    let token = match auth.core.cached_token() {
+        Some(token) => token,
+        None => auth.core.token().await?,
+    };
+    if auth.core.uses_request_proofs() {
+        let url = request.uri().to_string();
+        let credentials = auth
+            .core
+            .credentials(&token, request.method(), &url)
+            .await?;
+        return send_authorized(&auth, &mut service, request, token, url, credentials).await;
+    }
     send(&auth, &mut service, request, token).await
 }
 
@@ -481,7 +517,7 @@ where
         return Ok(response);
     };
     let mut again = saved.into_request(body);
-    authorize(&auth.core, &mut again, &token, &url)?;
+    authorize(&auth.core, &mut again, &token, &url).await?;
     drop(response);
     let response = call_when_ready(&mut service, again).await?;
     auth.core.after_final_response(ResponseHead::new(

@@ -1,6 +1,7 @@
 //! DPoP through the tower `AuthLayer` on hyper-util's client: a DPoP-bound token from panva's
 //! `oidc-provider`, a fresh proof per request checked by an axum API behind
-//! `RequireAuth::dpop_with`, and the API's nonce challenge answered with one retry.
+//! `RequireAuth::dpop_with`, and the API's nonce challenge answered with one retry; the same
+//! with every proof signed by a key held outside the authorizer (a KMS stand-in).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,5 +63,92 @@ async fn the_layer_sends_dpop_proofs_and_answers_a_nonce_challenge_once() {
         3,
         "the nonce was remembered"
     );
+    assert_eq!(provider.tokens_issued().await, 1);
+}
+
+/// A signer whose key is held by a task (as a KMS holds it), counting sign calls.
+#[derive(Debug)]
+struct KmsSigner {
+    requests: tokio::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Vec<u8>>)>,
+    public_jwk: serde_json::Value,
+    calls: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl en_auth_oauth2::Signer for KmsSigner {
+    fn algorithm(&self) -> en_auth_oauth2::SigningAlgorithm {
+        en_auth_oauth2::SigningAlgorithm::ES256
+    }
+    fn key_id(&self) -> Option<String> {
+        None
+    }
+    fn public_jwk(&self) -> serde_json::Value {
+        self.public_jwk.clone()
+    }
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, en_auth_core::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unreachable = |_| en_auth_core::Error::CredentialUnavailable {
+            credential: "kms".into(),
+            reason: "unreachable".into(),
+        };
+        self.requests
+            .send((message.to_vec(), reply))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        answer.await.map_err(|e| unreachable(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn every_proof_is_signed_by_a_signer_outside_the_authorizer() {
+    use en_auth_oauth2::{DpopKey, Signer};
+    let provider = OidcProvider::start(600).await;
+    let verifier = Verifier::oidc(provider.issuer(), OidcProvider::API);
+    let app = Router::new().route(
+        "/orders",
+        get(|| async { "orders" })
+            .layer(RequireAuth::new(verifier).dpop_with(DpopVerifier::new().with_nonce("n-7"))),
+    );
+    let api = LoopbackServer::start(app).await.unwrap();
+
+    // The "KMS": the key lives in this task; the authorizer only sends it what to sign.
+    let key = DpopKey::generate().unwrap();
+    let public_jwk = key.public_jwk();
+    let (requests, mut inbox) =
+        tokio::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<Vec<u8>>)>(8);
+    tokio::spawn(async move {
+        while let Some((message, reply)) = inbox.recv().await {
+            let _ = reply.send(key.sign(&message).await.unwrap());
+        }
+    });
+    let calls = Arc::new(AtomicU64::new(0));
+    let kms = KmsSigner {
+        requests,
+        public_jwk,
+        calls: Arc::clone(&calls),
+    };
+
+    let (id, secret) = OidcProvider::DPOP_CLIENT;
+    let sa = ServiceAccountAuthorizer::new(ClientInfo::new(id, secret), provider.token_url())
+        .with_audience(OidcProvider::API)
+        .with_dpop_signer(Arc::new(kms));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = AuthLayer::new(sa).layer(client);
+    let get = || Request::get(api.url("/orders")).body(Empty::new()).unwrap();
+
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // One proof for the token request, two for the API (challenged for a nonce, resent).
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    for n in 1..=3 {
+        let response = service.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3 + n,
+            "one signature per request"
+        );
+    }
     assert_eq!(provider.tokens_issued().await, 1);
 }

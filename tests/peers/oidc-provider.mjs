@@ -44,6 +44,10 @@
 //   GET /__exchange_keys {"upstream", "bearer": PKCS#8 PEM, "upstream_issuer", "gateway"};
 //   GET /__exchanges {"exchanges": [{client_id, sub, act, resource, scope, subject_token_type}],
 //   "bearer": [{client_id, header, claims}]}
+// - Workload identity and signers (issue 18): workload-client (private_key_jwt, P-256 key kid
+//   `workload-1`, signed by the test), rotating-key-client (two P-256 keys, kids = their RFC 7638
+//   thumbprints); GET /__signer_keys {"workload", "rotation_1", "rotation_2": PKCS#8 PEM,
+//   "rotation_kids": [kid1, kid2]}
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -161,6 +165,50 @@ const dPoP = {
 };
 // --- end DPoP ---
 
+// --- workload identity and signers (issue 18) ---
+// workload-client: private_key_jwt from a key the test holds (it plays the kubelet / SPIFFE
+// agent that issues the assertion). rotating-key-client: two keys registered, each under its
+// RFC 7638 thumbprint as kid (what en-auth's PemFileSigner announces), for key rotation.
+const SIGNER_KEYS = {
+  workload: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  rotation_1: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+  rotation_2: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+};
+function jwkThumbprint(privateKey) {
+  const { crv, kty, x, y } = crypto.createPublicKey(privateKey).export({ format: 'jwk' });
+  return crypto.createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
+}
+const ROTATION_KIDS = [jwkThumbprint(SIGNER_KEYS.rotation_1), jwkThumbprint(SIGNER_KEYS.rotation_2)];
+const SIGNER_CLIENTS = [
+  ['workload-client', [publicJwk(SIGNER_KEYS.workload, 'workload-1')]],
+  ['rotating-key-client', [
+    publicJwk(SIGNER_KEYS.rotation_1, ROTATION_KIDS[0]),
+    publicJwk(SIGNER_KEYS.rotation_2, ROTATION_KIDS[1]),
+  ]],
+].map(([clientId, keys]) => ({
+  client_id: clientId,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'private_key_jwt',
+  jwks: { keys },
+  scope: 'read:data write:data',
+}));
+// GET /__signer_keys: the private keys as PKCS#8 PEM, and the rotation keys' kids.
+function signerHooks(req, res) {
+  if (req.url !== '/__signer_keys') return false;
+  res.setHeader('content-type', 'application/json');
+  const pem = (key) => key.export({ format: 'pem', type: 'pkcs8' });
+  res.end(JSON.stringify({
+    workload: pem(SIGNER_KEYS.workload),
+    rotation_1: pem(SIGNER_KEYS.rotation_1),
+    rotation_2: pem(SIGNER_KEYS.rotation_2),
+    rotation_kids: ROTATION_KIDS,
+  }));
+  return true;
+}
+// --- end workload identity and signers ---
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
     clients: [
@@ -187,6 +235,7 @@ function makeProvider(issuer, key) {
       ...PASSWORD_CLIENTS,
       ...DPOP_CLIENTS,
       ...EXCHANGE_CLIENTS,
+      ...SIGNER_CLIENTS,
     ],
     findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
     rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
@@ -394,6 +443,7 @@ server.listen(0, '127.0.0.1', () => {
 
   server.on('request', (req, res) => {
     if (exchangeHooks(req, res)) return;
+    if (signerHooks(req, res)) return;
     if (req.url === '/__stats') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({

@@ -296,7 +296,7 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// The proof header for one request with `token` ([`Authorizer::request_proof`]).
-    pub(crate) fn request_proof(
+    pub(crate) async fn request_proof(
         &self,
         token: &CachedToken<A::Token>,
         method: &http::Method,
@@ -305,6 +305,7 @@ impl<A: Authorizer> TokenCache<A> {
         self.inner
             .authorizer
             .request_proof(token.token(), method, url)
+            .await
     }
 
     /// Lets the authorizer read a response to a proof-carrying request
