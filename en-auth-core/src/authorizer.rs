@@ -75,6 +75,18 @@ pub trait Authorizer: Send + Sync + 'static {
             .build()
     }
 
+    // --- Mutual TLS (RFC 8705). Default: no client certificate. ---
+
+    /// The client certificate API requests must present, for certificate-bound tokens
+    /// (`cnf.x5t#S256`, RFC 8705 §3): a resource server refuses such a token from a caller
+    /// that did not present the certificate it is bound to. [`AuthMiddleware::client`]
+    /// builds its HTTP client with it. Default: none.
+    ///
+    /// [`AuthMiddleware::client`]: crate::AuthMiddleware::client
+    fn tls_client_identity(&self) -> Option<reqwest::Identity> {
+        None
+    }
+
     // --- Proof of possession (DPoP, RFC 9449). Defaults: plain bearer tokens, no proofs. ---
 
     /// The scheme of the `Authorization` header the token is sent with: `Bearer` (the

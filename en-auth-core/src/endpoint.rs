@@ -111,6 +111,41 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// directly: a token request to a local provider or sidecar never carries client credentials
 /// to a proxy, whatever `NO_PROXY` says.
 pub fn provider_http_client(connect: Duration, total: Duration) -> reqwest::Client {
+    provider_http_client_builder(connect, total)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Like [`provider_http_client`], for mutual TLS (RFC 8705): the client presents `identity`
+/// (a client certificate and its key) to servers that ask for one, and trusts the
+/// certificate authorities in `roots` besides the system's (a provider whose mTLS endpoint
+/// has a certificate from a private CA).
+///
+/// Unlike [`provider_http_client`], a client that cannot be built is an error, never a
+/// client without the certificate: [`Error::InvalidConfiguration`] (without the key).
+pub fn provider_http_client_with_identity(
+    connect: Duration,
+    total: Duration,
+    identity: Option<reqwest::Identity>,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, Error> {
+    let mut builder = provider_http_client_builder(connect, total);
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build().map_err(|e| Error::InvalidConfiguration {
+        setting: "client_certificate".into(),
+        // reqwest's message names the TLS problem, never the key.
+        reason: format!("the HTTP client for the identity provider cannot be built: {e}"),
+    })
+}
+
+/// The builder behind [`provider_http_client`]: no redirects, timeouts, proxies from the
+/// environment except for loopback.
+fn provider_http_client_builder(connect: Duration, total: Duration) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect)
@@ -119,7 +154,7 @@ pub fn provider_http_client(connect: Duration, total: Duration) -> reqwest::Clie
     if let Some(proxy) = proxy_from_env(|name| std::env::var(name).ok()) {
         builder = builder.proxy(proxy);
     }
-    builder.build().unwrap_or_default()
+    builder
 }
 
 /// The proxy the environment (read through `var`) names, bypassed for loopback destinations.
@@ -224,6 +259,19 @@ pub struct OpenIdConfiguration {
     pub token_endpoint: Option<String>,
     /// Where the provider publishes its signing keys.
     pub jwks_uri: Option<String>,
+    /// Endpoints for clients that use mutual TLS (RFC 8705 §5), when they differ from the
+    /// plain ones.
+    #[serde(default)]
+    pub mtls_endpoint_aliases: Option<MtlsEndpointAliases>,
+}
+
+/// The `mtls_endpoint_aliases` of a discovery document (RFC 8705 §5): where clients that
+/// authenticate with a certificate, or want certificate-bound tokens, send their requests.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[non_exhaustive]
+pub struct MtlsEndpointAliases {
+    /// The token endpoint for mTLS clients.
+    pub token_endpoint: Option<String>,
 }
 
 /// Fetches `{issuer}/.well-known/openid-configuration` and checks that it names `issuer`

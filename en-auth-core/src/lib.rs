@@ -55,6 +55,7 @@ pub use endpoint::{
     get_document, is_loopback_host, provider_http_client, read_body_limited, secure_url,
     str_for_logs, url_for_logs,
 };
+pub use endpoint::{MtlsEndpointAliases, provider_http_client_with_identity};
 pub use error::{Error, Result};
 pub use lifecycle::{
     Backoff, CachedToken, Freshness, LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF,

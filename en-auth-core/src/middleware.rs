@@ -130,9 +130,12 @@ impl<A: Authorizer> AuthMiddleware<A> {
     /// redirects only within the request's origin ([`same_origin_redirects`]): the credentials
     /// never reach another host, port or scheme. Clones of the middleware share one cache.
     ///
-    /// To configure the reqwest client yourself (timeouts, proxies, TLS roots), build it with
-    /// `.redirect(en_auth_core::same_origin_redirects())` and attach the middleware with
-    /// `reqwest_middleware::ClientBuilder`.
+    /// When the authorizer's tokens are bound to a client certificate (mutual TLS, RFC 8705:
+    /// [`Authorizer::tls_client_identity`]), the client presents that certificate, as the
+    /// API requires for such tokens.
+    ///
+    /// To configure the reqwest client further (timeouts, proxies, TLS roots), use
+    /// [`client_with`](Self::client_with), which keeps both.
     ///
     /// ```no_run
     /// # use en_auth_core::{AuthMiddleware, Authorizer};
@@ -143,8 +146,34 @@ impl<A: Authorizer> AuthMiddleware<A> {
     /// # let _ = response; Ok(()) }
     /// ```
     pub fn client(&self) -> Result<reqwest_middleware::ClientWithMiddleware, Error> {
-        let http = reqwest::Client::builder()
-            .redirect(same_origin_redirects())
+        self.client_with(|builder| builder)
+    }
+
+    /// Like [`client`](Self::client), with the reqwest builder handed to `configure` first:
+    /// it arrives with the same-origin redirect policy and the authorizer's client
+    /// certificate, if any, and `configure` adds what it wants (a timeout, a private CA).
+    ///
+    /// ```no_run
+    /// # use en_auth_core::{AuthMiddleware, Authorizer};
+    /// # fn demo(my_authorizer: impl Authorizer, ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// let auth = AuthMiddleware::new(my_authorizer);
+    /// let ca = reqwest::Certificate::from_pem(ca_pem)?;
+    /// let client = auth.client_with(|builder| {
+    ///     builder
+    ///         .add_root_certificate(ca)
+    ///         .timeout(std::time::Duration::from_secs(10))
+    /// })?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn client_with(
+        &self,
+        configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Result<reqwest_middleware::ClientWithMiddleware, Error> {
+        let mut builder = reqwest::Client::builder().redirect(same_origin_redirects());
+        if let Some(identity) = self.cache().authorizer().tls_client_identity() {
+            builder = builder.identity(identity);
+        }
+        let http = configure(builder)
             .build()
             .map_err(|e| Error::InvalidConfiguration {
                 setting: "HTTP client".into(),

@@ -14,10 +14,12 @@ use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
 use crate::dpop::{DPOP_HEADER, Dpop, DpopKey};
-use crate::endpoint::{discover_token_endpoint, token_http_client};
+use crate::endpoint::{DiscoveredTokenEndpoint, discover_token_endpoints};
+use crate::mtls::TlsClientIdentity;
 use crate::signer::Signer;
+use crate::token_client::TokenClient;
 use crate::token_endpoint::exchange;
-use en_auth_core::{provider_http_client, secure_url, str_for_logs, untrusted_text, url_for_logs};
+use en_auth_core::{secure_url, str_for_logs, untrusted_text, url_for_logs};
 
 enum TokenEndpoint {
     /// A URL as given; checked with [`secure_url`] before each use, so a bad one fails the
@@ -25,7 +27,7 @@ enum TokenEndpoint {
     Fixed(String),
     Discovered {
         issuer: String,
-        resolved: OnceCell<Url>,
+        resolved: OnceCell<DiscoveredTokenEndpoint>,
     },
 }
 
@@ -55,7 +57,7 @@ pub struct ServiceAccountAuthorizer {
     extra_params: Vec<(String, String)>,
     authentication: ClientAuthentication,
     default_lifetime: Option<Duration>,
-    http: reqwest::Client,
+    http: TokenClient,
     dpop: DpopSetting,
 }
 
@@ -107,7 +109,7 @@ impl ServiceAccountAuthorizer {
             extra_params: Vec::new(),
             authentication: ClientAuthentication::default(),
             default_lifetime: None,
-            http: token_http_client(),
+            http: TokenClient::new(),
             dpop: DpopSetting::Off,
         }
     }
@@ -142,8 +144,35 @@ impl ServiceAccountAuthorizer {
 
     /// How the client authenticates (default: [`ClientAuthentication::ClientSecretBasic`];
     /// [`ClientAuthentication::private_key_jwt_pem`] for a signed assertion).
+    ///
+    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`],
+    /// [`ClientAuthentication::self_signed_tls_client_auth`]) token requests present the
+    /// certificate, whatever the order of the builder calls; a discovered provider's
+    /// `mtls_endpoint_aliases.token_endpoint` is used when it names one (RFC 8705 §5); and
+    /// [`AuthMiddleware::client`](en_auth_core::AuthMiddleware::client) presents the same
+    /// certificate to APIs, for certificate-bound tokens. A client of your own
+    /// ([`with_http_client`](Self::with_http_client)) cannot be given the certificate: token
+    /// requests then fail with [`Error::InvalidConfiguration`] instead of going out without
+    /// it.
+    ///
+    /// ```no_run
+    /// use en_auth_core::{AuthMiddleware, ClientInfo};
+    /// use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer};
+    ///
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cert = std::fs::read("client.crt")?;
+    /// let key = std::fs::read("client.key")?;
+    /// let authorizer = ServiceAccountAuthorizer::new(
+    ///     ClientInfo::new("my-service", ""), // no secret: the certificate proves who we are
+    ///     "https://mtls.idp.example.com/oauth2/token",
+    /// )
+    /// .with_authentication(ClientAuthentication::tls_client_auth(&cert, &key)?);
+    /// let client = AuthMiddleware::new(authorizer).client()?; // presents the certificate too
+    /// # let _ = client; Ok(()) }
+    /// ```
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.authentication = authentication;
+        self.http.authentication_changed();
         self
     }
 
@@ -154,10 +183,16 @@ impl ServiceAccountAuthorizer {
         self
     }
 
-    /// Uses your own HTTP client for token requests. Build it with
+    /// Uses your own HTTP client for token requests and discovery. Build it with
     /// `redirect(reqwest::redirect::Policy::none())` and timeouts: en-auth's own client has both.
+    ///
+    /// Not with mutual TLS client authentication: en-auth cannot add the client certificate
+    /// to a client it did not build, so token requests then fail with
+    /// [`Error::InvalidConfiguration`]; configure en-auth's client with
+    /// [`with_timeouts`](Self::with_timeouts) and
+    /// [`with_root_certificate`](Self::with_root_certificate) instead.
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.http = http;
+        self.http.set_custom(http);
         self
     }
 
@@ -165,8 +200,32 @@ impl ServiceAccountAuthorizer {
     /// [`CONNECT_TIMEOUT`](crate::CONNECT_TIMEOUT), [`REQUEST_TIMEOUT`](crate::REQUEST_TIMEOUT)).
     /// Replaces a client given with [`with_http_client`](Self::with_http_client).
     pub fn with_timeouts(mut self, connect: Duration, total: Duration) -> Self {
-        self.http = provider_http_client(connect, total);
+        self.http.set_timeouts(connect, total);
         self
+    }
+
+    /// Trusts this certificate authority for the provider's TLS certificate, besides the
+    /// system's roots (a provider, or its mTLS endpoint, with a certificate from a private
+    /// CA). May be called more than once. Replaces a client given with
+    /// [`with_http_client`](Self::with_http_client).
+    ///
+    /// ```no_run
+    /// # use en_auth_core::ClientInfo;
+    /// # use en_auth_oauth2::ServiceAccountAuthorizer;
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = reqwest::Certificate::from_pem(&std::fs::read("idp-ca.crt")?)?;
+    /// let sa = ServiceAccountAuthorizer::new(ClientInfo::new("svc", "secret"), "https://idp.internal/token")
+    ///     .with_root_certificate(ca);
+    /// # let _ = sa; Ok(()) }
+    /// ```
+    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+        self.http.add_root(root);
+        self
+    }
+
+    /// The client certificate token requests present, with mutual TLS client authentication.
+    pub fn tls_identity(&self) -> Option<&TlsClientIdentity> {
+        self.authentication.tls_identity()
     }
 
     /// Sender-constrains the tokens with DPoP (RFC 9449), with a fresh EC P-256 key made for
@@ -241,14 +300,20 @@ impl ServiceAccountAuthorizer {
         }
     }
 
-    /// The token endpoint, discovering it first if needed.
+    /// The token endpoint, discovering it first if needed: for a client authenticating with
+    /// mutual TLS, the discovery document's `mtls_endpoint_aliases.token_endpoint` when it
+    /// names one (RFC 8705 §5).
     pub async fn token_url(&self) -> Result<Url, Error> {
         match &self.endpoint {
             TokenEndpoint::Fixed(url) => secure_url("token_url", url),
-            TokenEndpoint::Discovered { issuer, resolved } => resolved
-                .get_or_try_init(|| discover_token_endpoint(&self.http, issuer))
-                .await
-                .cloned(),
+            TokenEndpoint::Discovered { issuer, resolved } => {
+                // Discovery needs no client certificate: the plain client.
+                let http = self.http.plain()?;
+                resolved
+                    .get_or_try_init(|| discover_token_endpoints(http, issuer))
+                    .await?
+                    .for_client(self.authentication.tls_identity().is_some())
+            }
         }
     }
 
@@ -275,7 +340,7 @@ impl ServiceAccountAuthorizer {
             form.push(("scope", &scope));
         }
         let answer = exchange(
-            &self.http,
+            self.http.for_token_requests(&self.authentication)?,
             &url,
             &self.info,
             &self.authentication,
@@ -346,6 +411,12 @@ impl Authorizer for ServiceAccountAuthorizer {
         key.build()
     }
 
+    fn tls_client_identity(&self) -> Option<reqwest::Identity> {
+        self.authentication
+            .tls_identity()
+            .map(TlsClientIdentity::reqwest_identity)
+    }
+
     fn token_scheme(&self) -> &'static str {
         match self.dpop {
             DpopSetting::Off => "Bearer",
@@ -385,7 +456,7 @@ impl fmt::Debug for ServiceAccountAuthorizer {
         let endpoint = match &self.endpoint {
             TokenEndpoint::Fixed(url) => str_for_logs(url),
             TokenEndpoint::Discovered { issuer, resolved } => match resolved.get() {
-                Some(url) => url_for_logs(url),
+                Some(found) => url_for_logs(&found.url),
                 None => format!("<discovered from {}>", str_for_logs(issuer)),
             },
         };

@@ -17,6 +17,36 @@ pub fn token_http_client() -> reqwest::Client {
 
 /// Fetches `{issuer}/.well-known/openid-configuration` and returns its `token_endpoint`.
 pub async fn discover_token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<Url, Error> {
+    Ok(discover_token_endpoints(http, issuer).await?.url)
+}
+
+/// A provider's token endpoint found by OIDC discovery, with its mutual-TLS alias.
+#[derive(Clone, Debug)]
+pub(crate) struct DiscoveredTokenEndpoint {
+    /// `token_endpoint`.
+    pub url: Url,
+    /// `mtls_endpoint_aliases.token_endpoint` (RFC 8705 §5), checked with [`secure_url`]
+    /// only when used: a client without mTLS never depends on it.
+    pub mtls_alias: Option<String>,
+}
+
+impl DiscoveredTokenEndpoint {
+    /// The endpoint to send token requests to: the mTLS alias, when the client authenticates
+    /// with a certificate and the provider names one (RFC 8705 §5), else `token_endpoint`.
+    pub fn for_client(&self, mtls: bool) -> Result<Url, Error> {
+        match (&self.mtls_alias, mtls) {
+            (Some(alias), true) => secure_url("mtls_endpoint_aliases.token_endpoint", alias),
+            _ => Ok(self.url.clone()),
+        }
+    }
+}
+
+/// Fetches `{issuer}/.well-known/openid-configuration`: its `token_endpoint` and the mTLS
+/// alias of it.
+pub(crate) async fn discover_token_endpoints(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<DiscoveredTokenEndpoint, Error> {
     let config = discover(http, issuer).await?;
     let endpoint = config
         .token_endpoint
@@ -24,7 +54,10 @@ pub async fn discover_token_endpoint(http: &reqwest::Client, issuer: &str) -> Re
             status: Some(200),
             reason: "discovery document has no token_endpoint".into(),
         })?;
-    secure_url("token_endpoint", &endpoint)
+    Ok(DiscoveredTokenEndpoint {
+        url: secure_url("token_endpoint", &endpoint)?,
+        mtls_alias: config.mtls_endpoint_aliases.and_then(|a| a.token_endpoint),
+    })
 }
 
 /// A token request: a form POST to `url` with `form` and the client's authentication

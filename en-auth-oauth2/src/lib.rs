@@ -54,6 +54,7 @@ mod pem_file_signer;
 mod private_key_signer;
 mod response;
 mod signer;
+mod token_client;
 pub mod token_endpoint;
 mod token_exchange;
 

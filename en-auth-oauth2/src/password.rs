@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
-use crate::endpoint::{send_once, token_http_client, token_request};
+use crate::endpoint::{send_once, token_request};
 use crate::response::parse_token_response;
+use crate::token_client::TokenClient;
 
 /// Auth0's grant for a password login against a named connection (`realm`).
 pub const PASSWORD_REALM_GRANT: &str = "http://auth0.com/oauth/grant-type/password-realm";
@@ -136,7 +137,7 @@ pub struct PasswordAuthorizer {
     scopes: Vec<String>,
     authentication: ClientAuthentication,
     default_lifetime: Option<Duration>,
-    http: reqwest::Client,
+    http: TokenClient,
 }
 
 impl PasswordAuthorizer {
@@ -156,7 +157,7 @@ impl PasswordAuthorizer {
             scopes: Vec::new(),
             authentication: ClientAuthentication::default(),
             default_lifetime: None,
-            http: token_http_client(),
+            http: TokenClient::new(),
         }
     }
 
@@ -184,8 +185,15 @@ impl PasswordAuthorizer {
 
     /// How the client authenticates (default: `client_secret_basic`; a public client with an
     /// empty secret may use [`ClientAuthentication::ClientSecretPost`]).
+    ///
+    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`]) token requests present the
+    /// certificate, and so does
+    /// [`AuthMiddleware::client`](en_auth_core::AuthMiddleware::client) for the bound tokens;
+    /// the rules are those of
+    /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.authentication = authentication;
+        self.http.authentication_changed();
         self
     }
 
@@ -196,9 +204,19 @@ impl PasswordAuthorizer {
     }
 
     /// Uses your own HTTP client for token requests (build it without redirects and with
-    /// timeouts, as en-auth's own is).
+    /// timeouts, as en-auth's own is). Not with mutual TLS client authentication: token
+    /// requests then fail with [`Error::InvalidConfiguration`] rather than go out without the
+    /// certificate (see [`with_root_certificate`](Self::with_root_certificate)).
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.http = http;
+        self.http.set_custom(http);
+        self
+    }
+
+    /// Trusts this certificate authority for the provider's TLS certificate, besides the
+    /// system's roots. Replaces a client given with
+    /// [`with_http_client`](Self::with_http_client).
+    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+        self.http.add_root(root);
         self
     }
 
@@ -268,8 +286,14 @@ impl PasswordAuthorizer {
             duration_ms = tracing::field::Empty,
         );
         let result = async {
-            let request =
-                token_request(&self.http, &url, &self.info, &self.authentication, form).await?;
+            let request = token_request(
+                self.http.for_token_requests(&self.authentication)?,
+                &url,
+                &self.info,
+                &self.authentication,
+                form,
+            )
+            .await?;
             let started = Instant::now();
             let (status, headers, bytes) = send_once(request).await?;
             let span = tracing::Span::current();
@@ -322,6 +346,12 @@ impl Authorizer for PasswordAuthorizer {
 
     async fn authorize(&self) -> Result<PasswordToken, Error> {
         self.login().await
+    }
+
+    fn tls_client_identity(&self) -> Option<reqwest::Identity> {
+        self.authentication
+            .tls_identity()
+            .map(crate::TlsClientIdentity::reqwest_identity)
     }
 
     async fn refresh(&self, token: &PasswordToken) -> Result<PasswordToken, Error> {
