@@ -22,7 +22,8 @@ pub struct TlsClientIdentity {
 
 impl TlsClientIdentity {
     /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or
-    /// SEC1). Unreadable input is [`Error::InvalidConfiguration`] without the key.
+    /// SEC1). Unreadable input, or a key that is not the certificate's, is
+    /// [`Error::InvalidConfiguration`] without the key.
     pub fn from_pem(cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidConfiguration {
             setting: "client_certificate".into(),
@@ -40,9 +41,21 @@ impl TlsClientIdentity {
         both.extend_from_slice(cert_pem);
         both.push(b'\n');
         both.extend_from_slice(key_pem);
-        let identity = reqwest::Identity::from_pem(&both)
-            .map_err(|_| invalid("the certificate and key cannot be used for TLS"))?;
+        let identity = reqwest::Identity::from_pem(&both);
         zeroize::Zeroize::zeroize(&mut both);
+        let identity =
+            identity.map_err(|_| invalid("the certificate and key cannot be used for TLS"))?;
+        // Parsing the PEM checks neither the key's contents nor that it is the certificate's:
+        // a TLS client configuration does (so a bad pair fails here, not in a handshake).
+        reqwest::Client::builder()
+            .identity(identity.clone())
+            .build()
+            .map_err(|_| {
+                invalid(
+                    "the certificate and key cannot be used for TLS (a damaged key, or not the \
+                     certificate's key)",
+                )
+            })?;
         let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(leaf.as_ref()));
         Ok(Self {

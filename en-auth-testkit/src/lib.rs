@@ -10,6 +10,8 @@
 //!
 //! - [`OidcProvider`]: panva's `oidc-provider`, a certified OpenID provider, run with Node.
 //! - [`RedisServer`]: Debian's `redis-server` on a free loopback port.
+//! - Mutual TLS: [`TestPki`] (a throw-away CA), [`MtlsFront`] (a TLS-terminating front for
+//!   `oidc-provider`), [`TlsServer`] (an axum router over TLS that sees client certificates).
 //! - [`capture_traces`]: what the code under test logs, to check that no secret is in it.
 //!
 //! Every server binds `127.0.0.1:0` (a free port) and stops when dropped.
@@ -19,6 +21,7 @@
 mod api;
 mod idp;
 mod idp_exchange;
+mod mtls;
 mod peers;
 mod redis;
 mod server;
@@ -26,6 +29,9 @@ mod traces;
 
 pub use api::{ProtectedApi, SeenRequest};
 pub use idp::{Fault, IdpConfig, LocalIdp};
+pub use mtls::{
+    CLIENT_CERT_HEADER, CLIENT_VERIFY_HEADER, CertifiedKey, MtlsFront, TestPki, TlsServer,
+};
 pub use peers::{MotoServer, OidcProvider, peers_dir};
 pub use redis::RedisServer;
 pub use server::LoopbackServer;

@@ -18,6 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::dpop::{DpopError, DpopRequest, DpopVerifier, bound_thumbprint};
+use crate::mtls::{CertificateSource, check_binding, presented_thumbprint};
 use crate::verifier::check_scopes;
 use crate::{Claims, Verifier};
 
@@ -55,6 +56,18 @@ pub struct RequireAuth {
     scopes: Arc<[String]>,
     /// DPoP required on the wrapped routes (sender-constrained tokens, RFC 9449).
     dpop: Option<DpopVerifier>,
+    /// Certificate-bound tokens checked on the wrapped routes (mutual TLS, RFC 8705 §3).
+    certificate: Option<CertificateSetting>,
+    /// Tokens without `cnf.x5t#S256` refused.
+    require_certificate_binding: bool,
+}
+
+/// [`RequireAuth::certificate_from_header`] with a name that cannot be a header: every
+/// request is refused with 503 rather than checked against nothing.
+#[derive(Clone, Debug)]
+enum CertificateSetting {
+    On(CertificateSource),
+    Invalid(String),
 }
 
 /// What a DPoP route needs from the request besides the token.
@@ -84,6 +97,99 @@ impl RequireAuth {
             verifier,
             scopes: Arc::from(Vec::new()),
             dpop: None,
+            certificate: None,
+            require_certificate_binding: false,
+        }
+    }
+
+    /// Checks certificate-bound tokens (mutual TLS, RFC 8705 §3) on the wrapped routes: a
+    /// token whose `cnf.x5t#S256` names a client certificate is accepted only from a caller
+    /// that presented that certificate in the TLS handshake — a [`PeerCertificate`] your TLS
+    /// acceptor puts in the request's extensions (see its documentation for axum and
+    /// tokio-rustls). Otherwise: `401` with `error="invalid_token"`.
+    ///
+    /// Tokens without `cnf.x5t#S256` are accepted as plain bearer tokens, as RFC 8705 has it
+    /// (a provider binds only the tokens of clients registered for it); to refuse them, add
+    /// [`require_certificate_binding`](Self::require_certificate_binding). Without this
+    /// call, no certificate is looked at and a bound token is accepted like any other.
+    ///
+    /// ```no_run
+    /// # use en_auth_verify::{RequireAuth, Verifier};
+    /// let layer = RequireAuth::new(Verifier::oidc("https://idp.example.com/", "https://api.example.com"))
+    ///     .certificate_bound();
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`PeerCertificate`]: crate::PeerCertificate
+    pub fn certificate_bound(self) -> Self {
+        self.certificate_source(CertificateSource::Tls)
+    }
+
+    /// Like [`certificate_bound`](Self::certificate_bound), with the caller's certificate
+    /// taken from the header `name`, set by a TLS-terminating proxy in front of this service
+    /// that verified it: the URL-encoded PEM of the leaf certificate, as nginx's
+    /// `$ssl_client_escaped_cert` (`proxy_set_header X-Client-Cert $ssl_client_escaped_cert;`);
+    /// an empty value means no certificate. The TLS layer's [`PeerCertificate`] is then not
+    /// read.
+    ///
+    /// The header is trusted as the proxy's word: use this only when every request reaches
+    /// the service through that proxy, and the proxy replaces any header of that name the
+    /// client sent. Several headers of that name, or one that holds no certificate, are
+    /// refused (`401`). An invalid header name makes every request fail with `503`.
+    ///
+    /// ```no_run
+    /// # use en_auth_verify::{RequireAuth, Verifier};
+    /// let layer = RequireAuth::new(Verifier::oidc("https://idp.example.com/", "https://api.example.com"))
+    ///     .certificate_from_header("x-client-cert");
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`PeerCertificate`]: crate::PeerCertificate
+    pub fn certificate_from_header(mut self, name: &str) -> Self {
+        match http::HeaderName::try_from(name) {
+            Ok(name) => self.certificate_source(CertificateSource::Header(name)),
+            Err(_) => {
+                self.certificate = Some(CertificateSetting::Invalid(format!(
+                    "`{}` is not a header name",
+                    en_auth_core::untrusted_text(name)
+                )));
+                self
+            }
+        }
+    }
+
+    /// With [`certificate_bound`](Self::certificate_bound) or
+    /// [`certificate_from_header`](Self::certificate_from_header) (alone, the same as after
+    /// `certificate_bound`): also refuse tokens that are not certificate-bound (`401`), so
+    /// that a token stolen from a client without mTLS is useless here.
+    pub fn require_certificate_binding(mut self) -> Self {
+        self.require_certificate_binding = true;
+        self
+    }
+
+    fn certificate_source(mut self, source: CertificateSource) -> Self {
+        self.certificate = Some(CertificateSetting::On(source));
+        self
+    }
+
+    /// What the request's certificate says, when the route checks certificate-bound tokens:
+    /// `None` when it does not.
+    fn presented_certificate<B>(&self, request: &Request<B>) -> Option<Presented> {
+        let tls = CertificateSetting::On(CertificateSource::Tls);
+        let setting = match &self.certificate {
+            Some(setting) => setting,
+            None if self.require_certificate_binding => &tls,
+            None => return None,
+        };
+        match setting {
+            CertificateSetting::Invalid(reason) => Some(Err(Error::InvalidConfiguration {
+                setting: "RequireAuth::certificate_from_header".into(),
+                reason: reason.clone(),
+            })),
+            CertificateSetting::On(source) => Some(
+                presented_thumbprint(source, request.extensions(), request.headers())
+                    .map(|thumbprint| (self.require_certificate_binding, thumbprint)),
+            ),
         }
     }
 
@@ -118,8 +224,13 @@ impl RequireAuth {
         self
     }
 
-    /// Verifies the `Authorization` header's token and the required scopes.
-    async fn check(&self, authorization: Authorization) -> Result<Arc<Claims>, Error> {
+    /// Verifies the `Authorization` header's token, its certificate binding and the
+    /// required scopes.
+    async fn check(
+        &self,
+        authorization: Authorization,
+        certificate: Option<Presented>,
+    ) -> Result<Arc<Claims>, Error> {
         let Authorization::One(authorization) = authorization else {
             // Which one would the application behind us read? Refuse rather than guess.
             return Err(Error::InvalidToken {
@@ -139,6 +250,7 @@ impl RequireAuth {
                 reason: "a DPoP-bound token was presented as a bearer token".into(),
             });
         }
+        check_certificate(&claims, certificate)?;
         check_scopes(&claims, &self.scopes)?;
         Ok(claims)
     }
@@ -149,6 +261,7 @@ impl RequireAuth {
         dpop: &DpopVerifier,
         authorization: Option<HeaderValue>,
         parts: ProofParts,
+        certificate: Option<Presented>,
     ) -> Result<Arc<Claims>, Refusal> {
         let token = authorization
             .as_ref()
@@ -185,8 +298,24 @@ impl RequireAuth {
             jkt,
         })
         .map_err(Refusal::Proof)?;
+        check_certificate(&claims, certificate)?;
         check_scopes(&claims, &self.scopes)?;
         Ok(claims)
+    }
+}
+
+/// Whether the route requires bound tokens, and the thumbprint of the certificate the request
+/// came with (if any); or why it could not be read.
+type Presented = Result<(bool, Option<String>), Error>;
+
+/// Checks `claims`' certificate binding when the route asks for it.
+fn check_certificate(claims: &Claims, certificate: Option<Presented>) -> Result<(), Error> {
+    match certificate {
+        None => Ok(()),
+        Some(presented) => {
+            let (require_bound, thumbprint) = presented?;
+            check_binding(require_bound, claims, thumbprint.as_deref())
+        }
     }
 }
 
@@ -338,6 +467,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         let authorization = Authorization::of(request.headers());
+        let certificate = auth.presented_certificate(&request);
         if let Some(dpop) = auth.dpop.clone() {
             let Authorization::One(authorization) = authorization else {
                 let refusal = Refusal::Token(Error::InvalidToken {
@@ -355,7 +485,10 @@ where
                 proofs: request.headers().get_all("dpop").iter().cloned().collect(),
             };
             return Box::pin(async move {
-                match auth.check_dpop(&dpop, authorization, parts).await {
+                match auth
+                    .check_dpop(&dpop, authorization, parts, certificate)
+                    .await
+                {
                     Ok(claims) => {
                         request.extensions_mut().insert(Authenticated(claims));
                         inner.call(request).await
@@ -365,7 +498,7 @@ where
             });
         }
         Box::pin(async move {
-            match auth.check(authorization).await {
+            match auth.check(authorization, certificate).await {
                 Ok(claims) => {
                     request.extensions_mut().insert(Authenticated(claims));
                     inner.call(request).await

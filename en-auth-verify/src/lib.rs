@@ -10,7 +10,10 @@
 //! can change (expiry, key still published, scopes) run again.
 //!
 //! Sender-constrained tokens (DPoP, RFC 9449): [`RequireAuth::dpop`] requires them on a route,
-//! with each request's proof checked by a [`DpopVerifier`].
+//! with each request's proof checked by a [`DpopVerifier`]. Certificate-bound tokens (mutual
+//! TLS, RFC 8705): [`RequireAuth::certificate_bound`] checks them against the caller's
+//! [`PeerCertificate`] (or [`RequireAuth::certificate_from_header`], behind a TLS-terminating
+//! proxy).
 //!
 //! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
 //! handlers read the claims with the [`Authenticated`] extractor.
@@ -37,6 +40,7 @@ mod decode;
 mod dpop;
 mod jwks;
 mod layer;
+mod mtls;
 mod token_cache;
 mod verifier;
 
@@ -47,6 +51,7 @@ pub use dpop::{
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_EVERY};
 pub use layer::{Authenticated, RequireAuth, RequireAuthService};
+pub use mtls::PeerCertificate;
 pub use token_cache::{DEFAULT_TOKEN_CACHE_CAPACITY, DEFAULT_TOKEN_CACHE_MAX_AGE};
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -48,6 +48,13 @@
 //   `workload-1`, signed by the test), rotating-key-client (two P-256 keys, kids = their RFC 7638
 //   thumbprints); GET /__signer_keys {"workload", "rotation_1", "rotation_2": PKCS#8 PEM,
 //   "rotation_kids": [kid1, kid2]}
+// - mTLS (RFC 8705), behind en_auth_testkit::MtlsFront (TLS terminated there; the client
+//   certificate arrives as URL-encoded PEM in x-client-cert, its CA verdict in x-client-verify):
+//     mtls-ca-client           tls_client_auth, subject DN `CN=en-auth mtls client`
+//     mtls-self-signed-client  self_signed_tls_client_auth, registered by POST /__mtls
+//   both with certificate-bound access tokens (cnf.x5t#S256).
+//   Test hook: POST /__mtls {"token_endpoint_alias": url, "self_signed_x5c": base64 DER}
+//              (mtls_endpoint_aliases.token_endpoint in discovery; the self-signed client's cert)
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -208,6 +215,90 @@ function signerHooks(req, res) {
   return true;
 }
 // --- end workload identity and signers ---
+// --- mTLS (issue 18) ---
+const MTLS_SUBJECT_DN = 'CN=en-auth mtls client';
+const MTLS_CLIENT = {
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  tls_client_certificate_bound_access_tokens: true,
+  scope: 'read:data write:data',
+};
+const MTLS_CLIENTS = [{
+  ...MTLS_CLIENT,
+  client_id: 'mtls-ca-client',
+  token_endpoint_auth_method: 'tls_client_auth',
+  tls_client_auth_subject_dn: MTLS_SUBJECT_DN,
+}];
+// oidc-provider's default methods, and the two of RFC 8705.
+const CLIENT_AUTH_METHODS = [
+  'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+  'tls_client_auth', 'self_signed_tls_client_auth',
+];
+const mtlsAliases = {};
+// The certificate the front forwarded (never one the client wrote itself: the front
+// replaces these headers).
+function mtlsCertificate(ctx) {
+  const escaped = ctx.get('x-client-cert');
+  if (!escaped) return undefined;
+  try {
+    return new crypto.X509Certificate(decodeURIComponent(escaped));
+  } catch {
+    return undefined;
+  }
+}
+const mTLS = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  tlsClientAuth: true,
+  selfSignedTlsClientAuth: true,
+  getCertificate: mtlsCertificate,
+  certificateAuthorized: (ctx) => ctx.get('x-client-verify') === 'SUCCESS',
+  certificateSubjectMatches(ctx, property, expected) {
+    const cert = mtlsCertificate(ctx);
+    // Node lists the RDNs most significant first; RFC 4514 strings the other way round.
+    return property === 'tls_client_auth_subject_dn'
+      && cert?.subject.split('\n').reverse().join(',') === expected;
+  },
+};
+// mtls_endpoint_aliases in the discovery document, once POST /__mtls named the front.
+function mtlsDiscovery(provider) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path === '/.well-known/openid-configuration' && mtlsAliases.token_endpoint) {
+      ctx.body = { ...ctx.body, mtls_endpoint_aliases: { ...mtlsAliases } };
+    }
+  });
+}
+// POST /__mtls: the alias of the token endpoint, and the self-signed client's certificate.
+function mtlsHook(req, res, providers) {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', async () => {
+    try {
+      const body = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+      if (body.token_endpoint_alias) mtlsAliases.token_endpoint = body.token_endpoint_alias;
+      if (body.self_signed_x5c) {
+        const cert = new crypto.X509Certificate(Buffer.from(body.self_signed_x5c, 'base64'));
+        const jwk = { ...cert.publicKey.export({ format: 'jwk' }), x5c: [body.self_signed_x5c] };
+        const metadata = {
+          ...MTLS_CLIENT,
+          client_id: 'mtls-self-signed-client',
+          token_endpoint_auth_method: 'self_signed_tls_client_auth',
+          jwks: { keys: [jwk] },
+        };
+        for (const provider of providers) {
+          await provider.Client.adapter.upsert(metadata.client_id, metadata);
+        }
+      }
+      res.end('ok');
+    } catch (err) {
+      res.statusCode = 400;
+      res.end(String(err));
+    }
+  });
+}
+// --- end mTLS ---
 
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
@@ -236,16 +327,19 @@ function makeProvider(issuer, key) {
       ...DPOP_CLIENTS,
       ...EXCHANGE_CLIENTS,
       ...SIGNER_CLIENTS,
+      ...MTLS_CLIENTS,
     ],
     findAccount: (ctx, sub) => (USERS.has(sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
     rotateRefreshToken: (ctx) => ctx.oidc.client.clientId === 'rotating-password-client',
     jwks: { keys: [key] },
+    clientAuthMethods: CLIENT_AUTH_METHODS,
     // admin:all exists but no client may ask for it: requesting it is invalid_scope.
     scopes: ['openid', 'offline_access', 'read:data', 'write:data', 'admin:all'],
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       dPoP,
+      mTLS,
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -276,6 +370,7 @@ function makeProvider(issuer, key) {
   registerExchangeGrants(provider);
   provider.on('grant.success', () => { tokensIssued += 1; });
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  mtlsDiscovery(provider);
   return provider;
 }
 
@@ -465,6 +560,10 @@ server.listen(0, '127.0.0.1', () => {
     if (req.url === '/__assertions') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify(assertions));
+      return;
+    }
+    if (req.url === '/__mtls' && req.method === 'POST') {
+      mtlsHook(req, res, providers);
       return;
     }
     if (req.url === '/__rotate' && req.method === 'POST') {

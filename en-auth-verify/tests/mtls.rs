@@ -1,0 +1,536 @@
+//! Mutual TLS (RFC 8705) end to end: panva's `oidc-provider` (with `features.mTLS`) behind
+//! a TLS-terminating front (`MtlsFront`, which forwards the client certificate as nginx
+//! does), issuing certificate-bound tokens (`cnf.x5t#S256`) to `tls_client_auth` and
+//! `self_signed_tls_client_auth` clients; an axum API over TLS behind
+//! `RequireAuth::certificate_bound()` that accepts such a token only from the certificate it
+//! is bound to; the same behind a TLS-terminating proxy (`certificate_from_header`).
+//!
+//! Certificates are made for each test by a throw-away CA (`TestPki`, with `openssl`). The
+//! provider runs as its own process, so these tests run in real time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{Next, from_fn};
+use axum::routing::get;
+use base64::Engine;
+use en_auth_core::{AccessToken, AuthMiddleware, Authorizer, ClientInfo, Error};
+use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer, TlsClientIdentity};
+use en_auth_testkit::{CertifiedKey, LoopbackServer, MtlsFront, OidcProvider, TestPki, TlsServer};
+use en_auth_verify::{Authenticated, PeerCertificate, RequireAuth, Verifier};
+
+/// The provider, its TLS front (named as the mTLS alias of the token endpoint) and the CA.
+struct Setup {
+    pki: TestPki,
+    provider: OidcProvider,
+    front: MtlsFront,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let pki = TestPki::create();
+        let provider = OidcProvider::start(600).await;
+        let front = MtlsFront::start(&pki, &provider.issuer()).await;
+        provider
+            .set_mtls_token_endpoint_alias(&format!("{}/token", front.url()))
+            .await;
+        Self {
+            pki,
+            provider,
+            front,
+        }
+    }
+
+    fn ca(&self) -> reqwest::Certificate {
+        reqwest::Certificate::from_pem(self.pki.ca_pem()).expect("CA PEM")
+    }
+
+    /// A certificate of the CA for `mtls-ca-client`'s registered subject.
+    fn client_certificate(&self, name: &str) -> CertifiedKey {
+        self.pki.client(name, OidcProvider::MTLS_CA_CLIENT.1)
+    }
+
+    /// `mtls-ca-client` with `certificate`, at the front's token endpoint.
+    fn authorizer(&self, certificate: &CertifiedKey) -> ServiceAccountAuthorizer {
+        ServiceAccountAuthorizer::new(
+            ClientInfo::new(OidcProvider::MTLS_CA_CLIENT.0, ""),
+            format!("{}/token", self.front.url()),
+        )
+        .with_audience(OidcProvider::API)
+        .with_scopes(["read:data"])
+        .with_root_certificate(self.ca())
+        .with_authentication(tls_client_auth(certificate))
+    }
+}
+
+fn tls_client_auth(certificate: &CertifiedKey) -> ClientAuthentication {
+    ClientAuthentication::tls_client_auth(&certificate.cert_pem, &certificate.key_pem)
+        .expect("certificate and key")
+}
+
+fn identity(certificate: &CertifiedKey) -> TlsClientIdentity {
+    TlsClientIdentity::from_pem(&certificate.cert_pem, &certificate.key_pem).expect("identity")
+}
+
+fn claims_of(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+fn bound_to(jwt: &str) -> String {
+    claims_of(jwt)["cnf"]["x5t#S256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cnf.x5t#S256 in {}", claims_of(jwt)))
+        .to_owned()
+}
+
+async fn orders(claims: Authenticated) -> String {
+    format!("orders for {}", claims.client_id.as_deref().unwrap_or("?"))
+}
+
+/// `/orders` behind `layer`, counting the requests that reach it (refused ones included).
+fn api(layer: RequireAuth, requests: Arc<AtomicU64>) -> Router {
+    Router::new()
+        .route("/orders", get(orders).layer(layer))
+        .layer(from_fn(move |request: Request, next: Next| {
+            requests.fetch_add(1, Ordering::SeqCst);
+            next.run(request)
+        }))
+}
+
+/// A plain reqwest client trusting the test CA, presenting `certificate` if given.
+fn http_client(setup: &Setup, certificate: Option<&CertifiedKey>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(setup.ca());
+    if let Some(certificate) = certificate {
+        builder = builder.identity(identity(certificate).reqwest_identity());
+    }
+    builder.build().expect("client")
+}
+
+/// `GET url` with `Authorization: Bearer token` (and `extra` headers): status and challenge.
+async fn get_with(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    extra: &[(&str, String)],
+) -> (u16, String) {
+    let mut request = http.get(url).bearer_auth(token);
+    for (name, value) in extra {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.expect("api answers");
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (response.status().as_u16(), challenge)
+}
+
+/// nginx's `$ssl_client_escaped_cert`: the PEM, URL-encoded.
+fn escaped_pem(certificate: &CertifiedKey) -> String {
+    let pem = String::from_utf8(certificate.cert_pem.clone()).expect("PEM text");
+    pem.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tls_client_auth_gets_a_token_bound_to_its_certificate() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let sa = setup.authorizer(&certificate);
+    let token = sa.authorize().await.expect("a token");
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+    assert_eq!(setup.provider.token_requests().await, 1);
+    assert_eq!(
+        bound_to(token.access_token()),
+        identity(&certificate).certificate_thumbprint()
+    );
+    assert_eq!(
+        sa.tls_identity()
+            .map(TlsClientIdentity::certificate_thumbprint),
+        Some(identity(&certificate).certificate_thumbprint())
+    );
+}
+
+#[tokio::test]
+async fn self_signed_tls_client_auth_uses_the_discovered_mtls_alias() {
+    let setup = Setup::start().await;
+    let certificate = setup
+        .pki
+        .self_signed_client("self-signed", "/CN=en-auth self-signed client");
+    setup
+        .provider
+        .register_self_signed_client(&certificate)
+        .await;
+    // Discovery goes to the provider itself (plain http on loopback, no certificate); the
+    // token request must go to the mTLS alias, the front: the provider's own token endpoint
+    // never sees a certificate.
+    let sa = ServiceAccountAuthorizer::discover(
+        ClientInfo::new(OidcProvider::MTLS_SELF_SIGNED_CLIENT, ""),
+        setup.provider.issuer(),
+    )
+    .await
+    .expect("discovery")
+    .with_authentication(
+        ClientAuthentication::self_signed_tls_client_auth(
+            &certificate.cert_pem,
+            &certificate.key_pem,
+        )
+        .expect("certificate and key"),
+    )
+    .with_root_certificate(setup.ca())
+    .with_audience(OidcProvider::API);
+    assert_eq!(
+        sa.token_url().await.expect("token url").as_str(),
+        format!("{}/token", setup.front.url())
+    );
+    let token = sa.authorize().await.expect("a token");
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+    assert_eq!(
+        bound_to(token.access_token()),
+        identity(&certificate).certificate_thumbprint()
+    );
+}
+
+#[tokio::test]
+async fn the_provider_refuses_a_client_without_its_certificate() {
+    let setup = Setup::start().await;
+    let token_url = format!("{}/token", setup.front.url());
+    // No certificate at all: the client id alone, over the front.
+    let without = ServiceAccountAuthorizer::new(
+        ClientInfo::new(OidcProvider::MTLS_CA_CLIENT.0, ""),
+        &token_url,
+    )
+    .with_authentication(ClientAuthentication::ClientSecretPost)
+    .with_root_certificate(setup.ca())
+    .with_audience(OidcProvider::API);
+    let err = without.authorize().await.expect_err("refused");
+    assert!(matches!(err, Error::InvalidClient { .. }), "{err:?}");
+    // The right subject, but not from the CA.
+    let forged = setup
+        .pki
+        .self_signed_client("forged", OidcProvider::MTLS_CA_CLIENT.1);
+    let err = setup
+        .authorizer(&forged)
+        .authorize()
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::InvalidClient { .. }), "{err:?}");
+    // A certificate of the CA for another subject.
+    let other = setup.pki.client("other", "/CN=someone else");
+    let err = setup
+        .authorizer(&other)
+        .authorize()
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::InvalidClient { .. }), "{err:?}");
+    assert_eq!(setup.provider.token_requests().await, 3);
+    assert_eq!(setup.provider.tokens_issued().await, 0);
+}
+
+#[tokio::test]
+async fn the_certificate_survives_any_order_of_builder_calls_and_a_custom_client_is_refused() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let info = || ClientInfo::new(OidcProvider::MTLS_CA_CLIENT.0, "");
+    let url = format!("{}/token", setup.front.url());
+    let orders: Vec<(&str, ServiceAccountAuthorizer)> = vec![
+        (
+            "authentication, timeouts, root",
+            ServiceAccountAuthorizer::new(info(), &url)
+                .with_authentication(tls_client_auth(&certificate))
+                .with_timeouts(Duration::from_secs(5), Duration::from_secs(15))
+                .with_root_certificate(setup.ca()),
+        ),
+        (
+            "root, timeouts, authentication",
+            ServiceAccountAuthorizer::new(info(), &url)
+                .with_root_certificate(setup.ca())
+                .with_timeouts(Duration::from_secs(5), Duration::from_secs(15))
+                .with_authentication(tls_client_auth(&certificate)),
+        ),
+        (
+            "custom client, authentication, root (replaces the custom client)",
+            ServiceAccountAuthorizer::new(info(), &url)
+                .with_http_client(reqwest::Client::new())
+                .with_authentication(tls_client_auth(&certificate))
+                .with_root_certificate(setup.ca()),
+        ),
+    ];
+    for (n, (order, sa)) in orders.into_iter().enumerate() {
+        let sa = sa.with_audience(OidcProvider::API);
+        let token = sa
+            .authorize()
+            .await
+            .unwrap_or_else(|e| panic!("{order}: {e}"));
+        assert_eq!(
+            bound_to(token.access_token()),
+            identity(&certificate).certificate_thumbprint(),
+            "{order}"
+        );
+        assert_eq!(
+            setup.provider.tokens_issued().await,
+            n as u64 + 1,
+            "{order}"
+        );
+    }
+    // A client of one's own cannot be given the certificate: refused before anything is sent,
+    // in either order.
+    let custom = || {
+        reqwest::Client::builder()
+            .add_root_certificate(setup.ca())
+            .build()
+            .expect("client")
+    };
+    let refused = [
+        ServiceAccountAuthorizer::new(info(), &url)
+            .with_http_client(custom())
+            .with_authentication(tls_client_auth(&certificate)),
+        ServiceAccountAuthorizer::new(info(), &url)
+            .with_authentication(tls_client_auth(&certificate))
+            .with_http_client(custom()),
+    ];
+    let requests = setup.provider.token_requests().await;
+    for sa in refused {
+        match sa.authorize().await {
+            Err(Error::InvalidConfiguration { reason, .. }) => {
+                assert!(reason.contains("with_http_client"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(setup.provider.token_requests().await, requests);
+}
+
+#[tokio::test]
+async fn a_bound_token_is_accepted_only_from_its_certificate() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let requests = Arc::new(AtomicU64::new(0));
+    let verifier = Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+    let server = TlsServer::start(
+        &setup.pki,
+        api(
+            RequireAuth::new(verifier).certificate_bound(),
+            requests.clone(),
+        ),
+        PeerCertificate::new,
+    )
+    .await;
+    let url = format!("{}/orders", server.url());
+
+    // Through AuthMiddleware's client: it presents the authorizer's certificate.
+    let auth = AuthMiddleware::new(setup.authorizer(&certificate));
+    let client = auth
+        .client_with(|builder| builder.no_proxy().add_root_certificate(setup.ca()))
+        .expect("client");
+    let response = client.get(&url).send().await.expect("api answers");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        format!("orders for {}", OidcProvider::MTLS_CA_CLIENT.0)
+    );
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+
+    // The same token from a client with another certificate of the CA, or none: refused.
+    let token = auth.access_token().await.expect("token");
+    let other = setup.client_certificate("other");
+    for (who, http) in [
+        ("another certificate", http_client(&setup, Some(&other))),
+        ("no certificate", http_client(&setup, None)),
+    ] {
+        let (status, challenge) = get_with(&http, &url, &token, &[]).await;
+        assert_eq!(status, 401, "{who}");
+        assert!(challenge.contains("invalid_token"), "{who}: {challenge}");
+    }
+    // With its certificate, from any client: accepted.
+    let (status, _) = get_with(&http_client(&setup, Some(&certificate)), &url, &token, &[]).await;
+    assert_eq!(status, 200);
+    // A header naming the certificate is no certificate: never read unless configured.
+    let (status, _) = get_with(
+        &http_client(&setup, None),
+        &url,
+        &token,
+        &[("x-client-cert", escaped_pem(&certificate))],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    // The middleware's token was fetched once.
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+}
+
+#[tokio::test]
+async fn behind_a_tls_terminating_proxy_the_certificate_comes_from_its_header() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let token = setup
+        .authorizer(&certificate)
+        .authorize()
+        .await
+        .expect("a token");
+    let token = token.access_token();
+    let verifier = || Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+    let requests = Arc::new(AtomicU64::new(0));
+    // The API on plain loopback http, behind the front (which sets x-client-cert as nginx's
+    // $ssl_client_escaped_cert, replacing the client's own).
+    let behind = LoopbackServer::start(api(
+        RequireAuth::new(verifier()).certificate_from_header("x-client-cert"),
+        requests.clone(),
+    ))
+    .await
+    .expect("api");
+    let proxy = MtlsFront::start(&setup.pki, &behind.url("")).await;
+    let url = format!("{}/orders", proxy.url());
+    let other = setup.client_certificate("other");
+    let cases = [
+        ("its certificate", Some(&certificate), vec![], 200),
+        ("another certificate", Some(&other), vec![], 401),
+        ("no certificate", None, vec![], 401),
+        (
+            "no certificate, the header forged by the client",
+            None,
+            vec![("x-client-cert", escaped_pem(&certificate))],
+            401,
+        ),
+    ];
+    for (who, cert, extra, expected) in cases {
+        let (status, _) = get_with(&http_client(&setup, cert), &url, token, &extra).await;
+        assert_eq!(status, expected, "{who}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+
+    // Without certificate_from_header the header is never read, even from the proxy.
+    let unconfigured = LoopbackServer::start(api(
+        RequireAuth::new(verifier()).certificate_bound(),
+        requests.clone(),
+    ))
+    .await
+    .expect("api");
+    let proxy = MtlsFront::start(&setup.pki, &unconfigured.url("")).await;
+    let (status, _) = get_with(
+        &http_client(&setup, Some(&certificate)),
+        &format!("{}/orders", proxy.url()),
+        token,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn unbound_tokens_pass_unless_binding_is_required() {
+    let setup = Setup::start().await;
+    // basic-client's tokens are not certificate-bound.
+    let plain = ServiceAccountAuthorizer::new(
+        ClientInfo::new(OidcProvider::BASIC_CLIENT.0, OidcProvider::BASIC_CLIENT.1),
+        setup.provider.token_url(),
+    )
+    .with_audience(OidcProvider::API)
+    .authorize()
+    .await
+    .expect("a token");
+    assert!(claims_of(plain.access_token()).get("cnf").is_none());
+    let verifier = || Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+    let requests = Arc::new(AtomicU64::new(0));
+    let lenient = TlsServer::start(
+        &setup.pki,
+        api(
+            RequireAuth::new(verifier()).certificate_bound(),
+            requests.clone(),
+        ),
+        PeerCertificate::new,
+    )
+    .await;
+    let strict = TlsServer::start(
+        &setup.pki,
+        api(
+            RequireAuth::new(verifier())
+                .certificate_bound()
+                .require_certificate_binding(),
+            requests.clone(),
+        ),
+        PeerCertificate::new,
+    )
+    .await;
+    let certificate = setup.client_certificate("client");
+    let http = http_client(&setup, Some(&certificate));
+    let lenient_url = format!("{}/orders", lenient.url());
+    let strict_url = format!("{}/orders", strict.url());
+    let (status, _) = get_with(&http, &lenient_url, plain.access_token(), &[]).await;
+    assert_eq!(status, 200);
+    let (status, challenge) = get_with(&http, &strict_url, plain.access_token(), &[]).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    // A bound token passes the strict route with its certificate.
+    let bound = setup
+        .authorizer(&certificate)
+        .authorize()
+        .await
+        .expect("a token");
+    let (status, _) = get_with(&http, &strict_url, bound.access_token(), &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_private_key_never_appears_in_debug_or_errors() {
+    let pki = TestPki::create();
+    let certificate = pki.client("client", "/CN=secretive");
+    // The key's base64 body, line by line: none may appear anywhere.
+    let key_text = String::from_utf8(certificate.key_pem.clone()).unwrap();
+    let key_lines: Vec<&str> = key_text
+        .lines()
+        .filter(|line| !line.starts_with("-----") && line.len() > 16)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let authentication = tls_client_auth(&certificate);
+    let sa = ServiceAccountAuthorizer::new(ClientInfo::new("svc", ""), "https://127.0.0.1:9/token")
+        .with_authentication(authentication.clone());
+    let auth = AuthMiddleware::new(
+        ServiceAccountAuthorizer::new(ClientInfo::new("svc", ""), "https://127.0.0.1:9/token")
+            .with_authentication(authentication.clone()),
+    );
+    let mismatched = TlsClientIdentity::from_pem(&certificate.cert_pem, b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n")
+        .expect_err("not a key");
+    let wrong_key = pki.client("wrong", "/CN=wrong");
+    let swapped = TlsClientIdentity::from_pem(&certificate.cert_pem, &wrong_key.key_pem)
+        .expect_err("not the certificate's key");
+    let shown = [
+        format!("{authentication:?}"),
+        format!("{sa:?}"),
+        format!("{auth:?}"),
+        format!("{:?}", identity(&certificate)),
+        format!("{certificate:?}"),
+        format!("{mismatched} {mismatched:?}"),
+        format!("{swapped} {swapped:?}"),
+        format!("{:?}", PeerCertificate::new(certificate.der())),
+    ];
+    for text in &shown {
+        for line in &key_lines {
+            assert!(!text.contains(line), "the key leaked: {text}");
+        }
+    }
+    assert!(shown[0].contains("REDACTED"), "{}", shown[0]);
+    assert!(
+        shown[3].contains(identity(&certificate).certificate_thumbprint()),
+        "{}",
+        shown[3]
+    );
+}
