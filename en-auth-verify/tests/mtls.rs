@@ -17,8 +17,10 @@ use axum::extract::Request;
 use axum::middleware::{Next, from_fn};
 use axum::routing::get;
 use base64::Engine;
-use en_auth_core::{AccessToken, AuthMiddleware, Authorizer, ClientInfo, Error};
-use en_auth_oauth2::{ClientAuthentication, ServiceAccountAuthorizer, TlsClientIdentity};
+use en_auth_core::{AccessToken, AuthMiddleware, Authorizer, ClientInfo, Error, UserCredentials};
+use en_auth_oauth2::{
+    ClientAuthentication, PasswordAuthorizer, ServiceAccountAuthorizer, TlsClientIdentity,
+};
 use en_auth_testkit::{CertifiedKey, LoopbackServer, MtlsFront, OidcProvider, TestPki, TlsServer};
 use en_auth_verify::{Authenticated, PeerCertificate, RequireAuth, Verifier};
 
@@ -490,16 +492,49 @@ async fn unbound_tokens_pass_unless_binding_is_required() {
 }
 
 #[tokio::test]
+async fn the_password_grant_authenticates_the_client_with_its_certificate() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let token_url = format!("{}/token", setup.front.url());
+    let login = |authentication: ClientAuthentication| {
+        PasswordAuthorizer::new(
+            ClientInfo::new(OidcProvider::MTLS_CA_CLIENT.0, ""),
+            UserCredentials::new(OidcProvider::USER.0, OidcProvider::USER.1),
+            &token_url,
+        )
+        .with_scopes(["openid", "offline_access"])
+        .with_authentication(authentication)
+        .with_root_certificate(setup.ca())
+    };
+    let pw = login(tls_client_auth(&certificate));
+    assert!(pw.tls_client_identity().is_some());
+    pw.authorize().await.expect("logged in");
+    assert_eq!(setup.provider.grants("password").await, 1);
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+    // Without the certificate the provider refuses the client.
+    let err = login(ClientAuthentication::ClientSecretPost)
+        .authorize()
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::InvalidClient { .. }), "{err:?}");
+    assert_eq!(setup.provider.grants("password").await, 2);
+    assert_eq!(setup.provider.tokens_issued().await, 1);
+}
+
+#[tokio::test]
 async fn the_private_key_never_appears_in_debug_or_errors() {
     let pki = TestPki::create();
     let certificate = pki.client("client", "/CN=secretive");
-    // The key's base64 body, line by line: none may appear anywhere.
-    let key_text = String::from_utf8(certificate.key_pem.clone()).unwrap();
+    let wrong_key = pki.client("wrong", "/CN=wrong");
+    // The keys' base64 bodies, line by line: none may appear anywhere.
+    let key_text = [&certificate, &wrong_key]
+        .map(|c| String::from_utf8(c.key_pem.clone()).unwrap())
+        .join("\n");
     let key_lines: Vec<&str> = key_text
         .lines()
         .filter(|line| !line.starts_with("-----") && line.len() > 16)
         .collect();
-    assert!(!key_lines.is_empty());
+    assert!(key_lines.len() >= 2);
     let authentication = tls_client_auth(&certificate);
     let sa = ServiceAccountAuthorizer::new(ClientInfo::new("svc", ""), "https://127.0.0.1:9/token")
         .with_authentication(authentication.clone());
@@ -509,7 +544,6 @@ async fn the_private_key_never_appears_in_debug_or_errors() {
     );
     let mismatched = TlsClientIdentity::from_pem(&certificate.cert_pem, b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n")
         .expect_err("not a key");
-    let wrong_key = pki.client("wrong", "/CN=wrong");
     let swapped = TlsClientIdentity::from_pem(&certificate.cert_pem, &wrong_key.key_pem)
         .expect_err("not the certificate's key");
     let shown = [
