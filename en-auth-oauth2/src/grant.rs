@@ -7,6 +7,7 @@
 //! not authenticated by default: it sends `client_id` alone (or nothing, when the id is empty
 //! too).
 
+use crate::token_client::TokenClient;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,14 @@ impl GrantAuthentication {
         }
     }
 
+    /// The client certificate token requests present (mutual TLS), if any.
+    pub(crate) fn tls_identity(&self) -> Option<&crate::TlsClientIdentity> {
+        match self {
+            Self::Client(authentication) => authentication.tls_identity(),
+            _ => None,
+        }
+    }
+
     /// Adds what distinguishes this authentication to a cache key.
     pub(crate) fn add_to_cache_key(
         &self,
@@ -68,7 +77,8 @@ impl fmt::Debug for GrantAuthentication {
 
 /// Who sends a grant's token request, and how.
 pub(crate) struct GrantClient<'a> {
-    pub(crate) http: &'a reqwest::Client,
+    /// Chooses the HTTP client: one presenting the certificate, with mutual TLS.
+    pub(crate) http: &'a TokenClient,
     pub(crate) info: &'a ClientInfo,
     pub(crate) authentication: &'a GrantAuthentication,
     /// Lifetime of tokens whose answer has no `expires_in`.
@@ -101,6 +111,12 @@ pub(crate) async fn send_grant(
         duration_ms = tracing::field::Empty,
     );
     let result = async {
+        let http = match authentication {
+            GrantAuthentication::Client(authentication) => {
+                http.for_token_requests(authentication)?
+            }
+            _ => http.plain()?,
+        };
         let request = match authentication.resolve(info) {
             Some(authentication) => token_request(http, url, info, authentication, form).await?,
             None => {

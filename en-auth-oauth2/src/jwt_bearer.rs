@@ -17,9 +17,9 @@ use crate::assertion::AssertionSource;
 use crate::client_auth::{
     ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME,
 };
-use crate::endpoint::token_http_client;
 use crate::grant::{GrantAuthentication, GrantClient, send_grant};
 use crate::signer::{Signer, sign_jwt};
+use crate::token_client::TokenClient;
 
 /// The JWT bearer grant type (RFC 7523 §2.1).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -270,7 +270,7 @@ pub struct JwtBearerAuthorizer {
     scopes: Vec<String>,
     authentication: GrantAuthentication,
     default_lifetime: Option<Duration>,
-    http: reqwest::Client,
+    http: TokenClient,
 }
 
 impl JwtBearerAuthorizer {
@@ -290,7 +290,7 @@ impl JwtBearerAuthorizer {
             scopes: Vec::new(),
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
-            http: token_http_client(),
+            http: TokenClient::new(),
         }
     }
 
@@ -319,8 +319,13 @@ impl JwtBearerAuthorizer {
 
     /// How the client authenticates (default: `client_secret_basic`, or none for a client
     /// with an empty secret).
+    ///
+    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`]) token requests present the
+    /// certificate; the rules are those of
+    /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.authentication = GrantAuthentication::Client(authentication);
+        self.http.authentication_changed();
         self
     }
 
@@ -336,9 +341,20 @@ impl JwtBearerAuthorizer {
         self
     }
 
-    /// Uses your own HTTP client for token requests.
+    /// Uses your own HTTP client for token requests. Not with mutual TLS client
+    /// authentication: token requests then fail with [`Error::InvalidConfiguration`] rather
+    /// than go out without the certificate (see
+    /// [`with_root_certificate`](Self::with_root_certificate)).
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.http = http;
+        self.http.set_custom(http);
+        self
+    }
+
+    /// Trusts this certificate authority for the provider's TLS certificate, besides the
+    /// system's roots. Replaces a client given with
+    /// [`with_http_client`](Self::with_http_client).
+    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+        self.http.add_root(root);
         self
     }
 }
@@ -346,6 +362,12 @@ impl JwtBearerAuthorizer {
 #[async_trait]
 impl Authorizer for JwtBearerAuthorizer {
     type Token = BearerToken;
+
+    fn tls_client_identity(&self) -> Option<reqwest::Identity> {
+        self.authentication
+            .tls_identity()
+            .map(crate::TlsClientIdentity::reqwest_identity)
+    }
 
     fn client_info(&self) -> &ClientInfo {
         &self.info

@@ -258,8 +258,13 @@ impl OnBehalfOf {
 
     /// How the client authenticates (default: `client_secret_basic`, or none for a client
     /// with an empty secret).
+    ///
+    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`]) token requests present the
+    /// certificate; the rules are those of
+    /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.settings.authentication = GrantAuthentication::Client(authentication);
+        self.settings.http.authentication_changed();
         self.changed()
     }
 
@@ -288,9 +293,20 @@ impl OnBehalfOf {
         self.changed()
     }
 
-    /// Uses your own HTTP client for token requests.
+    /// Uses your own HTTP client for token requests. Not with mutual TLS client
+    /// authentication: token requests then fail with `Error::InvalidConfiguration` rather
+    /// than go out without the certificate (see
+    /// [`with_root_certificate`](Self::with_root_certificate)).
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.settings.http = http;
+        self.settings.http.set_custom(http);
+        self.changed()
+    }
+
+    /// Trusts this certificate authority for the provider's TLS certificate, besides the
+    /// system's roots. Replaces a client given with
+    /// [`with_http_client`](Self::with_http_client).
+    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+        self.settings.http.add_root(root);
         self.changed()
     }
 

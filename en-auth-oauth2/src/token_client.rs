@@ -24,6 +24,7 @@ use en_auth_core::{CONNECT_TIMEOUT, Error, REQUEST_TIMEOUT, provider_http_client
 use crate::client_auth::ClientAuthentication;
 
 /// The HTTP clients of one authorizer: see the [module](self) documentation.
+#[derive(Clone)]
 pub(crate) struct TokenClient {
     setting: Setting,
     /// Without a certificate: discovery, and token requests without mTLS.
@@ -32,6 +33,7 @@ pub(crate) struct TokenClient {
     tls: OnceLock<Result<reqwest::Client, String>>,
 }
 
+#[derive(Clone)]
 enum Setting {
     Built {
         connect: Duration,

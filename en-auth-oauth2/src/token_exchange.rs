@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::assertion::AssertionSource;
 use crate::client_auth::ClientAuthentication;
-use crate::endpoint::token_http_client;
 use crate::grant::{GrantAuthentication, GrantClient, send_grant};
+use crate::token_client::TokenClient;
 
 /// The token exchange grant type (RFC 8693 §2.1).
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -160,7 +160,7 @@ pub(crate) struct ExchangeSettings {
     pub(crate) requested_token_type: Option<String>,
     pub(crate) authentication: GrantAuthentication,
     pub(crate) default_lifetime: Option<Duration>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: TokenClient,
 }
 
 impl ExchangeSettings {
@@ -175,7 +175,7 @@ impl ExchangeSettings {
             requested_token_type: None,
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
-            http: token_http_client(),
+            http: TokenClient::new(),
         }
     }
 
@@ -408,8 +408,13 @@ impl TokenExchangeAuthorizer {
 
     /// How the client authenticates (default: `client_secret_basic`, or none for a client
     /// with an empty secret).
+    ///
+    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`]) token requests present the
+    /// certificate; the rules are those of
+    /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
         self.settings.authentication = GrantAuthentication::Client(authentication);
+        self.settings.http.authentication_changed();
         self
     }
 
@@ -427,9 +432,19 @@ impl TokenExchangeAuthorizer {
     }
 
     /// Uses your own HTTP client for token requests (build it without redirects and with
-    /// timeouts, as en-auth's own is).
+    /// timeouts, as en-auth's own is). Not with mutual TLS client authentication: token
+    /// requests then fail with [`Error::InvalidConfiguration`] rather than go out without the
+    /// certificate (see [`with_root_certificate`](Self::with_root_certificate)).
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.settings.http = http;
+        self.settings.http.set_custom(http);
+        self
+    }
+
+    /// Trusts this certificate authority for the provider's TLS certificate, besides the
+    /// system's roots. Replaces a client given with
+    /// [`with_http_client`](Self::with_http_client).
+    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+        self.settings.http.add_root(root);
         self
     }
 
@@ -457,6 +472,13 @@ impl TokenExchangeAuthorizer {
 #[async_trait]
 impl Authorizer for TokenExchangeAuthorizer {
     type Token = BearerToken;
+
+    fn tls_client_identity(&self) -> Option<reqwest::Identity> {
+        self.settings
+            .authentication
+            .tls_identity()
+            .map(crate::TlsClientIdentity::reqwest_identity)
+    }
 
     fn client_info(&self) -> &ClientInfo {
         &self.settings.info

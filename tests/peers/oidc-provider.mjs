@@ -51,7 +51,7 @@
 // - mTLS (RFC 8705), behind en_auth_testkit::MtlsFront (TLS terminated there; the client
 //   certificate arrives as URL-encoded PEM in x-client-cert, its CA verdict in x-client-verify):
 //     mtls-ca-client           tls_client_auth, subject DN `CN=en-auth mtls client`; also the
-//                              password grants (their tokens are not bound)
+//                              password and token-exchange grants (their tokens are not bound)
 //     mtls-self-signed-client  self_signed_tls_client_auth, registered by POST /__mtls
 //   both with certificate-bound access tokens (cnf.x5t#S256).
 //   Test hook: POST /__mtls {"token_endpoint_alias": url, "self_signed_x5c": base64 DER}
@@ -231,7 +231,7 @@ const MTLS_CLIENTS = [{
   token_endpoint_auth_method: 'tls_client_auth',
   tls_client_auth_subject_dn: MTLS_SUBJECT_DN,
 }];
-MTLS_CLIENTS[0].grant_types.push(...USER_GRANTS);
+MTLS_CLIENTS[0].grant_types.push(...USER_GRANTS, 'urn:ietf:params:oauth:grant-type:token-exchange');
 // oidc-provider's default methods, and the two of RFC 8705.
 const CLIENT_AUTH_METHODS = [
   'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
