@@ -15,6 +15,10 @@
 //!   [`ClientAuthentication::private_key_jwt_pem`].
 //! - A user's login by password, kept alive with refresh tokens: [`PasswordAuthorizer`].
 //! - Sender-constrained tokens (DPoP, RFC 9449): [`ServiceAccountAuthorizer::with_dpop`].
+//! - Mutual TLS (RFC 8705): [`ClientAuthentication::tls_client_auth`] and
+//!   [`ClientAuthentication::self_signed_tls_client_auth`]; token requests present the
+//!   certificate, and `AuthMiddleware::client()` presents it to APIs for certificate-bound
+//!   tokens.
 //! - Token exchange (RFC 8693) of a token someone else issued: [`TokenExchangeAuthorizer`]
 //!   with a [`SubjectToken`] (a file, a callback); on behalf of an API's callers, one
 //!   lifecycle per caller's token: [`OnBehalfOf`].
