@@ -203,11 +203,15 @@ impl Authorizer for UserAuthorizer {
     }
 }
 
-/// A memory store whose calls all fail while it is `down`.
+/// A memory store whose calls all fail while it is `down`. Its values outlive their time to
+/// live on paused time (the memory store's clock is the system's) unless it is `expiring`:
+/// then a value lives as long as the store was told, on tokio's clock, as in Redis.
 #[derive(Default)]
 struct Store {
     memory: MemoryTokenStore,
     down: AtomicBool,
+    expiring: AtomicBool,
+    until: Mutex<Option<Instant>>,
 }
 
 impl Store {
@@ -226,10 +230,18 @@ impl Store {
 impl TokenStore for Store {
     async fn load(&self, key: &CacheKey) -> Result<Option<SecretString>, Error> {
         self.check()?;
+        let expired = self
+            .until
+            .lock()
+            .is_some_and(|until| until <= Instant::now());
+        if self.expiring.load(Ordering::SeqCst) && expired {
+            return Ok(None);
+        }
         self.memory.load(key).await
     }
     async fn save(&self, key: &CacheKey, value: &SecretString, ttl: Duration) -> Result<(), Error> {
         self.check()?;
+        *self.until.lock() = Some(Instant::now() + ttl);
         self.memory.save(key, value, ttl).await
     }
     async fn remove_if(&self, key: &CacheKey, value: &SecretString) -> Result<(), Error> {
@@ -501,4 +513,65 @@ async fn a_token_removed_as_rejected_is_refreshed_once_by_the_member_that_reject
     );
     assert_eq!(provider.reuses(), 0);
     assert_eq!(provider.logins(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_idle_past_the_stored_tokens_life_spends_a_rotated_token_the_documented_risk() {
+    let (provider, store, members) = fleet(2);
+    store.expiring.store(true, Ordering::SeqCst);
+    for member in &members {
+        token(member).await;
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&members[0]).await; // rotates
+    // Member 1 wakes after that token expired and left the store: nothing newer to refresh
+    // from, so it spends its own refresh token, which member 0 already rotated.
+    tokio::time::sleep(LIFETIME * 2).await;
+    assert!(
+        stored(&store).await.is_some(),
+        "the memory store still has it"
+    );
+    assert!(
+        store.load(&key()).await.unwrap().is_none(),
+        "as Redis would not"
+    );
+    assert!(provider.accepts(&token(&members[1]).await));
+    assert_eq!(provider.spent.lock().as_slice(), ["refresh-2", "refresh-2"]);
+    assert_eq!((provider.reuses(), provider.logins()), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_background_refresh_an_idle_fleet_never_falls_behind() {
+    sim_ms();
+    let provider = Arc::new(Provider::default());
+    let store = Arc::new(Store::default());
+    store.expiring.store(true, Ordering::SeqCst);
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            TokenCache::builder(authorizer(&provider))
+                .policy(policy())
+                .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+                .background_refresh(true)
+                .build()
+        })
+        .collect();
+    for member in &members {
+        member.warm_up().await.unwrap();
+    }
+    // Ten lifetimes without a single request: each member's background refresh looks at the
+    // store once per lifetime, and takes the token another member just rotated.
+    tokio::time::sleep(LIFETIME * 10).await;
+    for member in &members {
+        assert!(provider.accepts(&member.get().await.unwrap().token().access));
+    }
+    assert_eq!((provider.reuses(), provider.logins()), (0, 1));
+    let spent = provider.spent.lock().clone();
+    let distinct: std::collections::HashSet<_> = spent.iter().collect();
+    assert_eq!(distinct.len(), spent.len(), "each refresh token spent once");
+    assert!(spent.len() >= 10, "refreshes: {}", spent.len());
+    let hits: u64 = members.iter().map(|m| m.stats().store_hits).sum();
+    assert!(
+        hits >= spent.len() as u64,
+        "the others took each new token: {hits}"
+    );
 }

@@ -9,6 +9,14 @@
 //! from the provider is written; a token read from the store never is (it could bring back
 //! one another process removed as rejected).
 //!
+//! # Which token a refresh starts from
+//!
+//! The one in the store, read under the lock, when it is another token than the cache's own
+//! and not older ([`refresh_base`]): with refresh tokens that rotate, another process may have
+//! spent the cache's own since, and a provider with reuse detection revokes the whole grant
+//! when it comes back. The fetch gets the token to refresh only then, as the argument of its
+//! `provider` closure.
+//!
 //! # Availability
 //!
 //! Every store call is cut off after [`STORE_CALL_TIMEOUT`]. A failing store never fails a

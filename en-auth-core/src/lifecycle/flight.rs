@@ -87,14 +87,14 @@ impl<A: Authorizer> TokenCache<A> {
     ) -> Result<Judged<A::Token>, Error> {
         let previous = previous.map(CachedToken::token);
         match &self.inner.fleet {
-            None => self.from_provider(previous.map(Cow::Borrowed)).await,
+            None => self.ask_provider(previous.map(Cow::Borrowed)).await,
             // The fleet picks the token the refresh starts from under its lock: the newest
             // stored one when another process rotated the refresh token (docs/fleet.md,
             // "Refresh tokens across a fleet").
             Some(fleet) => {
                 fleet
                     .fetch(&self.fetch_context(), previous, |base| {
-                        self.from_provider(base)
+                        self.ask_provider(base)
                     })
                     .await
             }
@@ -104,7 +104,7 @@ impl<A: Authorizer> TokenCache<A> {
     /// Asks the provider, with retries: a refresh of `base` when there is one, else a new
     /// authorization. A panicking authorizer is a failure like any other: with a store, it is
     /// published and the store's lock released, instead of left to run out.
-    async fn from_provider(
+    async fn ask_provider(
         &self,
         base: Option<Cow<'_, A::Token>>,
     ) -> Result<Judged<A::Token>, Error> {
