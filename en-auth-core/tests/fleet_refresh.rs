@@ -575,3 +575,28 @@ async fn with_background_refresh_an_idle_fleet_never_falls_behind() {
         "the others took each new token: {hits}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn refreshing_from_the_stored_token_logs_no_token() {
+    let (captured, _guard) = en_auth_testkit::capture_traces();
+    let (provider, _store, members) = fleet(2);
+    for member in &members {
+        token(member).await;
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&members[0]).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&members[1]).await;
+    assert_eq!(members[1].stats().refreshes_from_store, 1);
+    let text = captured.text();
+    assert!(
+        text.contains("refreshing from the token another process stored"),
+        "{text}"
+    );
+    let issued = provider.state.lock().next;
+    for n in 1..=issued {
+        for secret in [format!("access-{n}"), format!("refresh-{n}")] {
+            assert!(!text.contains(&secret), "the log holds {secret}: {text}");
+        }
+    }
+}
