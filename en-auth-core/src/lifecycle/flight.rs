@@ -80,7 +80,9 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// Gets a new token: through the fleet when there is a store, else from the provider
-    /// (refresh when there is a previous token, authorize otherwise), with retries.
+    /// (refresh when there is a previous token, authorize otherwise), with retries. With a
+    /// store, the fleet chooses the token to refresh under its lock, and may refresh the
+    /// stored token where this cache has none.
     async fn fetch(
         &self,
         previous: Option<&CachedToken<A::Token>>,
