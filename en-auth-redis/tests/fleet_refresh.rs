@@ -145,6 +145,16 @@ async fn three_processes_share_one_rotating_refresh_token_without_spending_it_tw
     let api = IntrospectingApi::start(&provider).await;
     let env = member_env(&provider, &api, &redis);
     let mut members = join_all((0..3).map(|_| Member::start(&env))).await;
+    // Checkouts sharing one target directory each build their own `fleet_member`.
+    assert!(
+        members[0]
+            .ask("stats")
+            .await
+            .get("refreshes_from_store")
+            .is_some(),
+        "the fleet_member example is from a build without FLEET_GRANT: run `cargo build -p \
+         en-auth-redis --examples` in this checkout"
+    );
 
     // One login for the fleet: every member holds its token.
     assert_round_ok(&ask_all(&mut members, ROUND).await, "login");
