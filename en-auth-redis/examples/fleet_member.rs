@@ -9,6 +9,10 @@
 //! required with `FLEET_REDIS_URL`: `RedisTokenStore::builder(url).connect()` reads it and
 //! fails without it).
 //!
+//! `FLEET_GRANT=password` logs a user in with `PasswordAuthorizer` (`FLEET_USERNAME`,
+//! `FLEET_PASSWORD`) and renews with refresh tokens, for the refresh-rotation test in
+//! `tests/fleet_refresh.rs`; the default is the client-credentials `ServiceAccountAuthorizer`.
+//!
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
 //! `round N` (N concurrent API requests), `token` (one token), `stats`, `fleet-fetches`
 //! (the fleet-wide fetch counter in Redis), `wait-redis`, `quit`.
@@ -16,9 +20,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use en_auth_core::{AuthMiddleware, ClientInfo, LifecyclePolicy, RetryPolicy, TokenCache};
-use en_auth_oauth2::ServiceAccountAuthorizer;
+use en_auth_core::{
+    AuthMiddleware, Authorizer, ClientInfo, LifecyclePolicy, RetryPolicy, TokenCache,
+    UserCredentials,
+};
+use en_auth_oauth2::{PasswordAuthorizer, ServiceAccountAuthorizer};
 use en_auth_redis::{EncryptionKeys, RedisTokenStore};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -38,22 +47,43 @@ fn hex_key(hex: &str) -> Vec<u8> {
         .collect()
 }
 
+fn required(name: &str) -> Result<String, String> {
+    env(name).ok_or_else(|| format!("{name} is not set"))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let required = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
-    let mut authorizer = ServiceAccountAuthorizer::new(
-        ClientInfo::new(
-            required("FLEET_CLIENT_ID")?,
-            required("FLEET_CLIENT_SECRET")?,
-        ),
-        required("FLEET_TOKEN_URL")?,
+    let info = ClientInfo::new(
+        required("FLEET_CLIENT_ID")?,
+        required("FLEET_CLIENT_SECRET")?,
     );
+    let token_url = required("FLEET_TOKEN_URL")?;
+    let scopes = env("FLEET_SCOPES").map(|s| s.split(' ').map(str::to_owned).collect::<Vec<_>>());
+    if env("FLEET_GRANT").as_deref() == Some("password") {
+        let credentials =
+            UserCredentials::new(required("FLEET_USERNAME")?, required("FLEET_PASSWORD")?);
+        let mut authorizer = PasswordAuthorizer::new(info, credentials, token_url);
+        if let Some(scopes) = scopes {
+            authorizer = authorizer.with_scopes(scopes);
+        }
+        return serve(authorizer).await;
+    }
+    let mut authorizer = ServiceAccountAuthorizer::new(info, token_url);
     if let Some(audience) = env("FLEET_AUDIENCE") {
         authorizer = authorizer.with_audience(audience);
     }
-    if let Some(scopes) = env("FLEET_SCOPES") {
-        authorizer = authorizer.with_scopes(scopes.split(' ').map(str::to_owned));
+    if let Some(scopes) = scopes {
+        authorizer = authorizer.with_scopes(scopes);
     }
+    serve(authorizer).await
+}
+
+/// Runs the member with `authorizer` until `quit` or the end of stdin.
+async fn serve<A>(authorizer: A) -> Result<(), Box<dyn std::error::Error>>
+where
+    A: Authorizer,
+    A::Token: Serialize + DeserializeOwned,
+{
     let api_url = required("FLEET_API_URL")?;
 
     let mut policy = LifecyclePolicy::default();
@@ -155,12 +185,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "shared_failures": s.shared_failures, "store_errors": s.store_errors,
                     "invalidations": s.invalidations,
                     "remote_invalidations": s.remote_invalidations, "replays": s.replays,
+                    "refreshes_from_store": s.refreshes_from_store,
                     "redis_commands": r.commands, "breaker_trips": r.breaker_trips,
                     "events_received": r.events_received,
                 })
             }
             Some("fleet-fetches") => {
-                let key = en_auth_core::Authorizer::cache_key(auth.cache().authorizer());
+                let key = auth.cache().authorizer().cache_key();
                 match &store {
                     Some(store) => match store.fleet_fetches(&key).await {
                         Ok(n) => json!({ "n": n }),

@@ -186,6 +186,21 @@ impl OidcProvider {
             .expect("assertions json")
     }
 
+    /// Token-endpoint errors the provider answered with `code` (`invalid_grant`: among
+    /// others, a rotated refresh token used again, which also revoked its grant).
+    pub async fn grant_errors(&self, code: &str) -> u64 {
+        let errors: serde_json::Value = self
+            .http
+            .get(format!("{}/__grant_errors", self.issuer()))
+            .send()
+            .await
+            .expect("grant errors")
+            .json()
+            .await
+            .expect("grant errors json");
+        errors[code].as_u64().unwrap_or(0)
+    }
+
     /// Switches to a new signing key (new `kid`), as a key rotation would.
     pub async fn rotate_signing_key(&self) {
         self.http

@@ -56,6 +56,8 @@
 //   both with certificate-bound access tokens (cnf.x5t#S256).
 //   Test hook: POST /__mtls {"token_endpoint_alias": url, "self_signed_x5c": base64 DER}
 //              (mtls_endpoint_aliases.token_endpoint in discovery; the self-signed client's cert)
+// - Refresh rotation across a fleet (issue 18): GET /__grant_errors  token-endpoint errors by
+//   code, e.g. {"invalid_grant": n} (a reused rotated refresh token is one).
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -172,6 +174,21 @@ const dPoP = {
   requireNonce: (ctx) => ['dpop-nonce-client', 'pkjwt-ec'].includes(ctx.oidc?.client?.clientId),
 };
 // --- end DPoP ---
+// --- refresh rotation across a fleet (issue 18) ---
+const grantErrors = {};
+function countGrantErrors(provider) {
+  provider.on('grant.error', (ctx, err) => {
+    const code = err?.error || 'unknown';
+    grantErrors[code] = (grantErrors[code] || 0) + 1;
+  });
+}
+function serveGrantErrors(req, res) {
+  if (req.url !== '/__grant_errors') return false;
+  res.setHeader('content-type', 'application/json');
+  res.end(JSON.stringify(grantErrors));
+  return true;
+}
+// --- end refresh rotation across a fleet ---
 
 // --- workload identity and signers (issue 18) ---
 // workload-client: private_key_jwt from a key the test holds (it plays the kubelet / SPIFFE
@@ -373,6 +390,7 @@ function makeProvider(issuer, key) {
   provider.on('grant.success', () => { tokensIssued += 1; });
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   mtlsDiscovery(provider);
+  countGrantErrors(provider); // refresh rotation across a fleet (issue 18)
   return provider;
 }
 
@@ -559,6 +577,7 @@ server.listen(0, '127.0.0.1', () => {
       }));
       return;
     }
+    if (serveGrantErrors(req, res)) return; // refresh rotation across a fleet (issue 18)
     if (req.url === '/__assertions') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify(assertions));

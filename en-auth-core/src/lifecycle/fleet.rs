@@ -9,6 +9,14 @@
 //! from the provider is written; a token read from the store never is (it could bring back
 //! one another process removed as rejected).
 //!
+//! # Which token a refresh starts from
+//!
+//! The one in the store, read under the lock, when it is another token than the cache's own
+//! and not older ([`refresh_base`]): with refresh tokens that rotate, another process may have
+//! spent the cache's own since, and a provider with reuse detection revokes the whole grant
+//! when it comes back. The fetch gets the token to refresh only then, as the argument of its
+//! `provider` closure.
+//!
 //! # Availability
 //!
 //! Every store call is cut off after [`STORE_CALL_TIMEOUT`]. A failing store never fails a
@@ -16,6 +24,7 @@
 //!
 //! The full rules, with a timeline, are in `docs/lifecycle.md`.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,16 +101,22 @@ impl<T: AccessToken> Fleet<T> {
         &self.store
     }
 
-    /// Gets a token for a cache whose token `previous` (access token) is being replaced:
-    /// from the store if another holder published one, else from `provider` under the
-    /// store's lock (see the [module docs](self)).
-    pub(crate) async fn fetch(
+    /// Gets a token for a cache whose token `previous` is being replaced: from the store if
+    /// another holder published one, else from `provider` under the store's lock (see the
+    /// [module docs](self)). `provider` is given the token its refresh starts from, chosen
+    /// under the lock ([`refresh_base`]); `None` asks for a new authorization.
+    pub(crate) async fn fetch<'p, F, Fut>(
         &self,
         cx: &FetchContext<'_, T>,
-        previous: Option<&str>,
-        provider: impl Future<Output = Result<Judged<T>, Error>>,
-    ) -> Result<Judged<T>, Error> {
-        if let Some(judged) = self.load(cx, previous).await {
+        previous: Option<&'p T>,
+        provider: F,
+    ) -> Result<Judged<T>, Error>
+    where
+        F: FnOnce(Option<Cow<'p, T>>) -> Fut,
+        Fut: Future<Output = Result<Judged<T>, Error>>,
+    {
+        let previous_access = previous.map(AccessToken::access_token);
+        if let Some(judged) = self.load(cx, previous_access).await {
             return Ok(judged);
         }
         if let Some(err) = self.load_failure(cx).await {
@@ -111,14 +126,19 @@ impl<T: AccessToken> Fleet<T> {
         let mut lock = match self.try_lock(cx, lock_ttl).await {
             LockAttempt::Taken(lock) => Some(lock),
             LockAttempt::Unavailable => None,
-            LockAttempt::Busy => match self.wait_for_holder(cx, previous, lock_ttl).await {
+            LockAttempt::Busy => match self.wait_for_holder(cx, previous_access, lock_ttl).await {
                 Waited::Settled(outcome) => return outcome,
                 Waited::Lock(lock) => lock,
             },
         };
         // Re-check under the lock: the previous holder may have just published its token, or
-        // its failure (published before it unlocks).
-        let settled = match self.load(cx, previous).await {
+        // its failure (published before it unlocks). A stored token that is not fresh enough
+        // to serve may still be the one to refresh from: its refresh token is the newest.
+        let stored = self.read(cx).await;
+        let usable = stored
+            .clone()
+            .and_then(|token| self.usable(cx, token, previous_access));
+        let settled = match usable {
             Some(judged) => Some(Ok(judged)),
             None if lock.is_some() => self.load_failure(cx).await.map(Err),
             None => None,
@@ -126,7 +146,16 @@ impl<T: AccessToken> Fleet<T> {
         let result = match settled {
             Some(outcome) => outcome,
             None => {
-                let result = provider.await;
+                let base = refresh_base(previous, stored);
+                if matches!(base, Some(Cow::Owned(_))) {
+                    bump(&cx.counters.refreshes_from_store);
+                    tracing::debug!(
+                        client_id = cx.client_id,
+                        "refreshing from the token another process stored (its refresh token \
+                         is the newest)"
+                    );
+                }
+                let result = provider(base).await;
                 match &result {
                     Ok(judged) => self.save(cx, judged).await,
                     Err(err) => self.publish_failure(cx, err).await,
@@ -203,11 +232,29 @@ impl<T: AccessToken> Fleet<T> {
 
     /// A fresh token in the store that is not `previous`.
     async fn load(&self, cx: &FetchContext<'_, T>, previous: Option<&str>) -> Option<Judged<T>> {
+        let token = self.read(cx).await?;
+        self.usable(cx, token, previous)
+    }
+
+    /// The token in the store, decoded, whatever its freshness; an unreadable value is none.
+    async fn read(&self, cx: &FetchContext<'_, T>) -> Option<T> {
         let encoded = self.call(cx, "read", self.store.load(&self.key)).await??;
-        let Ok(token) = (self.decode)(encoded.expose_secret()) else {
-            tracing::warn!("token store holds an unreadable value; ignoring it");
-            return None;
-        };
+        match (self.decode)(encoded.expose_secret()) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                tracing::warn!("token store holds an unreadable value; ignoring it");
+                None
+            }
+        }
+    }
+
+    /// `token`, read from the store, judged, if it is fresh and not `previous`.
+    fn usable(
+        &self,
+        cx: &FetchContext<'_, T>,
+        token: T,
+        previous: Option<&str>,
+    ) -> Option<Judged<T>> {
         if previous.is_some_and(|p| p == token.access_token()) {
             return None; // the one being replaced
         }
@@ -355,4 +402,35 @@ enum Waited<T> {
 
 fn deadline_after(wait: Duration) -> Instant {
     super::state::later(Instant::now(), wait)
+}
+
+/// The token a fetch under the store's lock refreshes: the one in the store when it is
+/// another token than `previous` and not older than it (another process rotated the refresh
+/// token, and only the stored token carries the newest one), else `previous`. A cache
+/// without a token of its own (a cold start) refreshes the stored token too, stale or
+/// expired, rather than starting a new session. `None`: nothing to refresh, authorize.
+pub(crate) fn refresh_base<'p, T: AccessToken>(
+    previous: Option<&'p T>,
+    stored: Option<T>,
+) -> Option<Cow<'p, T>> {
+    match (previous, stored) {
+        (Some(previous), Some(stored))
+            if stored.access_token() != previous.access_token()
+                && !issued_before(&stored, previous) =>
+        {
+            Some(Cow::Owned(stored))
+        }
+        (Some(previous), _) => Some(Cow::Borrowed(previous)),
+        (None, stored) => stored.map(Cow::Owned),
+    }
+}
+
+/// Whether `a` was obtained before `b`, judged by their issue times, else their expiries;
+/// `false` when neither is known for both. A store holds an older token than a cache only
+/// when the cache's own write failed (the store was down): its refresh token is spent.
+fn issued_before<T: AccessToken>(a: &T, b: &T) -> bool {
+    if let (Some(a), Some(b)) = (a.issued_at(), b.issued_at()) {
+        return a < b;
+    }
+    matches!((a.expires_at(), b.expires_at()), (Some(a), Some(b)) if a < b)
 }

@@ -3,6 +3,7 @@
 //! runtime's shutdown is abandoned (not remembered as a failure); a panic inside it is a
 //! failure like any other.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::cached::{CachedToken, Prepared};
 use super::fleet::{FetchContext, Judge, Judged};
 use super::state::{FlightId, Freshness};
 use super::stats::bump;
-use crate::{AccessToken, Authorizer, Error};
+use crate::{Authorizer, Error};
 
 impl<A: Authorizer> TokenCache<A> {
     /// Registers fetch `id` (the machine has just started it): where its outcome will
@@ -79,24 +80,50 @@ impl<A: Authorizer> TokenCache<A> {
     }
 
     /// Gets a new token: through the fleet when there is a store, else from the provider
-    /// (refresh when there is a previous token, authorize otherwise), with retries.
+    /// (refresh when there is a previous token, authorize otherwise), with retries. With a
+    /// store, the fleet chooses the token to refresh under its lock, and may refresh the
+    /// stored token where this cache has none.
     async fn fetch(
         &self,
         previous: Option<&CachedToken<A::Token>>,
     ) -> Result<Judged<A::Token>, Error> {
+        let previous = previous.map(CachedToken::token);
+        match &self.inner.fleet {
+            None => self.ask_provider(previous.map(Cow::Borrowed)).await,
+            // The fleet picks the token the refresh starts from under its lock: the newest
+            // stored one when another process rotated the refresh token (docs/fleet.md,
+            // "Refresh tokens across a fleet").
+            Some(fleet) => {
+                fleet
+                    .fetch(&self.fetch_context(), previous, |base| {
+                        self.ask_provider(base)
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Asks the provider, with retries: a refresh of `base` when there is one, else a new
+    /// authorization. A panicking authorizer is a failure like any other: with a store, it is
+    /// published and the store's lock released, instead of left to run out.
+    async fn ask_provider(
+        &self,
+        base: Option<Cow<'_, A::Token>>,
+    ) -> Result<Judged<A::Token>, Error> {
         let provider = async {
             let authorizer = &self.inner.authorizer;
             let counters = &self.inner.counters;
+            let base = base.as_deref();
             let started = Instant::now();
             let token = self
                 .inner
                 .policy
                 .retry
                 .run(|| async {
-                    match previous {
-                        Some(previous) => {
+                    match base {
+                        Some(base) => {
                             bump(&counters.refreshes);
-                            authorizer.refresh(previous.token()).await
+                            authorizer.refresh(base).await
                         }
                         None => {
                             bump(&counters.authorizations);
@@ -108,26 +135,15 @@ impl<A: Authorizer> TokenCache<A> {
             let judged = self.judge(token)?;
             tracing::debug!(
                 client_id = self.client_id(),
-                refreshed = previous.is_some(),
+                refreshed = base.is_some(),
                 elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "token obtained"
             );
             Ok(judged)
         };
-        // A panicking authorizer is a failure like any other: with a store, it is published
-        // and the store's lock released, instead of left to run out.
-        let provider = async {
-            CatchPanic(Box::pin(provider))
-                .await
-                .unwrap_or_else(|()| Err(panicked()))
-        };
-        match &self.inner.fleet {
-            None => provider.await,
-            Some(fleet) => {
-                let previous = previous.map(|p| p.token().access_token());
-                fleet.fetch(&self.fetch_context(), previous, provider).await
-            }
-        }
+        CatchPanic(Box::pin(provider))
+            .await
+            .unwrap_or_else(|()| Err(panicked()))
     }
 
     /// The longest a fetch may take, store included: past it the fetch fails as timed out.

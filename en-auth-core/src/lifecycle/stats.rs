@@ -38,6 +38,9 @@ pub struct TokenStats {
     pub store_errors: u64,
     /// Tokens dropped because another process reported them rejected.
     pub remote_invalidations: u64,
+    /// Refreshes that started from the token in the shared store rather than this cache's
+    /// own: another process had rotated the refresh token since (or this cache had none).
+    pub refreshes_from_store: u64,
 }
 
 /// The live counters behind [`TokenStats`].
@@ -58,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) shared_failures: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) remote_invalidations: AtomicU64,
+    pub(crate) refreshes_from_store: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -84,6 +88,7 @@ impl Counters {
             shared_failures: load(&self.shared_failures),
             store_errors: load(&self.store_errors),
             remote_invalidations: load(&self.remote_invalidations),
+            refreshes_from_store: load(&self.refreshes_from_store),
         }
     }
 }
