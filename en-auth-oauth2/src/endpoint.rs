@@ -71,18 +71,15 @@ pub(crate) async fn token_request<'a>(
     form: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<reqwest::RequestBuilder, Error> {
     let credentials = authentication.credentials(info, url).await?;
-    let mut request = http.post(url.clone()).header(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    if let Some(value) = credentials.authorization.clone() {
-        request = request.header(AUTHORIZATION, value);
-    }
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .extend_pairs(credentials.form())
         .finish();
-    Ok(request.body(body))
+    let request = post_form(http, url, body);
+    Ok(match credentials.authorization.clone() {
+        Some(value) => request.header(AUTHORIZATION, value),
+        None => request,
+    })
 }
 
 /// A token request without client authentication: a form POST of `form` to `url` (a public
@@ -95,6 +92,11 @@ pub(crate) fn form_request<'a>(
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
+    post_form(http, url, body)
+}
+
+/// A form POST of the encoded `body` to `url`.
+fn post_form(http: &reqwest::Client, url: &Url, body: String) -> reqwest::RequestBuilder {
     http.post(url.clone())
         .header(
             CONTENT_TYPE,

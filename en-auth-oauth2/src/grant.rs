@@ -1,5 +1,6 @@
-//! What the token exchange and JWT bearer grants share: client authentication that may be
-//! absent, and one token request sent through the crate's token-request path.
+//! What the token exchange and JWT bearer grants share: what the token is asked for
+//! ([`TokenTarget`]), client authentication that may be absent, and one token request sent
+//! through the crate's token-request path.
 //!
 //! Both grants may be used by a public client (one without a secret, which only names itself
 //! with `client_id`), and RFC 7523 §3.2 lets a JWT bearer grant go without any client
@@ -19,6 +20,51 @@ use tracing::Instrument;
 use crate::client_auth::ClientAuthentication;
 use crate::endpoint::{form_request, send_once, token_request};
 use crate::response::{GrantedToken, parse_token_response};
+
+/// What a token is asked for: `audience` and `resource` (each repeatable) and `scope`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TokenTarget {
+    pub(crate) audiences: Vec<String>,
+    pub(crate) resources: Vec<String>,
+    scopes: Vec<String>,
+    /// `scopes`, space-separated: the `scope` parameter.
+    scope: String,
+}
+
+impl TokenTarget {
+    pub(crate) fn set_scopes<I, S>(&mut self, scopes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self.scope = self.scopes.join(" ");
+    }
+
+    /// Adds `audience`, `resource` and `scope` (those set) to a token request's form.
+    pub(crate) fn add_to_form<'a>(&'a self, form: &mut Vec<(&'a str, &'a str)>) {
+        form.extend(self.audiences.iter().map(|a| ("audience", a.as_str())));
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        if !self.scope.is_empty() {
+            form.push(("scope", &self.scope));
+        }
+    }
+
+    /// Adds the target to a cache key (order of scopes aside, a different target is a
+    /// different token).
+    pub(crate) fn add_to_cache_key(&self, mut key: CacheKeyBuilder) -> CacheKeyBuilder {
+        let mut scopes = self.scopes.clone();
+        scopes.sort();
+        key = key.part("scopes", &scopes.join(" "));
+        for audience in &self.audiences {
+            key = key.part("audience", audience);
+        }
+        for resource in &self.resources {
+            key = key.part("resource", resource);
+        }
+        key
+    }
+}
 
 /// How a grant of this module authenticates the client.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! [`JwtBearerAuthorizer`]: the JWT bearer authorization grant (RFC 7523 §2.1), and
-//! [`JwtBearerAssertion`], where its JWT comes from. The rules are on [`JwtBearerAuthorizer`].
+//! [`JwtBearerAssertion`], where its JWT comes from ([`SignedJwtBearerAssertion`] for one
+//! signed here). The rules are on [`JwtBearerAuthorizer`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,14 +18,17 @@ use crate::assertion::AssertionSource;
 use crate::client_auth::{
     ClientAuthentication, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME,
 };
-use crate::grant::{GrantAuthentication, GrantClient, send_grant};
+use crate::grant::{GrantAuthentication, GrantClient, TokenTarget, send_grant};
+use crate::private_key_signer::jwk_thumbprint;
 use crate::signer::{Signer, sign_jwt};
 use crate::token_client::TokenClient;
 
 /// The JWT bearer grant type (RFC 7523 §2.1).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
-/// Where a JWT bearer grant's assertion comes from: signed here, or read from a source.
+/// Where a JWT bearer grant's assertion comes from: signed here
+/// ([`signed`](Self::signed), whose claims are set on the [`SignedJwtBearerAssertion`] it
+/// returns), or read from a source.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -43,13 +47,19 @@ pub struct JwtBearerAssertion(Assertion);
 
 #[derive(Clone)]
 enum Assertion {
-    Signed(Box<SignedAssertion>),
+    Signed(Box<SignedJwtBearerAssertion>),
     Source(AssertionSource),
 }
 
+/// A JWT bearer assertion signed with a [`Signer`] for each token request, made by
+/// [`JwtBearerAssertion::signed`]: its claims are set here, and it is given to
+/// [`JwtBearerAuthorizer::new`] as it is (it converts into a [`JwtBearerAssertion`]).
 #[derive(Clone)]
-struct SignedAssertion {
+pub struct SignedJwtBearerAssertion {
     signer: Arc<dyn Signer>,
+    /// The RFC 7638 thumbprint of the signer's public key when the assertion was made: part
+    /// of the cache key, which a key rotation behind the signer does not move.
+    key_thumbprint: String,
     issuer: Option<String>,
     subject: Option<String>,
     audience: Option<String>,
@@ -61,15 +71,16 @@ impl JwtBearerAssertion {
     /// An assertion signed with `signer` for each token request: `iss` and `sub` the client
     /// id, `aud` the token endpoint URL, a random `jti`, `iat` now, `exp`
     /// [`DEFAULT_ASSERTION_LIFETIME`] later, unless set otherwise.
-    pub fn signed(signer: Arc<dyn Signer>) -> Self {
-        Self(Assertion::Signed(Box::new(SignedAssertion {
+    pub fn signed(signer: Arc<dyn Signer>) -> SignedJwtBearerAssertion {
+        SignedJwtBearerAssertion {
+            key_thumbprint: jwk_thumbprint(&signer.public_jwk()),
             signer,
             issuer: None,
             subject: None,
             audience: None,
             lifetime: DEFAULT_ASSERTION_LIFETIME,
             claims: serde_json::Map::new(),
-        })))
+        }
     }
 
     /// The assertion is the content of the file at `path`, read for each token request.
@@ -92,67 +103,83 @@ impl JwtBearerAssertion {
         Self(Assertion::Source(source))
     }
 
-    fn signed_mut(&mut self) -> Option<&mut SignedAssertion> {
-        match &mut self.0 {
-            Assertion::Signed(signed) => Some(signed),
-            Assertion::Source(_) => None,
+    /// The assertion for one token request.
+    async fn make(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
+        match &self.0 {
+            Assertion::Source(source) => source.read().await,
+            Assertion::Signed(signed) => signed.make(client_id, token_url).await,
         }
     }
 
-    /// The `iss` claim of a signed assertion (default: the client id). No effect on an
-    /// assertion read from a source.
+    /// Adds where the assertion comes from to a cache key: the signer's public key (as it
+    /// was when the assertion was made) and the claims that name the token's subject, or
+    /// the source's origin.
+    fn add_to_cache_key(
+        &self,
+        key: en_auth_core::CacheKeyBuilder,
+    ) -> en_auth_core::CacheKeyBuilder {
+        match &self.0 {
+            Assertion::Source(source) => key.part("assertion_from", &source.origin()),
+            Assertion::Signed(signed) => key
+                .part("assertion_signer", &signed.key_thumbprint)
+                .part("assertion_alg", signed.signer.algorithm().name())
+                .part("assertion_iss", signed.issuer.as_deref().unwrap_or(""))
+                .part("assertion_sub", signed.subject.as_deref().unwrap_or(""))
+                .part("assertion_aud", signed.audience.as_deref().unwrap_or(""))
+                .part(
+                    "assertion_claims",
+                    &serde_json::Value::Object(signed.claims.clone()).to_string(),
+                ),
+        }
+    }
+}
+
+impl From<SignedJwtBearerAssertion> for JwtBearerAssertion {
+    fn from(signed: SignedJwtBearerAssertion) -> Self {
+        Self(Assertion::Signed(Box::new(signed)))
+    }
+}
+
+impl SignedJwtBearerAssertion {
+    /// The `iss` claim (default: the client id).
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
-        if let Some(signed) = self.signed_mut() {
-            signed.issuer = Some(issuer.into());
-        }
+        self.issuer = Some(issuer.into());
         self
     }
 
-    /// The `sub` claim of a signed assertion: whom the token is for (default: the client id).
+    /// The `sub` claim: whom the token is for (default: the client id).
     pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
-        if let Some(signed) = self.signed_mut() {
-            signed.subject = Some(subject.into());
-        }
+        self.subject = Some(subject.into());
         self
     }
 
-    /// The `aud` claim of a signed assertion (default: the token endpoint URL; some
-    /// providers want their issuer).
+    /// The `aud` claim (default: the token endpoint URL; some providers want their issuer).
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
-        if let Some(signed) = self.signed_mut() {
-            signed.audience = Some(audience.into());
-        }
+        self.audience = Some(audience.into());
         self
     }
 
-    /// How long a signed assertion is valid (`exp - iat`), at most
-    /// [`MAX_ASSERTION_LIFETIME`] (longer values are clamped to it).
+    /// How long the assertion is valid (`exp - iat`), at most [`MAX_ASSERTION_LIFETIME`]
+    /// (longer values are clamped to it).
     pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
-        if let Some(signed) = self.signed_mut() {
-            signed.lifetime = lifetime.clamp(Duration::from_secs(1), MAX_ASSERTION_LIFETIME);
-        }
+        self.lifetime = lifetime.clamp(Duration::from_secs(1), MAX_ASSERTION_LIFETIME);
         self
     }
 
-    /// Another claim of a signed assertion (e.g. Google's `scope`). The registered claims
-    /// (`iss`, `sub`, `aud`, `jti`, `iat`, `exp`) are set with the methods above and win.
+    /// Another claim (e.g. Google's `scope`). The registered claims (`iss`, `sub`, `aud`,
+    /// `jti`, `iat`, `exp`) are set with the methods above and win.
     pub fn with_claim(
         mut self,
         name: impl Into<String>,
         value: impl Into<serde_json::Value>,
     ) -> Self {
-        if let Some(signed) = self.signed_mut() {
-            signed.claims.insert(name.into(), value.into());
-        }
+        self.claims.insert(name.into(), value.into());
         self
     }
 
     /// The assertion for one token request.
     async fn make(&self, client_id: &str, token_url: &Url) -> Result<SecretString, Error> {
-        let signed = match &self.0 {
-            Assertion::Source(source) => return source.read().await,
-            Assertion::Signed(signed) => signed,
-        };
+        let signed = self;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -177,27 +204,6 @@ impl JwtBearerAssertion {
         header.insert("typ".into(), "JWT".into());
         sign_jwt(signed.signer.as_ref(), header, &claims).await
     }
-
-    /// Adds where the assertion comes from to a cache key: the signer's public key and the
-    /// claims that name the token's subject, or the source's origin.
-    fn add_to_cache_key(
-        &self,
-        key: en_auth_core::CacheKeyBuilder,
-    ) -> en_auth_core::CacheKeyBuilder {
-        match &self.0 {
-            Assertion::Source(source) => key.part("assertion_from", &source.origin()),
-            Assertion::Signed(signed) => key
-                .part("assertion_signer", &signed.signer.public_jwk().to_string())
-                .part("assertion_alg", signed.signer.algorithm().name())
-                .part("assertion_iss", signed.issuer.as_deref().unwrap_or(""))
-                .part("assertion_sub", signed.subject.as_deref().unwrap_or(""))
-                .part("assertion_aud", signed.audience.as_deref().unwrap_or(""))
-                .part(
-                    "assertion_claims",
-                    &serde_json::Value::Object(signed.claims.clone()).to_string(),
-                ),
-        }
-    }
 }
 
 impl fmt::Debug for JwtBearerAssertion {
@@ -207,15 +213,21 @@ impl fmt::Debug for JwtBearerAssertion {
                 .debug_tuple("JwtBearerAssertion::Source")
                 .field(source)
                 .finish(),
-            Assertion::Signed(signed) => f
-                .debug_struct("JwtBearerAssertion::Signed")
-                .field("signer", &signed.signer)
-                .field("issuer", &signed.issuer)
-                .field("subject", &signed.subject)
-                .field("audience", &signed.audience)
-                .field("lifetime", &signed.lifetime)
-                .finish_non_exhaustive(),
+            Assertion::Signed(signed) => fmt::Debug::fmt(signed, f),
         }
+    }
+}
+
+impl fmt::Debug for SignedJwtBearerAssertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedJwtBearerAssertion")
+            .field("signer", &self.signer)
+            .field("key_thumbprint", &self.key_thumbprint)
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("audience", &self.audience)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -265,9 +277,7 @@ pub struct JwtBearerAuthorizer {
     info: ClientInfo,
     token_url: String,
     assertion: JwtBearerAssertion,
-    audience: Option<String>,
-    resources: Vec<String>,
-    scopes: Vec<String>,
+    target: TokenTarget,
     authentication: GrantAuthentication,
     default_lifetime: Option<Duration>,
     http: TokenClient,
@@ -279,15 +289,13 @@ impl JwtBearerAuthorizer {
     pub fn new(
         client_info: ClientInfo,
         token_url: impl AsRef<str>,
-        assertion: JwtBearerAssertion,
+        assertion: impl Into<JwtBearerAssertion>,
     ) -> Self {
         Self {
             info: client_info,
             token_url: token_url.as_ref().to_owned(),
-            assertion,
-            audience: None,
-            resources: Vec::new(),
-            scopes: Vec::new(),
+            assertion: assertion.into(),
+            target: TokenTarget::default(),
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
             http: TokenClient::new(),
@@ -295,15 +303,15 @@ impl JwtBearerAuthorizer {
     }
 
     /// Asks for a token for this API (Auth0's `audience` parameter; not the assertion's `aud`,
-    /// see [`JwtBearerAssertion::with_audience`]).
+    /// see [`SignedJwtBearerAssertion::with_audience`]). Replaces an earlier one.
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
-        self.audience = Some(audience.into());
+        self.target.audiences = vec![audience.into()];
         self
     }
 
     /// Asks for a token for this resource (RFC 8707 `resource`); may be called more than once.
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
-        self.resources.push(resource.into());
+        self.target.resources.push(resource.into());
         self
     }
 
@@ -313,7 +321,7 @@ impl JwtBearerAuthorizer {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self.target.set_scopes(scopes);
         self
     }
 
@@ -376,18 +384,11 @@ impl Authorizer for JwtBearerAuthorizer {
     async fn authorize(&self) -> Result<BearerToken, Error> {
         let url = secure_url("token_url", &self.token_url)?;
         let assertion = self.assertion.make(self.info.client_id(), &url).await?;
-        let scope = self.scopes.join(" ");
         let mut form = vec![
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.expose_secret()),
         ];
-        if let Some(audience) = &self.audience {
-            form.push(("audience", audience));
-        }
-        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
-        }
+        self.target.add_to_form(&mut form);
         let client = GrantClient {
             http: &self.http,
             info: &self.info,
@@ -399,18 +400,13 @@ impl Authorizer for JwtBearerAuthorizer {
     }
 
     fn cache_key(&self) -> CacheKey {
-        let mut scopes = self.scopes.clone();
-        scopes.sort();
-        let mut key = CacheKey::builder("oauth2-jwt-bearer")
+        let key = CacheKey::builder("oauth2-jwt-bearer")
             .part("endpoint", &self.token_url)
             .part("client_id", self.info.client_id())
-            .secret("client_secret", self.info.client_secret().expose_secret())
-            .part("audience", self.audience.as_deref().unwrap_or(""))
-            .part("scopes", &scopes.join(" "));
-        for resource in &self.resources {
-            key = key.part("resource", resource);
-        }
-        key = self.assertion.add_to_cache_key(key);
+            .secret("client_secret", self.info.client_secret().expose_secret());
+        let key = self
+            .assertion
+            .add_to_cache_key(self.target.add_to_cache_key(key));
         self.authentication
             .add_to_cache_key(&self.info, key)
             .build()
@@ -423,9 +419,7 @@ impl fmt::Debug for JwtBearerAuthorizer {
             .field("client_info", &self.info)
             .field("token_url", &str_for_logs(&self.token_url))
             .field("assertion", &self.assertion)
-            .field("audience", &self.audience)
-            .field("resources", &self.resources)
-            .field("scopes", &self.scopes)
+            .field("target", &self.target)
             .field("authentication", &self.authentication)
             .finish_non_exhaustive()
     }

@@ -71,9 +71,11 @@ pub use client_auth::{
 pub use dpop::DpopKey;
 pub use en_auth_core::{Audience, CONNECT_TIMEOUT, REQUEST_TIMEOUT, secure_url};
 pub use endpoint::{discover_token_endpoint, token_http_client};
-pub use jwt_bearer::{JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer};
+pub use jwt_bearer::{
+    JWT_BEARER_GRANT, JwtBearerAssertion, JwtBearerAuthorizer, SignedJwtBearerAssertion,
+};
 pub use mtls::TlsClientIdentity;
-pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, OnBehalfOf};
+pub use on_behalf_of::{CallerToken, DEFAULT_MAX_CALLERS, MAX_CALLER_TOKEN_BYTES, OnBehalfOf};
 pub use password::{MFA_REQUIRED, PASSWORD_REALM_GRANT, PasswordAuthorizer, PasswordToken};
 pub use pem_file_signer::PemFileSigner;
 pub use private_key_signer::PrivateKeySigner;

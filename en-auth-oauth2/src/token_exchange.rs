@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,11 +14,10 @@ use en_auth_core::{
     untrusted_text,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use tokio::time::Instant;
 
 use crate::assertion::AssertionSource;
-use crate::client_auth::ClientAuthentication;
-use crate::grant::{GrantAuthentication, GrantClient, send_grant};
+use crate::grant::{GrantAuthentication, GrantClient, TokenTarget, send_grant};
 use crate::token_client::TokenClient;
 
 /// The token exchange grant type (RFC 8693 §2.1).
@@ -154,9 +154,7 @@ pub(crate) struct ExchangeSettings {
     pub(crate) info: ClientInfo,
     pub(crate) token_url: String,
     pub(crate) actor: Option<SubjectToken>,
-    pub(crate) audience: Option<String>,
-    pub(crate) resources: Vec<String>,
-    pub(crate) scopes: Vec<String>,
+    pub(crate) target: TokenTarget,
     pub(crate) requested_token_type: Option<String>,
     pub(crate) authentication: GrantAuthentication,
     pub(crate) default_lifetime: Option<Duration>,
@@ -169,9 +167,7 @@ impl ExchangeSettings {
             info,
             token_url: token_url.to_owned(),
             actor: None,
-            audience: None,
-            resources: Vec::new(),
-            scopes: Vec::new(),
+            target: TokenTarget::default(),
             requested_token_type: None,
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
@@ -188,7 +184,6 @@ impl ExchangeSettings {
             Some(actor) => Some(actor.read().await?),
             None => None,
         };
-        let scope = self.scopes.join(" ");
         let mut form = vec![
             ("grant_type", TOKEN_EXCHANGE_GRANT),
             ("subject_token", subject_token.expose_secret()),
@@ -198,13 +193,7 @@ impl ExchangeSettings {
             form.push(("actor_token", token.expose_secret()));
             form.push(("actor_token_type", actor.token_type()));
         }
-        if let Some(audience) = &self.audience {
-            form.push(("audience", audience));
-        }
-        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
-        }
+        self.target.add_to_form(&mut form);
         if let Some(requested) = &self.requested_token_type {
             form.push(("requested_token_type", requested));
         }
@@ -223,21 +212,15 @@ impl ExchangeSettings {
     }
 
     pub(crate) fn cache_key(&self, subject: &SubjectToken) -> CacheKey {
-        let mut scopes = self.scopes.clone();
-        scopes.sort();
-        let mut key = CacheKey::builder("oauth2-token-exchange")
+        let key = CacheKey::builder("oauth2-token-exchange")
             .part("endpoint", &self.token_url)
             .part("client_id", self.info.client_id())
             .secret("client_secret", self.info.client_secret().expose_secret())
-            .part("audience", self.audience.as_deref().unwrap_or(""))
-            .part("scopes", &scopes.join(" "))
             .part(
                 "requested_token_type",
                 self.requested_token_type.as_deref().unwrap_or(""),
             );
-        for resource in &self.resources {
-            key = key.part("resource", resource);
-        }
+        let mut key = self.target.add_to_cache_key(key);
         key = subject.add_to_cache_key("subject", key);
         if let Some(actor) = &self.actor {
             key = actor.add_to_cache_key("actor", key);
@@ -251,42 +234,34 @@ impl ExchangeSettings {
         f.field("client_info", &self.info)
             .field("token_url", &str_for_logs(&self.token_url))
             .field("actor", &self.actor)
-            .field("audience", &self.audience)
-            .field("resources", &self.resources)
-            .field("scopes", &self.scopes)
+            .field("target", &self.target)
             .field("requested_token_type", &self.requested_token_type)
             .field("authentication", &self.authentication);
     }
 }
 
-/// The RFC 8693 fields of a successful answer.
-#[derive(Deserialize)]
-struct IssuedType {
-    issued_token_type: Option<String>,
-    token_type: Option<String>,
-}
-
-/// Checks `issued_token_type` and refuses `N_A` token types (see the module documentation).
+/// Checks the RFC 8693 §2.2.1 fields of a successful answer: `issued_token_type` (a string,
+/// the requested type when one was asked for) and `token_type` (present; `N_A` refused).
 fn check_issued_type(status: u16, body: &[u8], requested: Option<&str>) -> Result<(), Error> {
-    // A body that is not JSON is left to the shared parser, which names the problem.
-    let Ok(answer) = serde_json::from_slice::<IssuedType>(body) else {
+    // A body that is not a JSON object is left to the shared parser, which names the problem.
+    let Ok(serde_json::Value::Object(answer)) = serde_json::from_slice(body) else {
         return Ok(());
     };
     let refuse = |reason: String| Error::InvalidResponse {
         status: Some(status),
         reason,
     };
-    let Some(issued) = answer.issued_token_type.as_deref() else {
-        return Err(refuse(
-            "the token exchange answer has no issued_token_type (required by RFC 8693 §2.2.1)"
-                .into(),
-        ));
+    let text = |name: &str| match answer.get(name) {
+        None | Some(serde_json::Value::Null) => Err(refuse(format!(
+            "the token exchange answer has no {name} (required by RFC 8693 §2.2.1)"
+        ))),
+        Some(serde_json::Value::String(value)) => Ok(value.as_str()),
+        Some(_) => Err(refuse(format!(
+            "the token exchange answer's {name} is not a string"
+        ))),
     };
-    if answer
-        .token_type
-        .as_deref()
-        .is_some_and(|t| t.eq_ignore_ascii_case("N_A"))
-    {
+    let issued = text("issued_token_type")?;
+    if text("token_type")?.eq_ignore_ascii_case("N_A") {
         return Err(refuse(format!(
             "the exchange issued a `{}` with token_type N_A: not an access token, so it cannot \
              be sent as a bearer token (RFC 8693 §2.2.1); ask for an access token with \
@@ -306,6 +281,125 @@ fn check_issued_type(status: u16, body: &[u8], requested: Option<&str>) -> Resul
     Ok(())
 }
 
+/// The builder methods [`TokenExchangeAuthorizer`] and [`OnBehalfOf`](crate::OnBehalfOf)
+/// share: each changes the [`ExchangeSettings`] the type's `settings_mut()` hands out.
+macro_rules! exchange_builder_methods {
+    () => {
+        /// Exchanges with `actor` as the party acting (RFC 8693 §1.1, delegation): sent as
+        /// `actor_token` and `actor_token_type`, read afresh per exchange.
+        pub fn with_actor(mut self, actor: $crate::SubjectToken) -> Self {
+            self.settings_mut().actor = Some(actor);
+            self
+        }
+
+        /// The logical name of a service the token is for (`audience`, RFC 8693 §2.1); may
+        /// be called more than once, each audience sent as its own `audience` parameter.
+        pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+            self.settings_mut().target.audiences.push(audience.into());
+            self
+        }
+
+        /// The URI of a resource the token is for (`resource`, RFC 8693 §2.1 / RFC 8707);
+        /// may be called more than once.
+        pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+            self.settings_mut().target.resources.push(resource.into());
+            self
+        }
+
+        /// Asks for these scopes (sent space-separated as `scope`).
+        pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.settings_mut().target.set_scopes(scopes);
+            self
+        }
+
+        /// Asks for a token of this type (`requested_token_type`, e.g.
+        /// [`ACCESS_TOKEN_TYPE`]($crate::ACCESS_TOKEN_TYPE)); an answer of another type is
+        /// then refused.
+        pub fn with_requested_token_type(mut self, token_type: impl Into<String>) -> Self {
+            self.settings_mut().requested_token_type = Some(token_type.into());
+            self
+        }
+
+        /// How the client authenticates (default: `client_secret_basic`, or none for a
+        /// client with an empty secret).
+        ///
+        /// With mutual TLS
+        /// ([`ClientAuthentication::tls_client_auth`]($crate::ClientAuthentication::tls_client_auth))
+        /// token requests present the certificate; the rules are those of
+        /// [`ServiceAccountAuthorizer::with_authentication`]($crate::ServiceAccountAuthorizer::with_authentication).
+        pub fn with_authentication(mut self, authentication: $crate::ClientAuthentication) -> Self {
+            let settings = self.settings_mut();
+            settings.authentication = $crate::grant::GrantAuthentication::Client(authentication);
+            settings.http.authentication_changed();
+            self
+        }
+
+        /// No client authentication: the request names the client with `client_id` only (a
+        /// public client), or not at all when the client id is empty.
+        pub fn without_client_authentication(mut self) -> Self {
+            self.settings_mut().authentication = $crate::grant::GrantAuthentication::Public;
+            self
+        }
+
+        /// Lifetime given to tokens whose answer has no `expires_in` (a token exchanged for
+        /// a caller still never outlives the caller's token).
+        pub fn with_default_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+            self.settings_mut().default_lifetime = Some(lifetime);
+            self
+        }
+
+        /// Uses your own HTTP client for token requests (build it without redirects and with
+        /// timeouts, as en-auth's own is). Not with mutual TLS client authentication: token
+        /// requests then fail with `Error::InvalidConfiguration` rather than go out without
+        /// the certificate (see [`with_root_certificate`](Self::with_root_certificate)).
+        pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+            self.settings_mut().http.set_custom(http);
+            self
+        }
+
+        /// Trusts this certificate authority for the provider's TLS certificate, besides the
+        /// system's roots. Replaces a client given with
+        /// [`with_http_client`](Self::with_http_client).
+        pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
+            self.settings_mut().http.add_root(root);
+            self
+        }
+    };
+}
+pub(crate) use exchange_builder_methods;
+
+/// What a token exchanged for a caller ([`OnBehalfOf`](crate::OnBehalfOf)) keeps to: the end
+/// of the caller's token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallerLimit {
+    /// The caller's token's expiry on the wall clock: exchanged tokens' expiry is clamped to
+    /// it.
+    pub(crate) expires_at: DateTime<Utc>,
+    /// The same moment on the lifecycle's (tokio's) clock: the wall clock is read once, when
+    /// the caller is first seen, and everything after runs on this one.
+    pub(crate) deadline: Instant,
+}
+
+impl CallerLimit {
+    /// The limit of a caller token expiring at `expires_at`.
+    pub(crate) fn new(expires_at: DateTime<Utc>) -> Self {
+        let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        Self {
+            expires_at,
+            deadline: Instant::now() + left,
+        }
+    }
+
+    /// Whether the caller's token has expired.
+    pub(crate) fn passed(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
+
 /// Obtains access tokens by OAuth 2.0 Token Exchange (RFC 8693): a token someone else
 /// issued (the *subject token*: a Kubernetes service-account token, a CI system's OIDC token,
 /// a caller's access token) traded at the token endpoint for an access token of this provider.
@@ -315,7 +409,7 @@ fn check_issued_type(status: u16, body: &[u8], requested: Option<&str>) -> Resul
 /// `subject_token_type`; `actor_token` and `actor_token_type` when an actor is set
 /// ([`with_actor`](Self::with_actor)); `audience`, `resource` (repeatable),
 /// `scope` and `requested_token_type` when set. The client authenticates as the
-/// [`ClientAuthentication`] says (default `client_secret_basic`; a client with an empty secret
+/// [`ClientAuthentication`](crate::ClientAuthentication) says (default `client_secret_basic`; a client with an empty secret
 /// is a public client and sends only `client_id`).
 ///
 /// The subject (and actor) token is read afresh for every token request from its
@@ -347,8 +441,12 @@ pub struct TokenExchangeAuthorizer {
     settings: ExchangeSettings,
     subject: SubjectToken,
     /// A token exchanged for a caller ([`OnBehalfOf`](crate::OnBehalfOf)) never outlives the
-    /// caller's token: its expiry is clamped to this.
-    pub(crate) not_after: Option<DateTime<Utc>>,
+    /// caller's token: its expiry is clamped to this. Set at most once, when the caller's
+    /// expiry becomes known.
+    caller: OnceLock<CallerLimit>,
+    /// An API rejected the token: the next refresh exchanges anew, even when the token could
+    /// not be bettered otherwise.
+    rejected: AtomicBool,
 }
 
 impl TokenExchangeAuthorizer {
@@ -365,103 +463,46 @@ impl TokenExchangeAuthorizer {
         Self {
             settings,
             subject,
-            not_after: None,
+            caller: OnceLock::new(),
+            rejected: AtomicBool::new(false),
         }
     }
 
-    /// Exchanges on behalf of `subject` with `actor` as the party acting (RFC 8693 §1.1,
-    /// delegation): sent as `actor_token` and `actor_token_type`, read afresh per request.
-    pub fn with_actor(mut self, actor: SubjectToken) -> Self {
-        self.settings.actor = Some(actor);
-        self
+    fn settings_mut(&mut self) -> &mut ExchangeSettings {
+        &mut self.settings
     }
 
-    /// The logical name of the service the token is for (`audience`, RFC 8693 §2.1).
-    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
-        self.settings.audience = Some(audience.into());
-        self
-    }
-
-    /// The URI of a resource the token is for (`resource`, RFC 8693 §2.1 / RFC 8707); may
-    /// be called more than once.
-    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
-        self.settings.resources.push(resource.into());
-        self
-    }
-
-    /// Asks for these scopes (sent space-separated as `scope`).
-    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.settings.scopes = scopes.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Asks for a token of this type (`requested_token_type`, e.g. [`ACCESS_TOKEN_TYPE`]);
-    /// an answer of another type is then refused.
-    pub fn with_requested_token_type(mut self, token_type: impl Into<String>) -> Self {
-        self.settings.requested_token_type = Some(token_type.into());
-        self
-    }
-
-    /// How the client authenticates (default: `client_secret_basic`, or none for a client
-    /// with an empty secret).
-    ///
-    /// With mutual TLS ([`ClientAuthentication::tls_client_auth`]) token requests present the
-    /// certificate; the rules are those of
-    /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
-    pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
-        self.settings.authentication = GrantAuthentication::Client(authentication);
-        self.settings.http.authentication_changed();
-        self
-    }
-
-    /// No client authentication: the request names the client with `client_id` only (a
-    /// public client), or not at all when the client id is empty.
-    pub fn without_client_authentication(mut self) -> Self {
-        self.settings.authentication = GrantAuthentication::Public;
-        self
-    }
-
-    /// Lifetime given to tokens whose answer has no `expires_in`.
-    pub fn with_default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.settings.default_lifetime = Some(lifetime);
-        self
-    }
-
-    /// Uses your own HTTP client for token requests (build it without redirects and with
-    /// timeouts, as en-auth's own is). Not with mutual TLS client authentication: token
-    /// requests then fail with [`Error::InvalidConfiguration`] rather than go out without the
-    /// certificate (see [`with_root_certificate`](Self::with_root_certificate)).
-    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
-        self.settings.http.set_custom(http);
-        self
-    }
-
-    /// Trusts this certificate authority for the provider's TLS certificate, besides the
-    /// system's roots. Replaces a client given with
-    /// [`with_http_client`](Self::with_http_client).
-    pub fn with_root_certificate(mut self, root: reqwest::Certificate) -> Self {
-        self.settings.http.add_root(root);
-        self
-    }
+    exchange_builder_methods!();
 
     /// The subject token's source.
     pub fn subject(&self) -> &SubjectToken {
         &self.subject
     }
 
-    /// The exchanged token, its expiry clamped to `not_after`.
+    /// The limit of the caller's token this authorizer exchanges, once known.
+    pub(crate) fn caller_limit(&self) -> Option<&CallerLimit> {
+        self.caller.get()
+    }
+
+    /// Sets the limit of the caller's token, if none is set yet.
+    pub(crate) fn limit_to_caller(&self, limit: CallerLimit) {
+        let _ = self.caller.set(limit);
+    }
+
+    /// Whether an API rejected the token since the last refresh (and forgets it).
+    pub(crate) fn set_rejected(&self, rejected: bool) {
+        self.rejected.store(rejected, Ordering::Release);
+    }
+
+    /// The exchanged token, its expiry clamped to the caller's.
     async fn exchange(&self) -> Result<BearerToken, Error> {
         let token = self.settings.exchange(&self.subject).await?;
-        Ok(match self.not_after {
-            Some(limit) if token.expires_at().is_none_or(|at| at > limit) => {
+        Ok(match self.caller.get() {
+            Some(limit) if token.expires_at().is_none_or(|at| at > limit.expires_at) => {
                 BearerToken::with_times(
                     token.access_token(),
                     token.issued_at().unwrap_or_else(Utc::now),
-                    Some(limit),
+                    Some(limit.expires_at),
                 )
             }
             _ => token,
@@ -490,9 +531,11 @@ impl Authorizer for TokenExchangeAuthorizer {
 
     async fn refresh(&self, token: &BearerToken) -> Result<BearerToken, Error> {
         // A token already clamped to the caller's expiry cannot be bettered: a new exchange of
-        // the same caller's token would end at the same moment. Keep it, without a request.
-        if let (Some(limit), Some(at)) = (self.not_after, token.expires_at()) {
-            if at >= limit && Utc::now() < limit {
+        // the same caller's token would end at the same moment. Keep it, without a request —
+        // unless an API rejected it.
+        let rejected = self.rejected.swap(false, Ordering::AcqRel);
+        if let (false, Some(limit), Some(at)) = (rejected, self.caller.get(), token.expires_at()) {
+            if at >= limit.expires_at && !limit.passed() {
                 return Ok(token.clone());
             }
         }
@@ -538,6 +581,37 @@ mod tests {
         assert!(err.contains("N_A") && !err.contains("secret-jwt"), "{err}");
         // Not JSON: left to the shared parser.
         assert_eq!(check("<html>", None), Ok(()));
+    }
+
+    #[test]
+    fn issued_token_type_and_token_type_must_be_strings_and_present() {
+        for (body, expected) in [
+            (
+                r#"{"access_token":"t","token_type":"Bearer","issued_token_type":42}"#,
+                "issued_token_type is not a string",
+            ),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","issued_token_type":["a"]}"#,
+                "issued_token_type is not a string",
+            ),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","issued_token_type":null}"#,
+                "no issued_token_type",
+            ),
+            (
+                r#"{"access_token":"t","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                "no token_type",
+            ),
+            (
+                r#"{"access_token":"t","token_type":7,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                "token_type is not a string",
+            ),
+        ] {
+            for requested in [None, Some(ACCESS_TOKEN_TYPE)] {
+                let err = check(body, requested).unwrap_err();
+                assert!(err.contains(expected), "{body}: {err}");
+            }
+        }
     }
 
     #[test]
