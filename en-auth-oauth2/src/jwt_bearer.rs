@@ -424,3 +424,55 @@ impl fmt::Debug for JwtBearerAuthorizer {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::SigningAlgorithm;
+
+    /// A signer whose key changes after every look (a key rotated behind it, as a file
+    /// signer's is).
+    #[derive(Debug, Default)]
+    struct Rotating(AtomicUsize);
+
+    #[async_trait]
+    impl Signer for Rotating {
+        fn algorithm(&self) -> SigningAlgorithm {
+            SigningAlgorithm::ES256
+        }
+        fn key_id(&self) -> Option<String> {
+            None
+        }
+        fn public_jwk(&self) -> serde_json::Value {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            serde_json::json!({"kty": "EC", "crv": "P-256", "x": format!("x{n}"), "y": "y"})
+        }
+        async fn sign(&self, _: &[u8]) -> Result<Vec<u8>, Error> {
+            Ok(vec![0; 64])
+        }
+    }
+
+    #[test]
+    fn the_cache_key_stays_put_when_the_signers_key_rotates() {
+        let signer = Arc::new(Rotating::default());
+        let authorizer = JwtBearerAuthorizer::new(
+            ClientInfo::new("svc", ""),
+            "https://idp.example.com/token",
+            JwtBearerAssertion::signed(signer.clone()).with_subject("alice"),
+        );
+        let first = authorizer.cache_key();
+        signer.public_jwk(); // rotated
+        assert_eq!(authorizer.cache_key(), first);
+        // Another subject is another token.
+        let other = JwtBearerAuthorizer::new(
+            ClientInfo::new("svc", ""),
+            "https://idp.example.com/token",
+            JwtBearerAssertion::signed(signer).with_subject("bob"),
+        );
+        assert_ne!(other.cache_key(), first);
+    }
+}
