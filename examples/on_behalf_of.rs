@@ -14,10 +14,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use en_auth::ClientInfo;
 use en_auth::oauth2::{CallerToken, OnBehalfOf};
 use en_auth::verify::{Authenticated, RequireAuth, Verifier};
+use en_auth::{ClientInfo, Error};
 use en_auth_testkit::{IdpConfig, LocalIdp, LoopbackServer};
 
 /// The API in the middle, and the audience of its callers' tokens.
@@ -34,37 +35,51 @@ struct Orders {
 /// `GET /orders`: behind `RequireAuth`, so the caller's token has been verified. The handler
 /// exchanges it (once per caller's token; later requests reuse the result) and calls the
 /// inventory API with the exchanged token.
-async fn orders(
-    State(app): State<Arc<Orders>>,
-    claims: Authenticated,
-    headers: HeaderMap,
-) -> Result<String, (StatusCode, String)> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let mut caller = CallerToken::new(bearer);
-    if let Some(exp) = claims.exp {
-        caller = caller.with_exp(exp); // the verified expiry bounds the exchanged token
-    }
+async fn orders(State(app): State<Arc<Orders>>, caller: Authenticated) -> Result<String, Response> {
+    // The verified token and its verified expiry, as RequireAuth read them.
     let token = app
         .obo
-        .token_for(caller)
+        .token_for(CallerToken::verified(caller.token(), caller.exp))
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(refusal)?;
     let inventory = app
         .http
         .get(&app.inventory_url)
         .header(header::AUTHORIZATION, token.authorization())
         .send()
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(|e| {
+            eprintln!("inventory API unreachable: {e}");
+            StatusCode::BAD_GATEWAY.into_response()
+        })?;
+    if inventory.status() == StatusCode::UNAUTHORIZED {
+        // The downstream API refused the exchanged token: the caller's next request gets a
+        // new exchange.
+        let caller_token = CallerToken::verified(caller.token(), caller.exp);
+        app.obo.invalidate(caller_token, &token).await;
+        return Err(StatusCode::BAD_GATEWAY.into_response());
+    }
     let items = inventory.text().await.unwrap_or_default();
     Ok(format!(
         "orders of {}: {items}",
-        claims.sub.as_deref().unwrap_or("?")
+        caller.sub.as_deref().unwrap_or("?")
     ))
+}
+
+/// The answer to a caller whose token was not exchanged: `401` when its token is no longer
+/// good (expired since `RequireAuth` let it through within its clock leeway: the caller
+/// renews it), else `502`. The reason goes to the log, never to the caller (it may quote the
+/// provider).
+fn refusal(err: Error) -> Response {
+    eprintln!("on behalf of: no downstream token: {err}");
+    match err {
+        Error::InvalidToken { .. } => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)],
+        )
+            .into_response(),
+        _ => StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
 
 #[tokio::main]
@@ -164,6 +179,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 5. A request without a token never reaches the handler.
     let status = http.get(api.url("/orders")).send().await?.status();
     println!("\nwithout a token: {status}");
+
+    // 6. A token that has just expired: RequireAuth lets it through (within its clock
+    //    leeway), OnBehalfOf does not exchange it, and the caller is told to renew it.
+    let expired = idp.user_token("carol", ORDERS, Duration::ZERO);
+    let response = http
+        .get(api.url("/orders"))
+        .bearer_auth(expired)
+        .send()
+        .await?;
+    println!(
+        "with a token that just expired: {} ({})",
+        response.status(),
+        response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    );
 
     println!("\nsummary:");
     println!("  requests on behalf of callers:   100 (2 callers)");

@@ -75,12 +75,9 @@ impl CallerToken {
     }
 
     /// A token your verifier accepted, and its verified `exp` (seconds since the epoch;
-    /// `None`: it has none). With `en_auth::verify`, in a handler behind `RequireAuth`:
-    ///
-    /// ```ignore
-    /// let token = obo.token_for(CallerToken::verified(caller.token(), caller.exp)).await?;
-    /// ```
-    /// where `caller` is the handler's `Authenticated`.
+    /// `None`: it has none). With `en_auth::verify`, in a handler behind `RequireAuth` whose
+    /// `caller: Authenticated`:
+    /// `obo.token_for(CallerToken::verified(caller.token(), caller.exp)).await`.
     pub fn verified(token: &SecretString, exp: Option<i64>) -> Self {
         Self {
             token: SecretString::from(token.expose_secret().to_owned()),
@@ -437,7 +434,7 @@ impl OnBehalfOf {
                     // verified `exp`): from now on it bounds the entry too.
                     if let Some(at) = caller.expires_at() {
                         let limit = CallerLimit::new(at);
-                        if limit.deadline <= now {
+                        if limit.passed() {
                             callers.remove(&key);
                             return Err(expired());
                         }
@@ -458,7 +455,7 @@ impl OnBehalfOf {
         // A new caller: the wall clock is read here, once, to place its token's expiry on the
         // lifecycle's clock.
         let limit = caller.expires_at().map(CallerLimit::new);
-        if limit.is_some_and(|limit| limit.deadline <= now) {
+        if limit.is_some_and(|limit| limit.passed()) {
             return Err(expired());
         }
         while callers.entries.len() >= self.max_callers && !callers.by_use.is_empty() {
@@ -619,6 +616,18 @@ mod tests {
         // Later requests without it: still bounded by it (on the lifecycle's clock).
         tokio::time::advance(std::time::Duration::from_secs(61)).await;
         let err = obo.cache_for(&CallerToken::new("opaque")).unwrap_err();
+        assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
+        assert_eq!(obo.remembered_callers(), 0);
+    }
+
+    // Real clock: the wall clock and the lifecycle's both move between reading the expiry and
+    // judging it.
+    #[tokio::test]
+    async fn a_caller_token_expiring_this_instant_is_refused() {
+        let obo = obo(10);
+        let err = obo
+            .cache_for(&CallerToken::new("ending").with_expiry(Utc::now()))
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
         assert_eq!(obo.remembered_callers(), 0);
     }

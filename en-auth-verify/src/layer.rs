@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use en_auth_core::Error;
+use en_auth_core::secrecy::SecretString;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -22,10 +23,61 @@ use crate::mtls::{CertificateSource, check_binding, presented_thumbprint};
 use crate::verifier::check_scopes;
 use crate::{Claims, Verifier};
 
-/// The verified claims of the request's token, put in the request extensions by
-/// [`RequireAuth`]; with the `axum` feature, also an extractor.
-#[derive(Clone, Debug)]
-pub struct Authenticated(pub Arc<Claims>);
+/// The verified claims of the request's token, and the token itself, put in the request
+/// extensions by [`RequireAuth`]; with the `axum` feature, also an extractor.
+///
+/// The token ([`token`](Self::token)) is what an API passes on when it calls another on its
+/// caller's behalf (`en_auth::oauth2::OnBehalfOf`); it is a secret, `[REDACTED]` in `Debug`.
+///
+/// ```no_run
+/// use axum::extract::State;
+/// use axum::http::StatusCode;
+/// use en_auth_oauth2::{CallerToken, OnBehalfOf};
+/// use en_auth_verify::Authenticated;
+///
+/// async fn orders(
+///     State(obo): State<OnBehalfOf>,
+///     caller: Authenticated,
+/// ) -> Result<String, StatusCode> {
+///     let token = obo
+///         .token_for(CallerToken::verified(caller.token(), caller.exp))
+///         .await
+///         .map_err(|_| StatusCode::BAD_GATEWAY)?;
+///     // … call the downstream API with `token.authorization()`
+///     # let _ = token;
+///     Ok(String::new())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Authenticated(pub Arc<Claims>, VerifiedToken);
+
+/// The verified token, as it came (shared: cloning an [`Authenticated`] copies no token).
+#[derive(Clone)]
+struct VerifiedToken(Arc<SecretString>);
+
+impl Authenticated {
+    /// The verified `claims` of `token`.
+    pub fn new(claims: Arc<Claims>, token: &str) -> Self {
+        Self(
+            claims,
+            VerifiedToken(Arc::new(SecretString::from(token.to_owned()))),
+        )
+    }
+
+    /// The verified token, as the caller sent it (without its `Bearer` / `DPoP` scheme).
+    pub fn token(&self) -> &SecretString {
+        &self.1.0
+    }
+}
+
+impl std::fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Authenticated")
+            .field(&self.0)
+            .field(&"[REDACTED]")
+            .finish()
+    }
+}
 
 impl std::ops::Deref for Authenticated {
     type Target = Claims;
@@ -230,7 +282,7 @@ impl RequireAuth {
         &self,
         authorization: Authorization,
         certificate: Option<Presented>,
-    ) -> Result<Arc<Claims>, Error> {
+    ) -> Result<Authenticated, Error> {
         let Authorization::One(authorization) = authorization else {
             // Which one would the application behind us read? Refuse rather than guess.
             return Err(Error::InvalidToken {
@@ -252,7 +304,7 @@ impl RequireAuth {
         }
         check_certificate(&claims, certificate)?;
         check_scopes(&claims, &self.scopes)?;
-        Ok(claims)
+        Ok(Authenticated::new(claims, token))
     }
 
     /// Verifies a DPoP route's request: `DPoP` token, its binding and the proof.
@@ -262,7 +314,7 @@ impl RequireAuth {
         authorization: Option<HeaderValue>,
         parts: ProofParts,
         certificate: Option<Presented>,
-    ) -> Result<Arc<Claims>, Refusal> {
+    ) -> Result<Authenticated, Refusal> {
         let token = authorization
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -300,7 +352,7 @@ impl RequireAuth {
         .map_err(Refusal::Proof)?;
         check_certificate(&claims, certificate)?;
         check_scopes(&claims, &self.scopes)?;
-        Ok(claims)
+        Ok(Authenticated::new(claims, token))
     }
 }
 
@@ -489,8 +541,8 @@ where
                     .check_dpop(&dpop, authorization, parts, certificate)
                     .await
                 {
-                    Ok(claims) => {
-                        request.extensions_mut().insert(Authenticated(claims));
+                    Ok(authenticated) => {
+                        request.extensions_mut().insert(authenticated);
                         inner.call(request).await
                     }
                     Err(refusal) => Ok(dpop_rejection(&refusal)),
@@ -499,8 +551,8 @@ where
         }
         Box::pin(async move {
             match auth.check(authorization, certificate).await {
-                Ok(claims) => {
-                    request.extensions_mut().insert(Authenticated(claims));
+                Ok(authenticated) => {
+                    request.extensions_mut().insert(authenticated);
                     inner.call(request).await
                 }
                 Err(err) => Ok(rejection(&err)),
@@ -541,5 +593,56 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[tokio::test]
+    async fn the_handler_gets_the_verified_token_as_a_secret() {
+        use std::sync::{Arc, Mutex};
+
+        use en_auth_core::secrecy::ExposeSecret;
+        use tower::ServiceExt;
+
+        use super::{Authenticated, RequireAuth};
+        use crate::Verifier;
+
+        let key = b"a-shared-key-of-at-least-32-bytes!!";
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "alice", "aud": "api", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap();
+        let seen = Arc::new(Mutex::new(None::<Authenticated>));
+        let handler = {
+            let seen = Arc::clone(&seen);
+            tower::service_fn(move |request: http::Request<()>| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    *seen.lock().unwrap() = request.extensions().get::<Authenticated>().cloned();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(()))
+                }
+            })
+        };
+        let service = tower_layer::Layer::layer(
+            &RequireAuth::new(Verifier::hs256(key).with_audience("api")),
+            handler,
+        );
+        // The scheme in another case and extra spaces, as RFC 9110 allows.
+        let request = http::Request::get("/orders")
+            .header("authorization", format!("bearer  {token} "))
+            .body(())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let caller = seen.lock().unwrap().take().expect("the handler ran");
+        assert_eq!(caller.token().expose_secret(), token);
+        assert_eq!(caller.sub.as_deref(), Some("alice"));
+        assert_eq!(caller.exp, Some(exp as i64));
+        assert!(!format!("{caller:?}").contains(&token));
     }
 }
