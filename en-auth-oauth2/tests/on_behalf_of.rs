@@ -10,7 +10,7 @@ mod exchange_peer;
 use std::time::Duration;
 
 use en_auth_core::{AccessToken, ClientInfo, Error};
-use en_auth_oauth2::{CallerToken, OnBehalfOf};
+use en_auth_oauth2::{CallerToken, JWT_TOKEN_TYPE, OnBehalfOf, SubjectToken};
 use en_auth_testkit::OidcProvider;
 use exchange_peer::{TOKEN_EXCHANGE, claims, keys, now, recorded, upstream_token};
 use serde_json::json;
@@ -124,16 +124,16 @@ async fn the_number_of_callers_remembered_is_bounded() {
     assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 26);
 }
 
-// Real time: the provider checks the caller's `exp` against its own clock, and the
-// lifecycle against the wall clock, neither of which a paused tokio clock moves.
+// The exchange runs in real time (the provider checks the caller's `exp` on its own clock);
+// after it, OnBehalfOf and the lifecycle run on tokio's clock, paused and advanced here.
 #[tokio::test]
 async fn a_downstream_token_never_outlives_the_callers_token() {
     let provider = OidcProvider::start(600).await;
     let keys = keys(&provider).await;
     let obo = on_behalf_of(&provider);
 
-    // A caller whose token expires in 5-6 s; the provider's tokens live 600 s.
-    let caller = upstream_token(&keys, "dave", 6, json!({}));
+    // A caller whose token expires in 59-60 s; the provider's tokens live 600 s.
+    let caller = upstream_token(&keys, "dave", 60, json!({}));
     let exp = claims(&caller)["exp"].as_i64().unwrap();
     let token = obo.token_for(caller.as_str()).await.unwrap();
     assert!(
@@ -145,22 +145,101 @@ async fn a_downstream_token_never_outlives_the_callers_token() {
 
     // Used until the end: past half its life it is stale, yet a new exchange could not end
     // any later, so it is served on without one…
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(35)).await;
     for _ in 0..3 {
         let again = obo.token_for(caller.as_str()).await.unwrap();
         assert!(again.same_token(&token));
         tokio::task::yield_now().await;
     }
-    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
 
     // …and refused after it, without asking the provider; the entry is dropped.
-    while now() < exp + 1 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    tokio::time::advance(Duration::from_secs(26)).await;
     let err = obo.token_for(caller.as_str()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidToken { .. }), "{err}");
     assert_eq!(obo.remembered_callers(), 0);
+    tokio::time::resume();
     assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+}
+
+#[tokio::test]
+async fn a_token_the_downstream_api_rejected_is_exchanged_anew() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let obo = on_behalf_of(&provider);
+    // The caller's token ends before the provider's would: the downstream token is clamped
+    // to it, and could not be bettered by a new exchange — unless it is rejected.
+    let caller = upstream_token(&keys, "grace", 300, json!({}));
+    let first = obo.token_for(caller.as_str()).await.unwrap();
+    assert_eq!(
+        first.expires_at().timestamp(),
+        claims(&caller)["exp"].as_i64().unwrap()
+    );
+    assert!(!obo.invalidate("a-stranger", &first).await, "not a caller");
+    assert!(obo.invalidate(caller.as_str(), &first).await);
+    let second = obo.token_for(caller.as_str()).await.unwrap();
+    assert!(!second.same_token(&first), "the rejected token again");
+    assert_eq!(claims(second.token().access_token())["sub"], "grace");
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 2);
+    // Exactly one more exchange: the new token is served on.
+    for _ in 0..10 {
+        assert!(
+            obo.token_for(caller.as_str())
+                .await
+                .unwrap()
+                .same_token(&second)
+        );
+    }
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 2);
+}
+
+#[tokio::test]
+async fn a_caller_dropped_while_its_exchange_is_in_flight_still_gets_its_own_token() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    // The actor token is read before each exchange is sent: the first read waits until the
+    // test lets it go, which holds alice's exchange in flight.
+    let actor = upstream_token(&keys, "orders-api", 600, json!({}));
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Some(held)));
+    let obo = on_behalf_of(&provider)
+        .with_actor(SubjectToken::from_fn(
+            move || {
+                let (held, actor) = (held.clone(), actor.clone());
+                async move {
+                    let first = held.lock().unwrap().take();
+                    if let Some(held) = first {
+                        let _ = held.await;
+                    }
+                    Ok::<_, Error>(actor)
+                }
+            },
+            JWT_TOKEN_TYPE,
+        ))
+        .with_max_callers(1);
+    let alice = upstream_token(&keys, "alice", 600, json!({}));
+    let bob = upstream_token(&keys, "bob", 600, json!({}));
+
+    let in_flight = tokio::spawn({
+        let (obo, alice) = (obo.clone(), alice.clone());
+        async move { obo.token_for(alice.as_str()).await }
+    });
+    while obo.remembered_callers() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Bob takes the only place: alice's entry is dropped while her exchange waits.
+    let bobs = obo.token_for(bob.as_str()).await.unwrap();
+    assert_eq!(claims(bobs.token().access_token())["sub"], "bob");
+    assert_eq!(obo.evicted_callers(), 1);
+    release.send(()).unwrap();
+    let alices = in_flight.await.unwrap().unwrap();
+    assert_eq!(claims(alices.token().access_token())["sub"], "alice");
+    assert_eq!(obo.remembered_callers(), 1);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 2);
+    // Bob is remembered; alice's next request costs an exchange again.
+    assert!(obo.token_for(bob.as_str()).await.unwrap().same_token(&bobs));
+    obo.token_for(alice.as_str()).await.unwrap();
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 3);
 }
 
 #[tokio::test]
@@ -188,6 +267,13 @@ async fn an_expired_or_refused_caller_token_is_an_error_that_never_shows_it() {
     assert!(
         matches!(&refused, Error::Authorization { error, .. } if error == "invalid_grant"),
         "{refused}"
+    );
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
+    // Asked again, at once: the refusal is remembered, not asked for again.
+    let again = obo.token_for(stranger).await.unwrap_err();
+    assert!(
+        matches!(&again, Error::Authorization { error, .. } if error == "invalid_grant"),
+        "{again}"
     );
     assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
 

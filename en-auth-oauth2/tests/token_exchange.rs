@@ -123,6 +123,35 @@ async fn an_actor_token_is_sent_and_named_in_the_issued_token() {
 }
 
 #[tokio::test]
+async fn several_audiences_are_each_sent_and_part_of_the_cache_key() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    let subject = upstream_token(&keys, "erin", 600, json!({}));
+    let exchange = |audiences: &[&str]| {
+        audiences.iter().fold(
+            TokenExchangeAuthorizer::new(
+                ClientInfo::new(CLIENT.0, CLIENT.1),
+                provider.token_url(),
+                SubjectToken::value(subject.clone(), JWT_TOKEN_TYPE),
+            )
+            // With a resource, the test provider's front leaves `audience` as it came.
+            .with_resource(OidcProvider::API),
+            |authorizer, audience| authorizer.with_audience(*audience),
+        )
+    };
+    let both = exchange(&["https://a.example", "https://b.example"]);
+    both.authorize().await.unwrap();
+    assert_eq!(
+        recorded(&provider).await["exchanges"][0]["audience"],
+        json!(["https://a.example", "https://b.example"])
+    );
+    assert_ne!(
+        both.cache_key(),
+        exchange(&["https://b.example"]).cache_key()
+    );
+}
+
+#[tokio::test]
 async fn a_public_client_exchanges_without_a_secret() {
     let provider = OidcProvider::start(600).await;
     let keys = keys(&provider).await;

@@ -42,7 +42,7 @@
 //   endpoint; exp, jti required, a replayed jti refused. Issued tokens are ES256 JWTs
 //   (kid downstream-1) with sub, act.sub (exchange with actor), client_id, aud, scope.
 //   GET /__exchange_keys {"upstream", "bearer": PKCS#8 PEM, "upstream_issuer", "gateway"};
-//   GET /__exchanges {"exchanges": [{client_id, sub, act, resource, scope, subject_token_type}],
+//   GET /__exchanges {"exchanges": [{client_id, sub, act, resource, audience, scope, subject_token_type}],
 //   "bearer": [{client_id, header, claims}]}
 // - Workload identity and signers (issue 18): workload-client (private_key_jwt, P-256 key kid
 //   `workload-1`, signed by the test), rotating-key-client (two P-256 keys, kids = their RFC 7638
@@ -485,7 +485,7 @@ async function tokenExchangeGrant(ctx) {
   const scope = requestedScope(params);
   exchanges.push({
     client_id: client.clientId, sub: subject.sub, act: actor?.sub ?? null, resource: resources,
-    scope, subject_token_type: params.subject_token_type,
+    audience: [].concat(params.audience || []), scope, subject_token_type: params.subject_token_type,
   });
   const token = await issueJwt(ctx, {
     sub: subject.sub, aud: resources.length ? resources : GATEWAY, scope, ...(actor ? { act: { sub: actor.sub } } : {}),
