@@ -83,7 +83,9 @@ impl JwtBearerAssertion {
         }
     }
 
-    /// The assertion is the content of the file at `path`, read for each token request.
+    /// The assertion is the content of the file at `path`, read for each token request. The
+    /// cache key holds the path, not the assertion (see
+    /// [`JwtBearerAuthorizer::with_identity_label`]).
     pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
         Self::from_source(AssertionSource::file(path))
     }
@@ -281,6 +283,7 @@ pub struct JwtBearerAuthorizer {
     authentication: GrantAuthentication,
     default_lifetime: Option<Duration>,
     http: TokenClient,
+    identity_label: Option<String>,
 }
 
 impl JwtBearerAuthorizer {
@@ -299,6 +302,7 @@ impl JwtBearerAuthorizer {
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
             http: TokenClient::new(),
+            identity_label: None,
         }
     }
 
@@ -340,6 +344,16 @@ impl JwtBearerAuthorizer {
     /// No client authentication (RFC 7523 §3.2): `client_id` only, or nothing when it is empty.
     pub fn without_client_authentication(mut self) -> Self {
         self.authentication = GrantAuthentication::Public;
+        self
+    }
+
+    /// Names the identity whose tokens this authorizer obtains, in its cache key: an
+    /// assertion read from a file is known by its path only, so workloads of different
+    /// identities that share a client, a token store and the path would share tokens — set
+    /// this to the workload's identity then (see
+    /// [`TokenExchangeAuthorizer::with_identity_label`](crate::TokenExchangeAuthorizer::with_identity_label)).
+    pub fn with_identity_label(mut self, label: impl Into<String>) -> Self {
+        self.identity_label = Some(label.into());
         self
     }
 
@@ -404,9 +418,12 @@ impl Authorizer for JwtBearerAuthorizer {
             .part("endpoint", &self.token_url)
             .part("client_id", self.info.client_id())
             .secret("client_secret", self.info.client_secret().expose_secret());
-        let key = self
+        let mut key = self
             .assertion
             .add_to_cache_key(self.target.add_to_cache_key(key));
+        if let Some(label) = &self.identity_label {
+            key = key.part("identity_label", label);
+        }
         self.authentication
             .add_to_cache_key(&self.info, key)
             .build()
@@ -421,6 +438,7 @@ impl fmt::Debug for JwtBearerAuthorizer {
             .field("assertion", &self.assertion)
             .field("target", &self.target)
             .field("authentication", &self.authentication)
+            .field("identity_label", &self.identity_label)
             .finish_non_exhaustive()
     }
 }
@@ -474,5 +492,21 @@ mod tests {
             JwtBearerAssertion::signed(signer).with_subject("bob"),
         );
         assert_ne!(other.cache_key(), first);
+    }
+
+    #[test]
+    fn an_identity_label_separates_workloads_reading_the_same_path() {
+        let authorizer = || {
+            JwtBearerAuthorizer::new(
+                ClientInfo::new("shared-public-client", ""),
+                "https://idp.example.com/token",
+                JwtBearerAssertion::file("/var/run/secrets/tokens/idp"),
+            )
+        };
+        assert_eq!(authorizer().cache_key(), authorizer().cache_key());
+        assert_ne!(
+            authorizer().with_identity_label("orders").cache_key(),
+            authorizer().with_identity_label("billing").cache_key()
+        );
     }
 }

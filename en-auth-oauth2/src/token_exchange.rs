@@ -63,6 +63,10 @@ impl SubjectToken {
     /// The token is the content of the file at `path` (trimmed), read for each token request.
     /// A missing, unreadable or empty file is [`Error::CredentialUnavailable`] naming the
     /// path, before any request is sent.
+    ///
+    /// The path, not the token, is what the cache key holds: see
+    /// [`TokenExchangeAuthorizer::with_identity_label`] when workloads of different identities
+    /// share a client, a token store and the path.
     pub fn file(path: impl Into<PathBuf>, token_type: impl Into<String>) -> Self {
         Self::from_source(AssertionSource::file(path), token_type)
     }
@@ -159,6 +163,8 @@ pub(crate) struct ExchangeSettings {
     pub(crate) authentication: GrantAuthentication,
     pub(crate) default_lifetime: Option<Duration>,
     pub(crate) http: TokenClient,
+    /// [`TokenExchangeAuthorizer::with_identity_label`].
+    pub(crate) identity_label: Option<String>,
 }
 
 impl ExchangeSettings {
@@ -172,6 +178,7 @@ impl ExchangeSettings {
             authentication: GrantAuthentication::Default,
             default_lifetime: None,
             http: TokenClient::new(),
+            identity_label: None,
         }
     }
 
@@ -221,6 +228,9 @@ impl ExchangeSettings {
                 self.requested_token_type.as_deref().unwrap_or(""),
             );
         let mut key = self.target.add_to_cache_key(key);
+        if let Some(label) = &self.identity_label {
+            key = key.part("identity_label", label);
+        }
         key = subject.add_to_cache_key("subject", key);
         if let Some(actor) = &self.actor {
             key = actor.add_to_cache_key("actor", key);
@@ -236,6 +246,7 @@ impl ExchangeSettings {
             .field("actor", &self.actor)
             .field("target", &self.target)
             .field("requested_token_type", &self.requested_token_type)
+            .field("identity_label", &self.identity_label)
             .field("authentication", &self.authentication);
     }
 }
@@ -474,6 +485,19 @@ impl TokenExchangeAuthorizer {
 
     exchange_builder_methods!();
 
+    /// Names the identity whose tokens this authorizer obtains, in its cache key.
+    ///
+    /// The cache key holds where the subject token comes from (a file's path, `callback`),
+    /// never the token, so two authorizers with the same client, settings and subject path
+    /// share a key. That is right for the replicas of one workload; but with a public client
+    /// shared by several workloads and a shared token store, pods of *different* service
+    /// accounts whose tokens are projected at the same path would share tokens. Set this to
+    /// the workload's identity (e.g. `system:serviceaccount:shop:orders`) in that case.
+    pub fn with_identity_label(mut self, label: impl Into<String>) -> Self {
+        self.settings.identity_label = Some(label.into());
+        self
+    }
+
     /// The subject token's source.
     pub fn subject(&self) -> &SubjectToken {
         &self.subject
@@ -630,5 +654,21 @@ mod tests {
             SubjectToken::value("another-caller", ACCESS_TOKEN_TYPE),
         );
         assert_ne!(auth.cache_key(), other.cache_key());
+    }
+
+    #[test]
+    fn an_identity_label_separates_workloads_reading_the_same_path() {
+        let authorizer = || {
+            TokenExchangeAuthorizer::new(
+                ClientInfo::new("shared-public-client", ""),
+                "https://idp.example.com/token",
+                SubjectToken::file("/var/run/secrets/tokens/exchange", JWT_TOKEN_TYPE),
+            )
+        };
+        assert_eq!(authorizer().cache_key(), authorizer().cache_key());
+        let orders = authorizer().with_identity_label("system:serviceaccount:shop:orders");
+        let billing = authorizer().with_identity_label("system:serviceaccount:shop:billing");
+        assert_ne!(orders.cache_key(), billing.cache_key());
+        assert_ne!(orders.cache_key(), authorizer().cache_key());
     }
 }
