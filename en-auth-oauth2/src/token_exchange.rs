@@ -513,7 +513,8 @@ impl TokenExchangeAuthorizer {
         let _ = self.caller.set(limit);
     }
 
-    /// Whether an API rejected the token since the last refresh (and forgets it).
+    /// Records that an API rejected the current token (`true`): the next refresh exchanges
+    /// anew, whatever the token's expiry. `false` takes that back.
     pub(crate) fn set_rejected(&self, rejected: bool) {
         self.rejected.store(rejected, Ordering::Release);
     }
@@ -556,14 +557,17 @@ impl Authorizer for TokenExchangeAuthorizer {
     async fn refresh(&self, token: &BearerToken) -> Result<BearerToken, Error> {
         // A token already clamped to the caller's expiry cannot be bettered: a new exchange of
         // the same caller's token would end at the same moment. Keep it, without a request —
-        // unless an API rejected it.
-        let rejected = self.rejected.swap(false, Ordering::AcqRel);
+        // unless an API rejected it. The rejection is forgotten only once a new token is in
+        // hand: a failed attempt, retried, must not hand the rejected token back.
+        let rejected = self.rejected.load(Ordering::Acquire);
         if let (false, Some(limit), Some(at)) = (rejected, self.caller.get(), token.expires_at()) {
             if at >= limit.expires_at && !limit.passed() {
                 return Ok(token.clone());
             }
         }
-        self.exchange().await
+        let fresh = self.exchange().await?;
+        self.rejected.store(false, Ordering::Release);
+        Ok(fresh)
     }
 
     fn cache_key(&self) -> CacheKey {

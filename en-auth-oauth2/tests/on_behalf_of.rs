@@ -194,6 +194,40 @@ async fn a_token_the_downstream_api_rejected_is_exchanged_anew() {
 }
 
 #[tokio::test]
+async fn a_rejected_token_is_not_handed_back_when_the_first_new_exchange_fails() {
+    let provider = OidcProvider::start(600).await;
+    let keys = keys(&provider).await;
+    // The actor token is read before each exchange: its second read (the first exchange
+    // after the rejection) fails, transiently, and the lifecycle tries again.
+    let actor = upstream_token(&keys, "orders-api", 600, json!({}));
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reads.clone();
+    let obo = on_behalf_of(&provider).with_actor(SubjectToken::from_fn(
+        move || {
+            let read = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let actor = actor.clone();
+            async move {
+                if read == 1 {
+                    return Err(Error::CredentialUnavailable {
+                        credential: "actor".into(),
+                        reason: "not yet".into(),
+                    });
+                }
+                Ok(actor)
+            }
+        },
+        JWT_TOKEN_TYPE,
+    ));
+    let caller = upstream_token(&keys, "heidi", 300, json!({}));
+    let first = obo.token_for(caller.as_str()).await.unwrap();
+    assert!(obo.invalidate(caller.as_str(), &first).await);
+    let second = obo.token_for(caller.as_str()).await.unwrap();
+    assert!(!second.same_token(&first), "the rejected token again");
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 2);
+}
+
+#[tokio::test]
 async fn a_caller_dropped_while_its_exchange_is_in_flight_still_gets_its_own_token() {
     let provider = OidcProvider::start(600).await;
     let keys = keys(&provider).await;
