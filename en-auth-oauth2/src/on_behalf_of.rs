@@ -633,6 +633,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_caller_token_expiring_in_the_far_future_is_taken() {
+        let obo = obo(10);
+        for exp in [4_102_444_800, 8_000_000_000_000, i64::MAX] {
+            obo.cache_for(&CallerToken::new(format!("far-{exp}")).with_exp(exp))
+                .unwrap();
+        }
+        let far = DateTime::<Utc>::MAX_UTC;
+        obo.cache_for(&CallerToken::new("farthest").with_expiry(far))
+            .unwrap();
+        assert_eq!(obo.remembered_callers(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_oversized_caller_token_is_refused_and_not_remembered() {
         let obo = obo(10);
         let huge = "a".repeat(MAX_CALLER_TOKEN_BYTES + 1);

@@ -399,9 +399,14 @@ impl CallerLimit {
     /// The limit of a caller token expiring at `expires_at`.
     pub(crate) fn new(expires_at: DateTime<Utc>) -> Self {
         let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        let now = Instant::now();
         Self {
             expires_at,
-            deadline: Instant::now() + left,
+            // An `exp` millennia away (a hostile or careless one) is as good as never.
+            deadline: now
+                .checked_add(left)
+                .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+                .unwrap_or(now),
         }
     }
 
