@@ -111,26 +111,18 @@ async fn read_file(path: &Path) -> Result<SecretString, Error> {
         credential: path.display().to_string(),
         reason,
     };
-    // One trip to the blocking pool (open, then read at most one byte past the limit), not
-    // one per file operation.
-    let owned = path.to_owned();
-    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-        use std::io::Read as _;
-        let mut bytes = Vec::new();
-        std::fs::File::open(owned)?
-            .take(MAX_ASSERTION_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
-    })
-    .await
-    .map_err(|_| unavailable("the read was cancelled".into()))?
-    .map_err(|e| unavailable(e.to_string()))?;
+    // One trip to the blocking pool (open, check it is a regular file, read at most one byte
+    // past the limit), not one per file operation.
+    let bytes = crate::secret_file::read_async(path, MAX_ASSERTION_BYTES)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .bytes;
     if bytes.len() > MAX_ASSERTION_BYTES {
         return Err(unavailable(format!(
             "larger than {MAX_ASSERTION_BYTES} bytes; not a token"
         )));
     }
-    let text = String::from_utf8(bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
     check(SecretString::from(text), &path.display().to_string())
 }
 

@@ -8,19 +8,28 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use en_auth_core::Error;
+use zeroize::Zeroizing;
 
 use crate::private_key_signer::PrivateKeySigner;
 use crate::signer::{Signer, SigningAlgorithm};
 
 /// The largest key file read (64 KiB): a PEM private key is a few kilobytes.
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 
 /// A private key in a PEM file (PKCS#8, or PKCS#1 RSA), followed as the file is rotated.
 ///
 /// Before each JWT it signs ([`Signer::current`]) it looks at the file's modification time,
-/// length (and, on Unix, inode: a file replaced by a rename, as Kubernetes does with a
-/// secret volume, counts as changed) — one `stat`, no read — and reads the key again when
-/// any of them changed. A new file that cannot be read or is not a key leaves the last good
+/// length and, on Unix, inode, device and status-change time (`ctime`) — one `stat`, no
+/// read — and reads the key again when any of them changed. The inode catches a file
+/// replaced by a rename or a `..data` symlink swap, as Kubernetes does with a secret volume;
+/// the `ctime`, which no program can set back, catches a rewrite in place of the same length
+/// within one tick of the modification time (or with the modification time restored).
+/// Only regular files of at most 64 KiB are read (a FIFO put at the path cannot block a
+/// thread), and the file's bytes are zeroized once parsed.
+///
+/// As a DPoP key ([`with_dpop_signer`](crate::ServiceAccountAuthorizer::with_dpop_signer))
+/// it is not followed: the authorizer pins the key it read first, the one its tokens are
+/// bound to, and never stats the file per request. A new file that cannot be read or is not a key leaves the last good
 /// key in use, with one warning per such version of the file (never a panic, never the key
 /// in a message); the next change is read again.
 ///
@@ -60,19 +69,33 @@ struct State {
 struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
+    /// Device and inode: another file under the same path (a rename, a symlink swap).
+    device: u64,
     inode: u64,
+    /// Status-change time (seconds, nanoseconds): changes with every write, and cannot be set
+    /// back (unlike the modification time).
+    changed: (i64, i64),
 }
 
 impl Stamp {
     fn of(metadata: &std::fs::Metadata) -> Self {
         #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+        let (device, inode, changed) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (
+                metadata.dev(),
+                metadata.ino(),
+                (metadata.ctime(), metadata.ctime_nsec()),
+            )
+        };
         #[cfg(not(unix))]
-        let inode = 0;
+        let (device, inode, changed) = (0, 0, (0, 0));
         Self {
             modified: metadata.modified().ok(),
             len: metadata.len(),
+            device,
             inode,
+            changed,
         }
     }
 }
@@ -83,10 +106,7 @@ impl PemFileSigner {
     /// each key's RFC 7638 thumbprint.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, Error> {
         let path = path.into();
-        let metadata = std::fs::metadata(&path).map_err(|e| unreadable(&path, &e.to_string()))?;
-        let stamp = Stamp::of(&metadata);
-        let pem = read_capped(&path, stamp.len)
-            .and_then(|()| std::fs::read(&path).map_err(|e| unreadable(&path, &e.to_string())))?;
+        let (pem, stamp) = checked(&path, crate::secret_file::read(&path, MAX_KEY_FILE_BYTES))?;
         let key = parse(&path, &pem, None)?;
         Ok(Self {
             path,
@@ -147,13 +167,17 @@ impl PemFileSigner {
                 return Arc::clone(&state.key);
             }
         }
-        let read = match read_capped(&self.path, stamp.len) {
-            Ok(()) => tokio::fs::read(&self.path)
-                .await
-                .map_err(|e| unreadable(&self.path, &e.to_string())),
-            Err(e) => Err(e),
+        // The file read is stamped with its own metadata (it may have changed again since the
+        // stat above).
+        let read = checked(
+            &self.path,
+            crate::secret_file::read_async(&self.path, MAX_KEY_FILE_BYTES).await,
+        );
+        let (stamp, parsed) = match read {
+            Ok((pem, read_stamp)) => (read_stamp, parse(&self.path, &pem, self.kid.clone())),
+            Err(e) => (stamp, Err(e)),
         };
-        match read.and_then(|pem| parse(&self.path, &pem, self.kid.clone())) {
+        match parsed {
             Ok(key) => {
                 let key = Arc::new(key);
                 let mut state = self
@@ -190,7 +214,9 @@ impl PemFileSigner {
         let version = stamp.unwrap_or(Stamp {
             modified: None,
             len: u64::MAX,
+            device: u64::MAX,
             inode: u64::MAX,
+            changed: (i64::MAX, i64::MAX),
         });
         if state.refused != Some(version) {
             state.refused = Some(version);
@@ -211,14 +237,21 @@ fn unreadable(path: &Path, reason: &str) -> Error {
     }
 }
 
-fn read_capped(path: &Path, len: u64) -> Result<(), Error> {
-    if len > MAX_KEY_FILE_BYTES {
+/// The key file's bytes (zeroized when dropped) and its stamp, from a
+/// [`secret_file`](crate::secret_file) read; an oversized or unreadable file is
+/// [`Error::InvalidConfiguration`] naming the path.
+fn checked(
+    path: &Path,
+    read: std::io::Result<crate::secret_file::SecretFile>,
+) -> Result<(Zeroizing<Vec<u8>>, Stamp), Error> {
+    let file = read.map_err(|e| unreadable(path, &e.to_string()))?;
+    if file.bytes.len() > MAX_KEY_FILE_BYTES {
         return Err(unreadable(
             path,
             &format!("larger than {MAX_KEY_FILE_BYTES} bytes; not a PEM key"),
         ));
     }
-    Ok(())
+    Ok((file.bytes, Stamp::of(&file.metadata)))
 }
 
 /// The key in `pem`; `kid` given, or else the key's thumbprint.
