@@ -612,6 +612,159 @@ mod tests {
         );
     }
 
+    /// A [`Signer`] over `DpopKey`s that can be switched to another key (a rotated key file,
+    /// a new KMS key version), and whose JWK carries more than the public key.
+    #[derive(Debug)]
+    struct Rotating {
+        key: Mutex<Arc<DpopKey>>,
+    }
+
+    impl Rotating {
+        fn new(key: &DpopKey) -> Arc<Self> {
+            Arc::new(Self {
+                key: Mutex::new(Arc::new(key.clone())),
+            })
+        }
+        fn rotate(&self, key: &DpopKey) {
+            *self.key.lock().unwrap() = Arc::new(key.clone());
+        }
+        fn key(&self) -> Arc<DpopKey> {
+            Arc::clone(&self.key.lock().unwrap())
+        }
+    }
+
+    #[async_trait]
+    impl Signer for Rotating {
+        fn algorithm(&self) -> SigningAlgorithm {
+            SigningAlgorithm::ES256
+        }
+        fn key_id(&self) -> Option<String> {
+            Some("rotating".into())
+        }
+        fn public_jwk(&self) -> serde_json::Value {
+            let key = self.key();
+            let mut jwk = key.public_jwk();
+            // What a careless signer might hand over: the private scalar and extra members.
+            jwk["d"] = URL_SAFE_NO_PAD.encode(key.signing.to_bytes()).into();
+            jwk["kid"] = "rotating".into();
+            jwk["use"] = "sig".into();
+            jwk
+        }
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+            Signer::sign(&*self.key(), message).await
+        }
+        async fn current(&self) -> Result<Option<Arc<dyn Signer>>, Error> {
+            let key: Arc<dyn Signer> = Arc::new(Pinned(self.key()));
+            Ok(Some(key))
+        }
+    }
+
+    /// One key of [`Rotating`], with the same oversharing JWK.
+    #[derive(Debug)]
+    struct Pinned(Arc<DpopKey>);
+
+    #[async_trait]
+    impl Signer for Pinned {
+        fn algorithm(&self) -> SigningAlgorithm {
+            SigningAlgorithm::ES256
+        }
+        fn key_id(&self) -> Option<String> {
+            None
+        }
+        fn public_jwk(&self) -> serde_json::Value {
+            let mut jwk = self.0.public_jwk();
+            jwk["d"] = URL_SAFE_NO_PAD.encode(self.0.signing.to_bytes()).into();
+            jwk["kid"] = "rotating".into();
+            jwk
+        }
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+            Signer::sign(&*self.0, message).await
+        }
+    }
+
+    /// The proof's header, and whether its signature verifies with `key`.
+    fn read_proof(proof: &HeaderValue, key: &DpopKey) -> (serde_json::Value, bool) {
+        let proof = proof.to_str().unwrap();
+        let parts: Vec<&str> = proof.split('.').collect();
+        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let input = format!("{}.{}", parts[0], parts[1]);
+        let verifies = VerifyingKey::from(&key.signing)
+            .verify(input.as_bytes(), &signature)
+            .is_ok();
+        (decode(parts[0]), verifies)
+    }
+
+    #[tokio::test]
+    async fn the_proof_header_carries_only_the_public_key_members() {
+        let key = DpopKey::generate().unwrap();
+        let dpop = Dpop::with_signer(Rotating::new(&key));
+        assert_eq!(dpop.thumbprint(), key.thumbprint());
+        let proof = dpop
+            .header("GET", "https://api.test/x", Some("t"))
+            .await
+            .unwrap();
+        let (header, verifies) = read_proof(&proof, &key);
+        assert!(verifies);
+        assert_eq!(
+            header["jwk"],
+            key.public_jwk(),
+            "kty, crv, x, y and nothing else"
+        );
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(header["alg"], "ES256");
+        assert!(header.get("kid").is_none(), "{header}");
+    }
+
+    #[tokio::test]
+    async fn a_signer_s_key_is_pinned_at_the_first_proof() {
+        let (first, second) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let signer = Rotating::new(&first);
+        let dpop = Dpop::with_signer(signer.clone());
+        let proof = dpop
+            .header("GET", "https://api.test/x", Some("t"))
+            .await
+            .unwrap();
+        assert!(read_proof(&proof, &first).1);
+
+        // The signer rotates: proofs still come from the key the tokens are bound to.
+        signer.rotate(&second);
+        for _ in 0..2 {
+            let proof = dpop
+                .header("POST", "https://api.test/y", Some("t"))
+                .await
+                .unwrap();
+            let (header, verifies) = read_proof(&proof, &first);
+            assert!(verifies, "signed by the first key");
+            assert_eq!(header["jwk"], first.public_jwk());
+        }
+        assert_eq!(dpop.thumbprint(), first.thumbprint());
+    }
+
+    #[tokio::test]
+    async fn a_key_changed_before_the_first_proof_is_refused() {
+        let (first, second) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let signer = Rotating::new(&first);
+        let dpop = Dpop::with_signer(signer.clone());
+        signer.rotate(&second);
+        for _ in 0..2 {
+            match dpop.header("GET", "https://api.test/x", None).await {
+                Err(Error::InvalidConfiguration { setting, reason }) => {
+                    assert_eq!(setting, "DPoP signer");
+                    assert!(reason.contains(first.thumbprint()), "{reason}");
+                    assert!(reason.contains(second.thumbprint()), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Back to the key the authorizer was built with: proofs work.
+        signer.rotate(&first);
+        let proof = dpop
+            .header("GET", "https://api.test/x", None)
+            .await
+            .unwrap();
+        assert!(read_proof(&proof, &first).1);
+    }
+
     #[test]
     fn the_private_key_is_never_printed() {
         let key = DpopKey::generate().unwrap();
