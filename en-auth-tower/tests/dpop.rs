@@ -1,7 +1,10 @@
 //! DPoP through the tower `AuthLayer` on hyper-util's client: a DPoP-bound token from panva's
 //! `oidc-provider`, a fresh proof per request checked by an axum API behind
 //! `RequireAuth::dpop_with`, and the API's nonce challenge answered with one retry; the same
-//! with every proof signed by a key held outside the authorizer (a KMS stand-in).
+//! with every proof signed by a key held outside the authorizer (a KMS stand-in); a DPoP key
+//! file rotated under the authorizer (the key is pinned: no 401, no new token); a signer that
+//! fails or hangs (nothing is sent unsigned; the proof timeout ends the wait); a rejected
+//! response let go before the resend is signed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,4 +154,95 @@ async fn every_proof_is_signed_by_a_signer_outside_the_authorizer() {
         );
     }
     assert_eq!(provider.tokens_issued().await, 1);
+}
+
+/// An API behind `RequireAuth::dpop_with` (no nonce) counting the requests it received and
+/// the 401s it answered.
+async fn counted_api(provider: &OidcProvider) -> (LoopbackServer, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (requests, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (counter, refusals) = (Arc::clone(&requests), Arc::clone(&refused));
+    let verifier = Verifier::oidc(provider.issuer(), OidcProvider::API);
+    let app = Router::new()
+        .route(
+            "/orders",
+            get(|| async { "orders" })
+                .layer(RequireAuth::new(verifier).dpop_with(DpopVerifier::new())),
+        )
+        .layer(from_fn(move |request: AxumRequest, next: Next| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let refusals = Arc::clone(&refusals);
+            async move {
+                let response = next.run(request).await;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                }
+                response
+            }
+        }));
+    (LoopbackServer::start(app).await.unwrap(), requests, refused)
+}
+
+/// Review M1: a `PemFileSigner` as the DPoP signer, its file rotated as the kubelet does
+/// (a new file renamed over the old): the token stays bound to the first key and the proofs
+/// keep coming from it — no 401 at the API, no new token.
+#[tokio::test]
+async fn a_rotated_dpop_key_file_does_not_unbind_the_token() {
+    let provider = OidcProvider::start(600).await;
+    let (api, requests, refused) = counted_api(&provider).await;
+    let keys: serde_json::Value = reqwest::get(format!("{}/__signer_keys", provider.issuer()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("en-auth-dpop-rotation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dpop-key.pem");
+    std::fs::write(&path, keys["rotation_1"].as_str().unwrap()).unwrap();
+    let signer = Arc::new(en_auth_oauth2::PemFileSigner::open(&path).unwrap());
+
+    let (id, secret) = OidcProvider::DPOP_CLIENT;
+    let sa = ServiceAccountAuthorizer::new(ClientInfo::new(id, secret), provider.token_url())
+        .with_audience(OidcProvider::API)
+        .with_dpop_signer(signer.clone());
+    let bound_to = sa.dpop_thumbprint().unwrap().to_owned();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = AuthLayer::new(sa).layer(client);
+    let get = || Request::get(api.url("/orders")).body(Empty::new()).unwrap();
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let staging = dir.join("dpop-key.pem.new");
+    std::fs::write(&staging, keys["rotation_2"].as_str().unwrap()).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+    // The signer itself follows the file (as it does for client assertions)…
+    use en_auth_oauth2::Signer as _;
+    let now = signer.current().await.unwrap().expect("the file's key");
+    assert_ne!(
+        now.key_id().as_deref(),
+        Some(bound_to.as_str()),
+        "the file was rotated"
+    );
+    // …the DPoP proofs do not.
+    for _ in 0..2 {
+        let response = service.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "no proof from the new key"
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "one request each, none replayed"
+    );
+    assert_eq!(
+        provider.tokens_issued().await,
+        1,
+        "the first token still serves"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
