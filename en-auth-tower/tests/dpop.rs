@@ -246,3 +246,198 @@ async fn a_rotated_dpop_key_file_does_not_unbind_the_token() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// How [`Switched`] answers.
+const SIGNS: u8 = 0;
+const FAILS: u8 = 1;
+const HANGS: u8 = 2;
+
+/// A DPoP signer (a "KMS") that can be made to fail or to never answer.
+#[derive(Debug)]
+struct Switched {
+    key: en_auth_oauth2::DpopKey,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+}
+
+#[async_trait::async_trait]
+impl en_auth_oauth2::Signer for Switched {
+    fn algorithm(&self) -> en_auth_oauth2::SigningAlgorithm {
+        en_auth_oauth2::SigningAlgorithm::ES256
+    }
+    fn key_id(&self) -> Option<String> {
+        None
+    }
+    fn public_jwk(&self) -> serde_json::Value {
+        self.key.public_jwk()
+    }
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, en_auth_core::Error> {
+        match self.mode.load(Ordering::SeqCst) {
+            FAILS => Err(en_auth_core::Error::CredentialUnavailable {
+                credential: "kms key".into(),
+                reason: "the KMS is unreachable".into(),
+            }),
+            HANGS => std::future::pending().await,
+            _ => en_auth_oauth2::Signer::sign(&self.key, message).await,
+        }
+    }
+}
+
+/// Review M3 / T2: through the layer, a signer that fails fails the request and a signer that
+/// hangs fails it after the proof timeout (5 s by default, on tokio's clock, paused here
+/// once the token is in) — the API receives nothing either way; then it signs again.
+#[tokio::test]
+async fn a_failing_or_hanging_signer_sends_nothing_unsigned() {
+    let provider = OidcProvider::start(600).await;
+    let (api, requests, _) = counted_api(&provider).await;
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(SIGNS));
+    let signer = Switched {
+        key: en_auth_oauth2::DpopKey::generate().unwrap(),
+        mode: Arc::clone(&mode),
+    };
+    let (id, secret) = OidcProvider::DPOP_CLIENT;
+    let sa = ServiceAccountAuthorizer::new(ClientInfo::new(id, secret), provider.token_url())
+        .with_audience(OidcProvider::API)
+        .with_dpop_signer(Arc::new(signer));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = AuthLayer::new(sa).layer(client);
+    let get = || Request::get(api.url("/orders")).body(Empty::new()).unwrap();
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+    mode.store(FAILS, Ordering::SeqCst);
+    let err = service.clone().oneshot(get()).await.expect_err("no proof");
+    let err = err
+        .downcast_ref::<en_auth_core::Error>()
+        .expect("en-auth's error");
+    assert!(
+        matches!(err, en_auth_core::Error::CredentialUnavailable { .. }),
+        "{err:?}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "nothing sent unsigned");
+
+    // Hung: no I/O is pending while the proof waits, so the clock can be paused and run
+    // ahead to the timeout.
+    mode.store(HANGS, Ordering::SeqCst);
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        service.clone().oneshot(get()),
+    )
+    .await
+    .expect("the proof timeout ended the wait");
+    let elapsed = started.elapsed();
+    tokio::time::resume();
+    let err = waited.expect_err("no proof in time");
+    let err = err
+        .downcast_ref::<en_auth_core::Error>()
+        .expect("en-auth's error");
+    assert!(
+        matches!(err, en_auth_core::Error::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    // Timers have millisecond granularity.
+    let timeout = en_auth_core::DEFAULT_PROOF_TIMEOUT;
+    assert!(
+        elapsed >= timeout && elapsed <= timeout + std::time::Duration::from_millis(2),
+        "{elapsed:?}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "nothing sent unsigned");
+
+    mode.store(SIGNS, Ordering::SeqCst);
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(provider.tokens_issued().await, 1);
+}
+
+/// A response body that notes when it is dropped.
+struct NotesDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl Drop for NotesDrop {
+    fn drop(&mut self) {
+        if let Some(dropped) = &self.0 {
+            dropped.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A DPoP signer that notes, at each signature, whether the API's 401 was let go already.
+#[derive(Debug)]
+struct Watching {
+    key: en_auth_oauth2::DpopKey,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+#[async_trait::async_trait]
+impl en_auth_oauth2::Signer for Watching {
+    fn algorithm(&self) -> en_auth_oauth2::SigningAlgorithm {
+        en_auth_oauth2::SigningAlgorithm::ES256
+    }
+    fn key_id(&self) -> Option<String> {
+        None
+    }
+    fn public_jwk(&self) -> serde_json::Value {
+        self.key.public_jwk()
+    }
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, en_auth_core::Error> {
+        let dropped = self.dropped.load(Ordering::SeqCst);
+        self.seen.lock().unwrap().push(dropped);
+        en_auth_oauth2::Signer::sign(&self.key, message).await
+    }
+}
+
+/// Review N5: an API's nonce challenge (a 401) is dropped — with the connection it may hold —
+/// before the resend's proof is signed, which may wait for a KMS.
+#[tokio::test]
+async fn the_challenge_is_let_go_before_the_resend_is_signed() {
+    let provider = OidcProvider::start(600).await;
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let signer = Watching {
+        key: en_auth_oauth2::DpopKey::generate().unwrap(),
+        dropped: Arc::clone(&dropped),
+        seen: Arc::clone(&seen),
+    };
+    let (id, secret) = OidcProvider::DPOP_CLIENT;
+    let sa = ServiceAccountAuthorizer::new(ClientInfo::new(id, secret), provider.token_url())
+        .with_audience(OidcProvider::API)
+        .with_dpop_signer(Arc::new(signer));
+    // The API: asks for a nonce once (its body notes being dropped), then answers 200.
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let api = tower::service_fn(move |request: Request<Empty<Bytes>>| {
+        let call = counted.fetch_add(1, Ordering::SeqCst);
+        let dropped = Arc::clone(&dropped);
+        async move {
+            assert!(
+                request.headers().contains_key("dpop"),
+                "a proof on every request"
+            );
+            let response = if call == 0 {
+                http::Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                    .header("dpop-nonce", "n-1")
+                    .body(NotesDrop(Some(dropped)))
+            } else {
+                http::Response::builder().body(NotesDrop(None))
+            };
+            Ok::<_, std::convert::Infallible>(response.unwrap())
+        }
+    });
+    let service = AuthLayer::new(sa).layer(api);
+    let request = Request::get("http://127.0.0.1:9/orders")
+        .body(Empty::new())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "challenged, resent once");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [false, false, true],
+        "token request, first API request, resend: signed after the 401 was dropped"
+    );
+}
