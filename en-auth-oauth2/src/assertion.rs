@@ -217,6 +217,34 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A FIFO at the path (no writer) would block a blocking-pool thread forever: refused
+    /// at once instead, naming what it is.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_is_unavailable_at_once() {
+        let dir =
+            std::env::temp_dir().join(format!("en-auth-assertion-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Real time: a blocked read never returns, so the wait is bounded.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            AssertionSource::file(&path).read(),
+        )
+        .await
+        .expect("no blocking on a FIFO");
+        let (credential, reason) = unavailable(read);
+        assert_eq!(credential, path.display().to_string());
+        assert!(reason.contains("FIFO"), "{reason}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_callback_is_called_for_each_read_and_its_errors_pass_through() {
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -301,6 +301,117 @@ impl fmt::Debug for PemFileSigner {
 mod tests {
     use super::*;
 
+    /// A P-256 key as PKCS#8 PEM (every such PEM has the same length), and its thumbprint.
+    fn key_pem(seed: u8) -> (String, String) {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let kid = PrivateKeySigner::from_pem(pem.as_bytes(), None)
+            .unwrap()
+            .thumbprint()
+            .to_owned();
+        (pem.to_string(), kid)
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("en-auth-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn kid_now(signer: &PemFileSigner) -> Option<String> {
+        signer.current().await.unwrap().unwrap().key_id()
+    }
+
+    fn set_modified(path: &Path, time: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
+    /// Kubernetes updates a secret volume by pointing the `..data` symlink at a new directory:
+    /// the key file's path resolves to another inode — seen even when the new file has the
+    /// same length and modification time.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_kubelet_style_symlink_swap_is_seen() {
+        let dir = temp_dir("pem-symlink-swap");
+        let ((pem_a, kid_a), (pem_b, kid_b)) = (key_pem(7), key_pem(9));
+        assert_eq!(pem_a.len(), pem_b.len());
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (version, pem) in [("..v1", &pem_a), ("..v2", &pem_b)] {
+            std::fs::create_dir(dir.join(version)).unwrap();
+            std::fs::write(dir.join(version).join("key.pem"), pem).unwrap();
+            set_modified(&dir.join(version).join("key.pem"), time);
+        }
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/key.pem", dir.join("key.pem")).unwrap();
+
+        let signer = PemFileSigner::open(dir.join("key.pem")).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_a.clone()));
+        assert_eq!(kid_now(&signer).await, Some(kid_a));
+        std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_b));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rewrite in place with a key of the same length, the modification time set back (or
+    /// within one tick of it): the status-change time still tells.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_same_length_rewrite_in_place_is_seen() {
+        let dir = temp_dir("pem-in-place");
+        let ((pem_a, kid_a), (pem_b, kid_b)) = (key_pem(3), key_pem(5));
+        let path = dir.join("key.pem");
+        std::fs::write(&path, &pem_a).unwrap();
+        let signer = PemFileSigner::open(&path).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_a));
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, &pem_b).unwrap();
+        set_modified(&path, modified);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+        assert_eq!(kid_now(&signer).await, Some(kid_b));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO put at the key's path is refused at once (the last key stays in use), never
+    /// waited on.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_at_the_path_does_not_block() {
+        let dir = temp_dir("pem-fifo");
+        let ((pem_a, kid_a), _) = (key_pem(4), ());
+        let path = dir.join("key.pem");
+        std::fs::write(&path, &pem_a).unwrap();
+        let signer = PemFileSigner::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Real time: a blocked read never returns, so the wait is bounded.
+        let kid = tokio::time::timeout(std::time::Duration::from_secs(5), kid_now(&signer))
+            .await
+            .expect("no blocking on a FIFO");
+        assert_eq!(kid, Some(kid_a));
+        match PemFileSigner::open(&path) {
+            Err(Error::InvalidConfiguration { reason, .. }) => {
+                assert!(reason.contains("FIFO"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_missing_or_useless_file_is_a_configuration_error_naming_the_path_only() {
         let dir = std::env::temp_dir().join(format!("en-auth-pem-signer-{}", std::process::id()));
