@@ -238,7 +238,11 @@ mod tests {
             AssertionSource::file(&path).read(),
         )
         .await
-        .expect("no blocking on a FIFO");
+        .unwrap_or_else(|_| {
+            // Let the blocked reader go (a writer opens the FIFO) so the test fails, not hangs.
+            drop(std::fs::OpenOptions::new().write(true).open(&path));
+            panic!("blocked on a FIFO")
+        });
         let (credential, reason) = unavailable(read);
         assert_eq!(credential, path.display().to_string());
         assert!(reason.contains("FIFO"), "{reason}");

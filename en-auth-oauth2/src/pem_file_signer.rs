@@ -401,7 +401,11 @@ mod tests {
         // Real time: a blocked read never returns, so the wait is bounded.
         let kid = tokio::time::timeout(std::time::Duration::from_secs(5), kid_now(&signer))
             .await
-            .expect("no blocking on a FIFO");
+            .unwrap_or_else(|_| {
+                // Let the blocked reader go (a writer opens the FIFO) so the test fails, not hangs.
+                drop(std::fs::OpenOptions::new().write(true).open(&path));
+                panic!("blocked on a FIFO")
+            });
         assert_eq!(kid, Some(kid_a));
         match PemFileSigner::open(&path) {
             Err(Error::InvalidConfiguration { reason, .. }) => {
