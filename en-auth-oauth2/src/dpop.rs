@@ -617,12 +617,15 @@ mod tests {
     #[derive(Debug)]
     struct Rotating {
         key: Mutex<Arc<DpopKey>>,
+        /// Calls of `current` (for a `PemFileSigner`, one `stat` each).
+        currents: std::sync::atomic::AtomicUsize,
     }
 
     impl Rotating {
         fn new(key: &DpopKey) -> Arc<Self> {
             Arc::new(Self {
                 key: Mutex::new(Arc::new(key.clone())),
+                currents: std::sync::atomic::AtomicUsize::new(0),
             })
         }
         fn rotate(&self, key: &DpopKey) {
@@ -654,6 +657,8 @@ mod tests {
             Signer::sign(&*self.key(), message).await
         }
         async fn current(&self) -> Result<Option<Arc<dyn Signer>>, Error> {
+            self.currents
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let key: Arc<dyn Signer> = Arc::new(Pinned(self.key()));
             Ok(Some(key))
         }
@@ -738,6 +743,11 @@ mod tests {
             assert_eq!(header["jwk"], first.public_jwk());
         }
         assert_eq!(dpop.thumbprint(), first.thumbprint());
+        assert_eq!(
+            signer.currents.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the signer is asked for its key once, not per proof (no stat per request)"
+        );
     }
 
     #[tokio::test]
