@@ -34,6 +34,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -80,6 +81,10 @@ pub struct AdapterCore<A: Authorizer> {
     allow_plain_http: bool,
     /// The authorizer wants a proof per request (DPoP); read once, at construction.
     proofs: bool,
+    /// How long one request waits for its proof ([`LifecyclePolicy::proof_timeout`]).
+    ///
+    /// [`LifecyclePolicy::proof_timeout`]: crate::LifecyclePolicy::proof_timeout
+    proof_timeout: Duration,
 }
 
 impl<A: Authorizer> Clone for AdapterCore<A> {
@@ -92,6 +97,7 @@ impl<A: Authorizer> Clone for AdapterCore<A> {
             replay: self.replay,
             allow_plain_http: self.allow_plain_http,
             proofs: self.proofs,
+            proof_timeout: self.proof_timeout,
         }
     }
 }
@@ -106,6 +112,7 @@ impl<A: Authorizer> fmt::Debug for AdapterCore<A> {
             .field("replay_on_unauthorized", &self.replay)
             .field("allow_plain_http", &self.allow_plain_http)
             .field("proofs", &self.proofs)
+            .field("proof_timeout", &self.proof_timeout)
             .finish()
     }
 }
@@ -128,6 +135,7 @@ impl<A: Authorizer> AdapterCore<A> {
         };
         Self {
             proofs: cache.uses_request_proofs(),
+            proof_timeout: cache.policy().proof_timeout,
             cache,
             adapter,
             api_key,
@@ -259,6 +267,12 @@ impl<A: Authorizer> AdapterCore<A> {
     /// request (DPoP, signed by a key that may live outside the process: hence async). `url`
     /// is the request's absolute URL; it is read only for a proof.
     ///
+    /// A proof not made within the cache policy's
+    /// [`proof_timeout`](crate::LifecyclePolicy::proof_timeout) (default
+    /// [`DEFAULT_PROOF_TIMEOUT`](crate::DEFAULT_PROOF_TIMEOUT), 5 s) fails with a timeout
+    /// [`Error::Transport`]: a hung KMS fails requests, it does not hang them, and no request
+    /// goes out without its proof.
+    ///
     /// Adapters whose hot path cannot await use
     /// [`bearer_credentials`](Self::bearer_credentials) when
     /// [`uses_request_proofs`](Self::uses_request_proofs) is `false`.
@@ -269,7 +283,12 @@ impl<A: Authorizer> AdapterCore<A> {
         url: &str,
     ) -> Result<Credentials, Error> {
         let proof = if self.proofs {
-            self.cache.request_proof(token, method, url).await?
+            tokio::time::timeout(
+                self.proof_timeout,
+                self.cache.request_proof(token, method, url),
+            )
+            .await
+            .map_err(|_| self.proof_timed_out())??
         } else {
             None
         };
@@ -295,6 +314,23 @@ impl<A: Authorizer> AdapterCore<A> {
             api_key: self.api_key.clone(),
             proof: None,
         })
+    }
+
+    #[cold]
+    fn proof_timed_out(&self) -> Error {
+        tracing::debug!(
+            timeout_ms = self.proof_timeout.as_millis() as u64,
+            "no DPoP proof within the proof timeout; the request is not sent"
+        );
+        Error::Transport {
+            message: format!(
+                "the request's proof (DPoP) was not signed within {} ms \
+                 (LifecyclePolicy::proof_timeout); the request was not sent",
+                self.proof_timeout.as_millis()
+            ),
+            timeout: true,
+            source: None,
+        }
     }
 
     #[cold]

@@ -1,6 +1,6 @@
 //! The adapter core's decisions, as plain tests.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -13,16 +13,23 @@ struct Numbered {
     issued: AtomicUsize,
     proofs: bool,
     responses_read: AtomicUsize,
+    /// While set, a proof never comes (a hung KMS).
+    proof_hangs: AtomicBool,
 }
 
 impl Numbered {
     fn cache(info: ClientInfo, proofs: bool) -> TokenCache<Self> {
-        TokenCache::new(Self {
+        TokenCache::new(Self::new(info, proofs))
+    }
+
+    fn new(info: ClientInfo, proofs: bool) -> Self {
+        Self {
             info,
             issued: AtomicUsize::new(0),
             proofs,
             responses_read: AtomicUsize::new(0),
-        })
+            proof_hangs: AtomicBool::new(false),
+        }
     }
 }
 
@@ -48,6 +55,9 @@ impl Authorizer for Numbered {
         method: &Method,
         url: &str,
     ) -> Result<Option<(HeaderName, HeaderValue)>, Error> {
+        if self.proof_hangs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let value = HeaderValue::from_str(&format!("{method} {url}")).map_err(|_| {
             Error::InvalidConfiguration {
                 setting: "test".into(),
@@ -231,6 +241,55 @@ async fn a_proof_is_made_for_each_request_s_method_and_url() {
         .apply(&mut headers);
     assert_eq!(headers["dpop"], format!("POST {URL}").as_str());
     assert!(headers.get("x-api-key").is_none(), "no API key configured");
+}
+
+/// A signer that never answers (a hung KMS) fails the request after the proof timeout —
+/// the default, or the policy's — instead of hanging it; then proofs work again.
+#[tokio::test(start_paused = true)]
+async fn a_proof_that_never_comes_fails_the_request_after_the_proof_timeout() {
+    let configured =
+        crate::LifecyclePolicy::default().with_proof_timeout(Duration::from_millis(250));
+    let cases = [
+        (
+            Numbered::cache(ClientInfo::new("id", "s"), true),
+            crate::DEFAULT_PROOF_TIMEOUT,
+        ),
+        (
+            TokenCache::builder(Numbered::new(ClientInfo::new("id", "s"), true))
+                .policy(configured)
+                .build(),
+            Duration::from_millis(250),
+        ),
+    ];
+    assert_eq!(crate::DEFAULT_PROOF_TIMEOUT, Duration::from_secs(5));
+    for (cache, timeout) in cases {
+        let core = AdapterCore::new(cache, "TestAdapter");
+        let token = core.token().await.expect("token");
+        core.cache()
+            .authorizer()
+            .proof_hangs
+            .store(true, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        // Bounded here too, so that a missing timeout fails the test instead of hanging it.
+        let waited = tokio::time::timeout(timeout * 2, core.credentials(&token, &Method::GET, URL));
+        match waited.await.expect("the proof timeout ended the wait") {
+            Err(err @ Error::Transport { timeout: true, .. }) => {
+                assert!(err.is_transient(), "{err:?}");
+                assert!(err.to_string().contains("proof_timeout"), "{err}");
+            }
+            other => panic!("{timeout:?}: {:?}", other.map(|c| c.proof().is_some())),
+        }
+        assert_eq!(started.elapsed(), timeout);
+        core.cache()
+            .authorizer()
+            .proof_hangs
+            .store(false, Ordering::SeqCst);
+        let credentials = core
+            .credentials(&token, &Method::GET, URL)
+            .await
+            .expect("a proof");
+        assert!(credentials.proof().is_some());
+    }
 }
 
 #[tokio::test]

@@ -58,8 +58,8 @@ pub use endpoint::{
 pub use endpoint::{MtlsEndpointAliases, provider_http_client_with_identity};
 pub use error::{Error, Result};
 pub use lifecycle::{
-    Backoff, CachedToken, Freshness, LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF,
-    STORE_CALL_TIMEOUT, TokenCache, TokenCacheBuilder, TokenStats,
+    Backoff, CachedToken, DEFAULT_PROOF_TIMEOUT, Freshness, LifecyclePolicy, MIN_DEFAULT_LIFETIME,
+    MIN_FAILURE_BACKOFF, STORE_CALL_TIMEOUT, TokenCache, TokenCacheBuilder, TokenStats,
 };
 pub use middleware::{AuthMiddleware, same_origin_redirects};
 pub use retry::RetryPolicy;

@@ -111,26 +111,18 @@ async fn read_file(path: &Path) -> Result<SecretString, Error> {
         credential: path.display().to_string(),
         reason,
     };
-    // One trip to the blocking pool (open, then read at most one byte past the limit), not
-    // one per file operation.
-    let owned = path.to_owned();
-    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-        use std::io::Read as _;
-        let mut bytes = Vec::new();
-        std::fs::File::open(owned)?
-            .take(MAX_ASSERTION_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
-    })
-    .await
-    .map_err(|_| unavailable("the read was cancelled".into()))?
-    .map_err(|e| unavailable(e.to_string()))?;
+    // One trip to the blocking pool (open, check it is a regular file, read at most one byte
+    // past the limit), not one per file operation.
+    let bytes = crate::secret_file::read_async(path, MAX_ASSERTION_BYTES)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .bytes;
     if bytes.len() > MAX_ASSERTION_BYTES {
         return Err(unavailable(format!(
             "larger than {MAX_ASSERTION_BYTES} bytes; not a token"
         )));
     }
-    let text = String::from_utf8(bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
     check(SecretString::from(text), &path.display().to_string())
 }
 
@@ -222,6 +214,38 @@ mod tests {
         assert!(!reason.contains("words"), "{reason}");
         std::fs::write(&path, vec![b'a'; MAX_ASSERTION_BYTES + 1]).unwrap();
         assert!(unavailable(source.read().await).1.contains("larger"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO at the path (no writer) would block a blocking-pool thread forever: refused
+    /// at once instead, naming what it is.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_is_unavailable_at_once() {
+        let dir =
+            std::env::temp_dir().join(format!("en-auth-assertion-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Real time: a blocked read never returns, so the wait is bounded.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            AssertionSource::file(&path).read(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            // Let the blocked reader go (a writer opens the FIFO) so the test fails, not hangs.
+            drop(std::fs::OpenOptions::new().write(true).open(&path));
+            panic!("blocked on a FIFO")
+        });
+        let (credential, reason) = unavailable(read);
+        assert_eq!(credential, path.display().to_string());
+        assert!(reason.contains("FIFO"), "{reason}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -263,9 +263,25 @@ impl ServiceAccountAuthorizer {
 
     /// Like [`with_dpop`](Self::with_dpop), with proofs — at the token endpoint and for
     /// every API request — signed by `signer`: a key in a KMS or an HSM that never enters the
-    /// process (ES256 at least; any algorithm the provider accepts for DPoP). Tokens are
-    /// bound to the signer's public key as it is when this is called, so the signer should
-    /// keep its key (a rotated DPoP key makes its tokens unusable).
+    /// process (ES256 at least; any algorithm the provider accepts for DPoP).
+    ///
+    /// **The key is pinned.** Tokens are bound to the signer's public key as
+    /// [`Signer::public_jwk`] names it when this is called ([`dpop_thumbprint`](Self::dpop_thumbprint),
+    /// the tokens' `cnf.jkt`, part of the cache key). The key that signs is the signer's
+    /// [`current`](Signer::current) key, asked for once, at the first proof, and kept for the
+    /// authorizer's life: every proof — at the token endpoint and for the API — comes from
+    /// that one key, also after the signer rotates (a [`PemFileSigner`](crate::PemFileSigner)
+    /// whose file is replaced keeps the key it read first in memory for DPoP; a KMS signer
+    /// keeps the key version `current` returned). Tokens and proofs never disagree, so the
+    /// API never sees a proof from a key the token is not bound to. To move to a new DPoP key,
+    /// build a new authorizer (its tokens are bound to the new key). If the key already
+    /// changed between this call and the first proof, proofs are refused with
+    /// [`Error::InvalidConfiguration`] naming both thumbprints (nothing is sent).
+    ///
+    /// A proof for an API request that the signer does not make within
+    /// [`LifecyclePolicy::proof_timeout`](en_auth_core::LifecyclePolicy::proof_timeout)
+    /// (default 5 s) fails that request with a timeout [`Error::Transport`]; it is never sent
+    /// without its proof.
     ///
     /// ```
     /// use std::sync::Arc;

@@ -26,8 +26,9 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
 
-use crate::signer::{Signer, SigningAlgorithm, sign_with};
+use crate::signer::{Signer, SigningAlgorithm};
 
 /// The request header a DPoP proof travels in.
 pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
@@ -74,10 +75,10 @@ struct PublicJwk {
 }
 
 #[derive(Serialize)]
-struct ProofHeader<'a> {
+struct ProofHeader<'a, J: Serialize> {
     typ: &'static str,
-    alg: &'static str,
-    jwk: &'a PublicJwk,
+    alg: &'a str,
+    jwk: &'a J,
 }
 
 #[derive(Serialize)]
@@ -139,12 +140,14 @@ impl DpopKey {
         // `PublicJwk` serializes.
         let canonical = serde_json::to_vec(&jwk).unwrap_or_default();
         let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(&canonical));
-        let header = ProofHeader {
-            typ: "dpop+jwt",
-            alg: "ES256",
-            jwk: &jwk,
-        };
-        let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+        let header_b64 = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&ProofHeader {
+                typ: "dpop+jwt",
+                alg: "ES256",
+                jwk: &jwk,
+            })
+            .unwrap_or_default(),
+        );
         Self {
             signing,
             jwk,
@@ -174,24 +177,7 @@ impl DpopKey {
         access_token: Option<&str>,
         nonce: Option<&str>,
     ) -> Result<String, Error> {
-        let htu = htu(url)?;
-        let jti = proof_id()?;
-        let claims = ProofClaims {
-            jti: &jti,
-            htm: method,
-            htu: &htu,
-            iat: chrono::Utc::now().timestamp(),
-            ath: access_token.map(access_token_hash),
-            nonce,
-        };
-        let claims = serde_json::to_vec(&claims).map_err(|e| Error::InvalidConfiguration {
-            setting: "DPoP proof".into(),
-            reason: format!("could not encode the proof's claims ({e})"),
-        })?;
-        let mut jwt = String::with_capacity(self.header_b64.len() + claims.len() * 4 / 3 + 92);
-        jwt.push_str(&self.header_b64);
-        jwt.push('.');
-        URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
+        let mut jwt = signing_input(&self.header_b64, method, url, access_token, nonce)?;
         let signature: Signature = self.signing.sign(jwt.as_bytes());
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut jwt);
@@ -244,6 +230,38 @@ pub fn access_token_hash(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
 }
 
+/// A proof's signing input, `base64url(header) "." base64url(claims)`: the claims of a
+/// request (`jti`, `htm`, `htu`, `iat`, `ath`, `nonce`) after the proof header
+/// `header_b64`, already encoded. Both kinds of proof key sign this.
+fn signing_input(
+    header_b64: &str,
+    method: &str,
+    url: &str,
+    access_token: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<String, Error> {
+    let htu = htu(url)?;
+    let jti = proof_id()?;
+    let claims = ProofClaims {
+        jti: &jti,
+        htm: method,
+        htu: &htu,
+        iat: chrono::Utc::now().timestamp(),
+        ath: access_token.map(access_token_hash),
+        nonce,
+    };
+    let claims = serde_json::to_vec(&claims).map_err(|e| Error::InvalidConfiguration {
+        setting: "DPoP proof".into(),
+        reason: format!("could not encode the proof's claims ({e})"),
+    })?;
+    // Room for the claims, the signature (ES256: 86 characters) and the dots.
+    let mut jwt = String::with_capacity(header_b64.len() + claims.len() * 4 / 3 + 92);
+    jwt.push_str(header_b64);
+    jwt.push('.');
+    URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
+    Ok(jwt)
+}
+
 /// `htu`: the URL without user info, query and fragment, normalized as a WHATWG URL
 /// serializes it (RFC 9449's target URI never carries a user name or password).
 fn htu(url: &str) -> Result<String, Error> {
@@ -281,8 +299,21 @@ pub(crate) struct Dpop {
 enum ProofKey {
     /// The built-in key: proofs signed in place, no waiting.
     Key(Box<DpopKey>),
-    /// Any [`Signer`] (a key in a KMS or an HSM): proofs signed through it.
-    Signer(Arc<dyn Signer>),
+    /// Any [`Signer`] (a key in a KMS or an HSM): proofs signed through it, by the key it
+    /// names at the first proof, kept from then on.
+    Signer {
+        signer: Arc<dyn Signer>,
+        pinned: OnceCell<PinnedKey>,
+    },
+}
+
+/// The key a [`Signer`] resolved to ([`Signer::current`]) at the first proof: the tokens are
+/// bound to it, so every later proof is signed by it, whatever the signer rotates to.
+struct PinnedKey {
+    signer: Arc<dyn Signer>,
+    /// The proof header (`typ`, `alg`, and the RFC 7638 members of the public key as `jwk`),
+    /// base64url-encoded once: it is the same for every proof.
+    header_b64: String,
 }
 
 impl Dpop {
@@ -294,13 +325,67 @@ impl Dpop {
         }
     }
 
-    /// Proofs signed by `signer`; the tokens are bound to its public key (as it is now).
+    /// Proofs signed by `signer`; the tokens are bound to its public key as it is now
+    /// ([`Signer::public_jwk`]). The key that signs is pinned at the first proof (see
+    /// [`pinned`](Self::pinned)).
     pub(crate) fn with_signer(signer: Arc<dyn Signer>) -> Self {
         Self {
             thumbprint: crate::private_key_signer::jwk_thumbprint(&signer.public_jwk()),
-            key: ProofKey::Signer(signer),
+            key: ProofKey::Signer {
+                signer,
+                pinned: OnceCell::new(),
+            },
             nonces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key that signs every proof of a [`Signer`]: its [`current`](Signer::current) key,
+    /// asked once (at the first proof) and kept, so that a signer that rotates its key cannot
+    /// make proofs from a key the tokens are not bound to. A key whose thumbprint is not
+    /// [`thumbprint`](Self::thumbprint) (the key changed between `with_dpop_signer` and the
+    /// first proof) is refused with [`Error::InvalidConfiguration`], and asked again next
+    /// time.
+    async fn pinned<'a>(
+        &self,
+        signer: &Arc<dyn Signer>,
+        pinned: &'a OnceCell<PinnedKey>,
+    ) -> Result<&'a PinnedKey, Error> {
+        pinned
+            .get_or_try_init(|| async {
+                let key = signer
+                    .current()
+                    .await?
+                    .unwrap_or_else(|| Arc::clone(signer));
+                let jwk = crate::private_key_signer::thumbprint_members(&key.public_jwk());
+                let thumbprint = crate::private_key_signer::jwk_thumbprint(&jwk.clone().into());
+                if thumbprint != self.thumbprint {
+                    return Err(Error::InvalidConfiguration {
+                        setting: "DPoP signer".into(),
+                        reason: format!(
+                            "the signer's key changed before its first proof (thumbprint {} \
+                             when the authorizer was built, {thumbprint} now); the tokens are \
+                             bound to the first: build the authorizer again to use the new key",
+                            self.thumbprint
+                        ),
+                    });
+                }
+                let header = ProofHeader {
+                    typ: "dpop+jwt",
+                    alg: key.algorithm().name(),
+                    jwk: &jwk,
+                };
+                let header =
+                    serde_json::to_vec(&header).map_err(|e| Error::InvalidConfiguration {
+                        setting: "DPoP proof".into(),
+                        reason: format!("could not encode the proof's header ({e})"),
+                    })?;
+                tracing::debug!(thumbprint, "DPoP proofs are signed by the signer's key");
+                Ok(PinnedKey {
+                    signer: key,
+                    header_b64: URL_SAFE_NO_PAD.encode(header),
+                })
+            })
+            .await
     }
 
     /// The RFC 7638 thumbprint of the proof key: the tokens' `cnf.jkt`.
@@ -327,8 +412,14 @@ impl Dpop {
         let nonce = self.nonce_for(url);
         let proof = match &self.key {
             ProofKey::Key(key) => key.proof(method, url, access_token, nonce.as_deref())?,
-            ProofKey::Signer(signer) => {
-                signer_proof(&**signer, method, url, access_token, nonce.as_deref()).await?
+            ProofKey::Signer { signer, pinned } => {
+                let key = self.pinned(signer, pinned).await?;
+                let mut jwt =
+                    signing_input(&key.header_b64, method, url, access_token, nonce.as_deref())?;
+                let signature = key.signer.sign(jwt.as_bytes()).await?;
+                jwt.push('.');
+                URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
+                jwt
             }
         };
         let mut value = HeaderValue::try_from(proof).map_err(|_| Error::InvalidConfiguration {
@@ -407,41 +498,11 @@ impl Dpop {
     }
 }
 
-/// A proof signed by `signer` (its current key): `typ` `dpop+jwt`, its `alg`, its public key
-/// as `jwk`.
-async fn signer_proof(
-    signer: &dyn Signer,
-    method: &str,
-    url: &str,
-    access_token: Option<&str>,
-    nonce: Option<&str>,
-) -> Result<String, Error> {
-    use secrecy::ExposeSecret as _;
-    let htu = htu(url)?;
-    let jti = proof_id()?;
-    let claims = ProofClaims {
-        jti: &jti,
-        htm: method,
-        htu: &htu,
-        iat: chrono::Utc::now().timestamp(),
-        ath: access_token.map(access_token_hash),
-        nonce,
-    };
-    let current = signer.current().await?;
-    let signer: &dyn Signer = current.as_deref().unwrap_or(signer);
-    let mut header = serde_json::Map::new();
-    header.insert("typ".into(), "dpop+jwt".into());
-    header.insert("alg".into(), signer.algorithm().name().into());
-    header.insert("jwk".into(), signer.public_jwk());
-    let proof = sign_with(signer, &header, &claims).await?;
-    Ok(proof.expose_secret().to_owned())
-}
-
 impl fmt::Debug for Dpop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key: &dyn fmt::Debug = match &self.key {
             ProofKey::Key(key) => &**key,
-            ProofKey::Signer(signer) => signer,
+            ProofKey::Signer { signer, .. } => signer,
         };
         f.debug_struct("Dpop")
             .field("key", key)
@@ -549,6 +610,169 @@ mod tests {
             !dpop.token_endpoint_challenge("http://127.0.0.1:9/token", 400, &headers, body),
             "no nonce, nothing to retry with"
         );
+    }
+
+    /// A [`Signer`] over `DpopKey`s that can be switched to another key (a rotated key file,
+    /// a new KMS key version), and whose JWK carries more than the public key.
+    #[derive(Debug)]
+    struct Rotating {
+        key: Mutex<Arc<DpopKey>>,
+        /// Calls of `current` (for a `PemFileSigner`, one `stat` each).
+        currents: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Rotating {
+        fn new(key: &DpopKey) -> Arc<Self> {
+            Arc::new(Self {
+                key: Mutex::new(Arc::new(key.clone())),
+                currents: std::sync::atomic::AtomicUsize::new(0),
+            })
+        }
+        fn rotate(&self, key: &DpopKey) {
+            *self.key.lock().unwrap() = Arc::new(key.clone());
+        }
+        fn key(&self) -> Arc<DpopKey> {
+            Arc::clone(&self.key.lock().unwrap())
+        }
+    }
+
+    #[async_trait]
+    impl Signer for Rotating {
+        fn algorithm(&self) -> SigningAlgorithm {
+            SigningAlgorithm::ES256
+        }
+        fn key_id(&self) -> Option<String> {
+            Some("rotating".into())
+        }
+        fn public_jwk(&self) -> serde_json::Value {
+            let key = self.key();
+            let mut jwk = key.public_jwk();
+            // What a careless signer might hand over: the private scalar and extra members.
+            jwk["d"] = URL_SAFE_NO_PAD.encode(key.signing.to_bytes()).into();
+            jwk["kid"] = "rotating".into();
+            jwk["use"] = "sig".into();
+            jwk
+        }
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+            Signer::sign(&*self.key(), message).await
+        }
+        async fn current(&self) -> Result<Option<Arc<dyn Signer>>, Error> {
+            self.currents
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let key: Arc<dyn Signer> = Arc::new(Pinned(self.key()));
+            Ok(Some(key))
+        }
+    }
+
+    /// One key of [`Rotating`], with the same oversharing JWK.
+    #[derive(Debug)]
+    struct Pinned(Arc<DpopKey>);
+
+    #[async_trait]
+    impl Signer for Pinned {
+        fn algorithm(&self) -> SigningAlgorithm {
+            SigningAlgorithm::ES256
+        }
+        fn key_id(&self) -> Option<String> {
+            None
+        }
+        fn public_jwk(&self) -> serde_json::Value {
+            let mut jwk = self.0.public_jwk();
+            jwk["d"] = URL_SAFE_NO_PAD.encode(self.0.signing.to_bytes()).into();
+            jwk["kid"] = "rotating".into();
+            jwk
+        }
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+            Signer::sign(&*self.0, message).await
+        }
+    }
+
+    /// The proof's header, and whether its signature verifies with `key`.
+    fn read_proof(proof: &HeaderValue, key: &DpopKey) -> (serde_json::Value, bool) {
+        let proof = proof.to_str().unwrap();
+        let parts: Vec<&str> = proof.split('.').collect();
+        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let input = format!("{}.{}", parts[0], parts[1]);
+        let verifies = VerifyingKey::from(&key.signing)
+            .verify(input.as_bytes(), &signature)
+            .is_ok();
+        (decode(parts[0]), verifies)
+    }
+
+    #[tokio::test]
+    async fn the_proof_header_carries_only_the_public_key_members() {
+        let key = DpopKey::generate().unwrap();
+        let dpop = Dpop::with_signer(Rotating::new(&key));
+        assert_eq!(dpop.thumbprint(), key.thumbprint());
+        let proof = dpop
+            .header("GET", "https://api.test/x", Some("t"))
+            .await
+            .unwrap();
+        let (header, verifies) = read_proof(&proof, &key);
+        assert!(verifies);
+        assert_eq!(
+            header["jwk"],
+            key.public_jwk(),
+            "kty, crv, x, y and nothing else"
+        );
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(header["alg"], "ES256");
+        assert!(header.get("kid").is_none(), "{header}");
+    }
+
+    #[tokio::test]
+    async fn a_signer_s_key_is_pinned_at_the_first_proof() {
+        let (first, second) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let signer = Rotating::new(&first);
+        let dpop = Dpop::with_signer(signer.clone());
+        let proof = dpop
+            .header("GET", "https://api.test/x", Some("t"))
+            .await
+            .unwrap();
+        assert!(read_proof(&proof, &first).1);
+
+        // The signer rotates: proofs still come from the key the tokens are bound to.
+        signer.rotate(&second);
+        for _ in 0..2 {
+            let proof = dpop
+                .header("POST", "https://api.test/y", Some("t"))
+                .await
+                .unwrap();
+            let (header, verifies) = read_proof(&proof, &first);
+            assert!(verifies, "signed by the first key");
+            assert_eq!(header["jwk"], first.public_jwk());
+        }
+        assert_eq!(dpop.thumbprint(), first.thumbprint());
+        assert_eq!(
+            signer.currents.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the signer is asked for its key once, not per proof (no stat per request)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_changed_before_the_first_proof_is_refused() {
+        let (first, second) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let signer = Rotating::new(&first);
+        let dpop = Dpop::with_signer(signer.clone());
+        signer.rotate(&second);
+        for _ in 0..2 {
+            match dpop.header("GET", "https://api.test/x", None).await {
+                Err(Error::InvalidConfiguration { setting, reason }) => {
+                    assert_eq!(setting, "DPoP signer");
+                    assert!(reason.contains(first.thumbprint()), "{reason}");
+                    assert!(reason.contains(second.thumbprint()), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Back to the key the authorizer was built with: proofs work.
+        signer.rotate(&first);
+        let proof = dpop
+            .header("GET", "https://api.test/x", None)
+            .await
+            .unwrap();
+        assert!(read_proof(&proof, &first).1);
     }
 
     #[test]

@@ -57,6 +57,7 @@ mod password;
 mod pem_file_signer;
 mod private_key_signer;
 mod response;
+mod secret_file;
 mod signer;
 mod token_client;
 pub mod token_endpoint;

@@ -8,19 +8,28 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use en_auth_core::Error;
+use zeroize::Zeroizing;
 
 use crate::private_key_signer::PrivateKeySigner;
 use crate::signer::{Signer, SigningAlgorithm};
 
 /// The largest key file read (64 KiB): a PEM private key is a few kilobytes.
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 
 /// A private key in a PEM file (PKCS#8, or PKCS#1 RSA), followed as the file is rotated.
 ///
 /// Before each JWT it signs ([`Signer::current`]) it looks at the file's modification time,
-/// length (and, on Unix, inode: a file replaced by a rename, as Kubernetes does with a
-/// secret volume, counts as changed) — one `stat`, no read — and reads the key again when
-/// any of them changed. A new file that cannot be read or is not a key leaves the last good
+/// length and, on Unix, inode, device and status-change time (`ctime`) — one `stat`, no
+/// read — and reads the key again when any of them changed. The inode catches a file
+/// replaced by a rename or a `..data` symlink swap, as Kubernetes does with a secret volume;
+/// the `ctime`, which no program can set back, catches a rewrite in place of the same length
+/// within one tick of the modification time (or with the modification time restored).
+/// Only regular files of at most 64 KiB are read (a FIFO put at the path cannot block a
+/// thread), and the file's bytes are zeroized once parsed.
+///
+/// As a DPoP key ([`with_dpop_signer`](crate::ServiceAccountAuthorizer::with_dpop_signer))
+/// it is not followed: the authorizer pins the key it read first, the one its tokens are
+/// bound to, and never stats the file per request. A new file that cannot be read or is not a key leaves the last good
 /// key in use, with one warning per such version of the file (never a panic, never the key
 /// in a message); the next change is read again.
 ///
@@ -60,19 +69,33 @@ struct State {
 struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
+    /// Device and inode: another file under the same path (a rename, a symlink swap).
+    device: u64,
     inode: u64,
+    /// Status-change time (seconds, nanoseconds): changes with every write, and cannot be set
+    /// back (unlike the modification time).
+    changed: (i64, i64),
 }
 
 impl Stamp {
     fn of(metadata: &std::fs::Metadata) -> Self {
         #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+        let (device, inode, changed) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (
+                metadata.dev(),
+                metadata.ino(),
+                (metadata.ctime(), metadata.ctime_nsec()),
+            )
+        };
         #[cfg(not(unix))]
-        let inode = 0;
+        let (device, inode, changed) = (0, 0, (0, 0));
         Self {
             modified: metadata.modified().ok(),
             len: metadata.len(),
+            device,
             inode,
+            changed,
         }
     }
 }
@@ -83,10 +106,7 @@ impl PemFileSigner {
     /// each key's RFC 7638 thumbprint.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, Error> {
         let path = path.into();
-        let metadata = std::fs::metadata(&path).map_err(|e| unreadable(&path, &e.to_string()))?;
-        let stamp = Stamp::of(&metadata);
-        let pem = read_capped(&path, stamp.len)
-            .and_then(|()| std::fs::read(&path).map_err(|e| unreadable(&path, &e.to_string())))?;
+        let (pem, stamp) = checked(&path, crate::secret_file::read(&path, MAX_KEY_FILE_BYTES))?;
         let key = parse(&path, &pem, None)?;
         Ok(Self {
             path,
@@ -147,13 +167,17 @@ impl PemFileSigner {
                 return Arc::clone(&state.key);
             }
         }
-        let read = match read_capped(&self.path, stamp.len) {
-            Ok(()) => tokio::fs::read(&self.path)
-                .await
-                .map_err(|e| unreadable(&self.path, &e.to_string())),
-            Err(e) => Err(e),
+        // The file read is stamped with its own metadata (it may have changed again since the
+        // stat above).
+        let read = checked(
+            &self.path,
+            crate::secret_file::read_async(&self.path, MAX_KEY_FILE_BYTES).await,
+        );
+        let (stamp, parsed) = match read {
+            Ok((pem, read_stamp)) => (read_stamp, parse(&self.path, &pem, self.kid.clone())),
+            Err(e) => (stamp, Err(e)),
         };
-        match read.and_then(|pem| parse(&self.path, &pem, self.kid.clone())) {
+        match parsed {
             Ok(key) => {
                 let key = Arc::new(key);
                 let mut state = self
@@ -190,7 +214,9 @@ impl PemFileSigner {
         let version = stamp.unwrap_or(Stamp {
             modified: None,
             len: u64::MAX,
+            device: u64::MAX,
             inode: u64::MAX,
+            changed: (i64::MAX, i64::MAX),
         });
         if state.refused != Some(version) {
             state.refused = Some(version);
@@ -211,14 +237,21 @@ fn unreadable(path: &Path, reason: &str) -> Error {
     }
 }
 
-fn read_capped(path: &Path, len: u64) -> Result<(), Error> {
-    if len > MAX_KEY_FILE_BYTES {
+/// The key file's bytes (zeroized when dropped) and its stamp, from a
+/// [`secret_file`](crate::secret_file) read; an oversized or unreadable file is
+/// [`Error::InvalidConfiguration`] naming the path.
+fn checked(
+    path: &Path,
+    read: std::io::Result<crate::secret_file::SecretFile>,
+) -> Result<(Zeroizing<Vec<u8>>, Stamp), Error> {
+    let file = read.map_err(|e| unreadable(path, &e.to_string()))?;
+    if file.bytes.len() > MAX_KEY_FILE_BYTES {
         return Err(unreadable(
             path,
             &format!("larger than {MAX_KEY_FILE_BYTES} bytes; not a PEM key"),
         ));
     }
-    Ok(())
+    Ok((file.bytes, Stamp::of(&file.metadata)))
 }
 
 /// The key in `pem`; `kid` given, or else the key's thumbprint.
@@ -267,6 +300,121 @@ impl fmt::Debug for PemFileSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A P-256 key as PKCS#8 PEM (every such PEM has the same length), and its thumbprint.
+    fn key_pem(seed: u8) -> (String, String) {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let kid = PrivateKeySigner::from_pem(pem.as_bytes(), None)
+            .unwrap()
+            .thumbprint()
+            .to_owned();
+        (pem.to_string(), kid)
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("en-auth-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn kid_now(signer: &PemFileSigner) -> Option<String> {
+        signer.current().await.unwrap().unwrap().key_id()
+    }
+
+    fn set_modified(path: &Path, time: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
+    /// Kubernetes updates a secret volume by pointing the `..data` symlink at a new directory:
+    /// the key file's path resolves to another inode — seen even when the new file has the
+    /// same length and modification time.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_kubelet_style_symlink_swap_is_seen() {
+        let dir = temp_dir("pem-symlink-swap");
+        let ((pem_a, kid_a), (pem_b, kid_b)) = (key_pem(7), key_pem(9));
+        assert_eq!(pem_a.len(), pem_b.len());
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (version, pem) in [("..v1", &pem_a), ("..v2", &pem_b)] {
+            std::fs::create_dir(dir.join(version)).unwrap();
+            std::fs::write(dir.join(version).join("key.pem"), pem).unwrap();
+            set_modified(&dir.join(version).join("key.pem"), time);
+        }
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/key.pem", dir.join("key.pem")).unwrap();
+
+        let signer = PemFileSigner::open(dir.join("key.pem")).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_a.clone()));
+        assert_eq!(kid_now(&signer).await, Some(kid_a));
+        std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_b));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rewrite in place with a key of the same length, the modification time set back (or
+    /// within one tick of it): the status-change time still tells.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_same_length_rewrite_in_place_is_seen() {
+        let dir = temp_dir("pem-in-place");
+        let ((pem_a, kid_a), (pem_b, kid_b)) = (key_pem(3), key_pem(5));
+        let path = dir.join("key.pem");
+        std::fs::write(&path, &pem_a).unwrap();
+        let signer = PemFileSigner::open(&path).unwrap();
+        assert_eq!(kid_now(&signer).await, Some(kid_a));
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, &pem_b).unwrap();
+        set_modified(&path, modified);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+        assert_eq!(kid_now(&signer).await, Some(kid_b));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO put at the key's path is refused at once (the last key stays in use), never
+    /// waited on.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_at_the_path_does_not_block() {
+        let dir = temp_dir("pem-fifo");
+        let ((pem_a, kid_a), _) = (key_pem(4), ());
+        let path = dir.join("key.pem");
+        std::fs::write(&path, &pem_a).unwrap();
+        let signer = PemFileSigner::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Real time: a blocked read never returns, so the wait is bounded.
+        let kid = tokio::time::timeout(std::time::Duration::from_secs(5), kid_now(&signer))
+            .await
+            .unwrap_or_else(|_| {
+                // Let the blocked reader go (a writer opens the FIFO) so the test fails, not hangs.
+                drop(std::fs::OpenOptions::new().write(true).open(&path));
+                panic!("blocked on a FIFO")
+            });
+        assert_eq!(kid, Some(kid_a));
+        match PemFileSigner::open(&path) {
+            Err(Error::InvalidConfiguration { reason, .. }) => {
+                assert!(reason.contains("FIFO"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_missing_or_useless_file_is_a_configuration_error_naming_the_path_only() {

@@ -210,20 +210,28 @@ fn public_jwk(key: &EncodingKey, algorithm: SigningAlgorithm) -> Result<serde_js
 /// `kty`, `n` for RSA; `crv`, `kty`, `x`, `y` for EC; `crv`, `kty`, `x` for OKP), in
 /// lexicographic order, without whitespace.
 pub(crate) fn jwk_thumbprint(jwk: &serde_json::Value) -> String {
+    // serde_json's map keeps keys sorted (no `preserve_order`), and a JSON string of base64url
+    // or a curve name needs no escaping: this is RFC 7638's canonical form.
+    let bytes = serde_json::to_vec(&thumbprint_members(jwk)).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(bytes))
+}
+
+/// The members of `jwk` an RFC 7638 thumbprint covers (`e`, `kty`, `n` for RSA; `crv`,
+/// `kty`, `x`, `y` for EC; `crv`, `kty`, `x` for OKP), sorted: the public key and nothing
+/// else, whatever else `jwk` carries (a private `d`, `kid`, `use`).
+pub(crate) fn thumbprint_members(
+    jwk: &serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
     let members: &[&str] = match jwk.get("kty").and_then(|k| k.as_str()) {
         Some("RSA") => &["e", "kty", "n"],
         Some("EC") => &["crv", "kty", "x", "y"],
         Some("OKP") => &["crv", "kty", "x"],
         _ => &["kty"],
     };
-    // serde_json's map keeps keys sorted (no `preserve_order`), and a JSON string of base64url
-    // or a curve name needs no escaping: this is RFC 7638's canonical form.
-    let canonical: serde_json::Map<String, serde_json::Value> = members
+    members
         .iter()
         .filter_map(|m| jwk.get(*m).map(|v| ((*m).to_owned(), v.clone())))
-        .collect();
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(bytes))
+        .collect()
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@ impl fmt::Display for SigningAlgorithm {
 ///
 /// A signer whose key can change under it (a key file that is rotated, a KMS key version)
 /// returns the key that signs next from [`current`](Self::current), so that a JWT's header and
-/// signature always come from the same key.
+/// signature always come from the same key. A DPoP authorizer
+/// ([`with_dpop_signer`](crate::ServiceAccountAuthorizer::with_dpop_signer)) asks `current`
+/// once, at its first proof, and keeps that key: its tokens are bound to it.
 #[async_trait]
 pub trait Signer: Send + Sync + fmt::Debug {
     /// The algorithm [`sign`](Self::sign) signs with.

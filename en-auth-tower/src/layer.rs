@@ -516,9 +516,11 @@ where
     let Some((saved, body, mut service)) = replay.map(|boxed| *boxed) else {
         return Ok(response);
     };
+    // The rejected response (and the connection it may hold) is let go before the proof is
+    // signed, which may wait for a KMS.
+    drop(response);
     let mut again = saved.into_request(body);
     authorize(&auth.core, &mut again, &token, &url).await?;
-    drop(response);
     let response = call_when_ready(&mut service, again).await?;
     auth.core.after_final_response(ResponseHead::new(
         &url,

@@ -40,6 +40,8 @@ pub use builder::TokenCacheBuilder;
 pub use cache::TokenCache;
 pub use cached::CachedToken;
 pub use fleet::STORE_CALL_TIMEOUT;
-pub use policy::{LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF};
+pub use policy::{
+    DEFAULT_PROOF_TIMEOUT, LifecyclePolicy, MIN_DEFAULT_LIFETIME, MIN_FAILURE_BACKOFF,
+};
 pub use state::Freshness;
 pub use stats::TokenStats;

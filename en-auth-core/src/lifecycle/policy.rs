@@ -16,6 +16,10 @@ pub const MIN_DEFAULT_LIFETIME: Duration = Duration::from_secs(1);
 /// with zero, a failing provider would be asked again in a tight loop.
 pub const MIN_FAILURE_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The default [`LifecyclePolicy::proof_timeout`]: how long one request waits for its DPoP
+/// proof to be signed.
+pub const DEFAULT_PROOF_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The tunable parts of the lifecycle, with defaults that suit most services.
 ///
 /// ```
@@ -65,6 +69,12 @@ pub struct LifecyclePolicy {
     /// short tokens still serve). Default zero. Used by
     /// [`TokenCache::get_to_pass_on`](crate::TokenCache::get_to_pass_on).
     pub min_pass_on_lifetime: Duration,
+    /// For authorizers that sign a proof per request (DPoP): how long an adapter waits for
+    /// one request's proof ([`Authorizer::request_proof`](crate::Authorizer::request_proof),
+    /// possibly a KMS or HSM call) before it fails that request with a timeout
+    /// [`Error::Transport`] — never sending it without its proof. Default 5 s. Bearer requests
+    /// never wait for a proof and are not affected.
+    pub proof_timeout: Duration,
 }
 
 impl Default for LifecyclePolicy {
@@ -80,6 +90,7 @@ impl Default for LifecyclePolicy {
             store_lock_wait: Duration::from_secs(10),
             background_refresh: false,
             min_pass_on_lifetime: Duration::ZERO,
+            proof_timeout: DEFAULT_PROOF_TIMEOUT,
         }
     }
 }
@@ -147,6 +158,12 @@ impl LifecyclePolicy {
     /// Sets [`min_pass_on_lifetime`](Self::min_pass_on_lifetime).
     pub fn with_min_pass_on_lifetime(mut self, floor: Duration) -> Self {
         self.min_pass_on_lifetime = floor;
+        self
+    }
+
+    /// Sets [`proof_timeout`](Self::proof_timeout).
+    pub fn with_proof_timeout(mut self, timeout: Duration) -> Self {
+        self.proof_timeout = timeout;
         self
     }
 
