@@ -19,7 +19,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::dpop::{DpopError, DpopRequest, DpopVerifier, bound_thumbprint};
-use crate::mtls::{CertificateSource, check_binding, presented_thumbprint};
+use crate::mtls::{
+    CertificateSource, PeerCertificate, bound_certificate, check_binding, presented_certificate,
+};
 use crate::verifier::check_scopes;
 use crate::{Claims, Verifier};
 
@@ -112,6 +114,8 @@ pub struct RequireAuth {
     certificate: Option<CertificateSetting>,
     /// Tokens without `cnf.x5t#S256` refused.
     require_certificate_binding: bool,
+    /// Without a certificate source, tokens with `cnf.x5t#S256` accepted as bearer tokens.
+    accept_certificate_bound_as_bearer: bool,
 }
 
 /// [`RequireAuth::certificate_from_header`] with a name that cannot be a header: every
@@ -151,6 +155,7 @@ impl RequireAuth {
             dpop: None,
             certificate: None,
             require_certificate_binding: false,
+            accept_certificate_bound_as_bearer: false,
         }
     }
 
@@ -163,7 +168,11 @@ impl RequireAuth {
     /// Tokens without `cnf.x5t#S256` are accepted as plain bearer tokens, as RFC 8705 has it
     /// (a provider binds only the tokens of clients registered for it); to refuse them, add
     /// [`require_certificate_binding`](Self::require_certificate_binding). Without this
-    /// call, no certificate is looked at and a bound token is accepted like any other.
+    /// call (or [`certificate_from_header`](Self::certificate_from_header)), no certificate
+    /// is looked at and a certificate-bound token is refused (`401`), as a DPoP-bound one
+    /// presented as `Bearer` is: RFC 8705 §3 has a resource server that knows the binding
+    /// check it. [`accept_certificate_bound_as_bearer`](Self::accept_certificate_bound_as_bearer)
+    /// accepts them unchecked instead.
     ///
     /// ```no_run
     /// # use en_auth_verify::{RequireAuth, Verifier};
@@ -187,7 +196,8 @@ impl RequireAuth {
     /// The header is trusted as the proxy's word: use this only when every request reaches
     /// the service through that proxy, and the proxy replaces any header of that name the
     /// client sent. Several headers of that name, or one that holds no certificate, are
-    /// refused (`401`). An invalid header name makes every request fail with `503`.
+    /// refused (`401`). An invalid header name makes every request with a valid token fail
+    /// with `503` (one without a valid token still gets its `401` first).
     ///
     /// ```no_run
     /// # use en_auth_verify::{RequireAuth, Verifier};
@@ -219,29 +229,56 @@ impl RequireAuth {
         self
     }
 
+    /// Accepts certificate-bound tokens (`cnf.x5t#S256`) as plain bearer tokens, without
+    /// looking at any certificate, on routes without
+    /// [`certificate_bound`](Self::certificate_bound) or
+    /// [`certificate_from_header`](Self::certificate_from_header) (which refuse them by
+    /// default). The binding is then not checked: a stolen bound token works from anywhere.
+    /// For a service that cannot see its callers' certificates (e.g. behind a proxy that
+    /// does not forward them) and accepts that risk; ignored when a certificate source is
+    /// configured.
+    ///
+    /// ```no_run
+    /// # use en_auth_verify::{RequireAuth, Verifier};
+    /// let layer = RequireAuth::new(Verifier::oidc("https://idp.example.com/", "https://api.example.com"))
+    ///     .accept_certificate_bound_as_bearer();
+    /// # let _ = layer;
+    /// ```
+    pub fn accept_certificate_bound_as_bearer(mut self) -> Self {
+        self.accept_certificate_bound_as_bearer = true;
+        self
+    }
+
     fn certificate_source(mut self, source: CertificateSource) -> Self {
         self.certificate = Some(CertificateSetting::On(source));
         self
     }
 
-    /// What the request's certificate says, when the route checks certificate-bound tokens:
-    /// `None` when it does not.
-    fn presented_certificate<B>(&self, request: &Request<B>) -> Option<Presented> {
+    /// How the route checks the request's token's certificate binding, with the certificate
+    /// the request came with.
+    fn certificate_check<B>(&self, request: &Request<B>) -> CertificateCheck {
         let tls = CertificateSetting::On(CertificateSource::Tls);
         let setting = match &self.certificate {
             Some(setting) => setting,
             None if self.require_certificate_binding => &tls,
-            None => return None,
+            None => {
+                return CertificateCheck::NoSource {
+                    accept_bound: self.accept_certificate_bound_as_bearer,
+                };
+            }
         };
-        match setting {
-            CertificateSetting::Invalid(reason) => Some(Err(Error::InvalidConfiguration {
+        let presented = match setting {
+            CertificateSetting::Invalid(reason) => Err(Error::InvalidConfiguration {
                 setting: "RequireAuth::certificate_from_header".into(),
                 reason: reason.clone(),
-            })),
-            CertificateSetting::On(source) => Some(
-                presented_thumbprint(source, request.extensions(), request.headers())
-                    .map(|thumbprint| (self.require_certificate_binding, thumbprint)),
-            ),
+            }),
+            CertificateSetting::On(source) => {
+                presented_certificate(source, request.extensions(), request.headers())
+            }
+        };
+        CertificateCheck::Checked {
+            require_bound: self.require_certificate_binding,
+            presented,
         }
     }
 
@@ -281,7 +318,7 @@ impl RequireAuth {
     async fn check(
         &self,
         authorization: Authorization,
-        certificate: Option<Presented>,
+        certificate: CertificateCheck,
     ) -> Result<Authenticated, Error> {
         let Authorization::One(authorization) = authorization else {
             // Which one would the application behind us read? Refuse rather than guess.
@@ -313,7 +350,7 @@ impl RequireAuth {
         dpop: &DpopVerifier,
         authorization: Option<HeaderValue>,
         parts: ProofParts,
-        certificate: Option<Presented>,
+        certificate: CertificateCheck,
     ) -> Result<Authenticated, Refusal> {
         let token = authorization
             .as_ref()
@@ -356,18 +393,36 @@ impl RequireAuth {
     }
 }
 
-/// Whether the route requires bound tokens, and the thumbprint of the certificate the request
-/// came with (if any); or why it could not be read.
-type Presented = Result<(bool, Option<String>), Error>;
+/// How a route checks certificate-bound tokens (RFC 8705 §3).
+enum CertificateCheck {
+    /// No certificate source configured: a bound token is refused, unless `accept_bound`.
+    NoSource { accept_bound: bool },
+    /// Checked against the certificate the request came with (if any), or why it could not
+    /// be read.
+    Checked {
+        require_bound: bool,
+        presented: Result<Option<PeerCertificate>, Error>,
+    },
+}
 
-/// Checks `claims`' certificate binding when the route asks for it.
-fn check_certificate(claims: &Claims, certificate: Option<Presented>) -> Result<(), Error> {
+/// Checks `claims`' certificate binding as the route has it.
+fn check_certificate(claims: &Claims, certificate: CertificateCheck) -> Result<(), Error> {
     match certificate {
-        None => Ok(()),
-        Some(presented) => {
-            let (require_bound, thumbprint) = presented?;
-            check_binding(require_bound, claims, thumbprint.as_deref())
-        }
+        CertificateCheck::NoSource { accept_bound: true } => Ok(()),
+        CertificateCheck::NoSource {
+            accept_bound: false,
+        } => match bound_certificate(claims)? {
+            None => Ok(()),
+            Some(_) => Err(Error::InvalidToken {
+                reason: "a certificate-bound token (cnf.x5t#S256) on a route that reads no \
+                         client certificate (see RequireAuth::certificate_bound)"
+                    .into(),
+            }),
+        },
+        CertificateCheck::Checked {
+            require_bound,
+            presented,
+        } => check_binding(require_bound, claims, presented?.as_ref()),
     }
 }
 
@@ -519,7 +574,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         let authorization = Authorization::of(request.headers());
-        let certificate = auth.presented_certificate(&request);
+        let certificate = auth.certificate_check(&request);
         if let Some(dpop) = auth.dpop.clone() {
             let Authorization::One(authorization) = authorization else {
                 let refusal = Refusal::Token(Error::InvalidToken {

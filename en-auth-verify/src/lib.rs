@@ -13,7 +13,9 @@
 //! with each request's proof checked by a [`DpopVerifier`]. Certificate-bound tokens (mutual
 //! TLS, RFC 8705): [`RequireAuth::certificate_bound`] checks them against the caller's
 //! [`PeerCertificate`] (or [`RequireAuth::certificate_from_header`], behind a TLS-terminating
-//! proxy).
+//! proxy); routes without either refuse them (unless
+//! [`RequireAuth::accept_certificate_bound_as_bearer`]), as every route refuses a DPoP-bound
+//! token presented as `Bearer`.
 //!
 //! [`RequireAuth`] puts a verifier in front of any tower service (axum routes included);
 //! handlers read the claims with the [`Authenticated`] extractor.

@@ -11,9 +11,11 @@
 //! - **from a TLS-terminating proxy in front of it**
 //!   ([`RequireAuth::certificate_from_header`](crate::RequireAuth::certificate_from_header)):
 //!   the proxy verifies the client certificate and forwards it in a header, as the
-//!   URL-encoded PEM of the leaf certificate — nginx's `$ssl_client_escaped_cert`, HAProxy's
-//!   and Traefik's equivalents. The header is read only when configured, and must be set (and
-//!   a client's own header of that name removed) by the proxy alone.
+//!   URL-encoded PEM of the leaf certificate alone — nginx's `$ssl_client_escaped_cert`, or
+//!   AWS ALB's `X-Amzn-Mtls-Clientcert-Leaf` (mutual TLS verify mode). Other formats (a
+//!   chain, base64 DER, PEM without its `BEGIN`/`END` lines, as HAProxy and Traefik forward
+//!   by default) are refused. The header is read only when configured, and must be set (and a
+//!   client's own header of that name removed) by the proxy alone.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -87,8 +89,10 @@ impl PeerCertificate {
     }
 
     /// Reads the value a TLS-terminating proxy forwards: the URL-encoded PEM of the leaf
-    /// certificate (nginx `$ssl_client_escaped_cert`); plain PEM is read too. `None` when it
-    /// holds no certificate.
+    /// certificate (nginx `$ssl_client_escaped_cert`, AWS ALB `X-Amzn-Mtls-Clientcert-Leaf`);
+    /// plain PEM is read too. `None` unless it holds exactly one PEM certificate: a chain, or
+    /// two values run together, is refused rather than its first certificate taken (which
+    /// one did the proxy verify?).
     ///
     /// ```
     /// # use en_auth_verify::PeerCertificate;
@@ -97,7 +101,11 @@ impl PeerCertificate {
     /// ```
     pub fn from_escaped_pem(value: &str) -> Option<Self> {
         let pem = percent_encoding::percent_decode_str(value).collect::<Vec<u8>>();
-        let der = CertificateDer::from_pem_slice(&pem).ok()?;
+        let mut certificates = CertificateDer::pem_slice_iter(&pem);
+        let der = certificates.next()?.ok()?;
+        if certificates.next().is_some() {
+            return None;
+        }
         Some(Self(der))
     }
 }
@@ -123,17 +131,15 @@ pub(crate) enum CertificateSource {
     Header(http::HeaderName),
 }
 
-/// The caller's certificate's thumbprint, from wherever the route takes it; `Err` when the
-/// source is ambiguous (several headers) or unreadable.
-pub(crate) fn presented_thumbprint(
+/// The caller's certificate, from wherever the route takes it; `Err` when the source is
+/// ambiguous (several headers) or unreadable.
+pub(crate) fn presented_certificate(
     source: &CertificateSource,
     extensions: &http::Extensions,
     headers: &HeaderMap,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<PeerCertificate>, Error> {
     match source {
-        CertificateSource::Tls => Ok(extensions
-            .get::<PeerCertificate>()
-            .map(PeerCertificate::thumbprint)),
+        CertificateSource::Tls => Ok(extensions.get::<PeerCertificate>().cloned()),
         CertificateSource::Header(name) => {
             let mut values = headers.get_all(name).iter();
             let Some(value) = values.next() else {
@@ -153,27 +159,37 @@ pub(crate) fn presented_thumbprint(
                 // nginx sends an empty value when the client sent no certificate.
                 return Ok(None);
             }
+            if text.contains(',') {
+                // Two values folded into one (a client's header appended to the proxy's, or
+                // a chain): which one did the proxy verify? Refuse rather than guess.
+                return Err(invalid("several values joined with `,`"));
+            }
             PeerCertificate::from_escaped_pem(text)
-                .map(|cert| Some(cert.thumbprint()))
-                .ok_or_else(|| invalid("no PEM certificate in it"))
+                .map(Some)
+                .ok_or_else(|| invalid("not one PEM certificate"))
         }
     }
 }
 
+/// The certificate `claims` are bound to (`cnf.x5t#S256`), if any.
+pub(crate) fn bound_certificate(claims: &crate::Claims) -> Result<Option<&str>, Error> {
+    match claims.extra.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
+        None => Ok(None),
+        Some(value) => value.as_str().map(Some).ok_or_else(|| Error::InvalidToken {
+            reason: "cnf.x5t#S256 is not a string".into(),
+        }),
+    }
+}
+
 /// RFC 8705 §3: a bound token is accepted only from a caller that presented the certificate
-/// it names; an unbound one only when the route does not require binding.
+/// it names; an unbound one only when the route does not require binding. The presented
+/// certificate's thumbprint is computed only for a bound token.
 pub(crate) fn check_binding(
     require_bound: bool,
     claims: &crate::Claims,
-    presented: Option<&str>,
+    presented: Option<&PeerCertificate>,
 ) -> Result<(), Error> {
-    let bound = match claims.extra.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
-        None => None,
-        Some(value) => Some(value.as_str().ok_or_else(|| Error::InvalidToken {
-            reason: "cnf.x5t#S256 is not a string".into(),
-        })?),
-    };
-    match (bound, presented) {
+    match (bound_certificate(claims)?, presented) {
         (None, _) if require_bound => Err(Error::InvalidToken {
             reason: "this route requires a certificate-bound token (no cnf.x5t#S256)".into(),
         }),
@@ -181,7 +197,9 @@ pub(crate) fn check_binding(
         (Some(_), None) => Err(Error::InvalidToken {
             reason: "a certificate-bound token came without a client certificate".into(),
         }),
-        (Some(bound), Some(presented)) if constant_time_eq(bound, presented) => Ok(()),
+        (Some(bound), Some(presented)) if constant_time_eq(bound, &presented.thumbprint()) => {
+            Ok(())
+        }
         (Some(_), Some(_)) => Err(Error::InvalidToken {
             reason: "the token is bound to another client certificate than the one presented"
                 .into(),
@@ -206,38 +224,71 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// A PEM "certificate" (the DER is not parsed, only hashed).
+    fn pem(body: &str) -> String {
+        format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+    }
+
+    fn escaped(text: &str) -> String {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
     #[test]
     fn bound_tokens_need_the_certificate_they_name() {
         let (lenient, strict) = (false, true);
-        let bound = claims(r#"{"cnf":{"x5t#S256":"abc"}}"#);
+        let mine = PeerCertificate::new(b"mine".to_vec());
+        let other = PeerCertificate::new(b"other".to_vec());
+        let bound = claims(&format!(
+            r#"{{"cnf":{{"x5t#S256":"{}"}}}}"#,
+            mine.thumbprint()
+        ));
         let unbound = claims(r#"{"sub":"x"}"#);
-        assert!(check_binding(lenient, &bound, Some("abc")).is_ok());
-        assert!(check_binding(lenient, &bound, Some("abd")).is_err());
+        assert!(check_binding(lenient, &bound, Some(&mine)).is_ok());
+        assert!(check_binding(lenient, &bound, Some(&other)).is_err());
         assert!(check_binding(lenient, &bound, None).is_err());
         assert!(check_binding(lenient, &unbound, None).is_ok());
-        assert!(check_binding(lenient, &unbound, Some("abc")).is_ok());
-        assert!(check_binding(strict, &unbound, Some("abc")).is_err());
-        assert!(check_binding(strict, &bound, Some("abc")).is_ok());
+        assert!(check_binding(lenient, &unbound, Some(&mine)).is_ok());
+        assert!(check_binding(strict, &unbound, Some(&mine)).is_err());
+        assert!(check_binding(strict, &bound, Some(&mine)).is_ok());
         let odd = claims(r#"{"cnf":{"x5t#S256":42}}"#);
-        assert!(check_binding(lenient, &odd, Some("42")).is_err());
+        assert!(check_binding(lenient, &odd, Some(&mine)).is_err());
+        assert!(bound_certificate(&odd).is_err());
+        assert_eq!(
+            bound_certificate(&bound).unwrap(),
+            Some(mine.thumbprint().as_str())
+        );
+        assert_eq!(bound_certificate(&unbound).unwrap(), None);
     }
 
     #[test]
     fn hostile_headers_are_refused_not_panicked_on() {
         let source = CertificateSource::Header(http::HeaderName::from_static("x-client-cert"));
         let ext = http::Extensions::new();
-        for value in ["%ZZ", "-----BEGIN CERTIFICATE-----", "%FF%FE", "a%"] {
+        let read = |value: &str| {
             let mut headers = HeaderMap::new();
             headers.insert("x-client-cert", value.parse().unwrap());
-            assert!(
-                presented_thumbprint(&source, &ext, &headers).is_err(),
-                "{value}"
-            );
+            presented_certificate(&source, &ext, &headers)
+        };
+        let (leaf, attacker) = (pem("AAAA"), pem("BBBB"));
+        // One certificate: read.
+        let presented = read(&escaped(&leaf)).unwrap().expect("a certificate");
+        assert_eq!(presented.der(), [0, 0, 0]);
+        let folded = [
+            // The client's header appended to the proxy's by a proxy that does not replace it.
+            format!("{}, {}", escaped(&attacker), escaped(&leaf)),
+            format!("{},{}", escaped(&attacker), escaped(&leaf)),
+            // Two certificates in one value (a chain, or one prepended).
+            escaped(&format!("{attacker}{leaf}")),
+            escaped(&format!("{attacker}\n{leaf}")),
+        ];
+        let hostile = ["%ZZ", "-----BEGIN CERTIFICATE-----", "%FF%FE", "a%", "AAAA", ","];
+        for value in folded.iter().map(String::as_str).chain(hostile) {
+            assert!(read(value).is_err(), "{value}");
         }
         let mut headers = HeaderMap::new();
         headers.insert("x-client-cert", "".parse().unwrap());
-        assert_eq!(presented_thumbprint(&source, &ext, &headers).unwrap(), None);
+        assert_eq!(presented_certificate(&source, &ext, &headers).unwrap(), None);
         headers.append("x-client-cert", "".parse().unwrap());
-        assert!(presented_thumbprint(&source, &ext, &headers).is_err());
+        assert!(presented_certificate(&source, &ext, &headers).is_err());
     }
 }

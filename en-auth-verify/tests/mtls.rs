@@ -568,3 +568,85 @@ async fn the_private_key_never_appears_in_debug_or_errors() {
         shown[3]
     );
 }
+
+#[tokio::test]
+async fn a_bound_token_is_refused_where_no_certificate_is_read() {
+    let setup = Setup::start().await;
+    let certificate = setup.client_certificate("client");
+    let bound = setup
+        .authorizer(&certificate)
+        .authorize()
+        .await
+        .expect("a token");
+    let bound = bound.access_token();
+    let unbound = ServiceAccountAuthorizer::new(
+        ClientInfo::new(OidcProvider::BASIC_CLIENT.0, OidcProvider::BASIC_CLIENT.1),
+        setup.provider.token_url(),
+    )
+    .with_audience(OidcProvider::API)
+    .authorize()
+    .await
+    .expect("a token");
+    let unbound = unbound.access_token();
+    let verifier = || Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+    let requests = Arc::new(AtomicU64::new(0));
+    let route = |layer: RequireAuth| get(orders).layer(layer);
+    let app = Router::new()
+        // No certificate source: a bound token is refused, as a DPoP-bound one would be.
+        .route("/plain", route(RequireAuth::new(verifier())))
+        .route(
+            "/opted-out",
+            route(RequireAuth::new(verifier()).accept_certificate_bound_as_bearer()),
+        )
+        // Alone, the same as after certificate_bound(): the TLS layer's certificate.
+        .route(
+            "/binding-required",
+            route(RequireAuth::new(verifier()).require_certificate_binding()),
+        )
+        .route(
+            "/bad-header-name",
+            route(RequireAuth::new(verifier()).certificate_from_header("x client cert")),
+        )
+        .layer(from_fn({
+            let requests = requests.clone();
+            move |request: Request, next: Next| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            }
+        }));
+    let server = TlsServer::start(&setup.pki, app, PeerCertificate::new).await;
+    let url = |path: &str| format!("{}{path}", server.url());
+    let mine = http_client(&setup, Some(&certificate));
+    let other = http_client(&setup, Some(&setup.client_certificate("other")));
+    let none = http_client(&setup, None);
+    let cases = [
+        ("/plain", &mine, bound, 401),
+        ("/plain", &none, bound, 401),
+        ("/plain", &mine, unbound, 200),
+        ("/opted-out", &none, bound, 200),
+        ("/opted-out", &other, bound, 200),
+        ("/binding-required", &mine, bound, 200),
+        ("/binding-required", &other, bound, 401),
+        ("/binding-required", &none, bound, 401),
+        ("/binding-required", &mine, unbound, 401),
+        // An invalid header name: 503 for a valid token, 401 first for a bad one.
+        ("/bad-header-name", &mine, bound, 503),
+        ("/bad-header-name", &mine, unbound, 503),
+        ("/bad-header-name", &mine, "not-a-token", 401),
+    ];
+    for (n, (path, http, token, expected)) in cases.iter().enumerate() {
+        let (status, challenge) = get_with(http, &url(path), token, &[]).await;
+        assert_eq!(status, *expected, "case {n}: {path}");
+        if *expected == 401 {
+            assert!(challenge.contains("invalid_token"), "{path}: {challenge}");
+        }
+    }
+    // No token at all on the misconfigured route: 401, not 503.
+    let response = mine
+        .get(url("/bad-header-name"))
+        .send()
+        .await
+        .expect("api answers");
+    assert_eq!(response.status(), 401);
+    assert_eq!(requests.load(Ordering::SeqCst), cases.len() as u64 + 1);
+}
