@@ -138,9 +138,28 @@ pub fn provider_http_client_with_identity(
     }
     builder.build().map_err(|e| Error::InvalidConfiguration {
         setting: "client_certificate".into(),
-        // reqwest's message names the TLS problem, never the key.
-        reason: format!("the HTTP client for the identity provider cannot be built: {e}"),
+        // reqwest's and rustls's messages name the TLS problem, never the key.
+        reason: format!(
+            "the HTTP client for the identity provider cannot be built: {}",
+            error_chain(&e)
+        ),
     })
+}
+
+/// `err`'s message followed by its causes' (`: `-separated): reqwest's own message alone is
+/// often just "builder error".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let next = err.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = err.source();
+    }
+    text
 }
 
 /// The builder behind [`provider_http_client`]: no redirects, timeouts, proxies from the
@@ -327,6 +346,34 @@ impl OpenIdConfiguration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn the_causes_of_a_client_build_error_are_kept() {
+        let err = Layer(
+            "builder error",
+            Some(Box::new(Layer(
+                "unexpected error: no CA",
+                Some(Box::new(Layer("no CA", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&err), "builder error: unexpected error: no CA");
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+    }
 
     /// Found by the `oidc_discovery` fuzz target: a URL of any length (a discovery
     /// document's `jwks_uri`, say) went whole into errors and logs.

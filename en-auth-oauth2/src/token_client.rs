@@ -16,7 +16,7 @@
 //!   [`Error::InvalidConfiguration`] (before anything is sent) rather than going out without
 //!   the certificate: configure en-auth's client instead.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use en_auth_core::{CONNECT_TIMEOUT, Error, REQUEST_TIMEOUT, provider_http_client_with_identity};
@@ -24,14 +24,21 @@ use en_auth_core::{CONNECT_TIMEOUT, Error, REQUEST_TIMEOUT, provider_http_client
 use crate::client_auth::ClientAuthentication;
 
 /// The HTTP clients of one authorizer: see the [module](self) documentation.
+///
+/// Clones share the clients built so far and those built later (one connection pool, one
+/// load of the CA certificates, for all the callers of an `OnBehalfOf`, say); a setter called
+/// on a clone gives that clone clients of its own, leaving the others as they were.
 #[derive(Clone)]
 pub(crate) struct TokenClient {
     setting: Setting,
     /// Without a certificate: discovery, and token requests without mTLS.
-    plain: OnceLock<Result<reqwest::Client, String>>,
+    plain: Built,
     /// Presenting the authentication's certificate (built by en-auth only).
-    tls: OnceLock<Result<reqwest::Client, String>>,
+    tls: Built,
 }
+
+/// A client built once when first needed, shared by clones.
+type Built = Arc<OnceLock<Result<reqwest::Client, Error>>>;
 
 #[derive(Clone)]
 enum Setting {
@@ -56,8 +63,8 @@ impl TokenClient {
     fn with(setting: Setting) -> Self {
         Self {
             setting,
-            plain: OnceLock::new(),
-            tls: OnceLock::new(),
+            plain: Built::default(),
+            tls: Built::default(),
         }
     }
 
@@ -107,11 +114,10 @@ impl TokenClient {
                 connect,
                 total,
                 roots,
-            } => provider_http_client_with_identity(*connect, *total, None, roots)
-                .map_err(|e| e.to_string()),
+            } => provider_http_client_with_identity(*connect, *total, None, roots),
             Setting::Custom(http) => Ok(http.clone()),
         });
-        built.as_ref().map_err(|reason| invalid(reason.clone()))
+        built.as_ref().map_err(copy)
     }
 
     /// The client for token requests authenticated with `authentication`: presenting its
@@ -133,23 +139,33 @@ impl TokenClient {
                 *total,
                 Some(identity.reqwest_identity()),
                 roots,
-            )
-            .map_err(|e| e.to_string()),
-            Setting::Custom(_) => Err(
+            ),
+            Setting::Custom(_) => Err(invalid(
                 "a client given with `with_http_client` cannot be made to present the client \
                  certificate of tls_client_auth / self_signed_tls_client_auth: drop \
                  `with_http_client` and configure en-auth's client (`with_timeouts`, \
                  `with_root_certificate`)"
                     .to_owned(),
-            ),
+            )),
         });
-        built.as_ref().map_err(|reason| invalid(reason.clone()))
+        built.as_ref().map_err(copy)
     }
 
     /// Forgets the client built for the authentication's certificate (the authentication
     /// changed).
     pub(crate) fn authentication_changed(&mut self) {
-        self.tls = OnceLock::new();
+        self.tls = Built::default();
+    }
+}
+
+/// A copy of the error a client was built with, its setting name and reason kept.
+fn copy(err: &Error) -> Error {
+    match err {
+        Error::InvalidConfiguration { setting, reason } => Error::InvalidConfiguration {
+            setting: setting.clone(),
+            reason: reason.clone(),
+        },
+        other => invalid(other.to_string()),
     }
 }
 
@@ -157,5 +173,49 @@ fn invalid(reason: String) -> Error {
     Error::InvalidConfiguration {
         setting: "HTTP client for token requests".into(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_the_built_clients_until_a_setter_changes_one() {
+        // Cloned before the client is built (an `OnBehalfOf` cloning its settings for each
+        // caller): built once through one of them, the same client (the same pool) for all.
+        let first = TokenClient::new();
+        let mut second = first.clone();
+        let third = second.clone();
+        let built = third.plain().expect("a client");
+        assert!(std::ptr::eq(built, first.plain().expect("a client")));
+        assert!(std::ptr::eq(built, second.plain().expect("a client")));
+        // A setter on a clone: a client of its own, the others keep theirs.
+        second.set_timeouts(Duration::from_secs(1), Duration::from_secs(2));
+        let changed = second.plain().expect("a client");
+        assert!(!std::ptr::eq(changed, built));
+        assert!(std::ptr::eq(built, first.plain().expect("a client")));
+        assert!(std::ptr::eq(built, third.plain().expect("a client")));
+        second.authentication_changed();
+        assert!(Arc::ptr_eq(&first.tls, &third.tls));
+        assert!(!Arc::ptr_eq(&first.tls, &second.tls));
+    }
+
+    #[test]
+    fn a_custom_client_with_a_certificate_is_refused_with_the_setting_named() {
+        let mut client = TokenClient::new();
+        client.set_custom(reqwest::Client::new());
+        let pki = en_auth_testkit::TestPki::create();
+        let key = pki.client("c", "/CN=c");
+        let authentication =
+            ClientAuthentication::tls_client_auth(&key.cert_pem, &key.key_pem).expect("pair");
+        let err = client
+            .for_token_requests(&authentication)
+            .expect_err("refused");
+        assert!(
+            matches!(&err, Error::InvalidConfiguration { setting, reason }
+                if setting == "HTTP client for token requests" && reason.contains("with_http_client")),
+            "{err:?}"
+        );
     }
 }
