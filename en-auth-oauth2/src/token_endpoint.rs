@@ -71,6 +71,13 @@ pub struct TokenEndpointAnswer {
 /// credentials cannot be sent, or the connection failed or timed out. Every answer that
 /// came, whatever its status, is `Ok` with the status, headers and
 /// [result](TokenEndpointAnswer::result). A token without `expires_in` has no expiry.
+///
+/// Mutual TLS client authentication (`tls_client_auth`, `self_signed_tls_client_auth`) is
+/// refused with [`Error::InvalidConfiguration`] before anything is sent: the certificate
+/// would have to be presented by `http`, and whether a `reqwest::Client` presents one cannot
+/// be told from outside, so the request could leave without it. The grants
+/// ([`ServiceAccountAuthorizer`](crate::ServiceAccountAuthorizer) and the others) build a
+/// client that presents it.
 pub async fn request_token(
     http: &reqwest::Client,
     url: &Url,
@@ -78,6 +85,15 @@ pub async fn request_token(
     authentication: &ClientAuthentication,
     form: &[(&str, &str)],
 ) -> Result<TokenEndpointAnswer, Error> {
+    if authentication.tls_identity().is_some() {
+        return Err(Error::InvalidConfiguration {
+            setting: "token_endpoint::request_token".into(),
+            reason: "mutual TLS client authentication needs a client that presents the \
+                     certificate, which a given reqwest::Client cannot be checked for: use a \
+                     grant (ServiceAccountAuthorizer, …), which builds one"
+                .into(),
+        });
+    }
     let url = secure_url("token_url", url.as_str())?;
     exchange(http, &url, info, authentication, form, None, None).await
 }

@@ -194,3 +194,30 @@ async fn no_answer_is_an_err_and_plain_http_off_loopback_is_never_sent() {
     assert!(matches!(err, Error::InvalidConfiguration { .. }), "{err:?}");
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+#[tokio::test]
+async fn mutual_tls_authentication_is_refused_rather_than_sent_without_the_certificate() {
+    let idp = idp().await;
+    let pki = en_auth_testkit::TestPki::create();
+    let certificate = pki.client("client", "/CN=client");
+    let url = secure_url("token_url", &idp.token_url()).unwrap();
+    let info = ClientInfo::new(idp.client_id(), "");
+    for authentication in [
+        ClientAuthentication::tls_client_auth(&certificate.cert_pem, &certificate.key_pem),
+        ClientAuthentication::self_signed_tls_client_auth(
+            &certificate.cert_pem,
+            &certificate.key_pem,
+        ),
+    ] {
+        let authentication = authentication.expect("certificate and key");
+        let err =
+            token_endpoint::request_token(&token_http_client(), &url, &info, &authentication, FORM)
+                .await
+                .expect_err("refused");
+        assert!(
+            matches!(&err, Error::InvalidConfiguration { setting, .. } if setting == "token_endpoint::request_token"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(idp.token_requests(), 0);
+}
