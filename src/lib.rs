@@ -30,6 +30,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With mutual TLS authentication (`tls_client_auth`) the provider may bind tokens to the
+//! client certificate (RFC 8705): build the API client with `auth.client()` /
+//! `auth.client_with(..)`, which present it, or give your own builder
+//! `.identity(..)` with `Authorizer::tls_client_identity()`; without it the API refuses the
+//! token.
+//!
 //! ## Features
 //! - `oauth2` (default): [`oauth2::ServiceAccountAuthorizer`], OAuth2 client credentials.
 //! - `srp`: AWS Cognito SRP login.

@@ -35,6 +35,12 @@ use crate::{
 ///
 /// [`client`]: AuthMiddleware::client
 ///
+/// With mutual TLS authentication and certificate-bound tokens (`cnf.x5t#S256`, RFC 8705),
+/// API requests must present the authorizer's client certificate or the API refuses the
+/// token: [`client`] / [`client_with`](AuthMiddleware::client_with) build a client that
+/// does; a client of your own, as below, needs
+/// `.identity(..)` with [`Authorizer::tls_client_identity`].
+///
 /// ```no_run
 /// use en_auth_core::{AuthMiddleware, Authorizer};
 /// # async fn demo(my_authorizer: impl Authorizer) -> Result<(), Box<dyn std::error::Error>> {

@@ -16,6 +16,12 @@
 //! only sends, saves and rebuilds tower requests. Share one cache between an
 //! [`AuthMiddleware`](en_auth_core::AuthMiddleware) and an [`AuthLayer`] with
 //! [`AuthLayer::from_cache`] for one token for both.
+//!
+//! With mutual TLS authentication (`tls_client_auth`) a provider may bind the tokens to the
+//! client certificate (`cnf.x5t#S256`, RFC 8705): the API then accepts them only from a
+//! connection that presents that certificate. The layer cannot add it to your client's TLS
+//! configuration: give the connector the certificate and key given to `tls_client_auth`
+//! (with tonic, `ClientTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem))`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

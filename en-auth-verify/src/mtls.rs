@@ -31,9 +31,12 @@ use sha2::{Digest, Sha256};
 /// certificate-bound tokens against it.
 ///
 /// With axum and tokio-rustls, ask for client certificates in the `ServerConfig` (for
-/// example with `WebPkiClientVerifier::builder(roots).allow_unauthenticated()`), and give the
-/// router of each connection the extension (`axum::Extension` as a layer inserts it into
-/// every request):
+/// example with `WebPkiClientVerifier::builder(roots).allow_unauthenticated()` for callers
+/// whose certificates a CA issued; for self-signed ones, `self_signed_tls_client_auth`, a
+/// `ClientCertVerifier` that accepts any certificate but checks the handshake signatures —
+/// the whole verifier is in `docs/client-authentication.md`), and give the router of each
+/// connection the extension, with the **leaf** certificate, the first of the chain
+/// (`axum::Extension` as a layer inserts it into every request):
 ///
 /// ```no_run
 /// use std::sync::Arc;
