@@ -133,6 +133,28 @@ impl TestPki {
         )
     }
 
+    /// A client certificate for `subject` signed by an intermediate CA the CA signed: its
+    /// `cert_pem` is the chain, leaf first, then the intermediate (what a client sends).
+    pub fn client_via_intermediate(&self, name: &str, subject: &str) -> CertifiedKey {
+        let intermediate = format!("{name}-intermediate");
+        self.issue_by(
+            "ca",
+            &intermediate,
+            "/CN=en-auth mtls intermediate CA",
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        );
+        let mut leaf = self.issue_by(
+            &intermediate,
+            name,
+            subject,
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        );
+        let chain = std::fs::read(self.dir.join(format!("{intermediate}.crt")))
+            .expect("intermediate certificate");
+        leaf.cert_pem.extend_from_slice(&chain);
+        leaf
+    }
+
     /// A self-signed client certificate for `subject` (RFC 8705 §2.2).
     pub fn self_signed_client(&self, name: &str, subject: &str) -> CertifiedKey {
         let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
@@ -162,6 +184,12 @@ impl TestPki {
     }
 
     fn issue(&self, name: &str, subject: &str, extensions: &str) -> CertifiedKey {
+        self.issue_by("ca", name, subject, extensions)
+    }
+
+    /// A certificate signed by `issuer` (the files `{issuer}.crt` and `{issuer}.key`).
+    fn issue_by(&self, issuer: &str, name: &str, subject: &str, extensions: &str) -> CertifiedKey {
+        let (issuer_crt, issuer_key) = (format!("{issuer}.crt"), format!("{issuer}.key"));
         let (key, csr, crt, ext) = (
             format!("{name}.key"),
             format!("{name}.csr"),
@@ -194,9 +222,9 @@ impl TestPki {
                 "-in",
                 &csr,
                 "-CA",
-                "ca.crt",
+                &issuer_crt,
                 "-CAkey",
-                "ca.key",
+                &issuer_key,
                 "-CAcreateserial",
                 "-days",
                 "1",

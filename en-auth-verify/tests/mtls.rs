@@ -650,3 +650,44 @@ async fn a_bound_token_is_refused_where_no_certificate_is_read() {
     assert_eq!(response.status(), 401);
     assert_eq!(requests.load(Ordering::SeqCst), cases.len() as u64 + 1);
 }
+
+#[tokio::test]
+async fn a_client_sending_its_chain_is_bound_to_and_checked_by_its_leaf() {
+    let setup = Setup::start().await;
+    let chained = setup
+        .pki
+        .client_via_intermediate("chained", OidcProvider::MTLS_CA_CLIENT.1);
+    assert_eq!(
+        chained.cert_pem.windows(27).filter(|w| w == b"-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "leaf and intermediate"
+    );
+    // CertifiedKey::der is the first certificate of the PEM: the leaf.
+    let leaf = PeerCertificate::new(chained.der()).thumbprint();
+    assert_eq!(identity(&chained).certificate_thumbprint(), leaf);
+    let token = setup
+        .authorizer(&chained)
+        .authorize()
+        .await
+        .expect("a token");
+    assert_eq!(bound_to(token.access_token()), leaf);
+    let requests = Arc::new(AtomicU64::new(0));
+    let verifier = Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+    let server = TlsServer::start(
+        &setup.pki,
+        api(RequireAuth::new(verifier).certificate_bound(), requests.clone()),
+        PeerCertificate::new,
+    )
+    .await;
+    let url = format!("{}/orders", server.url());
+    // The client sends leaf and intermediate; the server hands on the leaf.
+    let (status, _) = get_with(
+        &http_client(&setup, Some(&chained)),
+        &url,
+        token.access_token(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
