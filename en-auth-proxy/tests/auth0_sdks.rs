@@ -12,13 +12,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use en_auth_proxy::{ClientConfig, Proxy, ProxyConfig, UpstreamAuth};
-use en_auth_testkit::{Fault, IdpConfig, LocalIdp, OidcProvider, peers_dir};
+use en_auth_testkit::{Fault, IdpConfig, LocalIdp, OidcProvider, TestPki, peers_dir};
 use en_auth_verify::Verifier;
 use serde_json::{Value, json};
 use support::Running;
@@ -31,109 +30,22 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 const API: &str = OidcProvider::API;
 const SECRET: &str = "acme-secret-4f1d";
 
-/// A throw-away CA and a certificate for 127.0.0.1 signed by it, made with `openssl`.
-struct Certificates {
-    dir: PathBuf,
-}
-
-impl Certificates {
-    fn create() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "en-auth-proxy-tls-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
-        )
+/// A TLS acceptor with `pki`'s server certificate for 127.0.0.1 (no client certificates).
+fn acceptor(pki: &TestPki) -> TlsAcceptor {
+    let server = pki.server();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&server.cert_pem)
+        .collect::<Result<_, _>>()
         .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let steps: [Vec<&str>; 3] = [
-            [
-                &["req", "-x509"][..],
-                &ec,
-                &["-days", "1", "-subj", "/CN=en-auth proxy test CA"],
-            ]
-            .concat()
-            .into_iter()
-            .chain(["-keyout", "ca.key", "-out", "ca.crt"])
-            .collect(),
-            [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1"]]
-                .concat()
-                .into_iter()
-                .chain(["-keyout", "server.key", "-out", "server.csr"])
-                .collect(),
-            vec![
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "server.crt",
-            ],
-        ];
-        for args in steps {
-            let output = std::process::Command::new("openssl")
-                .args(&args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl runs");
-            assert!(
-                output.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Self { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-
-    fn acceptor(&self) -> TlsAcceptor {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(self.dir.join("server.crt"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_file(self.dir.join("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        TlsAcceptor::from(Arc::new(config))
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    let key = PrivateKeyDer::from_pem_slice(&server.key_pem).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A loopback listener that hands axum TLS connections (failed handshakes are dropped).
@@ -166,18 +78,18 @@ impl axum::serve::Listener for TlsListener {
 /// The proxy's router served over TLS on a free loopback port.
 struct TlsProxy {
     addr: SocketAddr,
-    certificates: Certificates,
+    certificates: TestPki,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsProxy {
     async fn start(proxy: &Proxy) -> Self {
-        let certificates = Certificates::create();
+        let certificates = TestPki::create();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let listener = TlsListener {
             tcp,
-            acceptor: certificates.acceptor(),
+            acceptor: acceptor(&certificates),
         };
         let router = proxy.router();
         let task = tokio::spawn(async move {
@@ -277,7 +189,7 @@ async fn node(
     let mut command = sdk_command("node");
     command
         .arg("auth0_node_client.mjs")
-        .env("NODE_EXTRA_CA_CERTS", proxy.certificates.ca())
+        .env("NODE_EXTRA_CA_CERTS", proxy.certificates.ca_file())
         .env("AUTH0_DOMAIN", proxy.addr.to_string())
         .env("AUTH0_CLIENT_ID", id)
         .env("AUTH0_CLIENT_SECRET", secret)

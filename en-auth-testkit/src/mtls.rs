@@ -123,6 +123,23 @@ impl TestPki {
         &self.ca
     }
 
+    /// The file of the CA certificate (PEM), for programs that read it from a file
+    /// (`NODE_EXTRA_CA_CERTS`, `redis-server --tls-ca-cert-file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The server certificate for `127.0.0.1` (signed by the CA) and its key.
+    pub fn server(&self) -> &CertifiedKey {
+        &self.server
+    }
+
+    /// The files of the server certificate and of its key (PEM), for programs that read them
+    /// from files (`redis-server --tls-cert-file --tls-key-file`).
+    pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("server.crt"), self.dir.join("server.key"))
+    }
+
     /// A client certificate for `subject` (e.g. `/CN=my-service`) signed by the CA; `name`
     /// names its files.
     pub fn client(&self, name: &str, subject: &str) -> CertifiedKey {

@@ -11,89 +11,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
-    tls: Option<TlsFiles>,
-}
-
-/// A throw-away CA and server certificate (for 127.0.0.1) made with `openssl`.
-struct TlsFiles {
-    dir: std::path::PathBuf,
-}
-
-impl TlsFiles {
-    fn create(port: u16) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "en-auth-redis-tls-{}-{port}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let run = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl runs");
-            assert!(status.success(), "openssl {args:?} failed");
-        };
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
-        )
-        .expect("ext file");
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=en-auth test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ]);
-        Self { dir }
-    }
-}
-
-impl Drop for TlsFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// The CA and server certificate of a TLS server.
+    tls: Option<crate::TestPki>,
 }
 
 impl RedisServer {
@@ -122,7 +41,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             child: None,
-            tls: Some(TlsFiles::create(port)),
+            tls: Some(crate::TestPki::create()),
         };
         server.restart();
         server
@@ -130,8 +49,7 @@ impl RedisServer {
 
     /// The CA certificate (PEM) of a [`start_tls`](Self::start_tls) server.
     pub fn ca_certificate(&self) -> Option<Vec<u8>> {
-        let tls = self.tls.as_ref()?;
-        std::fs::read(tls.dir.join("ca.crt")).ok()
+        Some(self.tls.as_ref()?.ca_pem().to_vec())
     }
 
     /// `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS server.
@@ -172,15 +90,16 @@ impl RedisServer {
                 command.arg("--port").arg(self.port.to_string());
             }
             Some(tls) => {
+                let (cert, key) = tls.server_files();
                 command
                     .args(["--port", "0", "--tls-port"])
                     .arg(self.port.to_string())
                     .arg("--tls-cert-file")
-                    .arg(tls.dir.join("server.crt"))
+                    .arg(cert)
                     .arg("--tls-key-file")
-                    .arg(tls.dir.join("server.key"))
+                    .arg(key)
                     .arg("--tls-ca-cert-file")
-                    .arg(tls.dir.join("ca.crt"))
+                    .arg(tls.ca_file())
                     .args(["--tls-auth-clients", "no"]);
             }
         }
