@@ -271,6 +271,7 @@ pub async fn get_document(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, 
 
 /// The parts of an OpenID provider's configuration en-auth uses.
 #[derive(Clone, Debug, serde::Deserialize)]
+#[non_exhaustive]
 pub struct OpenIdConfiguration {
     /// The issuer, as the provider names itself.
     pub issuer: Option<String>,
