@@ -691,3 +691,100 @@ async fn a_client_sending_its_chain_is_bound_to_and_checked_by_its_leaf() {
     assert_eq!(status, 200);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
+
+/// A token bound both to a DPoP key (`cnf.jkt`) and to a client certificate
+/// (`cnf.x5t#S256`): no provider issues one (oidc-provider refuses two proof-of-possession
+/// mechanisms), so the test signs it with an HS256 secret the API's verifier shares.
+#[tokio::test]
+async fn a_dpop_route_checks_the_certificate_binding_too() {
+    const SECRET: &[u8] = b"a shared HS256 secret of the test, 32+ bytes";
+    const ISSUER: &str = "https://issuer.test/";
+    let pki = TestPki::create();
+    let certificate = pki.client("client", "/CN=client");
+    let other = pki.client("other", "/CN=other");
+    let key = en_auth_oauth2::DpopKey::generate().expect("a DPoP key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": ISSUER, "aud": OidcProvider::API, "sub": "svc", "client_id": "svc",
+        "iat": now, "exp": now + 300,
+        "cnf": {
+            "jkt": key.thumbprint(),
+            "x5t#S256": PeerCertificate::new(certificate.der()).thumbprint(),
+        },
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .expect("a token");
+    let verifier = || {
+        Verifier::hs256(SECRET)
+            .with_issuer(ISSUER)
+            .with_audience(OidcProvider::API)
+    };
+    let requests = Arc::new(AtomicU64::new(0));
+    let route = |layer: RequireAuth| get(orders).layer(layer);
+    let app = Router::new()
+        .route(
+            "/both",
+            route(RequireAuth::new(verifier()).dpop().certificate_bound()),
+        )
+        .route("/dpop-only", route(RequireAuth::new(verifier()).dpop()))
+        .route(
+            "/dpop-opted-out",
+            route(
+                RequireAuth::new(verifier())
+                    .dpop()
+                    .accept_certificate_bound_as_bearer(),
+            ),
+        )
+        .layer(from_fn({
+            let requests = requests.clone();
+            move |request: Request, next: Next| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            }
+        }));
+    let server = TlsServer::start(&pki, app, PeerCertificate::new).await;
+    let ca = reqwest::Certificate::from_pem(pki.ca_pem()).expect("CA PEM");
+    let client = |cert: Option<&CertifiedKey>| {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(ca.clone());
+        if let Some(cert) = cert {
+            builder = builder.identity(identity(cert).reqwest_identity());
+        }
+        builder.build().expect("client")
+    };
+    let cases = [
+        ("/both", Some(&certificate), 200),
+        ("/both", Some(&other), 401),
+        ("/both", None, 401),
+        // No certificate source on the route: the certificate binding cannot be checked.
+        ("/dpop-only", Some(&certificate), 401),
+        ("/dpop-opted-out", None, 200),
+    ];
+    for (n, (path, cert, expected)) in cases.iter().enumerate() {
+        let url = format!("{}{path}", server.url());
+        let proof = key
+            .proof("GET", &url, Some(&token), None)
+            .expect("a proof");
+        let response = client(*cert)
+            .get(&url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .expect("api answers");
+        assert_eq!(response.status(), *expected, "case {n}: {path}");
+        if *expected == 401 {
+            let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+            assert!(challenge.contains("invalid_token"), "{path}: {challenge}");
+        }
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), cases.len() as u64);
+}
