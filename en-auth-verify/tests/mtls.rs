@@ -788,3 +788,68 @@ async fn a_dpop_route_checks_the_certificate_binding_too() {
     }
     assert_eq!(requests.load(Ordering::SeqCst), cases.len() as u64);
 }
+
+/// Set in the child process [`auth_middleware_client_presents_the_certificate`] starts: the
+/// file `SSL_CERT_FILE` names, which the child fills with its test CA.
+const CHILD_CA_FILE: &str = "EN_AUTH_TEST_CHILD_CA_FILE";
+
+/// `AuthMiddleware::client()` itself (no `client_with` to add the test CA): it trusts the
+/// system's CA certificates, so the test runs in a child process (this test binary, running
+/// this test alone) whose `SSL_CERT_FILE` names a file the child fills with its throw-away CA
+/// before building the client; the environment of this process is left alone.
+#[tokio::test]
+async fn auth_middleware_client_presents_the_certificate() {
+    if let Some(ca_file) = std::env::var_os(CHILD_CA_FILE) {
+        let setup = Setup::start().await;
+        std::fs::write(&ca_file, setup.pki.ca_pem()).expect("CA file");
+        let certificate = setup.client_certificate("client");
+        let verifier = Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
+        let requests = Arc::new(AtomicU64::new(0));
+        let server = TlsServer::start(
+            &setup.pki,
+            api(RequireAuth::new(verifier).certificate_bound(), requests.clone()),
+            PeerCertificate::new,
+        )
+        .await;
+        let auth = AuthMiddleware::new(setup.authorizer(&certificate));
+        let client = auth.client().expect("client");
+        let response = client
+            .get(format!("{}/orders", server.url()))
+            .send()
+            .await
+            .expect("api answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(setup.provider.tokens_issued().await, 1);
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("en-auth-client-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary folder");
+    // Until the child writes its own: any CA, for the plain clients it builds before (a
+    // system without CA certificates fails every reqwest::Client::new()).
+    std::fs::write(dir.join("ca.pem"), TestPki::create().ca_pem()).expect("CA file");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    child
+        .args([
+            "--exact",
+            "auth_middleware_client_presents_the_certificate",
+            "--nocapture",
+        ])
+        .env(CHILD_CA_FILE, dir.join("ca.pem"))
+        .env("SSL_CERT_FILE", dir.join("ca.pem"))
+        .env("SSL_CERT_DIR", &dir);
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        child.env_remove(proxy).env_remove(proxy.to_lowercase());
+    }
+    let output = tokio::task::spawn_blocking(move || child.output())
+        .await
+        .expect("joined")
+        .expect("the test binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
