@@ -5,8 +5,8 @@ use std::fmt;
 
 use base64::Engine;
 use en_auth_core::Error;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use sha2::Digest as _;
 
 /// A client certificate (with its chain) and its private key, presented in the TLS handshake
@@ -156,7 +156,10 @@ mod tests {
             assert_eq!(identity.certificate_thumbprint().len(), 43);
             let err = TlsClientIdentity::from_pem(&good.cert_pem, &other.key_pem)
                 .expect_err("not the certificate's key");
-            assert!(err.to_string().contains("not the certificate's key"), "{err}");
+            assert!(
+                err.to_string().contains("not the certificate's key"),
+                "{err}"
+            );
             assert!(!err.to_string().contains("No CA certificates"), "{err}");
             return;
         }
@@ -186,7 +189,9 @@ mod tests {
     #[test]
     fn a_private_key_is_found_by_its_label() {
         assert!(has_private_key_label(b"-----BEGIN PRIVATE KEY-----\nAA\n"));
-        assert!(has_private_key_label(b"x\r\n-----BEGIN EC PRIVATE KEY-----\r\n"));
+        assert!(has_private_key_label(
+            b"x\r\n-----BEGIN EC PRIVATE KEY-----\r\n"
+        ));
         assert!(has_private_key_label(b"-----BEGIN RSA PRIVATE KEY-----"));
         assert!(!has_private_key_label(b"-----BEGIN CERTIFICATE-----\n"));
         assert!(!has_private_key_label(b""));

@@ -284,13 +284,23 @@ mod tests {
             escaped(&format!("{attacker}{leaf}")),
             escaped(&format!("{attacker}\n{leaf}")),
         ];
-        let hostile = ["%ZZ", "-----BEGIN CERTIFICATE-----", "%FF%FE", "a%", "AAAA", ","];
+        let hostile = [
+            "%ZZ",
+            "-----BEGIN CERTIFICATE-----",
+            "%FF%FE",
+            "a%",
+            "AAAA",
+            ",",
+        ];
         for value in folded.iter().map(String::as_str).chain(hostile) {
             assert!(read(value).is_err(), "{value}");
         }
         let mut headers = HeaderMap::new();
         headers.insert("x-client-cert", "".parse().unwrap());
-        assert_eq!(presented_certificate(&source, &ext, &headers).unwrap(), None);
+        assert_eq!(
+            presented_certificate(&source, &ext, &headers).unwrap(),
+            None
+        );
         headers.append("x-client-cert", "".parse().unwrap());
         assert!(presented_certificate(&source, &ext, &headers).is_err());
     }

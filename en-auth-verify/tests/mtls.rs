@@ -658,7 +658,11 @@ async fn a_client_sending_its_chain_is_bound_to_and_checked_by_its_leaf() {
         .pki
         .client_via_intermediate("chained", OidcProvider::MTLS_CA_CLIENT.1);
     assert_eq!(
-        chained.cert_pem.windows(27).filter(|w| w == b"-----BEGIN CERTIFICATE-----").count(),
+        chained
+            .cert_pem
+            .windows(27)
+            .filter(|w| w == b"-----BEGIN CERTIFICATE-----")
+            .count(),
         2,
         "leaf and intermediate"
     );
@@ -675,7 +679,10 @@ async fn a_client_sending_its_chain_is_bound_to_and_checked_by_its_leaf() {
     let verifier = Verifier::oidc(setup.provider.issuer(), OidcProvider::API);
     let server = TlsServer::start(
         &setup.pki,
-        api(RequireAuth::new(verifier).certificate_bound(), requests.clone()),
+        api(
+            RequireAuth::new(verifier).certificate_bound(),
+            requests.clone(),
+        ),
         PeerCertificate::new,
     )
     .await;
@@ -770,9 +777,7 @@ async fn a_dpop_route_checks_the_certificate_binding_too() {
     ];
     for (n, (path, cert, expected)) in cases.iter().enumerate() {
         let url = format!("{}{path}", server.url());
-        let proof = key
-            .proof("GET", &url, Some(&token), None)
-            .expect("a proof");
+        let proof = key.proof("GET", &url, Some(&token), None).expect("a proof");
         let response = client(*cert)
             .get(&url)
             .header("authorization", format!("DPoP {token}"))
@@ -807,7 +812,10 @@ async fn auth_middleware_client_presents_the_certificate() {
         let requests = Arc::new(AtomicU64::new(0));
         let server = TlsServer::start(
             &setup.pki,
-            api(RequireAuth::new(verifier).certificate_bound(), requests.clone()),
+            api(
+                RequireAuth::new(verifier).certificate_bound(),
+                requests.clone(),
+            ),
             PeerCertificate::new,
         )
         .await;
