@@ -75,6 +75,27 @@ pub trait Authorizer: Send + Sync + 'static {
             .build()
     }
 
+    // --- Refresh tokens shared by a fleet. Default: refresh does not spend the token. ---
+
+    /// Whether [`refresh`](Authorizer::refresh) spends something the token carries — a
+    /// refresh token — so that the token to refresh matters. Default: `false`.
+    ///
+    /// Only a cache with a shared [`TokenStore`](crate::TokenStore) asks it. When `true`,
+    /// the fleet starts a refresh under the store's lock from the newest token in the store
+    /// rather than the cache's own (another process may have rotated the refresh token
+    /// since), and a cache with no token of its own refreshes the stored token instead of
+    /// calling [`authorize`](Authorizer::authorize) (`docs/fleet.md`, "Refresh tokens across
+    /// a fleet"). When `false`, a refresh always starts from the cache's own token and a cold
+    /// cache authorizes: right for an authorizer whose `refresh` re-authorizes (client
+    /// credentials), or treats its argument as something other than a grant to spend.
+    ///
+    /// Return `true` only if `refresh` uses the token's refresh token and falls back to a
+    /// login when the provider refuses it (as `PasswordAuthorizer` and the SRP authorizer
+    /// do): a cold process then hands it a token read from the store, stale or expired.
+    fn refresh_spends_token(&self) -> bool {
+        false
+    }
+
     // --- Mutual TLS (RFC 8705). Default: no client certificate. ---
 
     /// The client certificate API requests must present, for certificate-bound tokens

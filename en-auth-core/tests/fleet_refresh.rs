@@ -95,18 +95,23 @@ struct Provider {
     reuses: AtomicU64,
     /// Refresh tokens spent, in order.
     spent: Mutex<Vec<String>>,
+    /// Whether a refresh keeps the access token and rotates only the refresh token.
+    keep_access: AtomicBool,
+    /// Added to the issue time of the tokens issued (the clock of the host that receives
+    /// them, behind or ahead).
+    issued_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Provider {
-    fn issue(state: &mut ProviderState, grant: u64) -> UserToken {
+    fn issue(&self, state: &mut ProviderState, grant: u64, access: Option<&str>) -> UserToken {
         state.next += 1;
         let n = state.next;
         let now = sim_ms();
         let expires_ms = now + i64::try_from(LIFETIME.as_millis()).unwrap();
         let token = UserToken {
-            access: format!("access-{n}"),
+            access: access.map_or_else(|| format!("access-{n}"), str::to_owned),
             refresh: format!("refresh-{n}"),
-            issued_ms: now,
+            issued_ms: now + self.issued_skew_ms.load(Ordering::SeqCst),
             expires_ms,
         };
         state
@@ -124,10 +129,11 @@ impl Provider {
         state.next += 1;
         let grant = state.next;
         state.revoked.insert(grant, false);
-        Self::issue(&mut state, grant)
+        self.issue(&mut state, grant, None)
     }
 
-    fn refresh(&self, refresh_token: &str) -> Result<UserToken, Error> {
+    fn refresh(&self, old: &UserToken) -> Result<UserToken, Error> {
+        let refresh_token = old.refresh.as_str();
         self.refreshes.fetch_add(1, Ordering::SeqCst);
         self.spent.lock().push(refresh_token.to_owned());
         let mut state = self.state.lock();
@@ -151,7 +157,8 @@ impl Provider {
         state
             .refresh_tokens
             .insert(refresh_token.to_owned(), (grant, true));
-        Ok(Self::issue(&mut state, grant))
+        let keep = self.keep_access.load(Ordering::SeqCst);
+        Ok(self.issue(&mut state, grant, keep.then_some(old.access.as_str())))
     }
 
     /// Whether an API checking with the provider (introspection) accepts `access` now.
@@ -177,10 +184,11 @@ impl Provider {
 }
 
 /// Logs in, renews with the refresh token, and logs in again when it is refused (as
-/// `PasswordAuthorizer` does).
+/// `PasswordAuthorizer` does) unless `no_login_fallback`.
 struct UserAuthorizer {
     info: ClientInfo,
     provider: Arc<Provider>,
+    no_login_fallback: bool,
 }
 
 #[async_trait]
@@ -193,13 +201,39 @@ impl Authorizer for UserAuthorizer {
         Ok(self.provider.login())
     }
     async fn refresh(&self, token: &UserToken) -> Result<UserToken, Error> {
-        match self.provider.refresh(&token.refresh) {
-            Err(Error::Authorization { .. }) => Ok(self.provider.login()),
+        match self.provider.refresh(token) {
+            Err(Error::Authorization { .. }) if !self.no_login_fallback => {
+                Ok(self.provider.login())
+            }
             other => other,
         }
     }
     fn cache_key(&self) -> CacheKey {
         CacheKey::builder("test").part("user", "alice").build()
+    }
+    fn refresh_spends_token(&self) -> bool {
+        true
+    }
+}
+
+/// Client credentials: `refresh` is a new authorization (the trait's default), and does not
+/// spend the token it is given.
+struct ClientCredentials {
+    info: ClientInfo,
+    provider: Arc<Provider>,
+}
+
+#[async_trait]
+impl Authorizer for ClientCredentials {
+    type Token = UserToken;
+    fn client_info(&self) -> &ClientInfo {
+        &self.info
+    }
+    async fn authorize(&self) -> Result<UserToken, Error> {
+        Ok(self.provider.login())
+    }
+    fn cache_key(&self) -> CacheKey {
+        key()
     }
 }
 
@@ -266,6 +300,7 @@ fn authorizer(provider: &Arc<Provider>) -> UserAuthorizer {
     UserAuthorizer {
         info: ClientInfo::new("client", "secret"),
         provider: Arc::clone(provider),
+        no_login_fallback: false,
     }
 }
 
@@ -347,6 +382,7 @@ async fn replicas_refresh_from_the_newest_stored_token_never_from_a_spent_one() 
 
 #[tokio::test(start_paused = true)]
 async fn a_cold_member_refreshes_the_stored_token_instead_of_logging_in() {
+    let (captured, _guard) = en_auth_testkit::capture_traces();
     let (provider, store, members) = fleet(1);
     token(&members[0]).await;
     // Long after the token expired (the store still holds it: think of clocks that differ
@@ -365,6 +401,8 @@ async fn a_cold_member_refreshes_the_stored_token_instead_of_logging_in() {
     let stats = cold.stats();
     assert_eq!((stats.authorizations, stats.refreshes), (0, 1));
     assert_eq!(stats.refreshes_from_store, 1);
+    let text = captured.text();
+    assert!(text.contains("cold_start=true"), "{text}");
 
     // A stale (not yet expired) stored token: the same.
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -593,10 +631,149 @@ async fn refreshing_from_the_stored_token_logs_no_token() {
         text.contains("refreshing from the token another process stored"),
         "{text}"
     );
+    assert!(text.contains("cold_start=false"), "{text}");
     let issued = provider.state.lock().next;
     for n in 1..=issued {
         for secret in [format!("access-{n}"), format!("refresh-{n}")] {
             assert!(!text.contains(&secret), "the log holds {secret}: {text}");
         }
     }
+}
+
+fn client_credentials(
+    provider: &Arc<Provider>,
+    store: &Arc<Store>,
+) -> TokenCache<ClientCredentials> {
+    TokenCache::builder(ClientCredentials {
+        info: ClientInfo::new("client", "secret"),
+        provider: Arc::clone(provider),
+    })
+    .policy(policy())
+    .store(Arc::clone(store) as Arc<dyn TokenStore>)
+    .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_cache_whose_refresh_spends_no_token_authorizes() {
+    sim_ms();
+    let provider = Arc::new(Provider::default());
+    let store = Arc::new(Store::default());
+    let first = client_credentials(&provider, &store);
+    first.get().await.unwrap();
+    // The stored token is stale: a new process does not take it, and (its authorizer's
+    // refresh spending nothing) does not refresh it either: it authorizes, as without the
+    // rule for refresh tokens.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let cold = client_credentials(&provider, &store);
+    let obtained = cold.get().await.unwrap().token().access.clone();
+    assert!(provider.accepts(&obtained));
+    let stats = cold.stats();
+    assert_eq!(
+        (
+            stats.authorizations,
+            stats.refreshes,
+            stats.refreshes_from_store
+        ),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!((provider.logins(), provider.refreshes()), (2, 0));
+    assert_eq!(stored(&store).await.unwrap().access, obtained);
+    // A warm cache refreshes its own token (the default refresh: an authorization).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    first.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stats = first.stats();
+    assert_eq!((stats.refreshes, stats.refreshes_from_store), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_behind_an_unchanged_access_token_is_refreshed_from() {
+    let (provider, store, members) = fleet(2);
+    // A provider that keeps the access token and rotates only the refresh token.
+    provider.keep_access.store(true, Ordering::SeqCst);
+    for member in &members {
+        token(member).await;
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&members[0]).await;
+    let rotated = stored(&store).await.unwrap();
+    assert_eq!(
+        (rotated.access.as_str(), rotated.refresh.as_str()),
+        ("access-2", "refresh-3")
+    );
+    // Member 1 holds the same access token with the spent refresh token: the stored record
+    // is not "the token being replaced".
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(provider.accepts(&token(&members[1]).await));
+    assert_eq!(provider.spent.lock().as_slice(), ["refresh-2", "refresh-3"]);
+    assert_eq!((provider.reuses(), provider.logins()), (0, 1));
+    assert_eq!(members[1].stats().refreshes_from_store, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_token_written_by_a_host_whose_clock_is_behind_is_refreshed_from() {
+    let (provider, _store, members) = fleet(2);
+    for member in &members {
+        token(member).await;
+    }
+    // Member 0's host runs 50 s behind: the token it stores says it was issued before the
+    // login's token, yet it is the newer one (member 1's own token was saved).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    provider.issued_skew_ms.store(-50_000, Ordering::SeqCst);
+    token(&members[0]).await;
+    provider.issued_skew_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(provider.accepts(&token(&members[1]).await));
+    assert_eq!(provider.spent.lock().as_slice(), ["refresh-2", "refresh-3"]);
+    assert_eq!((provider.reuses(), provider.logins()), (0, 1));
+    assert_eq!(members[1].stats().refreshes_from_store, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_stored_token_is_removed_and_the_own_token_refreshed() {
+    sim_ms();
+    let provider = Arc::new(Provider::default());
+    let store = Arc::new(Store::default());
+    // No login to fall back on: a refused refresh token is the end of the session.
+    let member = TokenCache::builder(UserAuthorizer {
+        no_login_fallback: true,
+        ..authorizer(&provider)
+    })
+    .policy(policy())
+    .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+    .build();
+    let own = token(&member).await;
+    // Another process (say, of an older release) stored a token the provider no longer
+    // accepts the refresh token of.
+    let dead = UserToken {
+        access: "access-dead".into(),
+        refresh: "refresh-dead".into(),
+        issued_ms: sim_ms(),
+        expires_ms: sim_ms() + 60_000,
+    };
+    store
+        .memory
+        .save(
+            &key(),
+            &SecretString::from(serde_json::to_string(&dead).unwrap()),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&member).await;
+    let current = member.get().await.unwrap().token().access.clone();
+    assert_ne!(current, own, "the member refreshed");
+    assert!(provider.accepts(&current));
+    assert_eq!(
+        provider.spent.lock().as_slice(),
+        ["refresh-dead", "refresh-2"]
+    );
+    assert_eq!(stored(&store).await.unwrap().access, current);
+    assert!(
+        store.memory.load_failure(&key()).await.unwrap().is_none(),
+        "no failure published"
+    );
+    assert_eq!(member.stats().failures, 0);
 }

@@ -11,11 +11,14 @@
 //!
 //! # Which token a refresh starts from
 //!
-//! The one in the store, read under the lock, when it is another token than the cache's own
-//! and not older ([`refresh_base`]): with refresh tokens that rotate, another process may have
-//! spent the cache's own since, and a provider with reuse detection revokes the whole grant
-//! when it comes back. The fetch gets the token to refresh only then, as the argument of its
-//! `provider` closure.
+//! For an authorizer whose refresh spends a refresh token
+//! ([`Authorizer::refresh_spends_token`](crate::Authorizer::refresh_spends_token)), the one in
+//! the store, read under the lock, when it is another token than the cache's own and the
+//! cache's own was saved (else: not older) ([`Fleet::refresh_base`]): with refresh tokens that
+//! rotate, another process may have spent the cache's own since, and a provider with reuse
+//! detection revokes the whole grant when it comes back. For any other authorizer, the
+//! cache's own token (a cache without one authorizes). The fetch gets the token to refresh
+//! only then, as the argument of its `provider` closure.
 //!
 //! # Availability
 //!
@@ -56,6 +59,9 @@ pub(crate) struct Fleet<T> {
     failing: AtomicBool,
     /// Whether the listener for other processes' events runs.
     pub(crate) listener_started: AtomicBool,
+    /// Whether the cache's own token came from the provider and could not be saved to the
+    /// store (the store was down): then a different stored token may be the older one.
+    own_unsaved: AtomicBool,
 }
 
 /// What a fetch through the fleet needs from its cache.
@@ -63,6 +69,9 @@ pub(crate) struct FetchContext<'a, T> {
     pub policy: &'a LifecyclePolicy,
     pub counters: &'a Counters,
     pub client_id: &'a str,
+    /// Whether a refresh spends the token's refresh token
+    /// ([`Authorizer::refresh_spends_token`](crate::Authorizer::refresh_spends_token)).
+    pub spends_token: bool,
     /// Prepares and judges a token read from the store.
     pub judge: &'a (dyn Judge<T> + Send + Sync),
 }
@@ -94,6 +103,7 @@ impl<T: AccessToken> Fleet<T> {
             decode,
             failing: AtomicBool::new(false),
             listener_started: AtomicBool::new(false),
+            own_unsaved: AtomicBool::new(false),
         }
     }
 
@@ -104,7 +114,9 @@ impl<T: AccessToken> Fleet<T> {
     /// Gets a token for a cache whose token `previous` is being replaced: from the store if
     /// another holder published one, else from `provider` under the store's lock (see the
     /// [module docs](self)). `provider` is given the token its refresh starts from, chosen
-    /// under the lock ([`refresh_base`]); `None` asks for a new authorization.
+    /// under the lock ([`Fleet::refresh_base`]); `None` asks for a new authorization. It is
+    /// called a second time only when the refresh of a stored token was refused
+    /// (`invalid_grant`): then from `previous`.
     pub(crate) async fn fetch<'p, F, Fut>(
         &self,
         cx: &FetchContext<'_, T>,
@@ -112,56 +124,57 @@ impl<T: AccessToken> Fleet<T> {
         provider: F,
     ) -> Result<Judged<T>, Error>
     where
-        F: FnOnce(Option<Cow<'p, T>>) -> Fut,
+        F: Fn(Option<Cow<'p, T>>) -> Fut,
         Fut: Future<Output = Result<Judged<T>, Error>>,
     {
-        let previous_access = previous.map(AccessToken::access_token);
-        if let Some(judged) = self.load(cx, previous_access).await {
+        let previous = previous.map(|token| Previous {
+            token,
+            encoded: self.encoded(token),
+        });
+        if let Some(judged) = self.load(cx, previous.as_ref()).await {
             return Ok(judged);
         }
         if let Some(err) = self.load_failure(cx).await {
             return Err(err);
         }
         let lock_ttl = cx.policy.store_lock_ttl();
+        let mut waited_out = false;
         let mut lock = match self.try_lock(cx, lock_ttl).await {
             LockAttempt::Taken(lock) => Some(lock),
             LockAttempt::Unavailable => None,
-            LockAttempt::Busy => match self.wait_for_holder(cx, previous_access, lock_ttl).await {
-                Waited::Settled(outcome) => return outcome,
-                Waited::Lock(lock) => lock,
-            },
+            LockAttempt::Busy => {
+                match self
+                    .wait_for_holder(cx, previous.as_ref(), lock_ttl)
+                    .await
+                {
+                    Waited::Settled(outcome) => return outcome,
+                    Waited::Lock(lock) => {
+                        waited_out = lock.is_none();
+                        lock
+                    }
+                }
+            }
         };
         // Re-check under the lock: the previous holder may have just published its token, or
-        // its failure (published before it unlocks). A stored token that is not fresh enough
-        // to serve may still be the one to refresh from: its refresh token is the newest.
+        // its failure (published before it unlocks). After a wait that ran out, this is one
+        // more look before the provider is called without the lock. A stored token that is
+        // not fresh enough to serve may still be the one to refresh from: its refresh token
+        // is the newest.
         let stored = self.read(cx).await;
         let usable = stored
             .clone()
-            .and_then(|token| self.usable(cx, token, previous_access));
+            .and_then(|(token, _)| self.usable(cx, token, previous.as_ref()));
         let settled = match usable {
-            Some(judged) => Some(Ok(judged)),
-            None if lock.is_some() => self.load_failure(cx).await.map(Err),
+            Some(judged) => {
+                self.own_unsaved.store(false, Ordering::Relaxed);
+                Some(Ok(judged))
+            }
+            None if lock.is_some() || waited_out => self.load_failure(cx).await.map(Err),
             None => None,
         };
         let result = match settled {
             Some(outcome) => outcome,
-            None => {
-                let base = refresh_base(previous, stored);
-                if matches!(base, Some(Cow::Owned(_))) {
-                    bump(&cx.counters.refreshes_from_store);
-                    tracing::debug!(
-                        client_id = cx.client_id,
-                        "refreshing from the token another process stored (its refresh token \
-                         is the newest)"
-                    );
-                }
-                let result = provider(base).await;
-                match &result {
-                    Ok(judged) => self.save(cx, judged).await,
-                    Err(err) => self.publish_failure(cx, err).await,
-                }
-                result
-            }
+            None => self.refresh(cx, previous.as_ref(), stored, &provider).await,
         };
         if let Some(lock) = lock.take() {
             self.call(cx, "unlock", self.store.unlock(&self.key, lock))
@@ -170,12 +183,113 @@ impl<T: AccessToken> Fleet<T> {
         result
     }
 
+    /// Asks `provider` for a token (a refresh from [`Fleet::refresh_base`], or a new
+    /// authorization), then saves it or publishes the failure. A refused refresh of the
+    /// stored token (`invalid_grant`: revoked, or spent) removes that record and asks once
+    /// more, from the cache's own token, before anything is published: otherwise every
+    /// process would refresh the same dead token after each back-off until it expires.
+    async fn refresh<'p, F, Fut>(
+        &self,
+        cx: &FetchContext<'_, T>,
+        previous: Option<&Previous<'p, T>>,
+        stored: Option<(T, SecretString)>,
+        provider: &F,
+    ) -> Result<Judged<T>, Error>
+    where
+        F: Fn(Option<Cow<'p, T>>) -> Fut,
+        Fut: Future<Output = Result<Judged<T>, Error>>,
+    {
+        let (base, stored_value) = self.refresh_base(cx, previous, stored);
+        let from_store = stored_value.is_some();
+        if from_store {
+            // A cold start counts too: its refresh starts from the stored token as well.
+            bump(&cx.counters.refreshes_from_store);
+            tracing::debug!(
+                client_id = cx.client_id,
+                cold_start = previous.is_none(),
+                "refreshing from the token another process stored (its refresh token is the \
+                 newest)"
+            );
+        }
+        let mut result = provider(base).await;
+        if let (Err(err), Some(value)) = (&result, &stored_value)
+            && is_refused_grant(err)
+        {
+            tracing::warn!(
+                client_id = cx.client_id,
+                error = %err,
+                "the provider refused the stored token's refresh token; removing it from the \
+                 store and refreshing this process's own token"
+            );
+            self.call(
+                cx,
+                "remove refused token",
+                self.store.remove_if(&self.key, value),
+            )
+            .await;
+            result = provider(previous.map(|p| Cow::Borrowed(p.token))).await;
+        }
+        match &result {
+            Ok(judged) => {
+                let saved = self.save(cx, judged).await;
+                self.own_unsaved.store(!saved, Ordering::Relaxed);
+            }
+            Err(err) => self.publish_failure(cx, err).await,
+        }
+        result
+    }
+
+    /// The token a fetch under the store's lock refreshes, and the stored value when it is
+    /// the stored one. When the authorizer's refresh spends a refresh token
+    /// ([`FetchContext::spends_token`]): the stored token when it is another token than
+    /// `previous` and `previous` was saved to the store (a later write is a newer token,
+    /// whatever the clocks of the hosts that wrote them say), or, when `previous` could not be
+    /// saved, when the stored one is not older by issue time, else expiry (the store then
+    /// still holds the token whose refresh token the cache spent). A cache without a token
+    /// of its own (a cold start) refreshes the stored token, stale or expired, rather than
+    /// starting a new session. Otherwise, and for any other authorizer: `previous`.
+    /// `None`: nothing to refresh, authorize.
+    fn refresh_base<'p>(
+        &self,
+        cx: &FetchContext<'_, T>,
+        previous: Option<&Previous<'p, T>>,
+        stored: Option<(T, SecretString)>,
+    ) -> (Option<Cow<'p, T>>, Option<SecretString>) {
+        let own = previous.map(|p| Cow::Borrowed(p.token));
+        let Some((stored, value)) = stored.filter(|_| cx.spends_token) else {
+            return (own, None);
+        };
+        let Some(previous) = previous else {
+            return (Some(Cow::Owned(stored)), Some(value));
+        };
+        let own_unsaved = self.own_unsaved.load(Ordering::Relaxed);
+        // Comparing may call the application's token methods: a panic keeps the own token.
+        let newer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            !previous.is(self, &stored) && !(own_unsaved && issued_before(&stored, previous.token))
+        }))
+        .unwrap_or(false);
+        if newer {
+            (Some(Cow::Owned(stored)), Some(value))
+        } else {
+            (own, None)
+        }
+    }
+
+    /// `token` encoded as the store holds it, to tell tokens apart by every field (an access
+    /// token may come back unchanged with a new refresh token); `None` if it cannot be.
+    fn encoded(&self, token: &T) -> Option<SecretString> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.encode)(token)))
+            .ok()?
+            .ok()
+            .map(SecretString::from)
+    }
+
     /// Another holder has the lock: wait for its token or failure; take the lock over when it
     /// runs out (the holder died); give up waiting after the deadline.
     async fn wait_for_holder(
         &self,
         cx: &FetchContext<'_, T>,
-        previous: Option<&str>,
+        previous: Option<&Previous<'_, T>>,
         lock_ttl: Duration,
     ) -> Waited<T> {
         bump(&cx.counters.lock_waits);
@@ -231,16 +345,23 @@ impl<T: AccessToken> Fleet<T> {
     }
 
     /// A fresh token in the store that is not `previous`.
-    async fn load(&self, cx: &FetchContext<'_, T>, previous: Option<&str>) -> Option<Judged<T>> {
-        let token = self.read(cx).await?;
-        self.usable(cx, token, previous)
+    async fn load(
+        &self,
+        cx: &FetchContext<'_, T>,
+        previous: Option<&Previous<'_, T>>,
+    ) -> Option<Judged<T>> {
+        let (token, _) = self.read(cx).await?;
+        let judged = self.usable(cx, token, previous)?;
+        self.own_unsaved.store(false, Ordering::Relaxed);
+        Some(judged)
     }
 
-    /// The token in the store, decoded, whatever its freshness; an unreadable value is none.
-    async fn read(&self, cx: &FetchContext<'_, T>) -> Option<T> {
+    /// The token in the store, decoded, whatever its freshness, with the stored value; an
+    /// unreadable value is none.
+    async fn read(&self, cx: &FetchContext<'_, T>) -> Option<(T, SecretString)> {
         let encoded = self.call(cx, "read", self.store.load(&self.key)).await??;
         match (self.decode)(encoded.expose_secret()) {
-            Ok(token) => Some(token),
+            Ok(token) => Some((token, encoded)),
             Err(_) => {
                 tracing::warn!("token store holds an unreadable value; ignoring it");
                 None
@@ -253,17 +374,18 @@ impl<T: AccessToken> Fleet<T> {
         &self,
         cx: &FetchContext<'_, T>,
         token: T,
-        previous: Option<&str>,
+        previous: Option<&Previous<'_, T>>,
     ) -> Option<Judged<T>> {
-        if previous.is_some_and(|p| p == token.access_token()) {
-            return None; // the one being replaced
-        }
-        // Judging may call the application's `Authorizer::expired`: a panic there must not
-        // leave the store's lock to run out, so it counts as an unusable value.
-        let judged =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cx.judge.judge(token)))
-                .ok()?
-                .ok()?;
+        // Judging may call the application's `Authorizer::expired` (and comparing, its token
+        // methods): a panic there must not leave the store's lock to run out, so it counts as
+        // an unusable value.
+        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if previous.is_some_and(|p| p.is(self, &token)) {
+                return None; // the one being replaced
+            }
+            cx.judge.judge(token).ok()
+        }))
+        .ok()??;
         if !judged.1.is_fresh(Instant::now()) {
             return None;
         }
@@ -271,19 +393,20 @@ impl<T: AccessToken> Fleet<T> {
         Some(judged)
     }
 
-    async fn save(&self, cx: &FetchContext<'_, T>, (prepared, freshness): &Judged<T>) {
+    /// Writes a token from the provider; whether the store now holds it.
+    async fn save(&self, cx: &FetchContext<'_, T>, (prepared, freshness): &Judged<T>) -> bool {
         let ttl = freshness
             .expires_at()
             .saturating_duration_since(Instant::now());
         if ttl.is_zero() {
-            return;
+            return false;
         }
-        let Ok(encoded) = (self.encode)(prepared.token()) else {
-            return;
+        let Some(encoded) = self.encoded(prepared.token()) else {
+            return false;
         };
-        let encoded = SecretString::from(encoded);
         self.call(cx, "write", self.store.save(&self.key, &encoded, ttl))
-            .await;
+            .await
+            .is_some()
     }
 
     /// A failure another process published and that is still being waited out; its
@@ -404,30 +527,32 @@ fn deadline_after(wait: Duration) -> Instant {
     super::state::later(Instant::now(), wait)
 }
 
-/// The token a fetch under the store's lock refreshes: the one in the store when it is
-/// another token than `previous` and not older than it (another process rotated the refresh
-/// token, and only the stored token carries the newest one), else `previous`. A cache
-/// without a token of its own (a cold start) refreshes the stored token too, stale or
-/// expired, rather than starting a new session. `None`: nothing to refresh, authorize.
-pub(crate) fn refresh_base<'p, T: AccessToken>(
-    previous: Option<&'p T>,
-    stored: Option<T>,
-) -> Option<Cow<'p, T>> {
-    match (previous, stored) {
-        (Some(previous), Some(stored))
-            if stored.access_token() != previous.access_token()
-                && !issued_before(&stored, previous) =>
-        {
-            Some(Cow::Owned(stored))
+/// The cache's own token, and its value as the store would hold it.
+struct Previous<'p, T> {
+    token: &'p T,
+    encoded: Option<SecretString>,
+}
+
+impl<T: AccessToken> Previous<'_, T> {
+    /// Whether `other` is this very token: the same encoded value (every field, refresh
+    /// token included), or the same access token when either cannot be encoded.
+    fn is(&self, fleet: &Fleet<T>, other: &T) -> bool {
+        match (&self.encoded, fleet.encoded(other)) {
+            (Some(own), Some(other)) => own.expose_secret() == other.expose_secret(),
+            _ => self.token.access_token() == other.access_token(),
         }
-        (Some(previous), _) => Some(Cow::Borrowed(previous)),
-        (None, stored) => stored.map(Cow::Owned),
     }
 }
 
+/// Whether the provider refused the grant a refresh spent (`invalid_grant`).
+fn is_refused_grant(err: &Error) -> bool {
+    matches!(err, Error::Authorization { error, .. } if error == "invalid_grant")
+}
+
 /// Whether `a` was obtained before `b`, judged by their issue times, else their expiries;
-/// `false` when neither is known for both. A store holds an older token than a cache only
-/// when the cache's own write failed (the store was down): its refresh token is spent.
+/// `false` when neither is known for both. Asked only when the cache's own write failed (the
+/// store was down): the store may then hold the token whose refresh token the cache spent.
+/// The times may come from the clocks of different hosts.
 fn issued_before<T: AccessToken>(a: &T, b: &T) -> bool {
     if let (Some(a), Some(b)) = (a.issued_at(), b.issued_at()) {
         return a < b;

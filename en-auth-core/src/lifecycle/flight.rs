@@ -75,14 +75,16 @@ impl<A: Authorizer> TokenCache<A> {
             policy: &self.inner.policy,
             counters: &self.inner.counters,
             client_id: self.client_id(),
+            spends_token: self.inner.authorizer.refresh_spends_token(),
             judge: self,
         }
     }
 
     /// Gets a new token: through the fleet when there is a store, else from the provider
     /// (refresh when there is a previous token, authorize otherwise), with retries. With a
-    /// store, the fleet chooses the token to refresh under its lock, and may refresh the
-    /// stored token where this cache has none.
+    /// store and an authorizer whose refresh spends a refresh token
+    /// ([`Authorizer::refresh_spends_token`]), the fleet chooses the token to refresh under
+    /// its lock, and may refresh the stored token where this cache has none.
     async fn fetch(
         &self,
         previous: Option<&CachedToken<A::Token>>,
@@ -90,9 +92,9 @@ impl<A: Authorizer> TokenCache<A> {
         let previous = previous.map(CachedToken::token);
         match &self.inner.fleet {
             None => self.ask_provider(previous.map(Cow::Borrowed)).await,
-            // The fleet picks the token the refresh starts from under its lock: the newest
-            // stored one when another process rotated the refresh token (docs/fleet.md,
-            // "Refresh tokens across a fleet").
+            // The fleet picks the token the refresh starts from under its lock: for refresh
+            // tokens, the newest stored one when another process rotated it (docs/fleet.md,
+            // "Refresh tokens across a fleet"); else the cache's own.
             Some(fleet) => {
                 fleet
                     .fetch(&self.fetch_context(), previous, |base| {
