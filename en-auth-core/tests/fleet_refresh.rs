@@ -246,6 +246,8 @@ struct Store {
     down: AtomicBool,
     expiring: AtomicBool,
     until: Mutex<Option<Instant>>,
+    /// How long the next `try_lock` takes to answer (once).
+    lock_delay: Mutex<Option<Duration>>,
 }
 
 impl Store {
@@ -284,6 +286,10 @@ impl TokenStore for Store {
     }
     async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<StoreLock>, Error> {
         self.check()?;
+        let delay = self.lock_delay.lock().take();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         self.memory.try_lock(key, ttl).await
     }
     async fn unlock(&self, key: &CacheKey, lock: StoreLock) -> Result<(), Error> {
@@ -776,4 +782,33 @@ async fn a_refused_stored_token_is_removed_and_the_own_token_refreshed() {
         "no failure published"
     );
     assert_eq!(member.stats().failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_stays_stored_until_its_replacement_is_fetched_under_the_lock() {
+    let (provider, store, members) = fleet(2);
+    for member in &members {
+        token(member).await;
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(&members[0]).await; // rotates: member 1's refresh token is spent
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // An API rejects member 0's token, the newest; member 0's fetch of its replacement is
+    // slow to get an answer to its first lock attempt. Meanwhile member 1, whose own token
+    // is stale, looks at the store.
+    *store.lock_delay.lock() = Some(Duration::from_millis(100));
+    let rejected = members[0].get().await.unwrap();
+    assert!(members[0].invalidate(&rejected).await);
+    token(&members[1]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Member 1 never found the store empty, so it never spent its own refresh token: it
+    // took the stored token; member 0 removed it under the lock and refreshed it.
+    assert_eq!(provider.reuses(), 0, "no refresh token was spent twice");
+    assert_eq!(provider.logins(), 1);
+    assert_eq!(provider.spent.lock().as_slice(), ["refresh-2", "refresh-3"]);
+    let replacement = members[0].get().await.unwrap().token().access.clone();
+    assert_ne!(replacement, rejected.token().access);
+    assert!(provider.accepts(&replacement));
+    assert_eq!(stored(&store).await.unwrap().access, replacement);
+    assert!(provider.accepts(&token(&members[1]).await));
 }

@@ -370,6 +370,12 @@ impl Authorizer for PasswordAuthorizer {
         }
     }
 
+    /// `true`: a refresh spends the token's refresh token (rotated by many providers), and a
+    /// refused one falls back to a login; a fleet refreshes from the newest stored token.
+    fn refresh_spends_token(&self) -> bool {
+        true
+    }
+
     fn cache_key(&self) -> CacheKey {
         let mut scopes = self.scopes.clone();
         scopes.sort();

@@ -321,6 +321,12 @@ impl Authorizer for SrpAuthorizer {
         result
     }
 
+    /// `true`: a refresh spends the token's refresh token, and a refused one falls back to
+    /// a login; a fleet refreshes from the newest stored token.
+    fn refresh_spends_token(&self) -> bool {
+        true
+    }
+
     async fn refresh(&self, token: &CognitoTokens) -> Result<CognitoTokens, Error> {
         let Some(refresh_token) = token.refresh_token() else {
             return self.authorize().await;

@@ -333,7 +333,7 @@ impl<A: Authorizer> TokenCache<A> {
         &self,
         token: &Arc<CachedToken<A::Token>>,
     ) -> Rejected<Arc<CachedToken<A::Token>>> {
-        let (rejected, spawn) = {
+        let (rejected, spawn, fetch_removes) = {
             let mut driven = self.lock_state();
             let rejected = driven.machine.on_rejected(token.generation, Instant::now());
             if let Rejected::Marked(_) = rejected {
@@ -344,7 +344,13 @@ impl<A: Authorizer> TokenCache<A> {
                 Rejected::Marked(Some(id)) => self.register(&mut driven, *id).ok(),
                 _ => None,
             };
-            (rejected, spawn)
+            // With refresh tokens, a fetch that replaces the token removes it from the store
+            // under the store's lock (`Fleet::fetch`): removed here, the store would hold
+            // nothing while that fetch waits for the lock, and another process could take the
+            // lock and spend its own older refresh token (docs/fleet.md).
+            let fetch_removes =
+                driven.flight.is_some() && self.inner.authorizer.refresh_spends_token();
+            (rejected, spawn, fetch_removes)
         };
         match &rejected {
             Rejected::Marked(_) => {
@@ -356,7 +362,7 @@ impl<A: Authorizer> TokenCache<A> {
                     client_id = self.client_id(),
                     "token rejected by an API; refreshing"
                 );
-                if let Some(fleet) = &self.inner.fleet {
+                if let Some(fleet) = self.inner.fleet.as_ref().filter(|_| !fetch_removes) {
                     fleet
                         .remove_rejected(&self.fetch_context(), token.token())
                         .await;

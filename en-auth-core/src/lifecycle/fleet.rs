@@ -37,7 +37,7 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::cached::Prepared;
+use super::cached::{CachedToken, Prepared};
 use super::state::Freshness;
 use super::stats::{Counters, bump};
 use crate::{AccessToken, CacheKey, Error, LifecyclePolicy, SharedFailure, TokenStore};
@@ -117,19 +117,26 @@ impl<T: AccessToken> Fleet<T> {
     /// under the lock ([`Fleet::refresh_base`]); `None` asks for a new authorization. It is
     /// called a second time only when the refresh of a stored token was refused
     /// (`invalid_grant`): then from `previous`.
+    ///
+    /// When `previous` was rejected by an API and the authorizer's refresh spends a refresh
+    /// token, the fetch removes it from the store under the lock (the cache did not, see
+    /// `TokenCache::report_rejection`): removed before, the store would hold nothing while
+    /// the one good refresh token is being spent, and another process could refresh its own
+    /// older, spent one.
     pub(crate) async fn fetch<'p, F, Fut>(
         &self,
         cx: &FetchContext<'_, T>,
-        previous: Option<&'p T>,
+        previous: Option<&'p CachedToken<T>>,
         provider: F,
     ) -> Result<Judged<T>, Error>
     where
         F: Fn(Option<Cow<'p, T>>) -> Fut,
         Fut: Future<Output = Result<Judged<T>, Error>>,
     {
-        let previous = previous.map(|token| Previous {
-            token,
-            encoded: self.encoded(token),
+        let previous = previous.map(|cached| Previous {
+            token: cached.token(),
+            encoded: self.encoded(cached.token()),
+            cached,
         });
         if let Some(judged) = self.load(cx, previous.as_ref()).await {
             return Ok(judged);
@@ -160,7 +167,16 @@ impl<T: AccessToken> Fleet<T> {
         // more look before the provider is called without the lock. A stored token that is
         // not fresh enough to serve may still be the one to refresh from: its refresh token
         // is the newest.
-        let stored = self.read(cx).await;
+        let mut stored = self.read(cx).await;
+        if let Some((token, value)) = &stored
+            && cx.spends_token
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.cached.is_rejected() && p.is(self, token))
+        {
+            self.remove(cx, "remove rejected token", value).await;
+            stored = None;
+        }
         let usable = stored
             .clone()
             .and_then(|(token, _)| self.usable(cx, token, previous.as_ref()));
@@ -221,12 +237,7 @@ impl<T: AccessToken> Fleet<T> {
                 "the provider refused the stored token's refresh token; removing it from the \
                  store and refreshing this process's own token"
             );
-            self.call(
-                cx,
-                "remove refused token",
-                self.store.remove_if(&self.key, value),
-            )
-            .await;
+            self.remove(cx, "remove refused token", value).await;
             result = provider(previous.map(|p| Cow::Borrowed(p.token))).await;
         }
         match &result {
@@ -464,15 +475,15 @@ impl<T: AccessToken> Fleet<T> {
 
     /// Removes `token` from the store if it is still the stored one (an API rejected it).
     pub(crate) async fn remove_rejected(&self, cx: &FetchContext<'_, T>, token: &T) {
-        if let Ok(encoded) = (self.encode)(token) {
-            let encoded = SecretString::from(encoded);
-            self.call(
-                cx,
-                "remove rejected token",
-                self.store.remove_if(&self.key, &encoded),
-            )
-            .await;
+        if let Some(encoded) = self.encoded(token) {
+            self.remove(cx, "remove rejected token", &encoded).await;
         }
+    }
+
+    /// Removes the stored `value` if it is still the stored one.
+    async fn remove(&self, cx: &FetchContext<'_, T>, what: &str, value: &SecretString) {
+        self.call(cx, what, self.store.remove_if(&self.key, value))
+            .await;
     }
 
     /// One store call, cut off after [`STORE_CALL_TIMEOUT`]; a failure or timeout is counted
@@ -531,6 +542,8 @@ fn deadline_after(wait: Duration) -> Instant {
 struct Previous<'p, T> {
     token: &'p T,
     encoded: Option<SecretString>,
+    /// The cached token, to ask whether an API rejected it.
+    cached: &'p CachedToken<T>,
 }
 
 impl<T: AccessToken> Previous<'_, T> {

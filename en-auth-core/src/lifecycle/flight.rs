@@ -89,9 +89,11 @@ impl<A: Authorizer> TokenCache<A> {
         &self,
         previous: Option<&CachedToken<A::Token>>,
     ) -> Result<Judged<A::Token>, Error> {
-        let previous = previous.map(CachedToken::token);
         match &self.inner.fleet {
-            None => self.ask_provider(previous.map(Cow::Borrowed)).await,
+            None => {
+                self.ask_provider(previous.map(|cached| Cow::Borrowed(cached.token())))
+                    .await
+            }
             // The fleet picks the token the refresh starts from under its lock: for refresh
             // tokens, the newest stored one when another process rotated it (docs/fleet.md,
             // "Refresh tokens across a fleet"); else the cache's own.
