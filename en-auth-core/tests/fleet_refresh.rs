@@ -70,6 +70,8 @@ impl AccessToken for UserToken {
         Some(as_wall(self.expires_ms))
     }
     fn issued_at(&self) -> Option<DateTime<Utc>> {
+        // An application's token method with a bug.
+        assert!(self.access != "access-panics", "a token method that panics");
         Some(as_wall(self.issued_ms))
     }
 }
@@ -811,4 +813,40 @@ async fn a_rejected_token_stays_stored_until_its_replacement_is_fetched_under_th
     assert!(provider.accepts(&replacement));
     assert_eq!(stored(&store).await.unwrap().access, replacement);
     assert!(provider.accepts(&token(&members[1]).await));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_method_that_panics_while_the_refresh_base_is_chosen_keeps_the_own_token() {
+    let (provider, store, members) = fleet(1);
+    let member = &members[0];
+    token(member).await;
+    // The member's next token is not saved (the store is down): choosing the refresh base
+    // then compares issue times.
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(member).await;
+    store.down.store(false, Ordering::SeqCst);
+    // Another process stored a token whose `issued_at` panics.
+    let odd = UserToken {
+        access: "access-panics".into(),
+        refresh: "refresh-odd".into(),
+        issued_ms: sim_ms(),
+        expires_ms: sim_ms() + 60_000,
+    };
+    store
+        .memory
+        .save(
+            &key(),
+            &SecretString::from(serde_json::to_string(&odd).unwrap()),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    token(member).await; // stale: served while the refresh runs
+    let obtained = member.get().await.expect("a token despite the panic");
+    assert!(provider.accepts(&obtained.token().access));
+    assert_eq!(provider.spent.lock().as_slice(), ["refresh-2", "refresh-3"]);
+    let lock = store.memory.try_lock(&key(), Duration::from_secs(1)).await;
+    assert!(lock.unwrap().is_some(), "the store's lock was released");
 }
