@@ -13,6 +13,8 @@
 //! `FLEET_PASSWORD`) and renews with refresh tokens, for the refresh-rotation test in
 //! `tests/fleet_refresh.rs`; the default is the client-credentials `ServiceAccountAuthorizer`.
 //!
+//! Prints `READY <build id>` once started (the id tells its source apart from another
+//! checkout's build sharing the target directory: the tests compare it with their own).
 //! Reads commands from stdin, one per line, and answers each with one JSON line:
 //! `round N` (N concurrent API requests), `token` (one token), `stats`, `fleet-fetches`
 //! (the fleet-wide fetch counter in Redis), `wait-redis`, `quit`.
@@ -30,6 +32,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// FNV-1a over `bytes`, continuing from `hash` (a compile-time build id).
+const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// This build: its package version and this very file, hashed.
+const BUILD_ID: u64 = fnv1a(
+    fnv1a(0xcbf2_9ce4_8422_2325, env!("CARGO_PKG_VERSION").as_bytes()),
+    include_str!("fleet_member.rs").as_bytes(),
+);
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -124,7 +143,7 @@ where
         .with(auth.clone())
         .build();
 
-    println!("READY");
+    println!("READY {BUILD_ID:016x}");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let mut words = line.split_whitespace();

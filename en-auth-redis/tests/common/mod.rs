@@ -20,6 +20,23 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// The fleet key every member and test uses.
 pub const FLEET_KEY: &str = "test-fleet-key-0123456789abcdef-0123456789";
 
+/// FNV-1a over `bytes`, continuing from `hash` (a compile-time build id).
+const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// The build id the `fleet_member` example of this checkout prints after `READY`.
+pub const MEMBER_BUILD_ID: u64 = fnv1a(
+    fnv1a(0xcbf2_9ce4_8422_2325, env!("CARGO_PKG_VERSION").as_bytes()),
+    include_str!("../../examples/fleet_member.rs").as_bytes(),
+);
+
 /// The `fleet_member` example next to this test binary (`cargo test` builds examples).
 pub fn member_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -62,7 +79,14 @@ impl Member {
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let ready = stdout.next_line().await.expect("member output");
-        assert_eq!(ready.as_deref(), Some("READY"), "member did not start");
+        let ready = ready.expect("member did not start");
+        assert!(ready.starts_with("READY"), "member did not start: {ready}");
+        assert_eq!(
+            ready,
+            format!("READY {MEMBER_BUILD_ID:016x}"),
+            "the fleet_member example is another checkout's build (checkouts share the target \
+             directory): run `cargo build -p en-auth-redis --examples` in this checkout"
+        );
         Self {
             child,
             stdin,
