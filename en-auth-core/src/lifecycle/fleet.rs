@@ -150,10 +150,7 @@ impl<T: AccessToken> Fleet<T> {
             LockAttempt::Taken(lock) => Some(lock),
             LockAttempt::Unavailable => None,
             LockAttempt::Busy => {
-                match self
-                    .wait_for_holder(cx, previous.as_ref(), lock_ttl)
-                    .await
-                {
+                match self.wait_for_holder(cx, previous.as_ref(), lock_ttl).await {
                     Waited::Settled(outcome) => return outcome,
                     Waited::Lock(lock) => {
                         waited_out = lock.is_none();
@@ -276,7 +273,8 @@ impl<T: AccessToken> Fleet<T> {
         let own_unsaved = self.own_unsaved.load(Ordering::Relaxed);
         // Comparing may call the application's token methods: a panic keeps the own token.
         let newer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            !previous.is(self, &stored) && !(own_unsaved && issued_before(&stored, previous.token))
+            let older = own_unsaved && issued_before(&stored, previous.token);
+            !previous.is(self, &stored) && !older
         }))
         .unwrap_or(false);
         if newer {

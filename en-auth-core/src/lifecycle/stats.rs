@@ -39,7 +39,9 @@ pub struct TokenStats {
     /// Tokens dropped because another process reported them rejected.
     pub remote_invalidations: u64,
     /// Refreshes that started from the token in the shared store rather than this cache's
-    /// own: another process had rotated the refresh token since (or this cache had none).
+    /// own: another process had rotated the refresh token since, or this cache had none (a
+    /// cold start, counted too). Only authorizers whose
+    /// [`refresh_spends_token`](crate::Authorizer::refresh_spends_token) is `true` do so.
     pub refreshes_from_store: u64,
 }
 
