@@ -135,7 +135,11 @@ impl<T: AccessToken> Fleet<T> {
     {
         let previous = previous.map(|cached| Previous {
             token: cached.token(),
-            encoded: self.encoded(cached.token()),
+            // Refresh tokens: an access token may come back unchanged with a new one.
+            encoded: cx
+                .spends_token
+                .then(|| self.encoded(cached.token()))
+                .flatten(),
             cached,
         });
         if let Some(judged) = self.load(cx, previous.as_ref()).await {
@@ -539,18 +543,23 @@ fn deadline_after(wait: Duration) -> Instant {
 /// The cache's own token, and its value as the store would hold it.
 struct Previous<'p, T> {
     token: &'p T,
+    /// Only for authorizers whose refresh spends a refresh token.
     encoded: Option<SecretString>,
     /// The cached token, to ask whether an API rejected it.
     cached: &'p CachedToken<T>,
 }
 
 impl<T: AccessToken> Previous<'_, T> {
-    /// Whether `other` is this very token: the same encoded value (every field, refresh
-    /// token included), or the same access token when either cannot be encoded.
+    /// Whether `other` is this very token: the same access token and, when this one's
+    /// encoded value is known (refresh tokens), the same encoded value (every field, the
+    /// refresh token included).
     fn is(&self, fleet: &Fleet<T>, other: &T) -> bool {
+        if self.token.access_token() != other.access_token() {
+            return false;
+        }
         match (&self.encoded, fleet.encoded(other)) {
             (Some(own), Some(other)) => own.expose_secret() == other.expose_secret(),
-            _ => self.token.access_token() == other.access_token(),
+            _ => true,
         }
     }
 }
