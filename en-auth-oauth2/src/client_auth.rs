@@ -430,7 +430,7 @@ impl PrivateKeyJwt {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let jti = random_id()?;
+        let jti = crate::signer::random_jti("private_key")?;
         let aud = self.audience.as_deref().unwrap_or(token_url.as_str());
         let claims = AssertionClaims {
             iss: client_id,
@@ -469,16 +469,6 @@ impl fmt::Debug for PrivateKeyJwt {
             .field("lifetime", &self.lifetime)
             .finish()
     }
-}
-
-/// 128 random bits from the operating system, base64url: a `jti` no one can predict.
-fn random_id() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
-        setting: "private_key".into(),
-        reason: format!("no randomness for the assertion's jti: {e}"),
-    })?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]

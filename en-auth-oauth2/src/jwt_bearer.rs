@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use en_auth_core::{
     Authorizer, BearerToken, CacheKey, ClientInfo, Error, secure_url, str_for_logs,
 };
@@ -199,7 +198,10 @@ impl SignedJwtBearerAssertion {
                 .unwrap_or(token_url.as_str())
                 .into(),
         );
-        set("jti", random_id()?.into());
+        set(
+            "jti",
+            crate::signer::random_jti("jwt bearer assertion")?.into(),
+        );
         set("iat", now.into());
         set("exp", (now + signed.lifetime.as_secs()).into());
         let mut header = serde_json::Map::new();
@@ -231,15 +233,6 @@ impl fmt::Debug for SignedJwtBearerAssertion {
             .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
     }
-}
-
-fn random_id() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
-        setting: "jwt bearer assertion".into(),
-        reason: format!("no randomness for the assertion's jti: {e}"),
-    })?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Obtains tokens with the JWT bearer authorization grant (RFC 7523 §2.1) — a JWT is

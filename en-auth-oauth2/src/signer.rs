@@ -142,3 +142,15 @@ fn b64_json(value: &impl serde::Serialize) -> Result<String, Error> {
     })?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
+
+/// 128 random bits from the operating system, base64url: a `jti` no one can predict. A
+/// failure names `setting` (the JWT being built).
+pub(crate) fn random_jti(setting: &str) -> Result<String, Error> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::InvalidConfiguration {
+        setting: setting.into(),
+        reason: format!("no randomness for the JWT's jti: {e}"),
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
