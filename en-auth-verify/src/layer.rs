@@ -666,6 +666,11 @@ mod tests {
             .unwrap()
             .as_secs()
             + 600;
+        // The test is the application here: with the workspace's `backend-clash` member both
+        // jsonwebtoken backends are on, and its own `encode` needs a process default.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
             &serde_json::json!({"sub": "alice", "aud": "api", "exp": exp}),

@@ -722,6 +722,11 @@ async fn a_dpop_route_checks_the_certificate_binding_too() {
             "x5t#S256": PeerCertificate::new(certificate.der()).thumbprint(),
         },
     });
+    // Both jsonwebtoken backends are on in workspace builds (`backend-clash`): this test's own
+    // `encode` needs a process default.
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
