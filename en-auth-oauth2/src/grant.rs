@@ -1,4 +1,4 @@
-//! What the token exchange and JWT bearer grants share: what the token is asked for
+//! What the token exchange, JWT bearer and password grants share: what the token is asked for
 //! ([`TokenTarget`]), client authentication that may be absent, and one token request sent
 //! through the crate's token-request path.
 //!

@@ -18,23 +18,20 @@
 //! The password and refresh token are [`SecretString`]s: never in `Debug`, errors or logs.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use en_auth_core::{
     AccessToken, Authorizer, BearerToken, CacheKey, ClientInfo, Error, UserCredentials,
     deserialize_optional_secret, secure_url, serialize_optional_secret, str_for_logs,
-    untrusted_text, url_for_logs,
 };
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
 
 use crate::client_auth::ClientAuthentication;
-use crate::endpoint::{send_once, token_request};
-use crate::response::parse_token_response;
+use crate::grant::{GrantAuthentication, GrantClient, send_grant};
 use crate::token_client::TokenClient;
 
 /// Auth0's grant for a password login against a named connection (`realm`).
@@ -101,13 +98,6 @@ struct RefreshField {
     refresh_token: Option<String>,
 }
 
-/// Which grant a token request uses; named in spans and logs.
-#[derive(Clone, Copy, Debug)]
-enum Grant {
-    Login,
-    Refresh,
-}
-
 /// Logs a user in with the OAuth2 password grant (auth0-python's `GetToken.login`) and keeps
 /// the session alive with refresh tokens.
 ///
@@ -135,7 +125,8 @@ pub struct PasswordAuthorizer {
     realm: Option<String>,
     audience: Option<String>,
     scopes: Vec<String>,
-    authentication: ClientAuthentication,
+    /// Always a client authentication (default `client_secret_basic`), never none.
+    authentication: GrantAuthentication,
     default_lifetime: Option<Duration>,
     http: TokenClient,
 }
@@ -155,7 +146,7 @@ impl PasswordAuthorizer {
             realm: None,
             audience: None,
             scopes: Vec::new(),
-            authentication: ClientAuthentication::default(),
+            authentication: GrantAuthentication::Client(ClientAuthentication::default()),
             default_lifetime: None,
             http: TokenClient::new(),
         }
@@ -192,7 +183,7 @@ impl PasswordAuthorizer {
     /// the rules are those of
     /// [`ServiceAccountAuthorizer::with_authentication`](crate::ServiceAccountAuthorizer::with_authentication).
     pub fn with_authentication(mut self, authentication: ClientAuthentication) -> Self {
-        self.authentication = authentication;
+        self.authentication = GrantAuthentication::Client(authentication);
         self.http.authentication_changed();
         self
     }
@@ -243,7 +234,7 @@ impl PasswordAuthorizer {
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        match self.request(Grant::Login, form).await {
+        match self.request("password", form).await {
             Err(Error::Authorization { error, .. }) if error == "invalid_grant" => {
                 Err(Error::InvalidCredentials)
             }
@@ -263,60 +254,39 @@ impl PasswordAuthorizer {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let (access, rotated) = self.request(Grant::Refresh, form).await?;
+        let (access, rotated) = self.request("refresh_token", form).await?;
         Ok(PasswordToken {
             access,
             refresh_token: rotated.or_else(|| previous.refresh_token.clone()),
         })
     }
 
-    /// Sends one token request with `form` plus the client's authentication.
+    /// Sends one token request of `grant` (named in the span) with `form` plus the client's
+    /// authentication, through the grants' shared path; the answer's refresh token, if any.
     async fn request(
         &self,
-        grant: Grant,
+        grant: &'static str,
         form: Vec<(&str, &str)>,
     ) -> Result<(BearerToken, Option<SecretString>), Error> {
         let url: Url = secure_url("token_url", &self.token_url)?;
-        let span = tracing::debug_span!(
-            "en_auth.token_request",
-            endpoint = %url_for_logs(&url),
-            client_id = self.info.client_id(),
-            grant = ?grant,
-            status = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-        );
-        let result = async {
-            let request = token_request(
-                self.http.for_token_requests(&self.authentication)?,
-                &url,
-                &self.info,
-                &self.authentication,
-                form,
-            )
-            .await?;
-            let started = Instant::now();
-            let (status, headers, bytes) = send_once(request).await?;
-            let span = tracing::Span::current();
-            span.record("status", status);
-            span.record("duration_ms", started.elapsed().as_millis() as u64);
-            let granted = parse_token_response(status, &headers, &bytes, self.default_lifetime)
-                .map_err(mfa_required)?;
-            if let Some(scope) = &granted.scope {
-                tracing::debug!(granted_scope = %untrusted_text(scope), "token granted");
-            }
-            let refresh_token = serde_json::from_slice::<RefreshField>(&bytes)
+        let client = GrantClient {
+            http: &self.http,
+            info: &self.info,
+            authentication: &self.authentication,
+            default_lifetime: self.default_lifetime,
+        };
+        let mut refresh_token = None;
+        let granted = send_grant(client, &url, grant, form, |_, body| {
+            refresh_token = serde_json::from_slice::<RefreshField>(body)
                 .ok()
                 .and_then(|f| f.refresh_token)
                 .filter(|t| !t.is_empty())
                 .map(SecretString::from);
-            Ok((granted.token, refresh_token))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(err) = &result {
-            span.in_scope(|| tracing::debug!(error = %err, "token request failed"));
-        }
-        result
+            Ok(())
+        })
+        .await
+        .map_err(mfa_required)?;
+        Ok((granted.token, refresh_token))
     }
 }
 
@@ -389,7 +359,9 @@ impl Authorizer for PasswordAuthorizer {
             .part("realm", self.realm.as_deref().unwrap_or(""))
             .part("audience", self.audience.as_deref().unwrap_or(""))
             .part("scopes", &scopes.join(" "));
-        self.authentication.add_to_cache_key(key).build()
+        self.authentication
+            .add_to_cache_key(&self.info, key)
+            .build()
     }
 }
 
